@@ -1,0 +1,407 @@
+//! Backend identity, shared backend state, and the one readiness predicate.
+//!
+//! A [`Backend`] is created once per `(pool, name, addr)` identity and shared through an `Arc`
+//! by the snapshot (request path), its prober, the response guard and the admin API. It
+//! survives config reloads as long as its identity is unchanged. Everything that changes at
+//! runtime is an atomic, so the request path never takes a lock; the `Mutex`-guarded
+//! [`BackendInfo`] is written only on probes and state changes and read only by the admin API.
+//!
+//! State changes go through [`Backend::transition`], a compare-and-swap that logs and records
+//! an event only when the state really changes. Whether a backend may receive a request is
+//! decided in exactly one place: [`Backend::is_routable`].
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::events::EventLog;
+
+/// The lifecycle state of a backend (DESIGN.md, "Backend states").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum State {
+    /// Configured, not yet `rise` passing probes in a row. No traffic.
+    Pending = 0,
+    /// Admitted; its weight ramps up over `slow_start`. Gets traffic.
+    Ready = 1,
+    /// Was ready, taken out by failed probes or the response guard. No traffic until `rise`
+    /// passing probes.
+    Ejected = 2,
+    /// Removed from the config or drained by an operator; in-flight requests finish.
+    Draining = 3,
+    /// Drained by an operator and idle; probed, never routed until enabled.
+    Disabled = 4,
+}
+
+impl State {
+    /// The state's name as the admin API and logs spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Ready => "ready",
+            State::Ejected => "ejected",
+            State::Draining => "draining",
+            State::Disabled => "disabled",
+        }
+    }
+
+    fn from_u8(v: u8) -> State {
+        match v {
+            0 => State::Pending,
+            1 => State::Ready,
+            2 => State::Ejected,
+            3 => State::Draining,
+            _ => State::Disabled,
+        }
+    }
+
+    /// All states, in the order metrics list them.
+    pub const ALL: [State; 5] = [
+        State::Pending,
+        State::Ready,
+        State::Ejected,
+        State::Draining,
+        State::Disabled,
+    ];
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The last key-sync report a backend's probe returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeySync {
+    /// The worker holds the full set of active keys.
+    pub complete: bool,
+    /// Version of the key set the worker has loaded.
+    pub generation: u64,
+    /// Number of active keys the worker holds.
+    pub keys: u64,
+}
+
+/// Admin-facing details of a backend: written on probes and transitions, never on the request
+/// path.
+#[derive(Debug, Clone)]
+pub struct BackendInfo {
+    /// Why the backend is in its state, or why its last probe failed.
+    pub reason: String,
+    /// When the current state was entered.
+    pub since: SystemTime,
+    /// The last key-sync report (key-sync contract only).
+    pub key_sync: Option<KeySync>,
+    /// How long the last probe took.
+    pub last_probe_latency: Option<Duration>,
+    /// Whether the last probe passed.
+    pub last_probe_ok: Option<bool>,
+}
+
+/// Milliseconds since the process-wide monotonic origin; a cheap clock for atomics.
+pub fn now_millis() -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    // Offset by one so that 0 can mean "never".
+    origin.elapsed().as_millis() as u64 + 1
+}
+
+/// Per-status-class answer counters: 1xx..5xx, plus local errors (no upstream answer).
+#[derive(Debug, Default)]
+pub struct StatusCounters {
+    classes: [AtomicU64; 6],
+}
+
+impl StatusCounters {
+    /// Counts one answer with `status`, or a local failure when `None`.
+    pub fn record(&self, status: Option<u16>) {
+        let idx = match status {
+            Some(s @ 100..=599) => (s / 100) as usize - 1,
+            _ => 5,
+        };
+        self.classes[idx].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(label, count)` for 1xx..5xx and `error`.
+    pub fn snapshot(&self) -> [(&'static str, u64); 6] {
+        const LABELS: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+        let mut out = [("", 0); 6];
+        for (i, label) in LABELS.iter().enumerate() {
+            out[i] = (label, self.classes[i].load(Ordering::Relaxed));
+        }
+        out
+    }
+}
+
+/// One backend: immutable identity plus shared runtime state.
+pub struct Backend {
+    /// Process-unique id of this state object (keys the per-thread connection pools).
+    pub id: u64,
+    /// Pool name (identity).
+    pub pool: Arc<str>,
+    /// Backend name, unique in its pool (identity).
+    pub name: Arc<str>,
+    /// Worker address (identity).
+    pub addr: SocketAddr,
+    /// Pre-rendered `IP:port`, used as the upstream authority.
+    pub authority: http::uri::Authority,
+    state: AtomicU8,
+    /// Configured weight; updated in place by a reload.
+    weight: AtomicU32,
+    /// `now_millis()` when the backend last became ready (slow start), 0 if never.
+    ready_at: AtomicU64,
+    in_flight: AtomicU64,
+    /// Set when the backend left the config; its prober stops and it is dropped when idle.
+    removed: AtomicBool,
+    /// Requests forwarded to this backend, by answer class.
+    pub answers: StatusCounters,
+    /// Connect failures (refused, reset before sending, connect timeout).
+    pub connect_failures: AtomicU64,
+    /// Passive outlier-detection counters.
+    pub guard: crate::guard::GuardState,
+    info: Mutex<BackendInfo>,
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Backend")
+            .field("pool", &self.pool)
+            .field("name", &self.name)
+            .field("addr", &self.addr)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl Backend {
+    /// A new backend in state `pending`.
+    pub fn new(pool: &str, name: &str, addr: SocketAddr, weight: u32) -> Backend {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let authority = http::uri::Authority::try_from(addr.to_string().as_str())
+            .expect("a socket address is a valid authority");
+        Backend {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            pool: pool.into(),
+            name: name.into(),
+            addr,
+            authority,
+            state: AtomicU8::new(State::Pending as u8),
+            weight: AtomicU32::new(weight),
+            ready_at: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            removed: AtomicBool::new(false),
+            answers: StatusCounters::default(),
+            connect_failures: AtomicU64::new(0),
+            guard: Default::default(),
+            info: Mutex::new(BackendInfo {
+                reason: "configured".into(),
+                since: SystemTime::now(),
+                key_sync: None,
+                last_probe_latency: None,
+                last_probe_ok: None,
+            }),
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        State::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// THE readiness predicate: may this backend receive a new request? Used by the balancer,
+    /// the guard's peer selection, the fleet checks and `/readyz` alike.
+    #[inline]
+    pub fn is_routable(&self) -> bool {
+        self.state.load(Ordering::Acquire) == State::Ready as u8
+    }
+
+    /// Moves the backend from one of `from` to `to`. Returns false (and does nothing) when the
+    /// current state is not in `from`, so concurrent deciders (prober, guard, operator, reload)
+    /// cannot undo each other: the compare-and-swap picks exactly one winner.
+    pub fn transition(&self, from: &[State], to: State, reason: &str, events: &EventLog) -> bool {
+        let mut current = self.state.load(Ordering::Acquire);
+        loop {
+            let cur_state = State::from_u8(current);
+            if cur_state == to || !from.contains(&cur_state) {
+                return false;
+            }
+            if to == State::Ready {
+                // Stamp before publishing `Ready` so the balancer never sees a ready backend
+                // without its slow-start origin.
+                self.ready_at.store(now_millis(), Ordering::Release);
+            }
+            match self.state.compare_exchange(
+                current,
+                to as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    {
+                        let mut info = self.info();
+                        info.reason = reason.to_string();
+                        info.since = SystemTime::now();
+                    }
+                    tracing::info!(
+                        pool = %self.pool,
+                        backend = %self.name,
+                        addr = %self.addr,
+                        from = %cur_state,
+                        to = %to,
+                        reason = %reason,
+                        "backend state changed"
+                    );
+                    events.record(&self.pool, &self.name, cur_state, to, reason);
+                    return true;
+                }
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// The configured weight.
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    /// Applies a weight from a reloaded config.
+    pub fn set_weight(&self, weight: u32) {
+        self.weight.store(weight, Ordering::Relaxed);
+    }
+
+    /// The weight the balancer uses now: the configured weight scaled by the slow-start ramp.
+    /// Returned in thousandths of a weight unit so that the ramp is smooth.
+    #[inline]
+    pub fn effective_weight(&self, slow_start: Duration, now_ms: u64) -> u64 {
+        let base = u64::from(self.weight()) * 1000;
+        let ready_at = self.ready_at.load(Ordering::Acquire);
+        slow_start_weight(base, now_ms.saturating_sub(ready_at), slow_start)
+    }
+
+    /// Requests currently forwarded to this backend and not yet finished.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request in flight until the returned guard drops.
+    pub fn start_request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Marks the backend as gone from the config (its prober stops).
+    pub fn mark_removed(&self) {
+        self.removed.store(true, Ordering::Release);
+    }
+
+    /// Whether the backend left the config.
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+
+    /// Admin-facing details (probe results, reason, since).
+    pub fn info(&self) -> MutexGuard<'_, BackendInfo> {
+        // A poisoned lock only means a panic elsewhere while writing plain data; the data is
+        // still consistent enough to show.
+        self.info.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The last key-sync report, if any.
+    pub fn key_sync(&self) -> Option<KeySync> {
+        self.info().key_sync
+    }
+}
+
+/// Keeps a backend's in-flight count raised while alive.
+#[derive(Debug)]
+pub struct InFlight(Arc<Backend>);
+
+impl InFlight {
+    /// The backend this request runs on.
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Slow start: `base` scaled linearly by how far `elapsed` is into `slow_start`, never below
+/// 1% so that a just-admitted backend still gets a trickle of traffic.
+pub fn slow_start_weight(base: u64, elapsed_ms: u64, slow_start: Duration) -> u64 {
+    let window = slow_start.as_millis() as u64;
+    if window == 0 || elapsed_ms >= window {
+        return base;
+    }
+    let scaled = base.saturating_mul(elapsed_ms) / window;
+    scaled.max(base / 100).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend() -> Backend {
+        Backend::new("push", "w1", "127.0.0.1:1".parse().unwrap(), 2)
+    }
+
+    #[test]
+    fn starts_pending_and_not_routable() {
+        let b = backend();
+        assert_eq!(b.state(), State::Pending);
+        assert!(!b.is_routable());
+    }
+
+    #[test]
+    fn transition_only_from_listed_states() {
+        let events = EventLog::new(16);
+        let b = backend();
+        assert!(!b.transition(&[State::Ready], State::Ejected, "x", &events));
+        assert_eq!(b.state(), State::Pending);
+        assert!(b.transition(&[State::Pending], State::Ready, "passed", &events));
+        assert!(b.is_routable());
+        assert_eq!(b.info().reason, "passed");
+        // A transition to the current state is not a change and records nothing.
+        assert!(!b.transition(&[State::Ready], State::Ready, "again", &events));
+        assert_eq!(events.since(0).len(), 1);
+    }
+
+    #[test]
+    fn slow_start_ramps_linearly_with_floor() {
+        let w = Duration::from_secs(10);
+        assert_eq!(slow_start_weight(1000, 0, w), 10);
+        assert_eq!(slow_start_weight(1000, 5_000, w), 500);
+        assert_eq!(slow_start_weight(1000, 10_000, w), 1000);
+        assert_eq!(slow_start_weight(1000, 99_000, w), 1000);
+        assert_eq!(slow_start_weight(1000, 0, Duration::ZERO), 1000);
+    }
+
+    #[test]
+    fn in_flight_guard_counts() {
+        let b = Arc::new(backend());
+        let g1 = b.start_request();
+        let g2 = b.start_request();
+        assert_eq!(b.in_flight(), 2);
+        drop(g1);
+        drop(g2);
+        assert_eq!(b.in_flight(), 0);
+    }
+
+    #[test]
+    fn status_classes() {
+        let c = StatusCounters::default();
+        c.record(Some(200));
+        c.record(Some(204));
+        c.record(Some(503));
+        c.record(None);
+        let s = c.snapshot();
+        assert_eq!(s[1], ("2xx", 2));
+        assert_eq!(s[4], ("5xx", 1));
+        assert_eq!(s[5], ("error", 1));
+    }
+}

@@ -1,0 +1,193 @@
+//! The `syncgate` command line: `run`, `check`, `demo`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use syncgate::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "syncgate",
+    version,
+    about = "A readiness-gated reverse proxy for push APIs"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy daemon.
+    Run {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file (exit 0), or print every error (exit 1).
+    Check {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Replay the late-joining-worker outage against simulated workers.
+    Demo {
+        /// How long the load runs, e.g. "20s".
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+}
+
+fn init_tracing(format: LogFormat, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("syncgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Check { config } => Ok(check(&config)),
+        Command::Run { config } => {
+            init_tracing(cli.log_format, "info");
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            control_runtime()?.block_on(daemon(cfg))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { duration } => {
+            init_tracing(cli.log_format, "warn");
+            let opts = syncgate::demo::DemoOptions {
+                duration,
+                ..Default::default()
+            };
+            let report = control_runtime()?.block_on(syncgate::demo::run(opts))?;
+            Ok(if report.unauthorized() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+/// The control plane (probers, reloads, admin) is light: one thread. Proxy threads have
+/// runtimes of their own.
+fn control_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the control runtime")
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(cfg) => {
+            println!("{}: ok", path.display());
+            print_summary(&cfg);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One screen: listeners, pools, backends, routes.
+fn print_summary(cfg: &Config) {
+    let listen: Vec<String> = cfg.server.listen.iter().map(|a| a.to_string()).collect();
+    println!("listen: {}", listen.join(", "));
+    if let Some(tls) = &cfg.server.tls {
+        let l: Vec<String> = tls.listen.iter().map(|a| a.to_string()).collect();
+        println!("tls listen: {}", l.join(", "));
+    }
+    println!("admin: {}", cfg.admin.listen);
+    for p in &cfg.pools {
+        println!(
+            "pool {}: {:?}, probe {} every {:?} ({:?}), {} backend(s)",
+            p.name,
+            p.balance,
+            p.probe.path,
+            p.probe.interval,
+            p.probe.contract,
+            p.backends.len()
+        );
+        for b in &p.backends {
+            println!(
+                "  {:<20} {:<22} weight {}",
+                b.name,
+                b.addr.to_string(),
+                b.weight
+            );
+        }
+    }
+    for r in &cfg.routes {
+        let host = match &r.host {
+            None => "*".to_string(),
+            Some(syncgate::config::HostMatch::Exact(h)) => h.clone(),
+            Some(syncgate::config::HostMatch::Wildcard(s)) => format!("*{s}"),
+        };
+        println!("route {host}{} -> {}", r.path_prefix, r.pool);
+    }
+}
+
+async fn daemon(cfg: Config) -> anyhow::Result<()> {
+    let running = syncgate::start(cfg).await.context("starting syncgate")?;
+    notify(&[sd_notify::NotifyState::Ready]);
+    wait_for_stop().await?;
+    notify(&[sd_notify::NotifyState::Stopping]);
+    running.shutdown().await;
+    Ok(())
+}
+
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    // Only when NOTIFY_SOCKET is set; otherwise a no-op.
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::debug!(error = %e, "systemd notify failed");
+    }
+}
+
+async fn wait_for_stop() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "stopping"),
+        _ = int.recv() => tracing::info!(signal = "SIGINT", "stopping"),
+    }
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! Counters and histograms, kept as plain atomics so the request path takes no lock.
+//!
+//! Per-backend counters live in [`crate::backend::Backend`], per-pool ones in [`PoolStats`]
+//! (kept by pool name across reloads), process-wide ones in [`Metrics`]. The admin endpoint
+//! renders all of them in the Prometheus text format at scrape time.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::backend::StatusCounters;
+
+/// Histogram bucket upper bounds, seconds.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// A fixed-bucket latency histogram of atomics.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Non-cumulative bucket counts; the last slot is +Inf.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let idx = LATENCY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[idx].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(sum seconds, count, cumulative bucket counts)` for rendering.
+    pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut cumulative = 0;
+        let buckets = LATENCY_BUCKETS
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(&self.buckets)
+            .map(|(bound, c)| {
+                cumulative += c.load(Ordering::Relaxed);
+                (bound, cumulative)
+            })
+            .collect();
+        (
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            self.count.load(Ordering::Relaxed),
+            buckets,
+        )
+    }
+}
+
+/// Outcomes of the response guard's second opinion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardOutcome {
+    /// A guarded answer was replayed on another backend.
+    Replayed,
+    /// The second backend gave a guarded answer too; the client got it.
+    Confirmed,
+    /// The second backend disagreed; the client got its answer.
+    Contradicted,
+    /// No other ready backend: the guarded answer passed.
+    NoPeer,
+    /// The body was too large to keep: the guarded answer passed.
+    TooLarge,
+    /// The retry budget was spent: the guarded answer passed.
+    BudgetSpent,
+}
+
+impl GuardOutcome {
+    /// All outcomes, in metric order.
+    pub const ALL: [GuardOutcome; 6] = [
+        GuardOutcome::Replayed,
+        GuardOutcome::Confirmed,
+        GuardOutcome::Contradicted,
+        GuardOutcome::NoPeer,
+        GuardOutcome::TooLarge,
+        GuardOutcome::BudgetSpent,
+    ];
+
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuardOutcome::Replayed => "replayed",
+            GuardOutcome::Confirmed => "confirmed",
+            GuardOutcome::Contradicted => "contradicted",
+            GuardOutcome::NoPeer => "no_peer",
+            GuardOutcome::TooLarge => "too_large",
+            GuardOutcome::BudgetSpent => "budget_spent",
+        }
+    }
+}
+
+/// Per-pool counters, surviving reloads.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    /// Client answers by status class.
+    pub answers: StatusCounters,
+    /// Time from request start to response headers.
+    pub latency: Histogram,
+    /// 503s answered because no backend was ready.
+    pub no_ready: AtomicU64,
+    /// Guard outcomes, indexed like [`GuardOutcome::ALL`].
+    pub guard: [AtomicU64; 6],
+    /// Connect-failure retries made.
+    pub retries: AtomicU64,
+}
+
+impl PoolStats {
+    /// Records one client answer.
+    pub fn record(&self, status: StatusCode, elapsed: Duration) {
+        self.answers.record(Some(status.as_u16()));
+        self.latency.observe(elapsed);
+    }
+
+    /// Counts a guard outcome.
+    pub fn guard_outcome(&self, outcome: GuardOutcome) {
+        let idx = GuardOutcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or(0);
+        self.guard[idx].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Process-wide counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Probes that passed.
+    pub probes_ok: AtomicU64,
+    /// Probes that failed.
+    pub probes_failed: AtomicU64,
+    /// Config reloads that succeeded.
+    pub reloads_ok: AtomicU64,
+    /// Config reloads that failed (the old config stayed).
+    pub reloads_failed: AtomicU64,
+    /// Ejections by reason label.
+    ejections: Mutex<HashMap<&'static str, u64>>,
+    pools: Mutex<HashMap<String, Arc<PoolStats>>>,
+}
+
+impl Metrics {
+    /// Counts one probe.
+    pub fn probe(&self, ok: bool) {
+        let c = if ok {
+            &self.probes_ok
+        } else {
+            &self.probes_failed
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an ejection (rare; a lock is fine).
+    pub fn ejection(&self, reason: &'static str) {
+        let mut m = self.ejections.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry(reason).or_default() += 1;
+    }
+
+    /// Ejections by reason.
+    pub fn ejections(&self) -> Vec<(&'static str, u64)> {
+        let m = self.ejections.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = m.iter().map(|(k, v)| (*k, *v)).collect();
+        v.sort();
+        v
+    }
+
+    /// The stats object of a pool, created on first use and kept across reloads.
+    pub fn pool(&self, name: &str) -> Arc<PoolStats> {
+        let mut m = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(name.to_string()).or_default().clone()
+    }
+
+    /// Every pool's stats, sorted by name.
+    pub fn pools(&self) -> Vec<(String, Arc<PoolStats>)> {
+        let m = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(100));
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(10));
+        let (sum, count, buckets) = h.snapshot();
+        assert_eq!(count, 3);
+        assert!((sum - 10.0031).abs() < 1e-6);
+        assert_eq!(buckets[0], (0.0005, 1));
+        assert_eq!(buckets[3], (0.005, 2));
+        assert_eq!(buckets.last().unwrap().1, 3);
+    }
+}

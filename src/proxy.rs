@@ -1,0 +1,425 @@
+//! The hyper service: route → pick → forward → guard.
+//!
+//! One call per client request. It reads the current [`Snapshot`] once, so a request runs to
+//! its end on the config it began with, whatever reloads happen meanwhile.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+
+use crate::backend::Backend;
+use crate::body::{BodyError, ReqBody, RespBody};
+use crate::guard;
+use crate::snapshot::{Pool, Shared, Snapshot};
+use crate::upstream::{self, Attempt, ConnectError, Pooled};
+
+/// Per-connection facts the service needs.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Whether the client connection is TLS.
+    pub tls: bool,
+}
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Serves one client request. Never fails: every problem becomes an HTTP answer.
+pub async fn serve(
+    shared: Arc<Shared>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<RespBody>, std::convert::Infallible> {
+    let snapshot = shared.snapshot();
+    let mut req = req;
+    // The id travels upstream and back to the client, and names the request in our logs.
+    let request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(v) => v.clone(),
+        None => {
+            let id = new_request_id();
+            req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+            id
+        }
+    };
+    let mut resp = route_and_forward(&shared, &snapshot, conn, req, &request_id).await;
+    resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+    Ok(resp)
+}
+
+async fn route_and_forward(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+    request_id: &HeaderValue,
+) -> Response<RespBody> {
+    let host = request_host(&req);
+    let Some(pool) = snapshot.route(host.as_deref().unwrap_or(""), req.uri().path()) else {
+        return error(StatusCode::NOT_FOUND, "no route", request_id);
+    };
+    let server = &snapshot.config.server;
+    if let Some(len) = content_length(req.headers()) {
+        if len > server.max_request_body {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large",
+                request_id,
+            );
+        }
+    }
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + server.request_timeout;
+    let result = tokio::time::timeout_at(
+        deadline,
+        forward(
+            shared,
+            pool,
+            conn,
+            req,
+            host,
+            server.max_request_body,
+            request_id,
+        ),
+    )
+    .await;
+    let resp = match result {
+        Ok(resp) => resp,
+        Err(_) => {
+            tracing::warn!(pool = %pool.name, request_id = ?request_id, "upstream timeout");
+            error(StatusCode::GATEWAY_TIMEOUT, "upstream timeout", request_id)
+        }
+    };
+    pool.stats.record(resp.status(), started.elapsed());
+    resp
+}
+
+/// Forwards to a ready backend, retrying connect failures on other backends.
+async fn forward(
+    shared: &Shared,
+    pool: &Pool,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+    host: Option<String>,
+    max_body: u64,
+    request_id: &HeaderValue,
+) -> Response<RespBody> {
+    let hash_key = hash_key(pool, req.headers());
+    let (parts, body) = req.into_parts();
+    let mut upstream_req = upstream_request(parts, body, conn, host.as_deref(), max_body);
+    let mut tried: Vec<u64> = Vec::new();
+    loop {
+        let Some(backend) = pool.pick(hash_key.as_deref(), &tried) else {
+            if tried.is_empty() {
+                return no_ready_backend(pool);
+            }
+            return error(
+                StatusCode::BAD_GATEWAY,
+                "no backend could be reached",
+                request_id,
+            );
+        };
+        let in_flight = backend.start_request();
+        match upstream::send(backend, upstream_req).await {
+            Attempt::Answered(resp, send) => {
+                backend.answers.record(Some(resp.status().as_u16()));
+                guard::record_answer(shared, pool, backend, resp.status());
+                return client_response(resp, send, in_flight);
+            }
+            Attempt::NotSent(back, err) => {
+                backend.answers.record(None);
+                backend.connect_failures.fetch_add(1, Ordering::Relaxed);
+                guard::record_connect_failure(shared, pool, backend);
+                log_connect_failure(backend, &err, request_id);
+                tried.push(backend.id);
+                if tried.len() > pool.retries as usize {
+                    return error(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream connect failed",
+                        request_id,
+                    );
+                }
+                upstream_req = back;
+            }
+            Attempt::Failed(err) => {
+                backend.answers.record(None);
+                if is_too_large(&err) {
+                    return error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "request body too large",
+                        request_id,
+                    );
+                }
+                tracing::warn!(pool = %pool.name, backend = %backend.name, error = %err, request_id = ?request_id, "upstream request failed");
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream request failed",
+                    request_id,
+                );
+            }
+        }
+    }
+}
+
+fn log_connect_failure(backend: &Backend, err: &ConnectError, request_id: &HeaderValue) {
+    tracing::warn!(pool = %backend.pool, backend = %backend.name, error = %err, request_id = ?request_id, "upstream connect failed");
+}
+
+fn is_too_large(err: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(e) = source {
+        if let Some(BodyError::TooLarge(_)) = e.downcast_ref::<BodyError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// 503 for a pool without a ready backend. Never falls back to an unready one.
+fn no_ready_backend(pool: &Pool) -> Response<RespBody> {
+    pool.stats.no_ready.fetch_add(1, Ordering::Relaxed);
+    let retry_after = pool.probe.interval.as_secs().max(1);
+    let mut resp = Response::new(RespBody::full(pool.unavailable_body.clone()));
+    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let h = resp.headers_mut();
+    h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Builds the upstream request in place from the client's: origin-form URI, HTTP/1.1,
+/// hop-by-hop headers removed, forwarding headers set.
+fn upstream_request(
+    mut parts: http::request::Parts,
+    body: Incoming,
+    conn: ConnInfo,
+    host: Option<&str>,
+    max_body: u64,
+) -> Request<ReqBody> {
+    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    parts.uri = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
+    parts.version = Version::HTTP_11;
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers);
+    if let Some(h) = &original_host {
+        headers.insert(header::HOST, h.clone());
+        headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+    } else if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        headers.insert(header::HOST, h);
+    }
+    append_forwarded_for(headers, conn.peer);
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+    );
+    parts.extensions = http::Extensions::new();
+    let body = if body_is_empty(&body) {
+        ReqBody::empty()
+    } else {
+        ReqBody::stream(body, max_body)
+    };
+    Request::from_parts(parts, body)
+}
+
+fn body_is_empty(body: &Incoming) -> bool {
+    http_body::Body::is_end_stream(body)
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+    let ip = peer.ip().to_string();
+    let mut values = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+    let combined = if values.peek().is_none() {
+        ip
+    } else {
+        let mut s = String::new();
+        for v in values {
+            if let Ok(v) = v.to_str() {
+                s.push_str(v);
+                s.push_str(", ");
+            }
+        }
+        s.push_str(&ip);
+        s
+    };
+    if let Ok(v) = HeaderValue::from_str(&combined) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(name);
+    }
+}
+
+fn client_response(
+    resp: Response<Incoming>,
+    send: hyper::client::conn::http1::SendRequest<ReqBody>,
+    in_flight: crate::backend::InFlight,
+) -> Response<RespBody> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.version = Version::HTTP_11;
+    Response::from_parts(
+        parts,
+        RespBody::Upstream(Pooled::new(body, send, in_flight)),
+    )
+}
+
+/// The request's host, lower-cased and without port: the URI authority (HTTP/2, absolute
+/// form) or the `Host` header.
+fn request_host<B>(req: &Request<B>) -> Option<String> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.host(),
+        None => {
+            let h = req.headers().get(header::HOST)?.to_str().ok()?;
+            strip_port(h)
+        }
+    };
+    Some(raw.to_ascii_lowercase())
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // [v6]:port
+        return host
+            .split_once(']')
+            .map_or(host, |(h, _)| &h[..])
+            .trim_start_matches('[');
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn hash_key(pool: &Pool, headers: &HeaderMap) -> Option<Vec<u8>> {
+    if !matches!(pool.balancer, crate::balance::Balancer::Hash { .. }) {
+        return None;
+    }
+    headers
+        .get(&pool.hash_header)
+        .map(|v| v.as_bytes().to_vec())
+}
+
+fn new_request_id() -> HeaderValue {
+    let id = format!("{:032x}", fastrand::u128(..));
+    HeaderValue::from_str(&id).expect("hex is a valid header value")
+}
+
+/// A JSON error answer generated by syncgate.
+pub fn error(status: StatusCode, message: &str, request_id: &HeaderValue) -> Response<RespBody> {
+    let body = serde_json::json!({
+        "error": message,
+        "status": status.as_u16(),
+        "request_id": request_id.to_str().unwrap_or(""),
+    });
+    let mut resp = Response::new(RespBody::full(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_including_connection_named() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = HeaderMap::new();
+        let peer: SocketAddr = "10.1.2.3:5555".parse().unwrap();
+        append_forwarded_for(&mut h, peer);
+        assert_eq!(h[&X_FORWARDED_FOR], "10.1.2.3");
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        append_forwarded_for(&mut h, peer);
+        assert_eq!(h[&X_FORWARDED_FOR], "10.1.2.3, 1.1.1.1, 10.1.2.3");
+    }
+
+    #[test]
+    fn host_parsing() {
+        assert_eq!(strip_port("Push.Example.com:8080"), "Push.Example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+        assert_eq!(strip_port("[::1]:80"), "::1");
+        let req = Request::get("/x")
+            .header(header::HOST, "PUSH.example.com:80")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&req).as_deref(), Some("push.example.com"));
+        let req = Request::get("http://a.example.com/x").body(()).unwrap();
+        assert_eq!(request_host(&req).as_deref(), Some("a.example.com"));
+    }
+}

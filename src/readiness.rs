@@ -1,0 +1,409 @@
+//! The readiness gate: the key-sync contract, fleet consistency checks, the rise/fall state
+//! machine, and the prober task that drives them for one backend.
+//!
+//! The pure parts ([`Gate`], [`judge`], [`check_fleet`]) do no I/O and are unit-tested on their
+//! own; [`run_prober`] is the only place that talks to the network.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{Backend, KeySync, State};
+use crate::config::{Contract, ProbeConfig};
+use crate::snapshot::Shared;
+
+/// Probe answers larger than this are a failure (a readiness report is a few hundred bytes).
+const MAX_PROBE_BODY: usize = 64 * 1024;
+
+/// The rise/fall counter of one backend. Pure: fed probe results and the backend's current
+/// state, it says which transition (if any) the result calls for.
+#[derive(Debug, Default, Clone)]
+pub struct Gate {
+    passes: u32,
+    failures: u32,
+    /// The state seen at the previous record. When the state changed in between (the guard
+    /// ejected the backend, an operator enabled it), the counters restart: passes collected
+    /// while ready must not re-admit a backend the guard just ejected.
+    last_state: Option<State>,
+}
+
+/// A state change asked for by the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    /// The state the backend must be in for the change to apply.
+    pub from: State,
+    /// The new state.
+    pub to: State,
+}
+
+impl Gate {
+    /// Records one probe result for a backend currently in `state`.
+    pub fn record(&mut self, ok: bool, state: State, rise: u32, fall: u32) -> Option<Transition> {
+        if self.last_state != Some(state) {
+            self.passes = 0;
+            self.failures = 0;
+            self.last_state = Some(state);
+        }
+        if ok {
+            self.passes = self.passes.saturating_add(1);
+            self.failures = 0;
+        } else {
+            self.failures = self.failures.saturating_add(1);
+            self.passes = 0;
+        }
+        match state {
+            State::Pending | State::Ejected if self.passes >= rise => Some(Transition {
+                from: state,
+                to: State::Ready,
+            }),
+            State::Ready if self.failures >= fall => Some(Transition {
+                from: state,
+                to: State::Ejected,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Consecutive passes so far in the current state.
+    pub fn passes(&self) -> u32 {
+        self.passes
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ProbeBody {
+    key_sync: KeySync,
+}
+
+/// Judges one probe answer (status and body) against the contract and the ready peers' reports.
+/// Returns the parsed report (if any) and the failure reason (if the probe failed).
+pub fn judge(
+    cfg: &ProbeConfig,
+    status: u16,
+    body: &[u8],
+    peers: &[KeySync],
+) -> (Option<KeySync>, Result<(), String>) {
+    let is_2xx = (200..300).contains(&status);
+    if cfg.contract == Contract::Status {
+        return (
+            None,
+            if is_2xx {
+                Ok(())
+            } else {
+                Err(format!("status {status}"))
+            },
+        );
+    }
+    // Parse even non-2xx answers: a 503 "still syncing" report is worth showing an operator.
+    let parsed = serde_json::from_slice::<ProbeBody>(body);
+    let report = parsed.as_ref().ok().map(|b| b.key_sync);
+    if !is_2xx {
+        return (report, Err(format!("status {status}")));
+    }
+    let report = match parsed {
+        Ok(b) => b.key_sync,
+        Err(e) if e.is_data() => return (None, Err(format!("invalid key_sync report: {e}"))),
+        Err(e) => {
+            return (
+                None,
+                Err(format!(
+                    "invalid json at line {} column {}",
+                    e.line(),
+                    e.column()
+                )),
+            )
+        }
+    };
+    if !report.complete {
+        return (
+            Some(report),
+            Err(format!("sync incomplete ({} keys)", report.keys)),
+        );
+    }
+    (
+        Some(report),
+        check_fleet(&report, peers, cfg.max_generation_lag, cfg.min_key_ratio),
+    )
+}
+
+/// The fleet consistency checks: a complete report must also agree with the ready peers.
+/// With no peer the checks pass (the first worker of a pool has nobody to agree with).
+pub fn check_fleet(
+    report: &KeySync,
+    peers: &[KeySync],
+    lag: u64,
+    ratio: f64,
+) -> Result<(), String> {
+    let Some(newest) = peers.iter().map(|p| p.generation).max() else {
+        return Ok(());
+    };
+    if report.generation < newest.saturating_sub(lag) {
+        return Err(format!(
+            "stale generation {} < {} - {}",
+            report.generation, newest, lag
+        ));
+    }
+    let median = median_keys(peers);
+    if (report.keys as f64) < ratio * median as f64 {
+        return Err(format!(
+            "too few keys {} < {} × {}",
+            report.keys, ratio, median
+        ));
+    }
+    Ok(())
+}
+
+/// Median key count (the lower middle for an even count, so one huge outlier cannot inflate
+/// the bar).
+fn median_keys(peers: &[KeySync]) -> u64 {
+    let mut keys: Vec<u64> = peers.iter().map(|p| p.keys).collect();
+    keys.sort_unstable();
+    keys[(keys.len() - 1) / 2]
+}
+
+/// Reports of the ready peers of `backend` in its pool: the reference for the fleet checks.
+fn ready_peers(backend: &Backend, peers: &[Arc<Backend>]) -> Vec<KeySync> {
+    peers
+        .iter()
+        .filter(|p| p.id != backend.id && p.is_routable())
+        .filter_map(|p| p.key_sync())
+        .filter(|k| k.complete)
+        .collect()
+}
+
+/// Sends one probe over a fresh connection (a dead worker must show up as `connect refused`,
+/// not hide behind a pooled connection) and returns the status and body.
+async fn fetch(backend: &Backend, cfg: &ProbeConfig) -> Result<(u16, Bytes), String> {
+    let stream = TcpStream::connect(backend.addr)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => "connect refused".to_string(),
+            _ => format!("connect failed: {e}"),
+        })?;
+    let _ = stream.set_nodelay(true);
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake failed: {e}"))?;
+    // The connection task ends when `send` drops at the end of this probe.
+    tokio::spawn(conn);
+    let req = http::Request::get(cfg.path.as_str())
+        .header(http::header::HOST, backend.authority.as_str())
+        .header(http::header::ACCEPT, "application/json")
+        .header(http::header::USER_AGENT, "syncgate-probe")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("bad probe request: {e}"))?;
+    let resp = send
+        .send_request(req)
+        .await
+        .map_err(|e| format!("probe failed: {e}"))?;
+    let status = resp.status().as_u16();
+    let body = Limited::new(resp.into_body(), MAX_PROBE_BODY)
+        .collect()
+        .await
+        .map_err(|e| format!("probe body failed: {e}"))?
+        .to_bytes();
+    Ok((status, body))
+}
+
+/// Probes `backend` every `interval` until `token` is cancelled or the backend leaves the
+/// config, moving it between `pending`, `ready` and `ejected` as its reports dictate.
+pub async fn run_prober(backend: Arc<Backend>, shared: Arc<Shared>, token: CancellationToken) {
+    let mut gate = Gate::default();
+    loop {
+        if backend.is_removed() {
+            return;
+        }
+        // The pool's probe settings are read afresh each round so that a reload applies at
+        // once without restarting the prober (and its rise/fall history).
+        let snapshot = shared.snapshot();
+        let Some(pool) = snapshot.pool(&backend.pool) else {
+            return;
+        };
+        let cfg = pool.probe.clone();
+        let peers = pool.backends.clone();
+        drop(snapshot);
+
+        let started = Instant::now();
+        let fetched = tokio::select! {
+            _ = token.cancelled() => return,
+            r = tokio::time::timeout(cfg.timeout, fetch(&backend, &cfg)) => r,
+        };
+        let latency = started.elapsed();
+        let (report, verdict) = match fetched {
+            Err(_) => (None, Err("timeout".to_string())),
+            Ok(Err(reason)) => (None, Err(reason)),
+            Ok(Ok((status, body))) => judge(&cfg, status, &body, &ready_peers(&backend, &peers)),
+        };
+        let ok = verdict.is_ok();
+        shared.metrics.probe(ok);
+        let state = backend.state();
+        let transition = gate.record(ok, state, cfg.rise, cfg.fall);
+        {
+            let mut info = backend.info();
+            info.last_probe_latency = Some(latency);
+            info.last_probe_ok = Some(ok);
+            if report.is_some() {
+                info.key_sync = report;
+            }
+            match (&verdict, transition) {
+                // A failure reason is shown while the backend is out, or when it is about to be
+                // taken out; the transition below overwrites it with the same text.
+                (Err(reason), _) => {
+                    if state != State::Ready || transition.is_some() {
+                        info.reason = reason.clone();
+                    }
+                }
+                (Ok(()), None) if state != State::Ready => {
+                    info.reason = format!("probe passed ({}/{})", gate.passes(), cfg.rise);
+                }
+                _ => {}
+            }
+        }
+        if verdict.is_err() {
+            tracing::debug!(pool = %backend.pool, backend = %backend.name, reason = ?verdict, "probe failed");
+        }
+        if let Some(t) = transition {
+            let reason = match &verdict {
+                Ok(()) => format!("{} probes passed", cfg.rise),
+                Err(r) => format!("{} probes failed: {r}", cfg.fall),
+            };
+            backend.transition(&[t.from], t.to, &reason, &shared.events);
+        }
+
+        let wait = cfg.interval.saturating_sub(started.elapsed());
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tokio::time::sleep(wait.max(Duration::from_millis(10))) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(contract: Contract) -> ProbeConfig {
+        ProbeConfig {
+            path: "/ready".into(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            rise: 2,
+            fall: 2,
+            contract,
+            max_generation_lag: 10,
+            min_key_ratio: 0.98,
+        }
+    }
+
+    fn ks(generation: u64, keys: u64) -> KeySync {
+        KeySync {
+            complete: true,
+            generation,
+            keys,
+        }
+    }
+
+    #[test]
+    fn gate_admits_after_rise_and_ejects_after_fall() {
+        let mut g = Gate::default();
+        assert_eq!(g.record(true, State::Pending, 2, 2), None);
+        let t = g.record(true, State::Pending, 2, 2).unwrap();
+        assert_eq!((t.from, t.to), (State::Pending, State::Ready));
+        assert_eq!(g.record(false, State::Ready, 2, 2), None);
+        assert_eq!(g.record(true, State::Ready, 2, 2), None);
+        assert_eq!(g.record(false, State::Ready, 2, 2), None);
+        let t = g.record(false, State::Ready, 2, 2).unwrap();
+        assert_eq!((t.from, t.to), (State::Ready, State::Ejected));
+    }
+
+    #[test]
+    fn gate_failure_resets_passes() {
+        let mut g = Gate::default();
+        g.record(true, State::Pending, 3, 2);
+        g.record(true, State::Pending, 3, 2);
+        g.record(false, State::Pending, 3, 2);
+        g.record(true, State::Pending, 3, 2);
+        assert_eq!(g.record(true, State::Pending, 3, 2), None);
+        assert!(g.record(true, State::Pending, 3, 2).is_some());
+    }
+
+    #[test]
+    fn gate_restarts_counting_after_external_change() {
+        let mut g = Gate::default();
+        for _ in 0..5 {
+            g.record(true, State::Ready, 2, 2);
+        }
+        // The guard ejected the backend between two probes: it needs `rise` fresh passes.
+        assert_eq!(g.record(true, State::Ejected, 2, 2), None);
+        assert!(g.record(true, State::Ejected, 2, 2).is_some());
+    }
+
+    #[test]
+    fn gate_never_moves_draining_or_disabled() {
+        let mut g = Gate::default();
+        for _ in 0..5 {
+            assert_eq!(g.record(true, State::Disabled, 1, 1), None);
+            assert_eq!(g.record(false, State::Draining, 1, 1), None);
+        }
+    }
+
+    #[test]
+    fn judge_reasons() {
+        let c = cfg(Contract::KeySync);
+        let ok = br#"{"key_sync": {"complete": true, "generation": 5, "keys": 100}}"#;
+        assert_eq!(judge(&c, 200, ok, &[]).1, Ok(()));
+        assert_eq!(judge(&c, 503, ok, &[]).1, Err("status 503".into()));
+        assert_eq!(
+            judge(&c, 200, b"{\"key_sync\": nope}", &[]).1,
+            Err("invalid json at line 1 column 14".into())
+        );
+        let incomplete = br#"{"key_sync": {"complete": false, "generation": 0, "keys": 1200}}"#;
+        let (report, verdict) = judge(&c, 200, incomplete, &[]);
+        assert_eq!(verdict, Err("sync incomplete (1200 keys)".into()));
+        assert_eq!(report.unwrap().keys, 1200);
+        assert!(judge(&c, 200, b"{}", &[])
+            .1
+            .unwrap_err()
+            .starts_with("invalid key_sync report"));
+        // Unknown fields are ignored.
+        let extra =
+            br#"{"v": 2, "key_sync": {"complete": true, "generation": 5, "keys": 1, "x": 1}}"#;
+        assert_eq!(judge(&c, 200, extra, &[]).1, Ok(()));
+    }
+
+    #[test]
+    fn status_contract_accepts_any_2xx() {
+        let c = cfg(Contract::Status);
+        assert_eq!(judge(&c, 204, b"", &[]).1, Ok(()));
+        assert_eq!(judge(&c, 500, b"", &[]).1, Err("status 500".into()));
+    }
+
+    #[test]
+    fn fleet_checks() {
+        assert_eq!(check_fleet(&ks(1, 0), &[], 10, 0.98), Ok(()));
+        let peers = [ks(52, 2000), ks(50, 2000), ks(52, 2010)];
+        assert_eq!(check_fleet(&ks(42, 2000), &peers, 10, 0.98), Ok(()));
+        assert_eq!(
+            check_fleet(&ks(40, 2000), &peers, 10, 0.98),
+            Err("stale generation 40 < 52 - 10".into())
+        );
+        assert_eq!(
+            check_fleet(&ks(52, 0), &peers, 10, 0.98),
+            Err("too few keys 0 < 0.98 × 2000".into())
+        );
+        assert_eq!(check_fleet(&ks(52, 1960), &peers, 10, 0.98), Ok(()));
+        assert!(check_fleet(&ks(52, 1959), &peers, 10, 0.98).is_err());
+    }
+
+    #[test]
+    fn median_is_robust_to_one_outlier() {
+        assert_eq!(median_keys(&[ks(1, 10), ks(1, 1_000_000)]), 10);
+        assert_eq!(median_keys(&[ks(1, 10), ks(1, 20), ks(1, 1_000_000)]), 20);
+    }
+}

@@ -1,0 +1,266 @@
+//! Client listeners: one single-threaded runtime per proxy thread, each with its own
+//! `SO_REUSEPORT` socket per listen address, its own upstream connection pool, and graceful
+//! shutdown with a deadline.
+//!
+//! Why per-thread runtimes: a shared pool and cross-thread wake-ups cost more CPU per request
+//! than the proxying itself (DESIGN.md, "Performance notes"). With `SO_REUSEPORT` the kernel
+//! spreads connections across the threads, and a connection never leaves its thread.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServerConfig;
+use crate::proxy::{self, ConnInfo};
+use crate::snapshot::Shared;
+use crate::upstream;
+
+/// Largest request head accepted; larger heads are answered 431.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Errors starting the listeners.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A proxy thread could not be started.
+    #[error("cannot start proxy thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Running proxy threads.
+#[derive(Debug)]
+pub struct ProxyThreads {
+    /// The bound addresses, in config order (ports resolved when the config said 0).
+    pub addrs: Vec<SocketAddr>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl ProxyThreads {
+    /// Waits until every proxy thread has finished its graceful shutdown.
+    pub async fn join(self) {
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+}
+
+fn reuseport_socket(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// Binds `threads` sockets per address. The first socket of an address resolves port 0; the
+/// others bind the port it got.
+fn bind_all(
+    addrs: &[SocketAddr],
+    threads: usize,
+) -> Result<(Vec<SocketAddr>, Vec<Vec<std::net::TcpListener>>), ServerError> {
+    let mut bound = Vec::new();
+    let mut per_thread: Vec<Vec<std::net::TcpListener>> =
+        (0..threads).map(|_| Vec::new()).collect();
+    for &addr in addrs {
+        let err = |source| ServerError::Bind { addr, source };
+        let first = reuseport_socket(addr).map_err(err)?;
+        let actual = first.local_addr().map_err(err)?;
+        bound.push(actual);
+        per_thread[0].push(first);
+        for sockets in per_thread.iter_mut().skip(1) {
+            sockets.push(reuseport_socket(actual).map_err(err)?);
+        }
+    }
+    Ok((bound, per_thread))
+}
+
+/// Binds the plain listeners and starts the proxy threads. They stop accepting when `token` is
+/// cancelled, then give in-flight requests `drain_timeout` to finish.
+pub fn start(
+    cfg: &ServerConfig,
+    shared: Arc<Shared>,
+    token: CancellationToken,
+) -> Result<ProxyThreads, ServerError> {
+    let threads = match cfg.worker_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let (addrs, mut per_thread) = bind_all(&cfg.listen, threads)?;
+    let limit = Arc::new(Semaphore::new(cfg.max_connections));
+    let mut handles = Vec::new();
+    for i in 0..threads {
+        let listeners = std::mem::take(&mut per_thread[i]);
+        let shared = shared.clone();
+        let token = token.clone();
+        let limit = limit.clone();
+        let header_timeout = cfg.header_read_timeout;
+        let drain = cfg.drain_timeout;
+        let handle = std::thread::Builder::new()
+            .name(format!("syncgate-proxy-{i}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot build proxy runtime");
+                        return;
+                    }
+                };
+                rt.block_on(thread_main(
+                    listeners,
+                    shared,
+                    token,
+                    limit,
+                    header_timeout,
+                    drain,
+                ));
+                // Dropping the runtime cancels whatever outlived the drain deadline.
+            })
+            .map_err(ServerError::Thread)?;
+        handles.push(handle);
+    }
+    Ok(ProxyThreads {
+        addrs,
+        threads: handles,
+    })
+}
+
+async fn thread_main(
+    listeners: Vec<std::net::TcpListener>,
+    shared: Arc<Shared>,
+    token: CancellationToken,
+    limit: Arc<Semaphore>,
+    header_timeout: Duration,
+    drain: Duration,
+) {
+    let sweeper = {
+        let token = token.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tick.tick() => upstream::sweep(),
+                }
+            }
+        })
+    };
+    let mut loops = Vec::new();
+    for l in listeners {
+        let listener = match TcpListener::from_std(l) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot register listener");
+                continue;
+            }
+        };
+        loops.push(tokio::spawn(accept_loop(
+            listener,
+            shared.clone(),
+            token.clone(),
+            limit.clone(),
+            header_timeout,
+            drain,
+        )));
+    }
+    for l in loops {
+        let _ = l.await;
+    }
+    let _ = sweeper.await;
+}
+
+fn builder(header_timeout: Duration) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(MAX_HEAD_BYTES);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Duration::from_secs(30));
+    b
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    token: CancellationToken,
+    limit: Arc<Semaphore>,
+    header_timeout: Duration,
+    drain: Duration,
+) {
+    let builder = Arc::new(builder(header_timeout));
+    let graceful = GracefulShutdown::new();
+    loop {
+        // Take a connection slot before accepting: beyond `max_connections`, clients wait in
+        // the kernel's backlog instead of being accepted and starved.
+        let permit = tokio::select! {
+            _ = token.cancelled() => break,
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = token.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let info = ConnInfo { peer, tls: false };
+        let shared = shared.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            // hyper's header timeout starts once the protocol is known; a client that connects
+            // and sends nothing must not hold a slot forever either.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+            let service = service_fn(move |req| proxy::serve(shared.clone(), info, req));
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(timeout = ?drain, "drain timeout reached; closing remaining connections");
+    }
+}

@@ -1,0 +1,300 @@
+//! The runtime view of a config: [`Snapshot`] (routes and pools, immutable, swapped atomically)
+//! and [`Shared`] (what outlives snapshots: the backend registry, the event log, metrics).
+//!
+//! Building a snapshot reuses the [`Backend`] state object of every backend whose
+//! `(pool, name, addr)` identity is unchanged, so a reload keeps readiness, counters and probe
+//! history; new identities start `pending`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::{HeaderName, StatusCode};
+
+use crate::backend::{Backend, State};
+use crate::balance::{Balancer, PickContext};
+use crate::config::{Config, GuardConfig, HostMatch, PoolConfig, ProbeConfig};
+use crate::events::EventLog;
+use crate::metrics::{Metrics, PoolStats};
+
+/// Backend identity: `(pool, name, addr)`.
+pub type BackendKey = (String, String, std::net::SocketAddr);
+
+/// One pool at runtime.
+#[derive(Debug)]
+pub struct Pool {
+    /// Pool name.
+    pub name: Arc<str>,
+    /// Backends in config order; shared state objects.
+    pub backends: Vec<Arc<Backend>>,
+    /// Selection tables.
+    pub balancer: Balancer,
+    /// Header hashed with `balance = "hash"`.
+    pub hash_header: HeaderName,
+    /// Slow-start window.
+    pub slow_start: Duration,
+    /// Connect-failure retries.
+    pub retries: u32,
+    /// Probe settings (read by the prober each round).
+    pub probe: ProbeConfig,
+    /// Guard settings.
+    pub guard: GuardConfig,
+    /// Pre-rendered JSON body of the 503 answered when no backend is ready.
+    pub unavailable_body: bytes::Bytes,
+    /// Counters kept across reloads.
+    pub stats: Arc<PoolStats>,
+}
+
+impl Pool {
+    /// Picks a ready backend not in `exclude`.
+    pub fn pick(&self, key: Option<&[u8]>, exclude: &[u64]) -> Option<&Arc<Backend>> {
+        let cx = PickContext {
+            key,
+            exclude,
+            slow_start: self.slow_start,
+            now_ms: crate::backend::now_millis(),
+        };
+        self.balancer
+            .pick(&self.backends, &cx)
+            .map(|i| &self.backends[i])
+    }
+
+    /// Whether any backend of the pool is ready.
+    pub fn has_ready(&self) -> bool {
+        self.backends.iter().any(|b| b.is_routable())
+    }
+
+    /// Whether a guarded status needs a second opinion.
+    pub fn is_guarded(&self, status: StatusCode) -> bool {
+        self.guard.statuses.contains(&status)
+    }
+}
+
+/// One route at runtime.
+#[derive(Debug)]
+pub struct Route {
+    /// Host pattern; None matches any host.
+    pub host: Option<HostMatch>,
+    /// Path prefix.
+    pub path_prefix: String,
+    /// Index into [`Snapshot::pools`].
+    pub pool: usize,
+}
+
+impl Route {
+    fn matches(&self, host: &str, path: &str) -> bool {
+        let host_ok = match &self.host {
+            None => true,
+            Some(HostMatch::Exact(h)) => h == host,
+            Some(HostMatch::Wildcard(suffix)) => {
+                host.len() > suffix.len() && host.ends_with(suffix.as_str())
+            }
+        };
+        host_ok && path.starts_with(self.path_prefix.as_str())
+    }
+
+    /// Sort key: most specific first (exact host, then wildcard by length, then any host;
+    /// within those, longer path prefixes first).
+    fn specificity(&self) -> (u8, usize, usize) {
+        let host = match &self.host {
+            Some(HostMatch::Exact(_)) => (0, 0),
+            Some(HostMatch::Wildcard(s)) => (1, usize::MAX - s.len()),
+            None => (2, 0),
+        };
+        (host.0, host.1, usize::MAX - self.path_prefix.len())
+    }
+}
+
+/// An immutable, complete runtime configuration. The request path reads one per request.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Config generation (1 for the first config loaded).
+    pub generation: u64,
+    /// Routes, most specific first.
+    pub routes: Vec<Route>,
+    /// Pools, sorted by name.
+    pub pools: Vec<Arc<Pool>>,
+    /// The validated config this snapshot was built from.
+    pub config: Arc<Config>,
+}
+
+impl Snapshot {
+    /// The pool serving `host` (lower-case, no port) and `path`.
+    pub fn route(&self, host: &str, path: &str) -> Option<&Arc<Pool>> {
+        self.routes
+            .iter()
+            .find(|r| r.matches(host, path))
+            .map(|r| &self.pools[r.pool])
+    }
+
+    /// A pool by name.
+    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.iter().find(|p| &*p.name == name)
+    }
+
+    /// Every backend of every pool.
+    pub fn backends(&self) -> impl Iterator<Item = &Arc<Backend>> {
+        self.pools.iter().flat_map(|p| p.backends.iter())
+    }
+}
+
+/// State shared by every part of a running syncgate, surviving reloads.
+#[derive(Debug)]
+pub struct Shared {
+    snapshot: ArcSwap<Snapshot>,
+    /// Live backend state objects by identity (the snapshot's, plus removed ones still
+    /// draining).
+    registry: Mutex<HashMap<BackendKey, Arc<Backend>>>,
+    /// Backend state transitions.
+    pub events: EventLog,
+    /// Counters and histograms.
+    pub metrics: Metrics,
+}
+
+impl Shared {
+    /// Builds the first snapshot from `config`.
+    pub fn new(config: Config) -> Arc<Shared> {
+        let registry = Mutex::new(HashMap::new());
+        let metrics = Metrics::default();
+        let snapshot = build(&registry, &metrics, Arc::new(config), 1).0;
+        Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            registry,
+            events: EventLog::new(1000),
+            metrics,
+        })
+    }
+
+    /// The current snapshot. Cheap (one atomic increment); hold it for one request.
+    #[inline]
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Builds a snapshot for `config` reusing backend state by identity, swaps it in, and
+    /// returns it with the backends the new config no longer has.
+    pub fn install(&self, config: Config) -> (Arc<Snapshot>, Vec<Arc<Backend>>) {
+        let generation = self.snapshot.load().generation + 1;
+        let (snapshot, removed) =
+            build(&self.registry, &self.metrics, Arc::new(config), generation);
+        let snapshot = Arc::new(snapshot);
+        self.snapshot.store(snapshot.clone());
+        for b in &removed {
+            b.mark_removed();
+            b.transition(
+                &[
+                    State::Pending,
+                    State::Ready,
+                    State::Ejected,
+                    State::Disabled,
+                ],
+                State::Draining,
+                "removed from config",
+                &self.events,
+            );
+        }
+        (snapshot, removed)
+    }
+
+    /// Forgets a removed backend once it is idle (or its drain deadline passed).
+    pub fn forget(&self, backend: &Backend) {
+        let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        reg.retain(|_, b| b.id != backend.id);
+    }
+
+    /// Every live backend, including removed ones still draining.
+    pub fn all_backends(&self) -> Vec<Arc<Backend>> {
+        let reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        reg.values().cloned().collect()
+    }
+}
+
+/// Builds a snapshot. Holds the registry lock for the whole build so that two concurrent
+/// reloads cannot both create a state object for the same identity.
+fn build(
+    registry: &Mutex<HashMap<BackendKey, Arc<Backend>>>,
+    metrics: &Metrics,
+    config: Arc<Config>,
+    generation: u64,
+) -> (Snapshot, Vec<Arc<Backend>>) {
+    let mut reg = registry.lock().unwrap_or_else(|e| e.into_inner());
+    let mut keep: HashMap<BackendKey, Arc<Backend>> = HashMap::new();
+    let pools: Vec<Arc<Pool>> = config
+        .pools
+        .iter()
+        .map(|pc| Arc::new(build_pool(pc, metrics.pool(&pc.name), &mut reg, &mut keep)))
+        .collect();
+    let removed: Vec<Arc<Backend>> = reg
+        .iter()
+        .filter(|(k, b)| !keep.contains_key(*k) && !b.is_removed())
+        .map(|(_, b)| b.clone())
+        .collect();
+    // Removed backends stay in the registry (draining) until `forget`.
+    reg.extend(keep);
+    let mut routes: Vec<Route> = config
+        .routes
+        .iter()
+        .filter_map(|r| {
+            let pool = pools.iter().position(|p| *p.name == *r.pool)?;
+            Some(Route {
+                host: r.host.clone(),
+                path_prefix: r.path_prefix.clone(),
+                pool,
+            })
+        })
+        .collect();
+    // Stable: equally specific routes keep file order.
+    routes.sort_by_key(Route::specificity);
+    (
+        Snapshot {
+            generation,
+            routes,
+            pools,
+            config,
+        },
+        removed,
+    )
+}
+
+fn build_pool(
+    pc: &PoolConfig,
+    stats: Arc<PoolStats>,
+    reg: &mut HashMap<BackendKey, Arc<Backend>>,
+    keep: &mut HashMap<BackendKey, Arc<Backend>>,
+) -> Pool {
+    let backends: Vec<Arc<Backend>> = pc
+        .backends
+        .iter()
+        .map(|bc| {
+            let key = (pc.name.clone(), bc.name.clone(), bc.addr);
+            let backend = match reg.get(&key) {
+                Some(b) if !b.is_removed() => {
+                    b.set_weight(bc.weight);
+                    b.clone()
+                }
+                _ => Arc::new(Backend::new(&pc.name, &bc.name, bc.addr, bc.weight)),
+            };
+            keep.insert(key, backend.clone());
+            backend
+        })
+        .collect();
+    let unavailable_body = serde_json::to_vec(&serde_json::json!({
+        "error": "no ready backend",
+        "pool": pc.name,
+    }))
+    .unwrap_or_default()
+    .into();
+    Pool {
+        name: pc.name.as_str().into(),
+        balancer: Balancer::new(pc.balance, &backends),
+        backends,
+        hash_header: pc.hash_header.clone(),
+        slow_start: pc.slow_start,
+        retries: pc.retries,
+        probe: pc.probe.clone(),
+        guard: pc.guard.clone(),
+        unavailable_body,
+        stats,
+    }
+}

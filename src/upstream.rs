@@ -1,0 +1,254 @@
+//! Upstream HTTP/1.1 connections to the workers, pooled per proxy thread.
+//!
+//! Each proxy thread runs its own single-threaded runtime, so the idle-connection pool is a
+//! `thread_local!` map keyed by backend id: no lock, no cross-thread wake-up (DESIGN.md,
+//! "Performance notes"). The `RefCell` is only ever borrowed synchronously, never across an
+//! `.await`, so a future that did migrate threads would merely use the other thread's pool.
+//!
+//! Sending uses `try_send_request`, which hands the request back when it was not written to
+//! the connection. That makes "reset before any byte was sent" a retryable connect failure
+//! even for streamed bodies: the body is still untouched in the returned request.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::backend::{Backend, InFlight};
+use crate::body::ReqBody;
+
+/// Idle connections older than this are closed: shorter than common worker keep-alive
+/// timeouts (Go 90 s, nginx 75 s, Node 5 s is the outlier), so a pooled connection is rarely
+/// closed by the worker under our feet, and connections to a removed backend close soon.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// Idle connections kept per backend per thread.
+const MAX_IDLE_PER_BACKEND: usize = 128;
+/// Connect timeout; the whole exchange is further bounded by `request_timeout`.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+struct Idle {
+    send: SendRequest<ReqBody>,
+    since: Instant,
+}
+
+struct Entry {
+    backend: Arc<Backend>,
+    idle: Vec<Idle>,
+}
+
+thread_local! {
+    static POOL: RefCell<HashMap<u64, Entry>> = RefCell::new(HashMap::new());
+}
+
+/// Why no request could be written to a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The worker refused the connection.
+    #[error("connect refused")]
+    Refused,
+    /// The connection did not complete within the connect timeout.
+    #[error("connect timeout")]
+    Timeout,
+    /// Any other socket error while connecting.
+    #[error("connect failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The HTTP/1.1 handshake failed.
+    #[error("handshake failed: {0}")]
+    Handshake(hyper::Error),
+    /// The connection closed before the request was written.
+    #[error("connection reset before the request was sent: {0}")]
+    NotSent(hyper::Error),
+}
+
+/// The outcome of one attempt on one backend.
+pub enum Attempt {
+    /// The worker answered (headers received).
+    Answered(Response<Incoming>, SendRequest<ReqBody>),
+    /// Nothing reached the worker; the request comes back for a retry elsewhere.
+    NotSent(Request<ReqBody>, ConnectError),
+    /// The request was (at least partly) sent and then failed: not retryable.
+    Failed(hyper::Error),
+}
+
+fn checkout(backend: &Backend) -> Option<SendRequest<ReqBody>> {
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let entry = pool.get_mut(&backend.id)?;
+        while let Some(idle) = entry.idle.pop() {
+            if idle.since.elapsed() < IDLE_TIMEOUT && idle.send.is_ready() {
+                return Some(idle.send);
+            }
+        }
+        None
+    })
+}
+
+fn checkin(backend: &Arc<Backend>, send: SendRequest<ReqBody>) {
+    if backend.is_removed() || send.is_closed() {
+        return;
+    }
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let entry = pool.entry(backend.id).or_insert_with(|| Entry {
+            backend: backend.clone(),
+            idle: Vec::new(),
+        });
+        if entry.idle.len() < MAX_IDLE_PER_BACKEND {
+            entry.idle.push(Idle {
+                send,
+                since: Instant::now(),
+            });
+        }
+    });
+}
+
+/// Closes idle connections that timed out, and all idle connections of backends that left the
+/// config or stopped taking traffic. Run periodically on every proxy thread.
+pub fn sweep() {
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        pool.retain(|_, entry| {
+            if entry.backend.is_removed() {
+                return false;
+            }
+            entry
+                .idle
+                .retain(|i| i.since.elapsed() < IDLE_TIMEOUT && !i.send.is_closed());
+            !entry.idle.is_empty()
+        });
+    });
+}
+
+async fn connect(backend: &Backend) -> Result<SendRequest<ReqBody>, ConnectError> {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr)).await
+    {
+        Err(_) => return Err(ConnectError::Timeout),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            return Err(ConnectError::Refused)
+        }
+        Ok(Err(e)) => return Err(ConnectError::Io(e)),
+        Ok(Ok(s)) => s,
+    };
+    let _ = stream.set_nodelay(true);
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(ConnectError::Handshake)?;
+    // The connection task ends when every `SendRequest` handle is dropped and the connection
+    // is idle, or when the worker closes it.
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(send)
+}
+
+/// Sends `req` to `backend` on a pooled connection, or a new one. A pooled connection that
+/// turns out to be dead before the request was written is replaced by a fresh one once: the
+/// worker is not at fault for an idle connection it closed.
+pub async fn send(backend: &Backend, req: Request<ReqBody>) -> Attempt {
+    let mut req = req;
+    if let Some(mut send) = checkout(backend) {
+        match send.try_send_request(req).await {
+            Ok(resp) => return Attempt::Answered(resp, send),
+            Err(mut e) => match e.take_message() {
+                Some(back) => req = back,
+                None => return Attempt::Failed(e.into_error()),
+            },
+        }
+    }
+    let mut send = match connect(backend).await {
+        Ok(s) => s,
+        Err(e) => return Attempt::NotSent(req, e),
+    };
+    match send.try_send_request(req).await {
+        Ok(resp) => Attempt::Answered(resp, send),
+        Err(mut e) => match e.take_message() {
+            Some(back) => Attempt::NotSent(back, ConnectError::NotSent(e.into_error())),
+            None => Attempt::Failed(e.into_error()),
+        },
+    }
+}
+
+/// A worker's response body. Holds the request's in-flight count until it is finished, and
+/// returns the connection to this thread's pool when the body was read to the end (a body
+/// dropped half-read leaves the connection unusable, so it is closed instead).
+#[derive(Debug)]
+pub struct Pooled {
+    inner: Incoming,
+    send: Option<SendRequest<ReqBody>>,
+    done: bool,
+    in_flight: InFlight,
+}
+
+impl Pooled {
+    /// Wraps a response body.
+    pub fn new(inner: Incoming, send: SendRequest<ReqBody>, in_flight: InFlight) -> Pooled {
+        Pooled {
+            inner,
+            send: Some(send),
+            done: false,
+            in_flight,
+        }
+    }
+}
+
+impl Body for Pooled {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.done = true,
+            Poll::Ready(Some(Err(_))) => this.send = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if !(self.done || self.inner.is_end_stream()) {
+            return;
+        }
+        let Some(mut send) = self.send.take() else {
+            return;
+        };
+        let backend = self.in_flight.backend().clone();
+        if send.is_ready() {
+            checkin(&backend, send);
+        } else if !send.is_closed() {
+            // The connection task has not yet seen the end of the exchange; it will be ready
+            // in a moment. Only then may it be reused.
+            tokio::spawn(async move {
+                if send.ready().await.is_ok() {
+                    checkin(&backend, send);
+                }
+            });
+        }
+    }
+}
