@@ -19,6 +19,8 @@
 //! - [`readiness`]: the key-sync contract, fleet checks, rise/fall gate, prober task.
 //! - [`events`]: the bounded log of state transitions.
 //! - [`metrics`]: counters and histograms as atomics.
+//! - [`reload`]: hot reload (file watch, SIGHUP, admin), prober lifecycle, config identity.
+//! - [`admin`]: admin HTTP API, status page, Prometheus metrics, operator actions.
 //! - [`sim`]: simulated workers (demo, tests, benchmarks).
 //! - [`demo`]: the `syncgate demo` scenario.
 //!
@@ -27,6 +29,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod backend;
 pub mod balance;
 pub mod body;
@@ -37,22 +40,21 @@ pub mod guard;
 pub mod metrics;
 pub mod proxy;
 pub mod readiness;
+pub mod reload;
 pub mod server;
 pub mod sim;
 pub mod snapshot;
 pub mod upstream;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::backend::{Backend, State};
 use crate::config::Config;
-use crate::snapshot::{Shared, Snapshot};
+use crate::reload::Control;
+use crate::snapshot::Shared;
 
 /// Errors starting syncgate.
 #[derive(Debug, thiserror::Error)]
@@ -60,45 +62,74 @@ pub enum StartError {
     /// The client listeners could not start.
     #[error(transparent)]
     Server(#[from] server::ServerError),
+    /// The admin listener could not start.
+    #[error("cannot listen on admin address {addr}: {source}")]
+    Admin {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The config file's directory cannot be watched.
+    #[error("cannot watch the config file: {0}")]
+    Watch(#[from] notify::Error),
 }
 
-/// A running syncgate: proxy threads, probers, and their shared state.
+/// A running syncgate: proxy threads, admin listener, probers, reloader.
 #[derive(Debug)]
 pub struct Running {
-    shared: Arc<Shared>,
-    token: CancellationToken,
-    tasks: TaskTracker,
+    control: Arc<Control>,
     proxy: server::ProxyThreads,
-    probers: Arc<std::sync::Mutex<Probers>>,
+    admin_addr: SocketAddr,
 }
 
-/// Starts syncgate with `config` on the current tokio runtime (probers, control tasks) plus
-/// its own proxy threads. Every backend starts `pending`.
+/// Starts syncgate with `config`: proxy threads of its own, and the control plane (probers,
+/// admin API, file watcher) on the current tokio runtime. Every backend starts `pending`.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let server_cfg = config.server.clone();
+    let admin_addr = config.admin.listen;
+    let path = config.source.clone();
+    let file_bytes = match &path {
+        Some(p) => tokio::fs::read(p).await.ok(),
+        None => None,
+    };
+    let admin_listener = tokio::net::TcpListener::bind(admin_addr)
+        .await
+        .map_err(|source| StartError::Admin {
+            addr: admin_addr,
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| StartError::Admin {
+            addr: admin_addr,
+            source,
+        })?;
     let shared = Shared::new(config);
     let token = CancellationToken::new();
-    let tasks = TaskTracker::new();
     let proxy = server::start(&server_cfg, shared.clone(), token.child_token())?;
-    let probers = Arc::new(std::sync::Mutex::new(Probers::default()));
-    let running = Running {
+    let control = Control::new(
         shared,
+        path.clone(),
+        file_bytes.as_deref(),
         token,
-        tasks,
-        proxy,
-        probers,
-    };
-    running.sync_probers(&running.shared.snapshot(), &[]);
-    for addr in &running.proxy.addrs {
+        TaskTracker::new(),
+    );
+    if let Some(p) = &path {
+        reload::watch(control.clone(), p)?;
+    }
+    control
+        .tasks()
+        .spawn(admin::serve(admin_listener, control.clone()));
+    for addr in &proxy.addrs {
         tracing::info!(listen = %addr, "proxy listening");
     }
-    Ok(running)
-}
-
-/// The prober task of every live backend, by backend id.
-#[derive(Debug, Default)]
-struct Probers {
-    tokens: HashMap<u64, CancellationToken>,
+    tracing::info!(listen = %admin_addr, "admin listening");
+    Ok(Running {
+        control,
+        proxy,
+        admin_addr,
+    })
 }
 
 impl Running {
@@ -107,67 +138,29 @@ impl Running {
         &self.proxy.addrs
     }
 
-    /// State shared with the proxy threads (snapshot, backends, events, metrics).
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+    /// The admin listener's bound address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
     }
 
-    /// Starts probers for new backends, stops those of removed ones, and drains removed
-    /// backends: they leave the registry when idle or after `drain_timeout`.
-    fn sync_probers(&self, snapshot: &Snapshot, removed: &[Arc<Backend>]) {
-        let mut probers = self.probers.lock().unwrap_or_else(|e| e.into_inner());
-        for b in snapshot.backends() {
-            probers.tokens.entry(b.id).or_insert_with(|| {
-                let token = self.token.child_token();
-                self.tasks.spawn(readiness::run_prober(
-                    b.clone(),
-                    self.shared.clone(),
-                    token.clone(),
-                ));
-                token
-            });
-        }
-        let drain = snapshot.config.server.drain_timeout;
-        for b in removed {
-            if let Some(t) = probers.tokens.remove(&b.id) {
-                t.cancel();
-            }
-            self.tasks.spawn(drain_removed(
-                b.clone(),
-                self.shared.clone(),
-                drain,
-                self.token.child_token(),
-            ));
-        }
+    /// State shared with the proxy threads (snapshot, backends, events, metrics).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.control.shared
+    }
+
+    /// The control plane (reload, config status).
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
     }
 
     /// Stops accepting, lets in-flight requests finish within `drain_timeout`, stops every
     /// task. Returns when all is done.
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
-        self.token.cancel();
-        self.tasks.close();
+        self.control.token().cancel();
+        self.control.tasks().close();
         self.proxy.join().await;
-        self.tasks.wait().await;
+        self.control.tasks().wait().await;
         tracing::info!("stopped");
     }
-}
-
-/// Waits for a removed backend to go idle (or the drain deadline), then forgets it.
-async fn drain_removed(
-    backend: Arc<Backend>,
-    shared: Arc<Shared>,
-    deadline: Duration,
-    token: CancellationToken,
-) {
-    let until = tokio::time::Instant::now() + deadline;
-    while backend.in_flight() > 0 && tokio::time::Instant::now() < until {
-        tokio::select! {
-            _ = token.cancelled() => break,
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-        }
-    }
-    debug_assert!(backend.state() == State::Draining || backend.is_removed());
-    tracing::info!(pool = %backend.pool, backend = %backend.name, in_flight = backend.in_flight(), "removed backend drained");
-    shared.forget(&backend);
 }
