@@ -30,6 +30,8 @@ pub enum ReqBody {
     Full(Option<Bytes>),
     /// Streamed from the client, with a byte limit.
     Stream {
+        /// Bytes already read from the client (a body that outgrew the replay buffer).
+        prefix: Option<Bytes>,
         /// The client's body.
         inner: Incoming,
         /// Bytes still allowed.
@@ -50,12 +52,22 @@ impl ReqBody {
         ReqBody::Full(if bytes.is_empty() { None } else { Some(bytes) })
     }
 
-    /// A streamed body limited to `limit` bytes.
-    pub fn stream(inner: Incoming, limit: u64) -> ReqBody {
+    /// A streamed body limited to `limit` bytes in all, of which `prefix` was already read.
+    pub fn stream(prefix: Option<Bytes>, inner: Incoming, limit: u64) -> ReqBody {
+        let used = prefix.as_ref().map_or(0, |p| p.len() as u64);
         ReqBody::Stream {
+            prefix,
             inner,
-            remaining: limit,
+            remaining: limit.saturating_sub(used),
             limit,
+        }
+    }
+
+    /// The bytes of a replayable body (None for a streamed one).
+    pub fn replayable(&self) -> Option<ReqBody> {
+        match self {
+            ReqBody::Full(b) => Some(ReqBody::Full(b.clone())),
+            ReqBody::Stream { .. } => None,
         }
     }
 }
@@ -71,38 +83,53 @@ impl Body for ReqBody {
         match self.get_mut() {
             ReqBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ReqBody::Stream {
+                prefix,
                 inner,
                 remaining,
                 limit,
-            } => match Pin::new(inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
-                        let len = data.len() as u64;
-                        if len > *remaining {
-                            return Poll::Ready(Some(Err(BodyError::TooLarge(*limit))));
-                        }
-                        *remaining -= len;
-                    }
-                    Poll::Ready(Some(Ok(frame)))
+            } => {
+                if let Some(p) = prefix.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(p))));
                 }
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            },
+                match Pin::new(inner).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            let len = data.len() as u64;
+                            if len > *remaining {
+                                return Poll::Ready(Some(Err(BodyError::TooLarge(*limit))));
+                            }
+                            *remaining -= len;
+                        }
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+                    Poll::Ready(None) => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             ReqBody::Full(b) => b.is_none(),
-            ReqBody::Stream { inner, .. } => inner.is_end_stream(),
+            ReqBody::Stream { prefix, inner, .. } => prefix.is_none() && inner.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             ReqBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            ReqBody::Stream { inner, .. } => inner.size_hint(),
+            ReqBody::Stream { prefix, inner, .. } => {
+                let p = prefix.as_ref().map_or(0, |p| p.len() as u64);
+                let h = inner.size_hint();
+                let mut out = SizeHint::new();
+                out.set_lower(h.lower() + p);
+                if let Some(u) = h.upper() {
+                    out.set_upper(u + p);
+                }
+                out
+            }
         }
     }
 }

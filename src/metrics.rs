@@ -116,6 +116,8 @@ pub struct PoolStats {
     pub guard: [AtomicU64; 6],
     /// Connect-failure retries made.
     pub retries: AtomicU64,
+    /// Budget for replays and retries.
+    pub budget: crate::guard::RetryBudget,
 }
 
 impl PoolStats {

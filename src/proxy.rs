@@ -16,8 +16,10 @@ use hyper::body::Incoming;
 use crate::backend::Backend;
 use crate::body::{BodyError, ReqBody, RespBody};
 use crate::guard;
+use crate::metrics::GuardOutcome;
 use crate::snapshot::{Pool, Shared, Snapshot};
 use crate::upstream::{self, Attempt, ConnectError, Pooled};
+use http_body_util::{BodyExt, Limited};
 
 /// Per-connection facts the service needs.
 #[derive(Debug, Clone, Copy)]
@@ -104,7 +106,8 @@ async fn route_and_forward(
     resp
 }
 
-/// Forwards to a ready backend, retrying connect failures on other backends.
+/// Forwards to a ready backend, retrying connect failures on other backends, and asks a
+/// second opinion before a guarded answer (401/403) reaches the client.
 async fn forward(
     shared: &Shared,
     pool: &Pool,
@@ -115,8 +118,20 @@ async fn forward(
     request_id: &HeaderValue,
 ) -> Response<RespBody> {
     let hash_key = hash_key(pool, req.headers());
+    pool.stats.budget.deposit(now_sec());
     let (parts, body) = req.into_parts();
-    let mut upstream_req = upstream_request(parts, body, conn, host.as_deref(), max_body);
+    let body = match read_body(body, &parts.headers, pool.guard.max_replay_body, max_body).await {
+        Ok(b) => b,
+        Err(status) => {
+            let msg = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "request body too large"
+            } else {
+                "malformed request body"
+            };
+            return error(status, msg, request_id);
+        }
+    };
+    let mut upstream_req = upstream_request(parts, body, conn, host.as_deref());
     let mut tried: Vec<u64> = Vec::new();
     loop {
         let Some(backend) = pool.pick(hash_key.as_deref(), &tried) else {
@@ -129,18 +144,36 @@ async fn forward(
                 request_id,
             );
         };
+        // A copy for a second opinion, only when one could be asked: the body was kept and the
+        // pool has another backend.
+        let replay = if !pool.guard.statuses.is_empty() && pool.backends.len() > 1 {
+            clone_request(&upstream_req)
+        } else {
+            None
+        };
         let in_flight = backend.start_request();
         match upstream::send(backend, upstream_req).await {
             Attempt::Answered(resp, send) => {
                 backend.answers.record(Some(resp.status().as_u16()));
                 guard::record_answer(shared, pool, backend, resp.status());
+                if pool.is_guarded(resp.status()) {
+                    let first = Upstream {
+                        resp,
+                        send,
+                        in_flight,
+                    };
+                    let cx = SecondOpinion {
+                        shared,
+                        pool,
+                        hash_key: hash_key.as_deref(),
+                        request_id,
+                    };
+                    return second_opinion(&cx, first, replay, tried).await;
+                }
                 return client_response(resp, send, in_flight);
             }
             Attempt::NotSent(back, err) => {
-                backend.answers.record(None);
-                backend.connect_failures.fetch_add(1, Ordering::Relaxed);
-                guard::record_connect_failure(shared, pool, backend);
-                log_connect_failure(backend, &err, request_id);
+                connect_failed(shared, pool, backend, &err, request_id);
                 tried.push(backend.id);
                 if tried.len() > pool.retries as usize {
                     return error(
@@ -149,24 +182,229 @@ async fn forward(
                         request_id,
                     );
                 }
-                upstream_req = back;
-            }
-            Attempt::Failed(err) => {
-                backend.answers.record(None);
-                if is_too_large(&err) {
+                if !spend_budget(pool) {
                     return error(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "request body too large",
+                        StatusCode::BAD_GATEWAY,
+                        "upstream connect failed (retry budget spent)",
                         request_id,
                     );
                 }
-                tracing::warn!(pool = %pool.name, backend = %backend.name, error = %err, request_id = ?request_id, "upstream request failed");
-                return error(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream request failed",
-                    request_id,
-                );
+                pool.stats.retries.fetch_add(1, Ordering::Relaxed);
+                upstream_req = back;
             }
+            Attempt::Failed(err) => return upstream_failed(pool, backend, &err, request_id),
+        }
+    }
+}
+
+fn now_sec() -> u64 {
+    crate::backend::now_millis() / 1000
+}
+
+/// Takes one retry or replay from the pool's budget, counting a refusal.
+fn spend_budget(pool: &Pool) -> bool {
+    let g = &pool.guard;
+    let ok = pool.stats.budget.try_withdraw(
+        now_sec(),
+        g.retry_budget_ratio,
+        g.retry_budget_min_per_sec,
+        g.retry_budget_window,
+    );
+    if !ok {
+        pool.stats.guard_outcome(GuardOutcome::BudgetSpent);
+    }
+    ok
+}
+
+fn connect_failed(
+    shared: &Shared,
+    pool: &Pool,
+    backend: &Backend,
+    err: &ConnectError,
+    request_id: &HeaderValue,
+) {
+    backend.answers.record(None);
+    backend.connect_failures.fetch_add(1, Ordering::Relaxed);
+    guard::record_connect_failure(shared, pool, backend);
+    log_connect_failure(backend, err, request_id);
+}
+
+fn upstream_failed(
+    pool: &Pool,
+    backend: &Backend,
+    err: &hyper::Error,
+    request_id: &HeaderValue,
+) -> Response<RespBody> {
+    backend.answers.record(None);
+    if is_too_large(err) {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large",
+            request_id,
+        );
+    }
+    tracing::warn!(pool = %pool.name, backend = %backend.name, error = %err, request_id = ?request_id, "upstream request failed");
+    error(
+        StatusCode::BAD_GATEWAY,
+        "upstream request failed",
+        request_id,
+    )
+}
+
+/// A worker's answer with its connection and in-flight count.
+struct Upstream {
+    resp: Response<Incoming>,
+    send: hyper::client::conn::http1::SendRequest<ReqBody>,
+    in_flight: crate::backend::InFlight,
+}
+
+struct SecondOpinion<'a> {
+    shared: &'a Shared,
+    pool: &'a Pool,
+    hash_key: Option<&'a [u8]>,
+    request_id: &'a HeaderValue,
+}
+
+/// Guarded answers larger than this are not kept for a possible pass-through.
+const MAX_GUARDED_ANSWER: usize = 64 * 1024;
+
+/// Replays a request that got a guarded answer on another ready backend. Confirmed: the
+/// client gets the guarded answer. Contradicted: the client gets the peer's answer and the
+/// first backend is charged. No peer, body not kept, or budget spent: the first answer passes.
+async fn second_opinion(
+    cx: &SecondOpinion<'_>,
+    first: Upstream,
+    replay: Option<Request<ReqBody>>,
+    mut exclude: Vec<u64>,
+) -> Response<RespBody> {
+    let (pool, stats) = (cx.pool, &cx.pool.stats);
+    let first_backend = first.in_flight.backend().clone();
+    let Some(mut req) = replay else {
+        stats.guard_outcome(if pool.backends.len() > 1 {
+            GuardOutcome::TooLarge
+        } else {
+            GuardOutcome::NoPeer
+        });
+        return client_response(first.resp, first.send, first.in_flight);
+    };
+    exclude.push(first_backend.id);
+    if pool.pick(cx.hash_key, &exclude).is_none() {
+        stats.guard_outcome(GuardOutcome::NoPeer);
+        return client_response(first.resp, first.send, first.in_flight);
+    }
+    if !spend_budget(pool) {
+        return client_response(first.resp, first.send, first.in_flight);
+    }
+    // Read the first answer now: its connection goes back to the pool, and it is still there
+    // to pass on if no peer can be asked after all.
+    let (parts, body) = first.resp.into_parts();
+    let first_body = Limited::new(
+        Pooled::new(body, first.send, first.in_flight),
+        MAX_GUARDED_ANSWER,
+    )
+    .collect()
+    .await
+    .ok()
+    .map(|c| c.to_bytes());
+    stats.guard_outcome(GuardOutcome::Replayed);
+    loop {
+        let Some(peer) = pool.pick(cx.hash_key, &exclude) else {
+            stats.guard_outcome(GuardOutcome::NoPeer);
+            return match first_body {
+                Some(b) => buffered_response(parts, b),
+                None => error(
+                    StatusCode::BAD_GATEWAY,
+                    "no backend could confirm",
+                    cx.request_id,
+                ),
+            };
+        };
+        let in_flight = peer.start_request();
+        match upstream::send(peer, req).await {
+            Attempt::Answered(resp, send) => {
+                peer.answers.record(Some(resp.status().as_u16()));
+                guard::record_answer(cx.shared, pool, peer, resp.status());
+                if pool.is_guarded(resp.status()) {
+                    stats.guard_outcome(GuardOutcome::Confirmed);
+                } else {
+                    stats.guard_outcome(GuardOutcome::Contradicted);
+                    guard::record_contradiction(cx.shared, pool, &first_backend);
+                }
+                return client_response(resp, send, in_flight);
+            }
+            Attempt::NotSent(back, err) => {
+                connect_failed(cx.shared, pool, peer, &err, cx.request_id);
+                exclude.push(peer.id);
+                req = back;
+            }
+            Attempt::Failed(err) => return upstream_failed(pool, peer, &err, cx.request_id),
+        }
+    }
+}
+
+fn buffered_response(mut parts: http::response::Parts, body: Bytes) -> Response<RespBody> {
+    strip_hop_by_hop(&mut parts.headers);
+    parts.version = Version::HTTP_11;
+    Response::from_parts(parts, RespBody::full(body))
+}
+
+/// A copy of a request whose body was kept in memory (cheap: the body is a shared `Bytes`).
+fn clone_request(req: &Request<ReqBody>) -> Option<Request<ReqBody>> {
+    let body = req.body().replayable()?;
+    let mut copy = Request::new(body);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
+}
+
+/// Reads the client's body into memory when it fits `replay_limit` (so it can be replayed,
+/// and a malformed chunked body is caught before anything is forwarded); larger bodies stream,
+/// with what was already read sent first. Errors: 413 past `max_body`, 400 for a broken body.
+async fn read_body(
+    mut body: Incoming,
+    headers: &HeaderMap,
+    replay_limit: u64,
+    max_body: u64,
+) -> Result<ReqBody, StatusCode> {
+    if http_body::Body::is_end_stream(&body) {
+        return Ok(ReqBody::empty());
+    }
+    if content_length(headers).is_some_and(|len| len > replay_limit) {
+        return Ok(ReqBody::stream(None, body, max_body));
+    }
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| StatusCode::BAD_REQUEST)?;
+        // Request trailers are rare on push APIs and are not forwarded.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total += data.len() as u64;
+        if total > max_body {
+            return Err(StatusCode::PAYLOAD_TOO_LARGE);
+        }
+        chunks.push(data);
+        if total > replay_limit {
+            return Ok(ReqBody::stream(Some(concat(chunks)), body, max_body));
+        }
+    }
+    Ok(ReqBody::full(concat(chunks)))
+}
+
+/// Joins chunks; a single chunk (the usual case) is passed on without a copy.
+fn concat(mut chunks: Vec<Bytes>) -> Bytes {
+    match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().unwrap_or_default(),
+        _ => {
+            let mut buf = bytes::BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
+            for c in chunks {
+                buf.extend_from_slice(&c);
+            }
+            buf.freeze()
         }
     }
 }
@@ -205,10 +443,9 @@ fn no_ready_backend(pool: &Pool) -> Response<RespBody> {
 /// hop-by-hop headers removed, forwarding headers set.
 fn upstream_request(
     mut parts: http::request::Parts,
-    body: Incoming,
+    body: ReqBody,
     conn: ConnInfo,
     host: Option<&str>,
-    max_body: u64,
 ) -> Request<ReqBody> {
     let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
@@ -237,16 +474,7 @@ fn upstream_request(
         HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
     );
     parts.extensions = http::Extensions::new();
-    let body = if body_is_empty(&body) {
-        ReqBody::empty()
-    } else {
-        ReqBody::stream(body, max_body)
-    };
     Request::from_parts(parts, body)
-}
-
-fn body_is_empty(body: &Incoming) -> bool {
-    http_body::Body::is_end_stream(body)
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {

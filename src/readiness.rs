@@ -361,7 +361,7 @@ mod tests {
         assert_eq!(judge(&c, 503, ok, &[]).1, Err("status 503".into()));
         assert_eq!(
             judge(&c, 200, b"{\"key_sync\": nope}", &[]).1,
-            Err("invalid json at line 1 column 14".into())
+            Err("invalid json at line 1 column 15".into())
         );
         let incomplete = br#"{"key_sync": {"complete": false, "generation": 0, "keys": 1200}}"#;
         let (report, verdict) = judge(&c, 200, incomplete, &[]);
