@@ -1,0 +1,243 @@
+//! The response guard end to end: second opinions, ejection on contradiction, passive outlier
+//! detection, the ejection cap and the retry budget.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use syncgate::backend::State;
+use syncgate::metrics::GuardOutcome;
+use syncgate::Running;
+
+use support::*;
+
+fn outcome(running: &Running, o: GuardOutcome) -> u64 {
+    let idx = GuardOutcome::ALL.iter().position(|x| *x == o).unwrap();
+    running
+        .shared()
+        .snapshot()
+        .pool("push")
+        .unwrap()
+        .stats
+        .guard[idx]
+        .load(Ordering::Relaxed)
+}
+
+fn reason(running: &Running, name: &str) -> String {
+    let snap = running.shared().snapshot();
+    let b = snap.backends().find(|b| &*b.name == name).unwrap();
+    let r = b.info().reason.clone();
+    r
+}
+
+/// Probes admit at once (rise 1) and then stay silent for a minute: whatever happens next is
+/// the guard's doing, not the prober's.
+const SLOW_PROBES: &str = "interval = \"60s\"\ntimeout = \"1s\"\nrise = 1";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_forgets_its_keys_never_leaks_a_401() {
+    let ws = workers(3).await;
+    let names = named(&ws);
+    let cfg = pool_config(&refs(&names), "", SLOW_PROBES);
+    let running = start(&cfg).await;
+    let proxy = running.proxy_addrs()[0];
+    for n in ["w1", "w2", "w3"] {
+        wait_state(&running, n, State::Ready).await;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let unauthorized = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (stop, unauthorized) = (stop.clone(), unauthorized.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            while !stop.load(Ordering::Relaxed) {
+                let a = get(&c, proxy, fastrand::u64(0..1000)).await;
+                match a.status.as_u16() {
+                    200 => {}
+                    401 => {
+                        unauthorized.fetch_add(1, Ordering::Relaxed);
+                    }
+                    s => panic!("unexpected status {s}"),
+                }
+            }
+        }));
+    }
+    wait_until(Duration::from_secs(5), "traffic on w2", || async {
+        ws[1].requests() > 50
+    })
+    .await;
+    // w2 loses its key database; its probe keeps saying it is in sync.
+    ws[1].forget_keys();
+    wait_state(&running, "w2", State::Ejected).await;
+    let after_ejection = ws[1].requests();
+    wait_until(Duration::from_secs(5), "more traffic", || async {
+        ws[0].requests() + ws[2].requests() > 500
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        unauthorized.load(Ordering::Relaxed),
+        0,
+        "a 401 reached a client"
+    );
+    assert_eq!(reason(&running, "w2"), "contradicted 401");
+    // Ejected after exactly eject_after (3) contradictions; requests already in flight to it
+    // when it was ejected may add a few more.
+    let contradicted = outcome(&running, GuardOutcome::Contradicted);
+    assert!(
+        (3..=3 + 8).contains(&contradicted),
+        "{contradicted} contradictions"
+    );
+    assert!(
+        ws[1].requests() - after_ejection <= 8,
+        "ejected backend kept getting traffic"
+    );
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_key_gets_its_confirmed_401() {
+    let ws = workers(2).await;
+    let names = named(&ws);
+    let running = start(&pool_config(&refs(&names), "", SLOW_PROBES)).await;
+    let proxy = running.proxy_addrs()[0];
+    wait_state(&running, "w1", State::Ready).await;
+    wait_state(&running, "w2", State::Ready).await;
+    let c = client();
+    // Key 5000 is not an active account on any worker (they hold 1000 keys).
+    for _ in 0..5 {
+        assert_eq!(get(&c, proxy, 5000).await.status, 401);
+    }
+    assert_eq!(outcome(&running, GuardOutcome::Confirmed), 5);
+    assert_eq!(outcome(&running, GuardOutcome::Contradicted), 0);
+    assert_eq!(
+        ws[0].requests() + ws[1].requests(),
+        10,
+        "each 401 asked twice"
+    );
+    assert_eq!(state_of(&running, "w1"), Some(State::Ready));
+    assert_eq!(state_of(&running, "w2"), Some(State::Ready));
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_ready_worker_the_401_passes() {
+    let ws = workers(2).await;
+    let names = named(&ws);
+    ws[1].set_probe_override(Some((503, "{}".into())));
+    let running = start(&pool_config(&refs(&names), "", SLOW_PROBES)).await;
+    let proxy = running.proxy_addrs()[0];
+    wait_state(&running, "w1", State::Ready).await;
+    let a = get(&client(), proxy, 5000).await;
+    assert_eq!(a.status, 401);
+    assert_eq!(ws[0].requests(), 1);
+    assert_eq!(ws[1].requests(), 0);
+    assert_eq!(outcome(&running, GuardOutcome::NoPeer), 1);
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_max_replay_body_is_never_replayed() {
+    let ws = workers(2).await;
+    let names = named(&ws);
+    let cfg = pool_config(&refs(&names), "balance = \"round_robin\"", SLOW_PROBES).replace(
+        "[pools.push.probe]",
+        "[pools.push.guard]\nmax_replay_body = \"1KiB\"\n\n[pools.push.probe]",
+    );
+    let running = start(&cfg).await;
+    let proxy = running.proxy_addrs()[0];
+    wait_state(&running, "w1", State::Ready).await;
+    wait_state(&running, "w2", State::Ready).await;
+    let c = client();
+    let big = Bytes::from(vec![b'x'; 4096]);
+    let a = send(&c, proxy, "POST", "/v1/batch", Some(5000), big.clone())
+        .await
+        .unwrap();
+    assert_eq!(a.status, 401);
+    assert_eq!(
+        ws[0].requests() + ws[1].requests(),
+        1,
+        "the large body was replayed"
+    );
+    assert_eq!(outcome(&running, GuardOutcome::TooLarge), 1);
+    // A large body with a valid key streams through normally.
+    let a = send(&c, proxy, "POST", "/v1/batch", Some(1), big)
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200);
+    assert_eq!(a.json()["bytes"], 4096);
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_budget_bounds_replays() {
+    let ws = workers(2).await;
+    let names = named(&ws);
+    let cfg = pool_config(&refs(&names), "", SLOW_PROBES).replace(
+        "[pools.push.probe]",
+        "[pools.push.guard]\nretry_budget_ratio = 0.0\nretry_budget_min_per_sec = 0\n\n[pools.push.probe]",
+    );
+    let running = start(&cfg).await;
+    let proxy = running.proxy_addrs()[0];
+    wait_state(&running, "w1", State::Ready).await;
+    wait_state(&running, "w2", State::Ready).await;
+    let c = client();
+    for _ in 0..4 {
+        assert_eq!(get(&c, proxy, 5000).await.status, 401);
+    }
+    assert_eq!(
+        ws[0].requests() + ws[1].requests(),
+        4,
+        "no replay without budget"
+    );
+    assert_eq!(outcome(&running, GuardOutcome::BudgetSpent), 4);
+    assert_eq!(outcome(&running, GuardOutcome::Replayed), 0);
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failures_and_5xx_eject_within_the_cap() {
+    let mut ws = workers(4).await;
+    let names = named(&ws);
+    let cfg = pool_config(&refs(&names), "retries = 3", SLOW_PROBES).replace(
+        "[pools.push.probe]",
+        "[pools.push.guard]\nconsecutive_connect_failures = 2\nconsecutive_5xx = 3\nmax_ejection_percent = 50\n\n[pools.push.probe]",
+    );
+    let running = start(&cfg).await;
+    let proxy = running.proxy_addrs()[0];
+    for n in ["w1", "w2", "w3", "w4"] {
+        wait_state(&running, n, State::Ready).await;
+    }
+    let c = client();
+    // w4 dies: connect failures are retried elsewhere, and eject it after two in a row.
+    ws.pop().unwrap().stop().await;
+    wait_until(Duration::from_secs(5), "w4 ejected", || async {
+        assert_eq!(get(&c, proxy, 1).await.status, 200);
+        state_of(&running, "w4") == Some(State::Ejected)
+    })
+    .await;
+    assert_eq!(reason(&running, "w4"), "2 consecutive connect failures");
+    // w3 answers 500 to everything: three in a row eject it.
+    ws[2].set_status_override(Some(500));
+    wait_until(Duration::from_secs(5), "w3 ejected", || async {
+        get(&c, proxy, 1).await;
+        state_of(&running, "w3") == Some(State::Ejected)
+    })
+    .await;
+    assert_eq!(reason(&running, "w3"), "3 consecutive 5xx answers");
+    // w2 fails too, but 2 of 4 are out already: the cap leaves it to the probes.
+    ws[1].set_status_override(Some(500));
+    for _ in 0..40 {
+        get(&c, proxy, 1).await;
+    }
+    assert!(ws[1].requests() >= 3);
+    assert_eq!(state_of(&running, "w2"), Some(State::Ready));
+    running.shutdown().await;
+}
