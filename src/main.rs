@@ -166,9 +166,23 @@ fn print_summary(cfg: &Config) {
 }
 
 async fn daemon(cfg: Config) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
     let running = syncgate::start(cfg).await.context("starting syncgate")?;
     notify(&[sd_notify::NotifyState::Ready]);
-    wait_for_stop().await?;
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let stop = wait_for_stop();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            r = &mut stop => { r?; break; }
+            _ = hup.recv() => {
+                tracing::info!(signal = "SIGHUP", "reloading");
+                // Errors are logged and kept for GET /api/config by the reload itself, which
+                // also tells systemd RELOADING=1 / READY=1.
+                let _ = running.control().reload("signal").await;
+            }
+        }
+    }
     notify(&[sd_notify::NotifyState::Stopping]);
     running.shutdown().await;
     Ok(())

@@ -167,14 +167,27 @@ fn median_keys(peers: &[KeySync]) -> u64 {
     keys[(keys.len() - 1) / 2]
 }
 
-/// Reports of the ready peers of `backend` in its pool: the reference for the fleet checks.
-fn ready_peers(backend: &Backend, peers: &[Arc<Backend>]) -> Vec<KeySync> {
-    peers
-        .iter()
-        .filter(|p| p.id != backend.id && p.is_routable())
-        .filter_map(|p| p.key_sync())
-        .filter(|k| k.complete)
-        .collect()
+/// The reference reports for the fleet checks of `backend`: its ready peers' complete reports.
+/// When no peer is ready (a cold start: every backend is pending at once), the complete
+/// reports of all its peers are used instead, so that a worker with a tenth of the keys is
+/// not admitted merely because it answered first. With no report at all, the checks pass.
+fn reference_reports(backend: &Backend, peers: &[Arc<Backend>]) -> Vec<KeySync> {
+    let other = |p: &&Arc<Backend>| p.id != backend.id;
+    let reports = |ready_only: bool| -> Vec<KeySync> {
+        peers
+            .iter()
+            .filter(other)
+            .filter(|p| !ready_only || p.is_routable())
+            .filter_map(|p| p.key_sync())
+            .filter(|k| k.complete)
+            .collect()
+    };
+    let ready = reports(true);
+    if ready.is_empty() {
+        reports(false)
+    } else {
+        ready
+    }
 }
 
 /// Sends one probe over a fresh connection (a dead worker must show up as `connect refused`,
@@ -238,7 +251,9 @@ pub async fn run_prober(backend: Arc<Backend>, shared: Arc<Shared>, token: Cance
         let (report, verdict) = match fetched {
             Err(_) => (None, Err("timeout".to_string())),
             Ok(Err(reason)) => (None, Err(reason)),
-            Ok(Ok((status, body))) => judge(&cfg, status, &body, &ready_peers(&backend, &peers)),
+            Ok(Ok((status, body))) => {
+                judge(&cfg, status, &body, &reference_reports(&backend, &peers))
+            }
         };
         let ok = verdict.is_ok();
         shared.metrics.probe(ok);

@@ -124,6 +124,13 @@ impl Control {
     /// bytes are identical), or every error (and the running config stays).
     pub async fn reload(&self, trigger: &'static str) -> Result<u64, Vec<ConfigError>> {
         let _serial = self.reload_lock.lock().await;
+        notify_systemd(true);
+        let result = self.reload_locked(trigger).await;
+        notify_systemd(false);
+        result
+    }
+
+    async fn reload_locked(&self, trigger: &'static str) -> Result<u64, Vec<ConfigError>> {
         let Some(path) = self.status().path else {
             return Err(vec![ConfigError {
                 file: "<config>".into(),
@@ -225,6 +232,21 @@ impl Control {
                 self.token.child_token(),
             ));
         }
+    }
+}
+
+/// Tells systemd `RELOADING=1` (with the monotonic timestamp it requires) or `READY=1`; a no-op
+/// unless `NOTIFY_SOCKET` is set.
+fn notify_systemd(reloading: bool) {
+    use sd_notify::NotifyState;
+    let result = if reloading {
+        NotifyState::monotonic_usec_now()
+            .and_then(|now| sd_notify::notify(false, &[NotifyState::Reloading, now]))
+    } else {
+        sd_notify::notify(false, &[NotifyState::Ready])
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "systemd notify failed");
     }
 }
 
