@@ -21,6 +21,7 @@
 //! - [`metrics`]: counters and histograms as atomics.
 //! - [`reload`]: hot reload (file watch, SIGHUP, admin), prober lifecycle, config identity.
 //! - [`admin`]: admin HTTP API, status page, Prometheus metrics, operator actions.
+//! - [`tls`]: rustls server config with a hot-swappable certificate.
 //! - [`sim`]: simulated workers (demo, tests, benchmarks).
 //! - [`demo`]: the `syncgate demo` scenario.
 //!
@@ -44,6 +45,7 @@ pub mod reload;
 pub mod server;
 pub mod sim;
 pub mod snapshot;
+pub mod tls;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -73,6 +75,9 @@ pub enum StartError {
     /// The config file's directory cannot be watched.
     #[error("cannot watch the config file: {0}")]
     Watch(#[from] notify::Error),
+    /// The TLS certificate or key did not load.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// A running syncgate: proxy threads, admin listener, probers, reloader.
@@ -105,13 +110,19 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             addr: admin_addr,
             source,
         })?;
+    let certs = match &config.server.tls {
+        Some(t) => Some(tls::CertStore::load(&t.cert, &t.key)?),
+        None => None,
+    };
+    let tls_config = certs.as_ref().map(|c| c.server_config()).transpose()?;
     let shared = Shared::new(config);
     let token = CancellationToken::new();
-    let proxy = server::start(&server_cfg, shared.clone(), token.child_token())?;
+    let proxy = server::start(&server_cfg, tls_config, shared.clone(), token.child_token())?;
     let control = Control::new(
         shared,
         path.clone(),
         file_bytes.as_deref(),
+        certs,
         token,
         TaskTracker::new(),
     );
@@ -123,6 +134,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .spawn(admin::serve(admin_listener, control.clone()));
     for addr in &proxy.addrs {
         tracing::info!(listen = %addr, "proxy listening");
+    }
+    for addr in &proxy.tls_addrs {
+        tracing::info!(listen = %addr, "proxy listening (TLS)");
     }
     tracing::info!(listen = %admin_addr, "admin listening");
     Ok(Running {
@@ -136,6 +150,11 @@ impl Running {
     /// The proxy's bound addresses (ports resolved).
     pub fn proxy_addrs(&self) -> &[SocketAddr] {
         &self.proxy.addrs
+    }
+
+    /// The proxy's bound TLS addresses (ports resolved).
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        &self.proxy.tls_addrs
     }
 
     /// The admin listener's bound address.

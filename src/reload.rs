@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::backend::Backend;
 use crate::config::{Config, ConfigError, LoadError};
 use crate::snapshot::{Shared, Snapshot};
+use crate::tls::CertStore;
 
 /// Quiet time after the last file event before reloading: editors and config tools write in
 /// bursts (truncate, write, rename, chmod).
@@ -64,6 +65,7 @@ pub struct Control {
     tasks: TaskTracker,
     probers: Mutex<HashMap<u64, CancellationToken>>,
     status: Mutex<ConfigStatus>,
+    certs: Option<Arc<CertStore>>,
     reload_lock: tokio::sync::Mutex<()>,
 }
 
@@ -79,6 +81,7 @@ impl Control {
         shared: Arc<Shared>,
         path: Option<PathBuf>,
         file_bytes: Option<&[u8]>,
+        certs: Option<Arc<CertStore>>,
         token: CancellationToken,
         tasks: TaskTracker,
     ) -> Arc<Control> {
@@ -95,6 +98,7 @@ impl Control {
             shared,
             token,
             tasks,
+            certs,
             probers: Mutex::new(HashMap::new()),
             reload_lock: tokio::sync::Mutex::new(()),
         });
@@ -126,8 +130,49 @@ impl Control {
         let _serial = self.reload_lock.lock().await;
         notify_systemd(true);
         let result = self.reload_locked(trigger).await;
+        let result = result.and_then(|g| self.reload_certs(trigger).map(|()| g));
         notify_systemd(false);
         result
+    }
+
+    /// Reloads the TLS certificate and key when their files changed (at the paths of the config
+    /// now running). A pair that does not load keeps the current certificate and fails the
+    /// reload like a bad config file.
+    fn reload_certs(&self, trigger: &'static str) -> Result<(), Vec<ConfigError>> {
+        let (Some(store), Some(tls)) = (
+            &self.certs,
+            self.shared.snapshot().config.server.tls.clone(),
+        ) else {
+            return Ok(());
+        };
+        match store.reload(&tls.cert, &tls.key) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let errors = vec![ConfigError {
+                    file: tls.cert.display().to_string(),
+                    line: 1,
+                    col: 1,
+                    message: e.to_string(),
+                }];
+                tracing::error!(trigger, error = %e, "TLS certificate reload failed; the current certificate stays");
+                self.record_failure(trigger, errors.clone());
+                Err(errors)
+            }
+        }
+    }
+
+    fn record_failure(&self, trigger: &'static str, errors: Vec<ConfigError>) {
+        self.shared
+            .metrics
+            .reloads_failed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        st.reloads_failed += 1;
+        st.last_error = Some(ReloadFailure {
+            at: SystemTime::now(),
+            trigger,
+            errors,
+        });
     }
 
     async fn reload_locked(&self, trigger: &'static str) -> Result<u64, Vec<ConfigError>> {
@@ -147,17 +192,7 @@ impl Control {
                 for err in &errors {
                     tracing::error!(trigger, error = %err, "config reload failed; the running config stays");
                 }
-                self.shared
-                    .metrics
-                    .reloads_failed
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
-                st.reloads_failed += 1;
-                st.last_error = Some(ReloadFailure {
-                    at: SystemTime::now(),
-                    trigger,
-                    errors: errors.clone(),
-                });
+                self.record_failure(trigger, errors.clone());
                 Err(errors)
             }
         }
@@ -306,6 +341,19 @@ pub fn watch(control: Arc<Control>, path: &Path) -> Result<(), notify::Error> {
         }
     })?;
     watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+    // The certificate and key may live elsewhere (certs/); their directories are watched too.
+    if let Some(store) = &control.certs {
+        let (cert, key) = store.paths();
+        let mut extra: Vec<PathBuf> = [cert, key]
+            .iter()
+            .filter_map(|p| p.parent().map(Path::to_path_buf))
+            .filter(|d| *d != dir && !d.as_os_str().is_empty())
+            .collect();
+        extra.dedup();
+        for d in extra {
+            watcher.watch(&d, notify::RecursiveMode::NonRecursive)?;
+        }
+    }
     let token = control.token.clone();
     let tasks = control.tasks.clone();
     tasks.spawn(async move {

@@ -13,10 +13,11 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
@@ -46,8 +47,10 @@ pub enum ServerError {
 /// Running proxy threads.
 #[derive(Debug)]
 pub struct ProxyThreads {
-    /// The bound addresses, in config order (ports resolved when the config said 0).
+    /// The bound plain addresses, in config order (ports resolved when the config said 0).
     pub addrs: Vec<SocketAddr>,
+    /// The bound TLS addresses, in config order.
+    pub tls_addrs: Vec<SocketAddr>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -96,10 +99,14 @@ fn bind_all(
     Ok((bound, per_thread))
 }
 
-/// Binds the plain listeners and starts the proxy threads. They stop accepting when `token` is
-/// cancelled, then give in-flight requests `drain_timeout` to finish.
+/// A listener socket of one proxy thread, plain or TLS.
+type ThreadListener = (std::net::TcpListener, Option<TlsAcceptor>);
+
+/// Binds the listeners (plain, and TLS with `tls`) and starts the proxy threads. They stop
+/// accepting when `token` is cancelled, then give in-flight requests `drain_timeout` to finish.
 pub fn start(
     cfg: &ServerConfig,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shared: Arc<Shared>,
     token: CancellationToken,
 ) -> Result<ProxyThreads, ServerError> {
@@ -107,7 +114,28 @@ pub fn start(
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let (addrs, mut per_thread) = bind_all(&cfg.listen, threads)?;
+    let (addrs, plain) = bind_all(&cfg.listen, threads)?;
+    let (tls_addrs, secure) = match (&cfg.tls, tls) {
+        (Some(t), Some(server_cfg)) => {
+            let (a, l) = bind_all(&t.listen, threads)?;
+            let acceptor = TlsAcceptor::from(server_cfg);
+            let l: Vec<Vec<ThreadListener>> = l
+                .into_iter()
+                .map(|v| v.into_iter().map(|s| (s, Some(acceptor.clone()))).collect())
+                .collect();
+            (a, l)
+        }
+        _ => (Vec::new(), (0..threads).map(|_| Vec::new()).collect()),
+    };
+    let mut per_thread: Vec<Vec<ThreadListener>> = plain
+        .into_iter()
+        .zip(secure)
+        .map(
+            |(p, s): (Vec<std::net::TcpListener>, Vec<ThreadListener>)| {
+                p.into_iter().map(|l| (l, None)).chain(s).collect()
+            },
+        )
+        .collect();
     let limit = Arc::new(Semaphore::new(cfg.max_connections));
     let mut handles = Vec::new();
     for i in 0..threads {
@@ -145,12 +173,13 @@ pub fn start(
     }
     Ok(ProxyThreads {
         addrs,
+        tls_addrs,
         threads: handles,
     })
 }
 
 async fn thread_main(
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<ThreadListener>,
     shared: Arc<Shared>,
     token: CancellationToken,
     limit: Arc<Semaphore>,
@@ -170,7 +199,7 @@ async fn thread_main(
         })
     };
     let mut loops = Vec::new();
-    for l in listeners {
+    for (l, acceptor) in listeners {
         let listener = match TcpListener::from_std(l) {
             Ok(l) => l,
             Err(e) => {
@@ -180,6 +209,7 @@ async fn thread_main(
         };
         loops.push(tokio::spawn(accept_loop(
             listener,
+            acceptor,
             shared.clone(),
             token.clone(),
             limit.clone(),
@@ -206,8 +236,26 @@ fn builder(header_timeout: Duration) -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// Serves HTTP/1.1 or HTTP/2 (detected from the preface) on one client connection.
+async fn serve_conn<I>(
+    io: I,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    shared: Arc<Shared>,
+    info: ConnInfo,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| proxy::serve(shared.clone(), info, req));
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(peer = %info.peer, error = %e, "client connection ended with an error");
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
+    acceptor: Option<TlsAcceptor>,
     shared: Arc<Shared>,
     token: CancellationToken,
     limit: Arc<Semaphore>,
@@ -236,23 +284,37 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        let info = ConnInfo { peer, tls: false };
+        let info = ConnInfo {
+            peer,
+            tls: acceptor.is_some(),
+        };
         let shared = shared.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let _permit = permit;
             // hyper's header timeout starts once the protocol is known; a client that connects
-            // and sends nothing must not hold a slot forever either.
-            let mut first = [0u8; 1];
-            match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return,
-            }
-            let service = service_fn(move |req| proxy::serve(shared.clone(), info, req));
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
+            // and sends nothing (or stalls its TLS handshake) must not hold a slot forever.
+            match acceptor {
+                Some(acceptor) => {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => serve_conn(tls, &builder, watcher, shared, info).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                    }
+                }
+                None => {
+                    let mut first = [0u8; 1];
+                    match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
+                        Ok(Ok(n)) if n > 0 => {
+                            serve_conn(stream, &builder, watcher, shared, info).await
+                        }
+                        _ => {}
+                    }
+                }
             }
         });
     }

@@ -1,0 +1,125 @@
+//! TLS for the client listeners (rustls, ring provider, ALPN `h2` and `http/1.1`), with the
+//! certificate and key reloaded when their files change.
+//!
+//! The served certificate sits in an `ArcSwap` behind a rustls certificate resolver, so a new
+//! certificate applies to the next handshake without touching listeners or connections. A
+//! certificate that does not load leaves the current one in force.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Why a certificate or key did not load.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The certificate file could not be read or holds no PEM certificate.
+    #[error("{path}: cannot load certificate chain: {reason}")]
+    Cert {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The key file could not be read, holds no PEM key, or the key type is unsupported.
+    #[error("{path}: cannot load private key: {reason}")]
+    Key {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// Reads a PEM certificate chain and private key.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<(CertifiedKey, String), TlsError> {
+    let cert_err = |reason: String| TlsError::Cert {
+        path: cert.display().to_string(),
+        reason,
+    };
+    let key_err = |reason: String| TlsError::Key {
+        path: key.display().to_string(),
+        reason,
+    };
+    let cert_bytes = std::fs::read(cert).map_err(|e| cert_err(e.to_string()))?;
+    let key_bytes = std::fs::read(key).map_err(|e| key_err(e.to_string()))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_bytes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| cert_err(e.to_string()))?;
+    if chain.is_empty() {
+        return Err(cert_err("no PEM certificate found".into()));
+    }
+    let key_der = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| key_err(e.to_string()))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
+        .map_err(|e| key_err(e.to_string()))?;
+    let mut both = cert_bytes;
+    both.extend_from_slice(&key_bytes);
+    Ok((
+        CertifiedKey::new(chain, signing),
+        crate::reload::sha256_hex(&both),
+    ))
+}
+
+/// The served certificate, swappable at runtime.
+#[derive(Debug)]
+pub struct CertStore {
+    current: ArcSwap<CertifiedKey>,
+    /// `(cert path, key path, sha256 of both files)` of the certificate in force.
+    source: Mutex<(PathBuf, PathBuf, String)>,
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+impl CertStore {
+    /// Loads the certificate and key; fails when they do not load.
+    pub fn load(cert: &Path, key: &Path) -> Result<Arc<CertStore>, TlsError> {
+        let (ck, sha) = load_certified_key(cert, key)?;
+        Ok(Arc::new(CertStore {
+            current: ArcSwap::from_pointee(ck),
+            source: Mutex::new((cert.to_path_buf(), key.to_path_buf(), sha)),
+        }))
+    }
+
+    /// The rustls server config serving this store's certificate.
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(cfg))
+    }
+
+    /// The files the certificate comes from.
+    pub fn paths(&self) -> (PathBuf, PathBuf) {
+        let s = self.source.lock().unwrap_or_else(|e| e.into_inner());
+        (s.0.clone(), s.1.clone())
+    }
+
+    /// Loads `cert`/`key` (new paths from a reload, or the same files) and swaps the
+    /// certificate in when the bytes changed. Returns whether it changed; on error the current
+    /// certificate stays.
+    pub fn reload(&self, cert: &Path, key: &Path) -> Result<bool, TlsError> {
+        let (ck, sha) = load_certified_key(cert, key)?;
+        let mut src = self.source.lock().unwrap_or_else(|e| e.into_inner());
+        if src.2 == sha {
+            return Ok(false);
+        }
+        self.current.store(Arc::new(ck));
+        *src = (cert.to_path_buf(), key.to_path_buf(), sha);
+        tracing::info!(cert = %cert.display(), "TLS certificate reloaded");
+        Ok(true)
+    }
+}

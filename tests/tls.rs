@@ -1,0 +1,131 @@
+//! HTTPS listeners: rustls with ALPN h2 and http/1.1, and certificate reload on file change.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::{CertificateDer, ServerName};
+use syncgate::backend::State;
+use syncgate::config::Config;
+use tokio::net::TcpStream;
+
+use support::*;
+
+fn write_cert(dir: &Path) -> CertificateDer<'static> {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), ck.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), ck.key_pair.serialize_pem()).unwrap();
+    ck.cert.der().clone()
+}
+
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// Connects with TLS trusting only `root`, offering `alpn`; returns the stream and the
+/// certificate the server presented.
+async fn connect(
+    addr: SocketAddr,
+    root: &CertificateDer<'static>,
+    alpn: &[u8],
+) -> (Tls, CertificateDer<'static>) {
+    try_connect(addr, root, alpn).await.expect("TLS handshake")
+}
+
+async fn try_connect(
+    addr: SocketAddr,
+    root: &CertificateDer<'static>,
+    alpn: &[u8],
+) -> std::io::Result<(Tls, CertificateDer<'static>)> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.clone()).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = TcpStream::connect(addr).await?;
+    let tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await?;
+    let presented = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    Ok((tls, presented))
+}
+
+fn request() -> http::Request<Empty<Bytes>> {
+    http::Request::get("https://localhost/echo")
+        .header("authorization", "Bearer key-1")
+        .body(Empty::new())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_serves_h1_and_h2_and_reloads_its_certificate() {
+    let ws = workers(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let first = write_cert(dir.path());
+    let text = pool_config(&[("w1", ws[0].addr())], "", "").replace(
+        "[admin]",
+        "[server.tls]\nlisten = [\"127.0.0.1:0\"]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\n[admin]",
+    );
+    let path = dir.path().join("syncgate.toml");
+    std::fs::write(&path, &text).unwrap();
+    let running = syncgate::start(Config::load(&path).unwrap()).await.unwrap();
+    wait_state(&running, "w1", State::Ready).await;
+    let addr = running.tls_addrs()[0];
+
+    // HTTP/1.1 over TLS; the worker is told the client used https.
+    let (tls, presented) = connect(addr, &first, b"http/1.1").await;
+    assert_eq!(presented, first);
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = send.send_request(request()).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(echo["headers"]["x-forwarded-proto"], "https");
+
+    // HTTP/2 negotiated by ALPN.
+    let (tls, _) = connect(addr, &first, b"h2").await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    assert_eq!(send.send_request(request()).await.unwrap().status(), 200);
+
+    // A broken key file: the current certificate stays, the error is reported.
+    std::fs::write(dir.path().join("key.pem"), "not a key").unwrap();
+    assert!(running.control().reload("api").await.is_err());
+    assert!(running.control().status().last_error.is_some());
+    let (_, presented) = connect(addr, &first, b"http/1.1").await;
+    assert_eq!(presented, first);
+
+    // New files: the next handshake presents the new certificate (seen by the file watcher).
+    let second = write_cert(dir.path());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        // Until the reload, the old certificate fails verification against the new root.
+        if let Ok((_, presented)) = try_connect(addr, &second, b"http/1.1").await {
+            assert_eq!(presented, second);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "certificate not reloaded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.shutdown().await;
+}
