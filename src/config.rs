@@ -13,6 +13,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, StatusCode};
@@ -184,6 +185,32 @@ pub struct UpstreamTlsConfig {
     pub ca: PathBuf,
     /// SNI and verified name; absent: the backend's IP address.
     pub server_name: Option<String>,
+    /// The rustls client config trusting `ca` (ALPN `http/1.1`), built at validation so that a
+    /// CA file that does not parse is a config error with its position.
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+/// A rustls client config trusting the PEM certificates in `pem`, offering HTTP/1.1.
+fn upstream_client_config(pem: &[u8]) -> Result<rustls::ClientConfig, String> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| format!("is not PEM: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("holds an unusable certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("holds no PEM certificate".into());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
 }
 
 /// `[[pools.NAME.backends]]`: one worker.
@@ -1248,7 +1275,7 @@ impl Validator<'_> {
         let upstream_tls = p
             .upstream_tls
             .as_ref()
-            .map(|t| self.upstream_tls(name, t, key_span.clone()));
+            .and_then(|t| self.upstream_tls(name, t, key_span.clone()));
         let backends = self.backends(name, p.backends.as_deref().unwrap_or_default(), key_span);
         PoolConfig {
             name: name.to_owned(),
@@ -1449,7 +1476,7 @@ impl Validator<'_> {
         pool: &str,
         node: &raw::Node<raw::UpstreamTls>,
         pool_span: Option<Range<usize>>,
-    ) -> UpstreamTlsConfig {
+    ) -> Option<UpstreamTlsConfig> {
         let t = &node.value;
         let ca_name = format!("pools.{pool}.upstream_tls.ca");
         let ca = self.file(FileKey {
@@ -1470,7 +1497,25 @@ impl Validator<'_> {
             }
             name.clone()
         });
-        UpstreamTlsConfig { ca, server_name }
+        // An unreadable file was reported by `file`; a config with errors is never returned,
+        // so `None` here only stands in until validation fails.
+        let pem = std::fs::read(&ca).ok()?;
+        match upstream_client_config(&pem) {
+            Ok(client) => Some(UpstreamTlsConfig {
+                ca,
+                server_name,
+                client: Arc::new(client),
+            }),
+            Err(problem) => {
+                if let Some(value) = t.ca.as_ref() {
+                    self.error(
+                        span_of(value),
+                        format!("{ca_name} file \"{}\" {problem}", ca.display()),
+                    );
+                }
+                None
+            }
+        }
     }
 
     fn backends(
@@ -1686,6 +1731,14 @@ mod tests {
         }
     }
 
+    /// A real PEM certificate, usable as a CA bundle.
+    fn ca_pem() -> String {
+        rcgen::generate_simple_self_signed(vec!["worker.internal".to_string()])
+            .expect("test certificate")
+            .cert
+            .pem()
+    }
+
     fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
         let path = dir.join(name);
         if let Some(parent) = path.parent() {
@@ -1702,7 +1755,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         write(dir.path(), "certs/push.pem", "cert");
         write(dir.path(), "certs/push.key", "key");
-        write(dir.path(), "certs/workers-ca.pem", "ca");
+        write(dir.path(), "certs/workers-ca.pem", &ca_pem());
         write(dir.path(), "admin.token", "  s3cret\n");
         let path = write(
             dir.path(),
@@ -2543,7 +2596,7 @@ pool = "push"
             "pools.push.upstream_tls.ca file \"/nonexistent/ca.pem\" cannot be read",
         );
         let dir = tempfile::tempdir().expect("tempdir");
-        let ca = write(dir.path(), "ca.pem", "ca");
+        let ca = write(dir.path(), "ca.pem", &ca_pem());
         assert_pool_error(
             &format!(
                 "[pools.push.upstream_tls]\nca = \"{}\"\nserver_name = \"a b\"\n",
@@ -2561,6 +2614,13 @@ pool = "push"
             2,
             6,
             "is a directory",
+        );
+        let junk = write(dir.path(), "junk.pem", "not a certificate");
+        assert_pool_error(
+            &format!("[pools.push.upstream_tls]\nca = \"{}\"\n", junk.display()),
+            2,
+            6,
+            "holds no PEM certificate",
         );
     }
 
@@ -2681,7 +2741,7 @@ pool = \"pushh\"
         write(dir.path(), "etc/tls/c.pem", "c");
         write(dir.path(), "etc/tls/k.pem", "k");
         write(dir.path(), "etc/token", "t0ken");
-        write(dir.path(), "etc/ca.pem", "ca");
+        write(dir.path(), "etc/ca.pem", &ca_pem());
         let path = write(
             dir.path(),
             "etc/syncgate.toml",

@@ -152,7 +152,7 @@ async fn forward(
             None
         };
         let in_flight = backend.start_request();
-        match upstream::send(backend, upstream_req).await {
+        match upstream::send(backend, pool.tls.as_ref(), upstream_req).await {
             Attempt::Answered(resp, send) => {
                 backend.answers.record(Some(resp.status().as_u16()));
                 guard::record_answer(shared, pool, backend, resp.status());
@@ -320,7 +320,7 @@ async fn second_opinion(
             };
         };
         let in_flight = peer.start_request();
-        match upstream::send(peer, req).await {
+        match upstream::send(peer, pool.tls.as_ref(), req).await {
             Attempt::Answered(resp, send) => {
                 peer.answers.record(Some(resp.status().as_u16()));
                 guard::record_answer(cx.shared, pool, peer, resp.status());
@@ -557,7 +557,7 @@ fn strip_port(host: &str) -> &str {
         // [v6]:port
         return host
             .split_once(']')
-            .map_or(host, |(h, _)| &h[..])
+            .map_or(host, |(h, _)| h)
             .trim_start_matches('[');
     }
     host.rsplit_once(':').map_or(host, |(h, _)| h)

@@ -9,14 +9,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
 use serde::Deserialize;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, KeySync, State};
 use crate::config::{Contract, ProbeConfig};
 use crate::snapshot::Shared;
+use crate::upstream::{self, UpstreamTls};
 
 /// Probe answers larger than this are a failure (a readiness report is a few hundred bytes).
 const MAX_PROBE_BODY: usize = 64 * 1024;
@@ -192,19 +191,15 @@ fn reference_reports(backend: &Backend, peers: &[Arc<Backend>]) -> Vec<KeySync> 
 
 /// Sends one probe over a fresh connection (a dead worker must show up as `connect refused`,
 /// not hide behind a pooled connection) and returns the status and body.
-async fn fetch(backend: &Backend, cfg: &ProbeConfig) -> Result<(u16, Bytes), String> {
-    let stream = TcpStream::connect(backend.addr)
+async fn fetch(
+    backend: &Backend,
+    cfg: &ProbeConfig,
+    tls: Option<&UpstreamTls>,
+) -> Result<(u16, Bytes), String> {
+    // The connection closes when `send` drops at the end of this probe.
+    let mut send = upstream::open::<Empty<Bytes>>(backend, tls)
         .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::ConnectionRefused => "connect refused".to_string(),
-            _ => format!("connect failed: {e}"),
-        })?;
-    let _ = stream.set_nodelay(true);
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("handshake failed: {e}"))?;
-    // The connection task ends when `send` drops at the end of this probe.
-    tokio::spawn(conn);
+        .map_err(|e| e.to_string())?;
     let req = http::Request::get(cfg.path.as_str())
         .header(http::header::HOST, backend.authority.as_str())
         .header(http::header::ACCEPT, "application/json")
@@ -240,12 +235,13 @@ pub async fn run_prober(backend: Arc<Backend>, shared: Arc<Shared>, token: Cance
         };
         let cfg = pool.probe.clone();
         let peers = pool.backends.clone();
+        let tls = pool.tls.clone();
         drop(snapshot);
 
         let started = Instant::now();
         let fetched = tokio::select! {
             _ = token.cancelled() => return,
-            r = tokio::time::timeout(cfg.timeout, fetch(&backend, &cfg)) => r,
+            r = tokio::time::timeout(cfg.timeout, fetch(&backend, &cfg, tls.as_ref())) => r,
         };
         let latency = started.elapsed();
         let (report, verdict) = match fetched {
@@ -269,10 +265,10 @@ pub async fn run_prober(backend: Arc<Backend>, shared: Arc<Shared>, token: Cance
             match (&verdict, transition) {
                 // A failure reason is shown while the backend is out, or when it is about to be
                 // taken out; the transition below overwrites it with the same text.
-                (Err(reason), _) => {
-                    if state != State::Ready || transition.is_some() {
-                        info.reason = reason.clone();
-                    }
+                // Draining and disabled backends keep the operator's or the reload's reason.
+                _ if matches!(state, State::Draining | State::Disabled) => {}
+                (Err(reason), _) if state != State::Ready || transition.is_some() => {
+                    info.reason = reason.clone();
                 }
                 (Ok(()), None) if state != State::Ready => {
                     info.reason = format!("probe passed ({}/{})", gate.passes(), cfg.rise);

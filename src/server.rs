@@ -127,7 +127,7 @@ pub fn start(
         }
         _ => (Vec::new(), (0..threads).map(|_| Vec::new()).collect()),
     };
-    let mut per_thread: Vec<Vec<ThreadListener>> = plain
+    let per_thread: Vec<Vec<ThreadListener>> = plain
         .into_iter()
         .zip(secure)
         .map(
@@ -138,8 +138,7 @@ pub fn start(
         .collect();
     let limit = Arc::new(Semaphore::new(cfg.max_connections));
     let mut handles = Vec::new();
-    for i in 0..threads {
-        let listeners = std::mem::take(&mut per_thread[i]);
+    for (i, listeners) in per_thread.into_iter().enumerate() {
         let shared = shared.clone();
         let token = token.clone();
         let limit = limit.clone();

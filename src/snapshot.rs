@@ -44,6 +44,8 @@ pub struct Pool {
     pub unavailable_body: bytes::Bytes,
     /// Counters kept across reloads.
     pub stats: Arc<PoolStats>,
+    /// TLS to the workers, if configured.
+    pub tls: Option<crate::upstream::UpstreamTls>,
 }
 
 impl Pool {
@@ -296,5 +298,9 @@ fn build_pool(
         guard: pc.guard.clone(),
         unavailable_body,
         stats,
+        tls: pc
+            .upstream_tls
+            .as_ref()
+            .map(crate::upstream::UpstreamTls::new),
     }
 }

@@ -22,6 +22,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use crate::backend::{Backend, InFlight};
@@ -62,6 +63,9 @@ pub enum ConnectError {
     /// Any other socket error while connecting.
     #[error("connect failed: {0}")]
     Io(#[from] std::io::Error),
+    /// The TLS handshake with the worker failed.
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
     /// The HTTP/1.1 handshake failed.
     #[error("handshake failed: {0}")]
     Handshake(hyper::Error),
@@ -129,7 +133,48 @@ pub fn sweep() {
     });
 }
 
-async fn connect(backend: &Backend) -> Result<SendRequest<ReqBody>, ConnectError> {
+/// TLS to the workers of a pool.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    /// Connector trusting the pool's CA.
+    pub connector: tokio_rustls::TlsConnector,
+    /// SNI and verified name; None: the backend's IP address.
+    pub server_name: Option<ServerName<'static>>,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamTls {
+    /// From a validated `[pools.X.upstream_tls]`.
+    pub fn new(cfg: &crate::config::UpstreamTlsConfig) -> UpstreamTls {
+        UpstreamTls {
+            connector: tokio_rustls::TlsConnector::from(cfg.client.clone()),
+            // Validated as a DNS name or an IP address.
+            server_name: cfg
+                .server_name
+                .as_ref()
+                .and_then(|n| ServerName::try_from(n.clone()).ok()),
+        }
+    }
+}
+
+/// Opens a new HTTP/1.1 connection to `backend` (over TLS with `tls`); used by the proxy and
+/// the prober alike.
+pub async fn open<B>(
+    backend: &Backend,
+    tls: Option<&UpstreamTls>,
+) -> Result<SendRequest<B>, ConnectError>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr)).await
     {
         Err(_) => return Err(ConnectError::Timeout),
@@ -140,7 +185,31 @@ async fn connect(backend: &Backend) -> Result<SendRequest<ReqBody>, ConnectError
         Ok(Ok(s)) => s,
     };
     let _ = stream.set_nodelay(true);
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    match tls {
+        None => handshake(stream).await,
+        Some(tls) => {
+            let name = tls
+                .server_name
+                .clone()
+                .unwrap_or_else(|| ServerName::IpAddress(backend.addr.ip().into()));
+            let connecting = tls.connector.connect(name, stream);
+            match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+                Err(_) => Err(ConnectError::Timeout),
+                Ok(Err(e)) => Err(ConnectError::Tls(e)),
+                Ok(Ok(s)) => handshake(s).await,
+            }
+        }
+    }
+}
+
+async fn handshake<I, B>(io: I) -> Result<SendRequest<B>, ConnectError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(ConnectError::Handshake)?;
     // The connection task ends when every `SendRequest` handle is dropped and the connection
@@ -156,7 +225,7 @@ async fn connect(backend: &Backend) -> Result<SendRequest<ReqBody>, ConnectError
 /// Sends `req` to `backend` on a pooled connection, or a new one. A pooled connection that
 /// turns out to be dead before the request was written is replaced by a fresh one once: the
 /// worker is not at fault for an idle connection it closed.
-pub async fn send(backend: &Backend, req: Request<ReqBody>) -> Attempt {
+pub async fn send(backend: &Backend, tls: Option<&UpstreamTls>, req: Request<ReqBody>) -> Attempt {
     let mut req = req;
     if let Some(mut send) = checkout(backend) {
         match send.try_send_request(req).await {
@@ -167,7 +236,7 @@ pub async fn send(backend: &Backend, req: Request<ReqBody>) -> Attempt {
             },
         }
     }
-    let mut send = match connect(backend).await {
+    let mut send = match open(backend, tls).await {
         Ok(s) => s,
         Err(e) => return Attempt::NotSent(req, e),
     };

@@ -166,10 +166,9 @@ async fn bad_files_change_nothing_and_report_the_error() {
         ("empty file", String::new()),
         ("half written", good[..good.len() / 2].to_string()),
     ];
-    let mut failed = 0;
-    for (what, text) in cases {
+    for (i, (what, text)) in cases.into_iter().enumerate() {
+        let failed = i as u64 + 1;
         std::fs::write(&path, &text).unwrap();
-        failed += 1;
         wait_until(SECS5, what, || async {
             running.control().status().reloads_failed == failed
         })

@@ -129,3 +129,73 @@ async fn https_serves_h1_and_h2_and_reloads_its_certificate() {
     }
     running.shutdown().await;
 }
+
+/// A TLS front for a plain worker: terminates TLS with `cert`/`key` and pipes the bytes to
+/// `worker`, so the worker is reached only over TLS.
+async fn tls_front(worker: SocketAddr, cert_pem: &str, key_pem: &str) -> SocketAddr {
+    use rustls_pki_types::pem::PemObject;
+    let chain = vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()];
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut plain) = TcpStream::connect(worker).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_are_probed_and_reached_over_tls() {
+    let ws = workers(1).await;
+    let ck = rcgen::generate_simple_self_signed(vec!["worker.internal".to_string()]).unwrap();
+    let front = tls_front(ws[0].addr(), &ck.cert.pem(), &ck.key_pair.serialize_pem()).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("workers-ca.pem"), ck.cert.pem()).unwrap();
+    let text = |server_name: &str| {
+        pool_config(&[("w1", front)], "", "").replace(
+            "[pools.push.probe]",
+            &format!("[pools.push.upstream_tls]\nca = \"workers-ca.pem\"\nserver_name = \"{server_name}\"\n\n[pools.push.probe]"),
+        )
+    };
+    let path = dir.path().join("syncgate.toml");
+    std::fs::write(&path, text("worker.internal")).unwrap();
+    let running = syncgate::start(Config::load(&path).unwrap()).await.unwrap();
+    wait_state(&running, "w1", State::Ready).await;
+    let a = get(&client(), running.proxy_addrs()[0], 1).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(ws[0].requests(), 1);
+    running.shutdown().await;
+
+    // A worker whose certificate does not match the expected name is never admitted.
+    std::fs::write(&path, text("other.internal")).unwrap();
+    let running = syncgate::start(Config::load(&path).unwrap()).await.unwrap();
+    wait_until(Duration::from_secs(5), "a failed TLS probe", || async {
+        let snap = running.shared().snapshot();
+        let b = snap.backends().next().unwrap();
+        let r = b.info().reason.clone();
+        r.starts_with("TLS handshake failed")
+    })
+    .await;
+    assert_eq!(state_of(&running, "w1"), Some(State::Pending));
+    running.shutdown().await;
+}
