@@ -1,7 +1,774 @@
-//! Admin HTTP API (placeholder being replaced).
-use crate::reload::Control;
+//! The admin HTTP endpoint: JSON API, operator actions, Prometheus metrics and the status page.
+//!
+//! Served over plain HTTP/1.1 on `[admin] listen` (default `127.0.0.1:9901`); admin traffic is
+//! light, so this module favours clarity over speed. The endpoints (field names are documented
+//! in `docs/admin-api.md` and are a stable contract):
+//!
+//! | endpoint | answer |
+//! |---|---|
+//! | `GET /` | self-contained HTML status page, refreshing itself every second |
+//! | `GET /healthz` | 200 while the process runs |
+//! | `GET /readyz` | 200 when every pool has a ready backend, else 503 |
+//! | `GET /api/backends` | every backend of every pool with its state, probe and counters |
+//! | `GET /api/config` | generation, sha256, loaded_at and the last reload error |
+//! | `GET /api/events[?since=N]` | the state-transition log, newest last |
+//! | `POST /api/reload` | 200 `{"generation": N}` or 400 with every error |
+//! | `POST /api/backends/{pool}/{name}/drain` | operator drain: `draining`, then `disabled` when idle |
+//! | `POST /api/backends/{pool}/{name}/enable` | back to `pending`: the backend must pass its probes |
+//! | `GET /metrics` | Prometheus metrics (OpenMetrics text format) |
+//!
+//! With `[admin] token_file`, every `POST` needs `Authorization: Bearer <token>` (compared in
+//! constant time); `GET`s are open. A `POST` sent by a browser from another origin is refused
+//! (403) even without a token. Errors are JSON `{"error": "..."}`: unknown path 404, wrong
+//! method 405 (with `Allow`), missing or wrong token 401, body over 64 KiB 413.
+//!
+//! Everything shown is read at request time from the shared state ([`crate::snapshot::Shared`])
+//! and the control plane ([`Control`]); the request path is never touched: its counters are
+//! plain atomics that a `prometheus-client` collector renders at scrape time.
+
+mod metrics;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
-/// Serves the admin API until the control token is cancelled.
-pub async fn serve(listener: tokio::net::TcpListener, control: Arc<Control>) {
-    let _ = (listener, control);
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::registry::Registry;
+use serde_json::{json, Map, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{Backend, State};
+use crate::config::ConfigError;
+use crate::reload::Control;
+use crate::snapshot::Shared;
+
+/// Request bodies larger than this are answered `413`.
+pub const MAX_BODY: usize = 64 * 1024;
+/// A client must send its request headers within this.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long open connections may finish their exchange after shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How often a drain watcher checks whether its backend went idle.
+const DRAIN_POLL: Duration = Duration::from_millis(25);
+/// Content type of `GET /metrics` (what `prometheus-client`'s text encoder produces).
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The status page (no external resources; see `src/admin/status.html`).
+const STATUS_PAGE: &str = include_str!("admin/status.html");
+/// Reason recorded when an operator drains a backend.
+const DRAINED: &str = "drained by operator";
+/// Reason recorded when an operator-drained backend became idle.
+const DRAINED_IDLE: &str = "drained by operator, idle";
+/// Reason recorded when an operator enables a backend.
+const ENABLED: &str = "enabled by operator";
+
+/// Serves the admin API on `listener` until the control token is cancelled. Each connection
+/// runs as a task on `control.tasks()`; on cancellation the accept loop stops and open
+/// connections finish their current exchange (for at most a short grace period).
+pub async fn serve(listener: TcpListener, control: Arc<Control>) {
+    let admin = Arc::new(Admin::new(control.clone()));
+    let token = control.token().clone();
+    loop {
+        let accepted = tokio::select! {
+            _ = token.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                control
+                    .tasks()
+                    .spawn(serve_connection(stream, peer, admin.clone(), token.clone()));
+            }
+            Err(e) => {
+                // Typically EMFILE: back off a little instead of spinning.
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Serves one admin connection (HTTP/1.1, keep-alive) until it closes or `token` is cancelled.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    admin: Arc<Admin>,
+    token: CancellationToken,
+) {
+    let service = service_fn(move |req: Request<Incoming>| {
+        let admin = admin.clone();
+        async move { Ok::<_, Infallible>(admin.handle(req).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = token.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(SHUTDOWN_GRACE, conn.as_mut()).await {
+                Ok(result) => result,
+                Err(_) => Ok(()),
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(peer = %peer, error = %e, "admin connection ended with an error");
+    }
+}
+
+/// What a request path names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Endpoint {
+    StatusPage,
+    Healthz,
+    Readyz,
+    Metrics,
+    Backends,
+    Config,
+    Events,
+    Reload,
+    BackendAction {
+        pool: String,
+        name: String,
+        action: Action,
+    },
+}
+
+/// An operator action on one backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Drain,
+    Enable,
+}
+
+impl Endpoint {
+    /// The endpoint a path names, or `None` (404).
+    fn from_path(path: &str) -> Option<Endpoint> {
+        Some(match path {
+            "/" | "/index.html" => Endpoint::StatusPage,
+            "/healthz" => Endpoint::Healthz,
+            "/readyz" => Endpoint::Readyz,
+            "/metrics" => Endpoint::Metrics,
+            "/api/backends" => Endpoint::Backends,
+            "/api/config" => Endpoint::Config,
+            "/api/events" => Endpoint::Events,
+            "/api/reload" => Endpoint::Reload,
+            _ => {
+                let rest = path.strip_prefix("/api/backends/")?;
+                let mut parts = rest.split('/');
+                let (pool, name, action) = (parts.next()?, parts.next()?, parts.next()?);
+                if parts.next().is_some() || pool.is_empty() || name.is_empty() {
+                    return None;
+                }
+                let action = match action {
+                    "drain" => Action::Drain,
+                    "enable" => Action::Enable,
+                    _ => return None,
+                };
+                Endpoint::BackendAction {
+                    pool: percent_decode(pool)?,
+                    name: percent_decode(name)?,
+                    action,
+                }
+            }
+        })
+    }
+
+    /// Whether the endpoint changes something (`POST`, token required) rather than shows
+    /// something (`GET` and `HEAD`, open).
+    fn is_action(&self) -> bool {
+        matches!(self, Endpoint::Reload | Endpoint::BackendAction { .. })
+    }
+
+    /// Whether the endpoint accepts `method`.
+    fn allows(&self, method: &Method) -> bool {
+        if self.is_action() {
+            method == Method::POST
+        } else {
+            method == Method::GET || method == Method::HEAD
+        }
+    }
+
+    /// The `Allow` header of a 405 answer.
+    fn allow_header(&self) -> &'static str {
+        if self.is_action() {
+            "POST"
+        } else {
+            "GET, HEAD"
+        }
+    }
+}
+
+/// The admin service: the control plane plus the metrics registry, built once.
+#[derive(Debug)]
+struct Admin {
+    control: Arc<Control>,
+    registry: Registry,
+}
+
+impl Admin {
+    fn new(control: Arc<Control>) -> Admin {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(metrics::Collector::new(control.shared.clone())));
+        Admin { control, registry }
+    }
+
+    fn shared(&self) -> &Arc<Shared> {
+        &self.control.shared
+    }
+
+    /// Routes one request; every failure is a JSON error answer.
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let Some(endpoint) = Endpoint::from_path(req.uri().path()) else {
+            return error(StatusCode::NOT_FOUND, "no such endpoint");
+        };
+        if !endpoint.allows(req.method()) {
+            let allow = endpoint.allow_header();
+            let mut resp = error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("method {} not allowed; use {allow}", req.method()),
+            );
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+            return resp;
+        }
+        if endpoint.is_action() {
+            if !same_origin(req.headers()) {
+                return error(
+                    StatusCode::FORBIDDEN,
+                    "cross-origin admin requests are refused",
+                );
+            }
+            if !self.authorized(req.headers()) {
+                tracing::warn!(path = %req.uri().path(), "admin request refused: missing or wrong token");
+                let mut resp = error(
+                    StatusCode::UNAUTHORIZED,
+                    "missing or wrong admin token (Authorization: Bearer <token>)",
+                );
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"syncgate admin\""),
+                );
+                return resp;
+            }
+        }
+        let query = req.uri().query().map(str::to_owned);
+        if let Err(resp) = read_body(req).await {
+            return resp;
+        }
+        match endpoint {
+            Endpoint::StatusPage => status_page(),
+            Endpoint::Healthz => json_response(StatusCode::OK, &json!({"status": "ok"})),
+            Endpoint::Readyz => self.readyz(),
+            Endpoint::Metrics => self.metrics(),
+            Endpoint::Backends => json_response(StatusCode::OK, &self.backends_json()),
+            Endpoint::Config => json_response(StatusCode::OK, &self.config_json()),
+            Endpoint::Events => self.events(query.as_deref()),
+            Endpoint::Reload => self.reload().await,
+            Endpoint::BackendAction { pool, name, action } => {
+                self.backend_action(&pool, &name, action)
+            }
+        }
+    }
+
+    /// Whether the request may run a `POST`: no token configured, or the right bearer token.
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let snapshot = self.shared().snapshot();
+        let Some(expected) = &snapshot.config.admin.token else {
+            return true;
+        };
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return false;
+        };
+        let Some((scheme, presented)) = value.as_bytes().split_first_chunk::<7>() else {
+            return false;
+        };
+        scheme.eq_ignore_ascii_case(b"bearer ")
+            && constant_time_eq(presented.trim_ascii(), expected.0.as_bytes())
+    }
+
+    /// `GET /readyz`.
+    fn readyz(&self) -> Response<Full<Bytes>> {
+        let snapshot = self.shared().snapshot();
+        let mut pools = Map::new();
+        let mut all_ready = true;
+        for pool in &snapshot.pools {
+            let ready = pool.backends.iter().filter(|b| b.is_routable()).count();
+            all_ready &= ready > 0;
+            pools.insert(
+                pool.name.to_string(),
+                json!({"ready": ready, "backends": pool.backends.len()}),
+            );
+        }
+        let status = if all_ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        json_response(status, &json!({"ready": all_ready, "pools": pools}))
+    }
+
+    /// `GET /metrics`.
+    fn metrics(&self) -> Response<Full<Bytes>> {
+        let mut text = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::error!(error = %e, "cannot encode metrics");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics");
+        }
+        let mut resp = Response::new(Full::new(Bytes::from(text)));
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp
+    }
+
+    /// `GET /api/backends`: the snapshot's pools and backends in config order, then backends
+    /// removed from the config that are still draining (`"removed": true`).
+    fn backends_json(&self) -> Value {
+        let snapshot = self.shared().snapshot();
+        let mut pools: Map<String, Value> = Map::new();
+        let mut shown = std::collections::HashSet::new();
+        for pool in &snapshot.pools {
+            let backends: Vec<Value> = pool
+                .backends
+                .iter()
+                .map(|b| {
+                    shown.insert(b.id);
+                    backend_json(b)
+                })
+                .collect();
+            let ready = pool.backends.iter().filter(|b| b.is_routable()).count();
+            pools.insert(
+                pool.name.to_string(),
+                json!({"ready": ready, "backends": backends}),
+            );
+        }
+        let mut removed: Vec<Arc<Backend>> = self
+            .shared()
+            .all_backends()
+            .into_iter()
+            .filter(|b| !shown.contains(&b.id))
+            .collect();
+        removed.sort_by(|a, b| (&a.pool, &a.name, a.id).cmp(&(&b.pool, &b.name, b.id)));
+        for b in removed {
+            let entry = pools
+                .entry(b.pool.to_string())
+                .or_insert_with(|| json!({"ready": 0, "backends": []}));
+            if let Some(list) = entry.get_mut("backends").and_then(Value::as_array_mut) {
+                list.push(backend_json(&b));
+            }
+        }
+        json!({"generation": snapshot.generation, "pools": pools})
+    }
+
+    /// `GET /api/config`. Never shows the admin token, only whether one is set.
+    fn config_json(&self) -> Value {
+        let status = self.control.status();
+        let snapshot = self.shared().snapshot();
+        let last_error = status.last_error.as_ref().map(|f| {
+            json!({
+                "at": rfc3339(f.at),
+                "trigger": f.trigger,
+                "errors": errors_json(&f.errors),
+            })
+        });
+        json!({
+            "path": status.path.as_ref().map(|p| p.display().to_string()),
+            "generation": status.generation,
+            "sha256": status.sha256,
+            "loaded_at": rfc3339(status.loaded_at),
+            "last_error": last_error,
+            "reloads_ok": status.reloads_ok,
+            "reloads_failed": status.reloads_failed,
+            "admin_token_set": snapshot.config.admin.token.is_some(),
+        })
+    }
+
+    /// `GET /api/events[?since=N]`.
+    fn events(&self, query: Option<&str>) -> Response<Full<Bytes>> {
+        let since = match query_param(query.unwrap_or(""), "since") {
+            None => 0,
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) => n,
+                Err(_) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "since must be a non-negative integer (an event seq)",
+                    )
+                }
+            },
+        };
+        let events = self.shared().events.since(since);
+        let last_seq = events.last().map_or(since, |e| e.seq);
+        json_response(
+            StatusCode::OK,
+            &json!({"events": events, "last_seq": last_seq}),
+        )
+    }
+
+    /// `POST /api/reload`.
+    async fn reload(&self) -> Response<Full<Bytes>> {
+        match self.control.reload("api").await {
+            Ok(generation) => json_response(StatusCode::OK, &json!({"generation": generation})),
+            Err(errors) => json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({
+                    "error": "the config did not load; the running config stays",
+                    "errors": errors_json(&errors),
+                }),
+            ),
+        }
+    }
+
+    /// `POST /api/backends/{pool}/{name}/drain|enable`.
+    fn backend_action(&self, pool: &str, name: &str, action: Action) -> Response<Full<Bytes>> {
+        let shared = self.shared();
+        let snapshot = shared.snapshot();
+        let Some(p) = snapshot.pool(pool) else {
+            return error(StatusCode::NOT_FOUND, &format!("no pool named {pool:?}"));
+        };
+        let Some(backend) = p.backends.iter().find(|b| &*b.name == name) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                &format!("pool {pool:?} has no backend named {name:?}"),
+            );
+        };
+        let changed = match action {
+            Action::Drain => {
+                let changed = backend.transition(
+                    &[State::Pending, State::Ready, State::Ejected],
+                    State::Draining,
+                    DRAINED,
+                    &shared.events,
+                );
+                if changed {
+                    self.control.tasks().spawn(finish_drain(
+                        backend.clone(),
+                        shared.clone(),
+                        self.control.token().clone(),
+                    ));
+                }
+                changed
+            }
+            Action::Enable => backend.transition(
+                &[State::Disabled, State::Draining],
+                State::Pending,
+                ENABLED,
+                &shared.events,
+            ),
+        };
+        let mut body = backend_json(backend);
+        if let Some(obj) = body.as_object_mut() {
+            obj.insert("pool".into(), Value::from(pool));
+            obj.insert("changed".into(), Value::from(changed));
+        }
+        json_response(StatusCode::OK, &body)
+    }
+}
+
+/// Moves an operator-drained backend to `disabled` once its in-flight requests finished. Stops
+/// early when the backend leaves `draining` (enabled again) or the config (the reload's own
+/// drain takes over), or on shutdown.
+async fn finish_drain(backend: Arc<Backend>, shared: Arc<Shared>, token: CancellationToken) {
+    loop {
+        if backend.state() != State::Draining || backend.is_removed() {
+            return;
+        }
+        if backend.in_flight() == 0 {
+            backend.transition(
+                &[State::Draining],
+                State::Disabled,
+                DRAINED_IDLE,
+                &shared.events,
+            );
+            return;
+        }
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tokio::time::sleep(DRAIN_POLL) => {}
+        }
+    }
+}
+
+/// Whether a request may be an operator action as far as browsers are concerned: either it
+/// carries no `Origin` (curl, scripts, monitoring) or its `Origin` is the admin endpoint itself.
+/// This keeps a web page on another site from driving a token-less admin API on loopback
+/// through the operator's browser (a cross-site `POST` needs no CORS preflight).
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let host = headers.get(header::HOST).map(HeaderValue::as_bytes);
+    match (origin.as_bytes().strip_prefix(b"http://"), host) {
+        (Some(origin_host), Some(host)) => origin_host.eq_ignore_ascii_case(host),
+        _ => false,
+    }
+}
+
+/// Reads (and discards) the request body, answering 413 when it exceeds [`MAX_BODY`].
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("request body over {} KiB", MAX_BODY / 1024),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(_) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "cannot read the request body",
+        )),
+    }
+}
+
+/// One backend as the admin API shows it.
+fn backend_json(b: &Backend) -> Value {
+    let state = b.state();
+    let info = b.info().clone();
+    let answers = b.answers.snapshot();
+    let requests: u64 = answers.iter().map(|(_, n)| n).sum();
+    let errors = answers
+        .iter()
+        .find(|(class, _)| *class == "error")
+        .map_or(0, |(_, n)| *n);
+    let by_class: Map<String, Value> = answers
+        .iter()
+        .map(|(class, n)| (class.to_string(), Value::from(*n)))
+        .collect();
+    json!({
+        "name": &*b.name,
+        "addr": b.addr.to_string(),
+        "state": state.as_str(),
+        "weight": b.weight(),
+        "in_flight": b.in_flight(),
+        "reason": info.reason,
+        "since": rfc3339(info.since),
+        "key_sync": info.key_sync,
+        "last_probe_latency_ms": info.last_probe_latency.map(|d| {
+            (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+        }),
+        "last_probe_ok": info.last_probe_ok,
+        "requests": requests,
+        "errors": errors,
+        "answers": by_class,
+        "connect_failures": b.connect_failures.load(std::sync::atomic::Ordering::Relaxed),
+        "removed": b.is_removed(),
+    })
+}
+
+/// Config errors as JSON: structured fields plus the `file:line:col: message` text.
+fn errors_json(errors: &[ConfigError]) -> Vec<Value> {
+    errors
+        .iter()
+        .map(|e| {
+            json!({
+                "file": e.file,
+                "line": e.line,
+                "col": e.col,
+                "message": e.message,
+                "text": e.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// RFC 3339 UTC with milliseconds, like the event log.
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// The status page.
+fn status_page() -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(STATUS_PAGE.as_bytes())));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src 'self' data:; base-uri 'none'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+/// A JSON answer.
+fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+/// A JSON error answer `{"error": message}`.
+fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    json_response(status, &json!({"error": message}))
+}
+
+/// Compares two byte strings in time that depends only on their lengths: every byte pair is
+/// XOR-folded, without an early exit on the first difference. A length mismatch is `false`.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// The raw value of `name` in a query string (`a=1&since=5`), percent-decoded.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query
+        .split('&')
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+        .find(|(k, _)| *k == name)
+        .and_then(|(_, v)| percent_decode(v))
+}
+
+/// Decodes `%XX` escapes of a path segment or query value; `None` for a malformed escape or
+/// invalid UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(constant_time_eq(b"s3cret", b"s3cret"));
+        assert!(!constant_time_eq(b"s3cret", b"s3creT"));
+        assert!(!constant_time_eq(b"s3cret", b"s3cret!"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(Endpoint::from_path("/"), Some(Endpoint::StatusPage));
+        assert_eq!(Endpoint::from_path("/api/reload"), Some(Endpoint::Reload));
+        assert_eq!(
+            Endpoint::from_path("/api/backends/push/w%201/drain"),
+            Some(Endpoint::BackendAction {
+                pool: "push".into(),
+                name: "w 1".into(),
+                action: Action::Drain,
+            })
+        );
+        let enable = Endpoint::from_path("/api/backends/push/w1/enable");
+        assert!(enable.as_ref().is_some_and(|e| e.allows(&Method::POST)));
+        assert!(enable.as_ref().is_some_and(|e| !e.allows(&Method::GET)));
+        let health = Endpoint::from_path("/healthz");
+        assert!(health.as_ref().is_some_and(|e| e.allows(&Method::HEAD)));
+        assert!(health.as_ref().is_some_and(|e| !e.allows(&Method::POST)));
+        for bad in [
+            "/nope",
+            "/api/backends/",
+            "/api/backends/push",
+            "/api/backends/push/w1",
+            "/api/backends/push/w1/explode",
+            "/api/backends/push/w1/drain/x",
+            "/api/backends//w1/drain",
+            "/api/backends/push/%zz/drain",
+            "/healthz/",
+        ] {
+            assert_eq!(Endpoint::from_path(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn cross_origin_actions_are_refused() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, HeaderValue::from_static(v));
+            }
+            h
+        };
+        assert!(same_origin(&headers(&[("host", "127.0.0.1:9901")])));
+        assert!(same_origin(&headers(&[
+            ("host", "127.0.0.1:9901"),
+            ("origin", "http://127.0.0.1:9901")
+        ])));
+        assert!(!same_origin(&headers(&[
+            ("host", "127.0.0.1:9901"),
+            ("origin", "http://evil.example")
+        ])));
+        assert!(!same_origin(&headers(&[
+            ("host", "127.0.0.1:9901"),
+            ("origin", "null")
+        ])));
+        assert!(!same_origin(&headers(&[(
+            "origin",
+            "http://127.0.0.1:9901"
+        )])));
+    }
+
+    #[test]
+    fn query_and_percent_decoding() {
+        assert_eq!(query_param("since=5", "since").as_deref(), Some("5"));
+        assert_eq!(query_param("a=1&since=7", "since").as_deref(), Some("7"));
+        assert_eq!(query_param("a=1", "since"), None);
+        assert_eq!(query_param("since", "since").as_deref(), Some(""));
+        assert_eq!(percent_decode("a%2Fb").as_deref(), Some("a/b"));
+        assert_eq!(percent_decode("%"), None);
+        assert_eq!(percent_decode("%ff"), None);
+    }
 }
