@@ -1,0 +1,145 @@
+//! The command line as an operator uses it: `check`, `run` with SIGHUP and SIGTERM, `demo`.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_syncgate");
+
+#[test]
+fn check_accepts_the_example_config() {
+    let out = Command::new(BIN)
+        .args([
+            "check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("pool push"), "{stdout}");
+    assert!(stdout.contains("worker-1"), "{stdout}");
+    assert!(
+        stdout.contains("route push.example.com/ -> push"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_prints_every_error_with_its_position_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[pools.push.probe]\nrise = 0\n\n[[pools.push.backends]]\nname = \"w1\"\naddr = \"10.0.0.1\"\n\n[[routes]]\npool = \"pushh\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let p = path.display();
+    assert!(stderr.contains(&format!("{p}:2:8: ")), "{stderr}");
+    assert!(stderr.contains(&format!("{p}:6:8: ")), "{stderr}");
+    assert!(stderr.contains(&format!("{p}:9:8: ")), "{stderr}");
+    assert!(stderr.contains("pushh"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_reloads_on_sighup_and_stops_cleanly_on_sigterm() {
+    let ws = workers(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("syncgate.toml");
+    // No fixed ports: the proxy binds :0 and its address is read from the startup log.
+    let text = |name: &str, addr| pool_config(&[(name, addr)], "", "");
+    std::fs::write(&path, text("w1", ws[0].addr())).unwrap();
+    let mut child = tokio::process::Command::new(BIN)
+        .args([
+            "run",
+            "--config",
+            path.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // The bound proxy address is in the startup log.
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
+    let mut proxy = None;
+    while proxy.is_none() {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("startup log")
+            .unwrap()
+            .expect("log line");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+        if v["fields"]["message"] == "proxy listening" {
+            proxy = v["fields"]["listen"].as_str().map(str::to_string);
+        }
+    }
+    let proxy: std::net::SocketAddr = proxy.unwrap().parse().unwrap();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let c = client();
+    wait_until(Duration::from_secs(5), "w1 serves", || async {
+        get(&c, proxy, 1).await.status == 200 && ws[0].requests() > 0
+    })
+    .await;
+
+    // The file now names w2 only. File watching would see it too; SIGHUP must reload at once.
+    std::fs::write(&path, text("w2", ws[1].addr())).unwrap();
+    let pid = child.id().unwrap().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    wait_until(Duration::from_secs(5), "w2 serves after reload", || async {
+        get(&c, proxy, 1).await.status == 200 && ws[1].requests() > 0
+    })
+    .await;
+
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_lets_no_401_through_and_admits_the_late_worker() {
+    let report = syncgate::demo::run(syncgate::demo::DemoOptions {
+        duration: Duration::from_secs(5),
+        clients: 4,
+        late_join_after: Duration::from_millis(500),
+        late_sync_takes: Duration::from_millis(1500),
+        verbose: false,
+    })
+    .await
+    .unwrap();
+    assert!(report.requests > 100, "{report:?}");
+    assert_eq!(report.unauthorized(), 0, "{report:?}");
+    assert!(report.late_worker_admitted, "{report:?}");
+    assert!(
+        report.by_worker.get("worker-new").copied().unwrap_or(0) > 0,
+        "{report:?}"
+    );
+}
