@@ -3,6 +3,7 @@
 //! One call per client request. It reads the current [`Snapshot`] once, so a request runs to
 //! its end on the config it began with, whatever reloads happen meanwhile.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -22,12 +23,23 @@ use crate::upstream::{self, Attempt, ConnectError, Pooled};
 use http_body_util::{BodyExt, Limited};
 
 /// Per-connection facts the service needs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     /// The client's address.
     pub peer: SocketAddr,
+    /// The client's IP, rendered once per connection for `X-Forwarded-For`.
+    pub peer_ip: HeaderValue,
     /// Whether the client connection is TLS.
     pub tls: bool,
+}
+
+impl ConnInfo {
+    /// Facts of a new client connection.
+    pub fn new(peer: SocketAddr, tls: bool) -> ConnInfo {
+        let peer_ip = HeaderValue::from_maybe_shared(Bytes::from(peer.ip().to_string()))
+            .expect("an IP address is a valid header value");
+        ConnInfo { peer, peer_ip, tls }
+    }
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -66,8 +78,11 @@ async fn route_and_forward(
     req: Request<Incoming>,
     request_id: &HeaderValue,
 ) -> Response<RespBody> {
-    let host = request_host(&req);
-    let Some(pool) = snapshot.route(host.as_deref().unwrap_or(""), req.uri().path()) else {
+    let routed = {
+        let host = request_host(&req);
+        snapshot.route(host.as_deref().unwrap_or(""), req.uri().path())
+    };
+    let Some(pool) = routed else {
         return error(StatusCode::NOT_FOUND, "no route", request_id);
     };
     let server = &snapshot.config.server;
@@ -81,18 +96,10 @@ async fn route_and_forward(
         }
     }
     let started = Instant::now();
-    let deadline = tokio::time::Instant::now() + server.request_timeout;
+    let deadline = tokio::time::Instant::from_std(started) + server.request_timeout;
     let result = tokio::time::timeout_at(
         deadline,
-        forward(
-            shared,
-            pool,
-            conn,
-            req,
-            host,
-            server.max_request_body,
-            request_id,
-        ),
+        forward(shared, pool, conn, req, server.max_request_body, request_id),
     )
     .await;
     let resp = match result {
@@ -113,7 +120,6 @@ async fn forward(
     pool: &Pool,
     conn: ConnInfo,
     req: Request<Incoming>,
-    host: Option<String>,
     max_body: u64,
     request_id: &HeaderValue,
 ) -> Response<RespBody> {
@@ -131,7 +137,7 @@ async fn forward(
             return error(status, msg, request_id);
         }
     };
-    let mut upstream_req = upstream_request(parts, body, conn, host.as_deref());
+    let mut upstream_req = upstream_request(parts, body, &conn);
     let mut tried: Vec<u64> = Vec::new();
     loop {
         let Some(backend) = pool.pick(hash_key.as_deref(), &tried) else {
@@ -168,7 +174,8 @@ async fn forward(
                         hash_key: hash_key.as_deref(),
                         request_id,
                     };
-                    return second_opinion(&cx, first, replay, tried).await;
+                    // Boxed: rare, and large enough to bloat every request's future.
+                    return Box::pin(second_opinion(&cx, first, replay, tried)).await;
                 }
                 return client_response(resp, send, in_flight);
             }
@@ -444,8 +451,7 @@ fn no_ready_backend(pool: &Pool) -> Response<RespBody> {
 fn upstream_request(
     mut parts: http::request::Parts,
     body: ReqBody,
-    conn: ConnInfo,
-    host: Option<&str>,
+    conn: &ConnInfo,
 ) -> Request<ReqBody> {
     let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
@@ -465,10 +471,8 @@ fn upstream_request(
     if let Some(h) = &original_host {
         headers.insert(header::HOST, h.clone());
         headers.insert(X_FORWARDED_HOST.clone(), h.clone());
-    } else if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
-        headers.insert(header::HOST, h);
     }
-    append_forwarded_for(headers, conn.peer);
+    append_forwarded_for(headers, &conn.peer_ip);
     headers.insert(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
@@ -477,23 +481,20 @@ fn upstream_request(
     Request::from_parts(parts, body)
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    let ip = peer.ip().to_string();
+fn append_forwarded_for(headers: &mut HeaderMap, peer_ip: &HeaderValue) {
     let mut values = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
-    let combined = if values.peek().is_none() {
-        ip
-    } else {
-        let mut s = String::new();
-        for v in values {
-            if let Ok(v) = v.to_str() {
-                s.push_str(v);
-                s.push_str(", ");
-            }
-        }
-        s.push_str(&ip);
-        s
-    };
-    if let Ok(v) = HeaderValue::from_str(&combined) {
+    if values.peek().is_none() {
+        // The common case: no allocation, the connection's rendered IP is shared.
+        headers.insert(X_FORWARDED_FOR.clone(), peer_ip.clone());
+        return;
+    }
+    let mut s = Vec::new();
+    for v in values {
+        s.extend_from_slice(v.as_bytes());
+        s.extend_from_slice(b", ");
+    }
+    s.extend_from_slice(peer_ip.as_bytes());
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(s)) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
 }
@@ -541,7 +542,7 @@ fn client_response(
 
 /// The request's host, lower-cased and without port: the URI authority (HTTP/2, absolute
 /// form) or the `Host` header.
-fn request_host<B>(req: &Request<B>) -> Option<String> {
+fn request_host<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
     let raw = match req.uri().authority() {
         Some(a) => a.host(),
         None => {
@@ -549,7 +550,12 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
             strip_port(h)
         }
     };
-    Some(raw.to_ascii_lowercase())
+    // Host names almost always arrive lower-case already: allocate only when they do not.
+    Some(if raw.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(raw.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(raw)
+    })
 }
 
 fn strip_port(host: &str) -> &str {
@@ -582,8 +588,13 @@ fn hash_key(pool: &Pool, headers: &HeaderMap) -> Option<Vec<u8>> {
 }
 
 fn new_request_id() -> HeaderValue {
-    let id = format!("{:032x}", fastrand::u128(..));
-    HeaderValue::from_str(&id).expect("hex is a valid header value")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let v = fastrand::u128(..);
+    let mut id = [0u8; 32];
+    for (i, c) in id.iter_mut().enumerate() {
+        *c = HEX[((v >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&id).expect("hex is a valid header value")
 }
 
 /// A JSON error answer generated by syncgate.
@@ -629,12 +640,21 @@ mod tests {
     #[test]
     fn forwarded_for_appends() {
         let mut h = HeaderMap::new();
-        let peer: SocketAddr = "10.1.2.3:5555".parse().unwrap();
-        append_forwarded_for(&mut h, peer);
+        let conn = ConnInfo::new("10.1.2.3:5555".parse().unwrap(), false);
+        append_forwarded_for(&mut h, &conn.peer_ip);
         assert_eq!(h[&X_FORWARDED_FOR], "10.1.2.3");
         h.append(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
-        append_forwarded_for(&mut h, peer);
+        append_forwarded_for(&mut h, &conn.peer_ip);
         assert_eq!(h[&X_FORWARDED_FOR], "10.1.2.3, 1.1.1.1, 10.1.2.3");
+    }
+
+    #[test]
+    fn request_ids_are_32_hex_digits() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_eq!(a.len(), 32);
+        assert!(a.to_str().unwrap().bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
     }
 
     #[test]

@@ -245,10 +245,11 @@ async fn serve_conn<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req| proxy::serve(shared.clone(), info, req));
+    let peer = info.peer;
+    let service = service_fn(move |req| proxy::serve(shared.clone(), info.clone(), req));
     let conn = builder.serve_connection(TokioIo::new(io), service);
     if let Err(e) = watcher.watch(conn.into_owned()).await {
-        tracing::debug!(peer = %info.peer, error = %e, "client connection ended with an error");
+        tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
     }
 }
 
@@ -283,10 +284,7 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        let info = ConnInfo {
-            peer,
-            tls: acceptor.is_some(),
-        };
+        let info = ConnInfo::new(peer, acceptor.is_some());
         let shared = shared.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();

@@ -236,7 +236,9 @@ pub async fn send(backend: &Backend, tls: Option<&UpstreamTls>, req: Request<Req
             },
         }
     }
-    let mut send = match open(backend, tls).await {
+    // Boxed: a new connection is rare with pooling, and the connect/TLS future is large; kept
+    // inline it would make every request's future (moved around by hyper) several KiB bigger.
+    let mut send = match Box::pin(open(backend, tls)).await {
         Ok(s) => s,
         Err(e) => return Attempt::NotSent(req, e),
     };
