@@ -220,7 +220,12 @@ impl Backend {
     /// Moves the backend from one of `from` to `to`. Returns false (and does nothing) when the
     /// current state is not in `from`, so concurrent deciders (prober, guard, operator, reload)
     /// cannot undo each other: the compare-and-swap picks exactly one winner.
+    ///
+    /// The info lock is held across the swap, so the state, its reason and the event log
+    /// always agree: two racing transitions cannot leave the loser's reason on the winner's
+    /// state. Readers of the state alone (the request path) never take that lock.
     pub fn transition(&self, from: &[State], to: State, reason: &str, events: &EventLog) -> bool {
+        let mut info = self.info();
         let mut current = self.state.load(Ordering::Acquire);
         loop {
             let cur_state = State::from_u8(current);
@@ -239,11 +244,8 @@ impl Backend {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
-                    {
-                        let mut info = self.info();
-                        info.reason = reason.to_string();
-                        info.since = SystemTime::now();
-                    }
+                    info.reason = reason.to_string();
+                    info.since = SystemTime::now();
                     tracing::info!(
                         pool = %self.pool,
                         backend = %self.name,

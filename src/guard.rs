@@ -137,11 +137,26 @@ impl RetryBudget {
 #[derive(Debug, Default)]
 pub struct Streak(AtomicU32);
 
+/// What one more failure means for a [`Streak`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Run {
+    /// Below the threshold (or detection disabled).
+    Below,
+    /// The run just reached the threshold.
+    Reached,
+    /// The run is past the threshold: an ejection refused by the cap is tried again, quietly.
+    Beyond,
+}
+
 impl Streak {
-    /// Records a failure; true exactly when the run reaches `threshold` (0 disables).
-    pub fn fail(&self, threshold: u32) -> bool {
-        let n = self.0.fetch_add(1, Ordering::Relaxed) + 1;
-        threshold != 0 && n == threshold
+    /// Records a failure against `threshold` (0 disables).
+    pub fn fail(&self, threshold: u32) -> Run {
+        let n = self.0.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        match n {
+            _ if threshold == 0 || n < threshold => Run::Below,
+            _ if n == threshold => Run::Reached,
+            _ => Run::Beyond,
+        }
     }
 
     /// Records a success: the run is over.
@@ -158,14 +173,10 @@ impl Streak {
 pub fn record_answer(shared: &Shared, pool: &Pool, backend: &Backend, status: StatusCode) {
     backend.guard.connect_failures.reset();
     if status.is_server_error() {
-        if backend.guard.server_errors.fail(pool.guard.consecutive_5xx) {
-            passive_eject(
-                shared,
-                pool,
-                backend,
-                "consecutive_5xx",
-                &format!("{} consecutive 5xx answers", pool.guard.consecutive_5xx),
-            );
+        let run = backend.guard.server_errors.fail(pool.guard.consecutive_5xx);
+        if run != Run::Below {
+            let reason = format!("{} consecutive 5xx answers", pool.guard.consecutive_5xx);
+            passive_eject(shared, pool, backend, "consecutive_5xx", &reason, run);
         }
     } else {
         backend.guard.server_errors.reset();
@@ -174,21 +185,11 @@ pub fn record_answer(shared: &Shared, pool: &Pool, backend: &Backend, status: St
 
 /// Counts a connect failure for passive outlier detection.
 pub fn record_connect_failure(shared: &Shared, pool: &Pool, backend: &Backend) {
-    if backend
-        .guard
-        .connect_failures
-        .fail(pool.guard.consecutive_connect_failures)
-    {
-        passive_eject(
-            shared,
-            pool,
-            backend,
-            "connect_failures",
-            &format!(
-                "{} consecutive connect failures",
-                pool.guard.consecutive_connect_failures
-            ),
-        );
+    let threshold = pool.guard.consecutive_connect_failures;
+    let run = backend.guard.connect_failures.fail(threshold);
+    if run != Run::Below {
+        let reason = format!("{threshold} consecutive connect failures");
+        passive_eject(shared, pool, backend, "connect_failures", &reason, run);
     }
 }
 
@@ -224,9 +225,11 @@ pub fn record_contradiction(shared: &Shared, pool: &Pool, backend: &Backend) {
     }
 }
 
-/// Whether ejecting one more backend keeps the pool within `max_ejection_percent`.
-pub fn within_ejection_cap(ejected: usize, total: usize, max_percent: u32) -> bool {
-    (ejected + 1) * 100 <= total * max_percent as usize
+/// Whether ejecting one more backend keeps the pool within `max_ejection_percent`, counted
+/// over the backends that are in service or passively out (`ready` + `ejected`), and never
+/// takes out the last ready one: the probes alone may empty a pool.
+pub fn within_ejection_cap(ready: usize, ejected: usize, max_percent: u32) -> bool {
+    ready > 1 && (ejected + 1) * 100 <= (ready + ejected) * max_percent as usize
 }
 
 fn passive_eject(
@@ -235,18 +238,24 @@ fn passive_eject(
     backend: &Backend,
     label: &'static str,
     reason: &str,
+    run: Run,
 ) {
-    let ejected = pool
-        .backends
-        .iter()
-        .filter(|b| b.state() == State::Ejected)
-        .count();
-    if !within_ejection_cap(
-        ejected,
-        pool.backends.len(),
-        pool.guard.max_ejection_percent,
-    ) {
-        tracing::warn!(pool = %pool.name, backend = %backend.name, reason = %reason, "ejection cap reached; leaving it to the probes");
+    // Serialized per pool so that two backends failing at once cannot both pass the cap
+    // check before either is counted. Rare: only at or past a failure threshold.
+    let _decide = pool
+        .stats
+        .ejections
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if backend.state() != State::Ready {
+        return;
+    }
+    let count = |s: State| pool.backends.iter().filter(|b| b.state() == s).count();
+    let (ready, ejected) = (count(State::Ready), count(State::Ejected));
+    if !within_ejection_cap(ready, ejected, pool.guard.max_ejection_percent) {
+        if run == Run::Reached {
+            tracing::warn!(pool = %pool.name, backend = %backend.name, reason = %reason, ready, ejected, "ejection cap reached; leaving it to the probes");
+        }
         return;
     }
     if backend.transition(&[State::Ready], State::Ejected, reason, &shared.events) {
@@ -259,21 +268,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn streak_fires_once_at_threshold() {
+    fn streak_reaches_then_goes_beyond_threshold() {
         let s = Streak::default();
-        assert!(!s.fail(3));
-        assert!(!s.fail(3));
-        assert!(s.fail(3));
-        assert!(!s.fail(3));
+        assert_eq!(s.fail(3), Run::Below);
+        assert_eq!(s.fail(3), Run::Below);
+        assert_eq!(s.fail(3), Run::Reached);
+        assert_eq!(s.fail(3), Run::Beyond);
         s.reset();
-        assert!(!s.fail(3));
+        assert_eq!(s.fail(3), Run::Below);
     }
 
     #[test]
     fn streak_zero_threshold_disables() {
         let s = Streak::default();
         for _ in 0..10 {
-            assert!(!s.fail(0));
+            assert_eq!(s.fail(0), Run::Below);
         }
     }
 
@@ -320,10 +329,17 @@ mod tests {
 
     #[test]
     fn ejection_cap() {
-        assert!(within_ejection_cap(0, 4, 50));
-        assert!(within_ejection_cap(1, 4, 50));
-        assert!(!within_ejection_cap(2, 4, 50));
-        assert!(!within_ejection_cap(0, 1, 50));
-        assert!(within_ejection_cap(0, 1, 100));
+        // 4 in service, 50%: two may go, not a third.
+        assert!(within_ejection_cap(4, 0, 50));
+        assert!(within_ejection_cap(3, 1, 50));
+        assert!(!within_ejection_cap(2, 2, 50));
+        // Pending, draining and disabled backends do not widen the cap: 3 ready of 10
+        // configured allow one ejection at 50%, not five.
+        assert!(within_ejection_cap(3, 0, 50));
+        assert!(!within_ejection_cap(2, 1, 50));
+        // The last ready backend is never passively ejected, even at 100%.
+        assert!(!within_ejection_cap(1, 0, 100));
+        assert!(within_ejection_cap(2, 0, 100));
+        assert!(!within_ejection_cap(1, 1, 100));
     }
 }

@@ -75,19 +75,24 @@ pub enum GuardOutcome {
     NoPeer,
     /// The body was too large to keep: the guarded answer passed.
     TooLarge,
-    /// The retry budget was spent: the guarded answer passed.
+    /// The retry budget was spent before a second opinion could be asked: the client got
+    /// `503` with `Retry-After`, never the unconfirmed answer.
     BudgetSpent,
+    /// Other ready backends existed but none could give an opinion (connect failure, 5xx, or
+    /// a guarded answer too large to keep): the client got `503` with `Retry-After`.
+    Unconfirmed,
 }
 
 impl GuardOutcome {
     /// All outcomes, in metric order.
-    pub const ALL: [GuardOutcome; 6] = [
+    pub const ALL: [GuardOutcome; 7] = [
         GuardOutcome::Replayed,
         GuardOutcome::Confirmed,
         GuardOutcome::Contradicted,
         GuardOutcome::NoPeer,
         GuardOutcome::TooLarge,
         GuardOutcome::BudgetSpent,
+        GuardOutcome::Unconfirmed,
     ];
 
     /// Label value.
@@ -99,6 +104,7 @@ impl GuardOutcome {
             GuardOutcome::NoPeer => "no_peer",
             GuardOutcome::TooLarge => "too_large",
             GuardOutcome::BudgetSpent => "budget_spent",
+            GuardOutcome::Unconfirmed => "unconfirmed",
         }
     }
 }
@@ -113,11 +119,13 @@ pub struct PoolStats {
     /// 503s answered because no backend was ready.
     pub no_ready: AtomicU64,
     /// Guard outcomes, indexed like [`GuardOutcome::ALL`].
-    pub guard: [AtomicU64; 6],
+    pub guard: [AtomicU64; GuardOutcome::ALL.len()],
     /// Connect-failure retries made.
     pub retries: AtomicU64,
     /// Budget for replays and retries.
     pub budget: crate::guard::RetryBudget,
+    /// Serializes passive ejection decisions in this pool (see `guard::passive_eject`).
+    pub ejections: Mutex<()>,
 }
 
 impl PoolStats {

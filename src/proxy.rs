@@ -277,7 +277,10 @@ const MAX_GUARDED_ANSWER: usize = 64 * 1024;
 
 /// Replays a request that got a guarded answer on another ready backend. Confirmed: the
 /// client gets the guarded answer. Contradicted: the client gets the peer's answer and the
-/// first backend is charged. No peer, body not kept, or budget spent: the first answer passes.
+/// first backend is charged. No other ready backend, or a body too large to keep: the first
+/// answer passes, as DESIGN.md says. A peer exists but cannot be asked (budget spent) or
+/// cannot give an opinion (unreachable, 5xx): `503` with `Retry-After`, because an
+/// unconfirmed 401 must never reach a client and agents retry a 503.
 async fn second_opinion(
     cx: &SecondOpinion<'_>,
     first: Upstream,
@@ -294,16 +297,24 @@ async fn second_opinion(
         });
         return client_response(first.resp, first.send, first.in_flight);
     };
-    exclude.push(first_backend.id);
-    if pool.pick(cx.hash_key, &exclude).is_none() {
+    // "Another ready backend exists" counts peers that already failed to connect for this
+    // request: their failure leaves the answer unconfirmed, it does not make it confirmed.
+    if pool.pick(cx.hash_key, &[first_backend.id]).is_none() {
         stats.guard_outcome(GuardOutcome::NoPeer);
         return client_response(first.resp, first.send, first.in_flight);
     }
+    // Peers that could not be reached; bounded like connect retries.
+    let mut unreachable = exclude.len() as u32;
+    exclude.push(first_backend.id);
     if !spend_budget(pool) {
-        return client_response(first.resp, first.send, first.in_flight);
+        return retry_later(
+            pool,
+            "retry budget spent: answer not confirmed",
+            cx.request_id,
+        );
     }
     // Read the first answer now: its connection goes back to the pool, and it is still there
-    // to pass on if no peer can be asked after all.
+    // to pass on if the peers stop being ready before one is picked.
     let (parts, body) = first.resp.into_parts();
     let first_body = Limited::new(
         Pooled::new(body, first.send, first.in_flight),
@@ -316,23 +327,25 @@ async fn second_opinion(
     stats.guard_outcome(GuardOutcome::Replayed);
     loop {
         let Some(peer) = pool.pick(cx.hash_key, &exclude) else {
-            stats.guard_outcome(GuardOutcome::NoPeer);
-            return match first_body {
-                Some(b) => buffered_response(parts, b),
-                None => error(
-                    StatusCode::BAD_GATEWAY,
-                    "no backend could confirm",
-                    cx.request_id,
-                ),
-            };
+            if let (0, Some(b)) = (unreachable, &first_body) {
+                stats.guard_outcome(GuardOutcome::NoPeer);
+                return buffered_response(parts, b.clone());
+            }
+            stats.guard_outcome(GuardOutcome::Unconfirmed);
+            return retry_later(pool, "no backend could confirm the answer", cx.request_id);
         };
         let in_flight = peer.start_request();
         match upstream::send(peer, pool.tls.as_ref(), req).await {
             Attempt::Answered(resp, send) => {
-                peer.answers.record(Some(resp.status().as_u16()));
-                guard::record_answer(cx.shared, pool, peer, resp.status());
-                if pool.is_guarded(resp.status()) {
+                let status = resp.status();
+                peer.answers.record(Some(status.as_u16()));
+                guard::record_answer(cx.shared, pool, peer, status);
+                if pool.is_guarded(status) {
                     stats.guard_outcome(GuardOutcome::Confirmed);
+                } else if status.is_server_error() {
+                    // A failing peer neither confirms nor contradicts: nobody is charged.
+                    stats.guard_outcome(GuardOutcome::Unconfirmed);
+                    return retry_later(pool, "no backend could confirm the answer", cx.request_id);
                 } else {
                     stats.guard_outcome(GuardOutcome::Contradicted);
                     guard::record_contradiction(cx.shared, pool, &first_backend);
@@ -342,9 +355,19 @@ async fn second_opinion(
             Attempt::NotSent(back, err) => {
                 connect_failed(cx.shared, pool, peer, &err, cx.request_id);
                 exclude.push(peer.id);
+                unreachable += 1;
+                if unreachable > pool.retries {
+                    stats.guard_outcome(GuardOutcome::Unconfirmed);
+                    return retry_later(pool, "no backend could confirm the answer", cx.request_id);
+                }
                 req = back;
             }
-            Attempt::Failed(err) => return upstream_failed(pool, peer, &err, cx.request_id),
+            Attempt::Failed(err) => {
+                peer.answers.record(None);
+                tracing::warn!(pool = %pool.name, backend = %peer.name, error = %err, request_id = ?cx.request_id, "second opinion failed");
+                stats.guard_outcome(GuardOutcome::Unconfirmed);
+                return retry_later(pool, "no backend could confirm the answer", cx.request_id);
+            }
         }
     }
 }
@@ -434,16 +457,28 @@ fn is_too_large(err: &hyper::Error) -> bool {
 /// 503 for a pool without a ready backend. Never falls back to an unready one.
 fn no_ready_backend(pool: &Pool) -> Response<RespBody> {
     pool.stats.no_ready.fetch_add(1, Ordering::Relaxed);
-    let retry_after = pool.probe.interval.as_secs().max(1);
     let mut resp = Response::new(RespBody::full(pool.unavailable_body.clone()));
     *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    let h = resp.headers_mut();
-    h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-    h.insert(
+    set_retry_after(pool, &mut resp);
+    resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+/// 503 with `Retry-After` for an answer syncgate will not pass on unconfirmed.
+fn retry_later(pool: &Pool, message: &str, request_id: &HeaderValue) -> Response<RespBody> {
+    let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, message, request_id);
+    set_retry_after(pool, &mut resp);
+    resp
+}
+
+/// `Retry-After`: one probe interval, when the pool's state may have changed.
+fn set_retry_after(pool: &Pool, resp: &mut Response<RespBody>) {
+    let secs = pool.probe.interval.as_secs().max(1);
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
 }
 
 /// Builds the upstream request in place from the client's: origin-form URI, HTTP/1.1,

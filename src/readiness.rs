@@ -253,10 +253,19 @@ pub async fn run_prober(backend: Arc<Backend>, shared: Arc<Shared>, token: Cance
         };
         let ok = verdict.is_ok();
         shared.metrics.probe(ok);
+        // A worker that says itself its sync is incomplete is out at once: that is no
+        // transient failure to ride out over `fall` probes, and every valid key it no longer
+        // holds would be a 401 for the guard to catch.
+        let unsynced = report.is_some_and(|r| !r.complete);
+        let fall = if unsynced { 1 } else { cfg.fall };
         let state = backend.state();
-        let transition = gate.record(ok, state, cfg.rise, cfg.fall);
+        let transition = gate.record(ok, state, cfg.rise, fall);
         {
             let mut info = backend.info();
+            // Read again under the info lock, which every transition holds: the reason written
+            // below matches the state it describes even if the guard or an operator moved the
+            // backend while the probe was in flight.
+            let state = backend.state();
             info.last_probe_latency = Some(latency);
             info.last_probe_ok = Some(ok);
             if report.is_some() {
@@ -282,7 +291,8 @@ pub async fn run_prober(backend: Arc<Backend>, shared: Arc<Shared>, token: Cance
         if let Some(t) = transition {
             let reason = match &verdict {
                 Ok(()) => format!("{} probes passed", cfg.rise),
-                Err(r) => format!("{} probes failed: {r}", cfg.fall),
+                Err(r) if unsynced => format!("worker reports {r}"),
+                Err(r) => format!("{fall} probes failed: {r}"),
             };
             backend.transition(&[t.from], t.to, &reason, &shared.events);
         }

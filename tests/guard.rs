@@ -189,8 +189,16 @@ async fn the_retry_budget_bounds_replays() {
     wait_state(&running, "w1", State::Ready).await;
     wait_state(&running, "w2", State::Ready).await;
     let c = client();
+    // A peer exists but the budget forbids asking it: the 401 is unconfirmed, so the client
+    // gets a 503 to retry, never the 401.
     for _ in 0..4 {
-        assert_eq!(get(&c, proxy, 5000).await.status, 401);
+        let a = get(&c, proxy, 5000).await;
+        assert_eq!(a.status, 503);
+        assert_eq!(a.headers["retry-after"], "60");
+        assert_eq!(
+            a.json()["error"],
+            "retry budget spent: answer not confirmed"
+        );
     }
     assert_eq!(
         ws[0].requests() + ws[1].requests(),
@@ -199,6 +207,69 @@ async fn the_retry_budget_bounds_replays() {
     );
     assert_eq!(outcome(&running, GuardOutcome::BudgetSpent), 4);
     assert_eq!(outcome(&running, GuardOutcome::Replayed), 0);
+    // Valid keys never need the budget.
+    assert_eq!(get(&c, proxy, 1).await.status, 200);
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_peer_neither_confirms_nor_contradicts() {
+    let ws = workers(2).await;
+    let names = named(&ws);
+    let cfg = pool_config(&refs(&names), "balance = \"round_robin\"", SLOW_PROBES).replace(
+        "[pools.push.probe]",
+        "[pools.push.guard]\neject_after = 1\nconsecutive_5xx = 0\n\n[pools.push.probe]",
+    );
+    let running = start(&cfg).await;
+    let proxy = running.proxy_addrs()[0];
+    wait_state(&running, "w1", State::Ready).await;
+    wait_state(&running, "w2", State::Ready).await;
+    // w1 refuses everything, w2 fails everything: nobody can confirm w1's 401.
+    ws[0].forget_keys();
+    ws[1].set_status_override(Some(500));
+    let c = client();
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let a = get(&c, proxy, 1).await;
+        if a.status == 503 {
+            assert_eq!(a.headers["retry-after"], "60");
+        }
+        statuses.push(a.status.as_u16());
+    }
+    assert!(
+        !statuses.contains(&401),
+        "an unconfirmed 401 leaked: {statuses:?}"
+    );
+    assert!(statuses.contains(&503), "{statuses:?}");
+    assert!(outcome(&running, GuardOutcome::Unconfirmed) >= 1);
+    assert_eq!(outcome(&running, GuardOutcome::Contradicted), 0);
+    // With eject_after = 1, a single wrongly charged contradiction would have ejected w1.
+    assert_eq!(state_of(&running, "w1"), Some(State::Ready));
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_peer_leaves_the_401_unconfirmed() {
+    let mut ws = workers(2).await;
+    let names = named(&ws);
+    let cfg = pool_config(&refs(&names), "retries = 1", SLOW_PROBES).replace(
+        "[pools.push.probe]",
+        "[pools.push.guard]\nconsecutive_connect_failures = 0\n\n[pools.push.probe]",
+    );
+    let running = start(&cfg).await;
+    let proxy = running.proxy_addrs()[0];
+    wait_state(&running, "w1", State::Ready).await;
+    wait_state(&running, "w2", State::Ready).await;
+    // w2 is gone but still ready (its next probe is a minute away); w1 refuses everything.
+    ws.pop().unwrap().stop().await;
+    ws[0].forget_keys();
+    let c = client();
+    for _ in 0..6 {
+        let a = get(&c, proxy, 1).await;
+        assert_eq!(a.status, 503, "{:?}", a.body);
+        assert_eq!(a.headers["retry-after"], "60");
+    }
+    assert!(outcome(&running, GuardOutcome::Unconfirmed) >= 1);
     running.shutdown().await;
 }
 

@@ -115,6 +115,37 @@ async fn complete_but_inconsistent_workers_are_not_admitted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_worker_reporting_incomplete_sync_is_ejected_at_once() {
+    let ws = workers(2).await;
+    let names = named(&ws);
+    // `fall = 5` would take a second of failed probes; the worker's own word takes one.
+    let cfg = pool_config(
+        &refs(&names),
+        "",
+        "interval = \"200ms\"\ntimeout = \"150ms\"\nrise = 1\nfall = 5",
+    );
+    let running = start(&cfg).await;
+    wait_state(&running, "w1", State::Ready).await;
+    wait_state(&running, "w2", State::Ready).await;
+    let probes_before = ws[1].probes();
+    ws[1].set_probe_override(Some((
+        200,
+        r#"{"key_sync":{"complete":false,"generation":100,"keys":10}}"#.into(),
+    )));
+    wait_state(&running, "w2", State::Ejected).await;
+    let probes = ws[1].probes() - probes_before;
+    assert!(probes < 5, "ejected only after {probes} probes");
+    let snap = running.shared().snapshot();
+    let w2 = snap.backends().find(|b| &*b.name == "w2").unwrap();
+    assert_eq!(w2.info().reason, "worker reports sync incomplete (10 keys)");
+    drop(snap);
+    // Once it is in sync again, `rise` passing probes bring it back.
+    ws[1].set_probe_override(None);
+    wait_state(&running, "w2", State::Ready).await;
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_401_under_load_while_a_worker_joins_empty() {
     let ws = workers(2).await;
     let late = SimWorker::start(SimOptions {
