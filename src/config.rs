@@ -1088,19 +1088,30 @@ impl Validator<'_> {
                 Vec::new()
             }
         };
-        TlsConfig {
-            listen,
-            cert: self.file(FileKey {
-                name: "server.tls.cert",
-                value: t.cert.as_ref(),
-                table: span.clone(),
-            }),
-            key: self.file(FileKey {
-                name: "server.tls.key",
-                value: t.key.as_ref(),
-                table: span,
-            }),
+        let before = self.errors.len();
+        let cert = self.file(FileKey {
+            name: "server.tls.cert",
+            value: t.cert.as_ref(),
+            table: span.clone(),
+        });
+        let key = self.file(FileKey {
+            name: "server.tls.key",
+            value: t.key.as_ref(),
+            table: span,
+        });
+        // Both files are readable: load them as the listener will, so that a certificate or
+        // key that does not parse or does not match fails `check` and a reload whole, at the
+        // key that names the bad file.
+        if self.errors.len() == before {
+            if let Err(e) = crate::tls::load_certified_key(&cert, &key) {
+                let at = match e {
+                    crate::tls::TlsError::Key { .. } => t.key.as_ref(),
+                    _ => t.cert.as_ref(),
+                };
+                self.error(at.and_then(span_of), format!("server.tls: {}", e));
+            }
         }
+        TlsConfig { listen, cert, key }
     }
 
     fn admin(
@@ -1739,6 +1750,14 @@ mod tests {
             .pem()
     }
 
+    /// Writes a matching certificate and key under `dir`.
+    fn write_pair(dir: &Path, cert: &str, key: &str) {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+            .expect("test certificate");
+        write(dir, cert, &ck.cert.pem());
+        write(dir, key, &ck.key_pair.serialize_pem());
+    }
+
     fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
         let path = dir.join(name);
         if let Some(parent) = path.parent() {
@@ -1753,8 +1772,7 @@ mod tests {
     #[test]
     fn full_config_with_every_key() {
         let dir = tempfile::tempdir().expect("tempdir");
-        write(dir.path(), "certs/push.pem", "cert");
-        write(dir.path(), "certs/push.key", "key");
+        write_pair(dir.path(), "certs/push.pem", "certs/push.key");
         write(dir.path(), "certs/workers-ca.pem", &ca_pem());
         write(dir.path(), "admin.token", "  s3cret\n");
         let path = write(
@@ -2022,8 +2040,7 @@ pool = "push"
     #[test]
     fn tls_listeners_alone_are_enough() {
         let dir = tempfile::tempdir().expect("tempdir");
-        write(dir.path(), "c.pem", "c");
-        write(dir.path(), "k.pem", "k");
+        write_pair(dir.path(), "c.pem", "k.pem");
         let path = write(
             dir.path(),
             "a.toml",
@@ -2203,6 +2220,37 @@ pool = "push"
         assert_eq!(e.file, path.display().to_string());
         assert!(e.message.starts_with("server.tls.key file \""), "{e}");
         assert!(e.message.contains("missing.key\" cannot be read"), "{e}");
+    }
+
+    #[test]
+    fn tls_pair_must_parse_and_match() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let toml = format!(
+            "[server.tls]\nlisten = [\"0.0.0.0:8443\"]\ncert = \"c.pem\"\nkey = \"k.pem\"\n{POOL}"
+        );
+        let path = write(dir.path(), "a.toml", &toml);
+        // Not PEM at all: reported at `cert`.
+        write(dir.path(), "c.pem", "c");
+        write_pair(dir.path(), "other.pem", "k.pem");
+        let errors = Config::load(&path).expect_err("invalid").errors();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!((errors[0].line, errors[0].col), (3, 8), "{:?}", errors[0]);
+        assert!(
+            errors[0].message.contains("no PEM certificate"),
+            "{errors:?}"
+        );
+        // Both parse, but the key belongs to another certificate: reported at `key`.
+        write_pair(dir.path(), "c.pem", "unused.key");
+        let errors = Config::load(&path).expect_err("invalid").errors();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!((errors[0].line, errors[0].col), (4, 7), "{:?}", errors[0]);
+        assert!(
+            errors[0].message.contains("does not match the certificate"),
+            "{errors:?}"
+        );
+        // A matching pair loads.
+        write_pair(dir.path(), "c.pem", "k.pem");
+        assert!(Config::load(&path).is_ok());
     }
 
     #[test]
@@ -2738,8 +2786,7 @@ pool = \"pushh\"
     #[test]
     fn relative_paths_resolve_against_the_config_directory() {
         let dir = tempfile::tempdir().expect("tempdir");
-        write(dir.path(), "etc/tls/c.pem", "c");
-        write(dir.path(), "etc/tls/k.pem", "k");
+        write_pair(dir.path(), "etc/tls/c.pem", "etc/tls/k.pem");
         write(dir.path(), "etc/token", "t0ken");
         write(dir.path(), "etc/ca.pem", &ca_pem());
         let path = write(

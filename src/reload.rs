@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::backend::Backend;
 use crate::config::{Config, ConfigError, LoadError};
 use crate::snapshot::{Shared, Snapshot};
-use crate::tls::CertStore;
+use crate::tls::{CertStore, Prepared};
 
 /// Quiet time after the last file event before reloading: editors and config tools write in
 /// bursts (truncate, write, rename, chmod).
@@ -124,41 +124,40 @@ impl Control {
             .clone()
     }
 
-    /// Reloads the config file. Returns the generation now running (unchanged when the file's
-    /// bytes are identical), or every error (and the running config stays).
+    /// Reloads the config file and the TLS certificate. Returns the generation now running
+    /// (unchanged when the file's bytes are identical), or every error (and the running config
+    /// and certificate stay: a config whose certificate does not load is not applied).
     pub async fn reload(&self, trigger: &'static str) -> Result<u64, Vec<ConfigError>> {
         let _serial = self.reload_lock.lock().await;
         notify_systemd(true);
         let result = self.reload_locked(trigger).await;
-        let result = result.and_then(|g| self.reload_certs(trigger).map(|()| g));
+        if let Err(errors) = &result {
+            for err in errors {
+                tracing::error!(trigger, error = %err, "reload failed; the running config stays");
+            }
+            self.record_failure(trigger, errors.clone());
+        }
         notify_systemd(false);
         result
     }
 
-    /// Reloads the TLS certificate and key when their files changed (at the paths of the config
-    /// now running). A pair that does not load keeps the current certificate and fails the
-    /// reload like a bad config file.
-    fn reload_certs(&self, trigger: &'static str) -> Result<(), Vec<ConfigError>> {
-        let (Some(store), Some(tls)) = (
-            &self.certs,
-            self.shared.snapshot().config.server.tls.clone(),
-        ) else {
-            return Ok(());
+    /// Loads the certificate and key the config `tls` names when their files changed; `None`
+    /// when there is nothing new to serve.
+    fn prepare_certs(
+        &self,
+        tls: Option<&crate::config::TlsConfig>,
+    ) -> Result<Option<Prepared>, Vec<ConfigError>> {
+        let (Some(store), Some(tls)) = (&self.certs, tls) else {
+            return Ok(None);
         };
-        match store.reload(&tls.cert, &tls.key) {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let errors = vec![ConfigError {
-                    file: tls.cert.display().to_string(),
-                    line: 1,
-                    col: 1,
-                    message: e.to_string(),
-                }];
-                tracing::error!(trigger, error = %e, "TLS certificate reload failed; the current certificate stays");
-                self.record_failure(trigger, errors.clone());
-                Err(errors)
-            }
-        }
+        store.prepare(&tls.cert, &tls.key).map_err(|e| {
+            vec![ConfigError {
+                file: e.path().to_string(),
+                line: 1,
+                col: 1,
+                message: e.reason(),
+            }]
+        })
     }
 
     fn record_failure(&self, trigger: &'static str, errors: Vec<ConfigError>) {
@@ -184,17 +183,28 @@ impl Control {
                 message: "syncgate was started without a config file; nothing to reload".into(),
             }]);
         };
-        match self.load(&path).await {
-            Ok(None) => Ok(self.status().generation),
-            Ok(Some((config, sha))) => Ok(self.apply(config, sha, trigger)),
-            Err(e) => {
-                let errors = e.errors();
-                for err in &errors {
-                    tracing::error!(trigger, error = %err, "config reload failed; the running config stays");
+        match self.load(&path).await.map_err(|e| e.errors())? {
+            None => {
+                let running = self.shared.snapshot();
+                if let Some(cert) = self.prepare_certs(running.config.server.tls.as_ref())? {
+                    self.install_certs(cert);
                 }
-                self.record_failure(trigger, errors.clone());
-                Err(errors)
+                Ok(self.status().generation)
             }
+            Some((config, sha)) => {
+                let cert = self.prepare_certs(config.server.tls.as_ref())?;
+                let generation = self.apply(config, sha, trigger);
+                if let Some(cert) = cert {
+                    self.install_certs(cert);
+                }
+                Ok(generation)
+            }
+        }
+    }
+
+    fn install_certs(&self, cert: Prepared) {
+        if let Some(store) = &self.certs {
+            store.install(cert);
         }
     }
 

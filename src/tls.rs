@@ -38,6 +38,25 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
+impl TlsError {
+    /// The file at fault (empty for a rustls configuration error).
+    pub fn path(&self) -> &str {
+        match self {
+            TlsError::Cert { path, .. } | TlsError::Key { path, .. } => path,
+            TlsError::Rustls(_) => "",
+        }
+    }
+
+    /// What is wrong, without the file name.
+    pub fn reason(&self) -> String {
+        match self {
+            TlsError::Cert { reason, .. } => format!("cannot load certificate chain: {reason}"),
+            TlsError::Key { reason, .. } => format!("cannot load private key: {reason}"),
+            TlsError::Rustls(e) => format!("TLS configuration: {e}"),
+        }
+    }
+}
+
 /// Reads a PEM certificate chain and private key.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<(CertifiedKey, String), TlsError> {
     let cert_err = |reason: String| TlsError::Cert {
@@ -59,12 +78,15 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<(CertifiedKey, Stri
     let key_der = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| key_err(e.to_string()))?;
     let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
         .map_err(|e| key_err(e.to_string()))?;
+    let ck = CertifiedKey::new(chain, signing);
+    match ck.keys_match() {
+        // `Unknown`: the signing key cannot tell its public half; nothing to compare.
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(e) => return Err(key_err(format!("does not match the certificate: {e}"))),
+    }
     let mut both = cert_bytes;
     both.extend_from_slice(&key_bytes);
-    Ok((
-        CertifiedKey::new(chain, signing),
-        crate::reload::sha256_hex(&both),
-    ))
+    Ok((ck, crate::reload::sha256_hex(&both)))
 }
 
 /// The served certificate, swappable at runtime.
@@ -108,18 +130,33 @@ impl CertStore {
         (s.0.clone(), s.1.clone())
     }
 
-    /// Loads `cert`/`key` (new paths from a reload, or the same files) and swaps the
-    /// certificate in when the bytes changed. Returns whether it changed; on error the current
-    /// certificate stays.
-    pub fn reload(&self, cert: &Path, key: &Path) -> Result<bool, TlsError> {
+    /// Loads and checks `cert`/`key` (new paths from a reload, or the same files) without
+    /// serving them yet; `None` when their bytes equal the certificate in force. A reload
+    /// prepares before it applies anything, so a bad pair fails the reload whole.
+    pub fn prepare(&self, cert: &Path, key: &Path) -> Result<Option<Prepared>, TlsError> {
         let (ck, sha) = load_certified_key(cert, key)?;
-        let mut src = self.source.lock().unwrap_or_else(|e| e.into_inner());
+        let src = self.source.lock().unwrap_or_else(|e| e.into_inner());
         if src.2 == sha {
-            return Ok(false);
+            return Ok(None);
         }
-        self.current.store(Arc::new(ck));
-        *src = (cert.to_path_buf(), key.to_path_buf(), sha);
-        tracing::info!(cert = %cert.display(), "TLS certificate reloaded");
-        Ok(true)
+        Ok(Some(Prepared {
+            ck,
+            source: (cert.to_path_buf(), key.to_path_buf(), sha),
+        }))
     }
+
+    /// Serves a prepared certificate from the next handshake on.
+    pub fn install(&self, prepared: Prepared) {
+        let mut src = self.source.lock().unwrap_or_else(|e| e.into_inner());
+        self.current.store(Arc::new(prepared.ck));
+        tracing::info!(cert = %prepared.source.0.display(), "TLS certificate reloaded");
+        *src = prepared.source;
+    }
+}
+
+/// A certificate and key that loaded and match, waiting for [`CertStore::install`].
+#[derive(Debug)]
+pub struct Prepared {
+    ck: CertifiedKey,
+    source: (PathBuf, PathBuf, String),
 }

@@ -112,6 +112,25 @@ async fn https_serves_h1_and_h2_and_reloads_its_certificate() {
     let (_, presented) = connect(addr, &first, b"http/1.1").await;
     assert_eq!(presented, first);
 
+    // A valid key of another pair, with a config change beside it: the key does not match
+    // the certificate, so neither the certificate nor the config is applied.
+    let generation = running.control().status().generation;
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.path().join("key.pem"), other.key_pair.serialize_pem()).unwrap();
+    std::fs::write(&path, text.replace("slow_start", "retries = 5\nslow_start")).unwrap();
+    let errors = running.control().reload("api").await.unwrap_err();
+    assert!(
+        errors[0].message.contains("does not match the certificate"),
+        "{errors:?}"
+    );
+    // Reported at the config's `key =` line, since the config changed too.
+    assert!(errors[0].file.ends_with("syncgate.toml"), "{errors:?}");
+    assert_eq!(errors[0].line, 11, "{errors:?}");
+    assert_eq!(running.control().status().generation, generation);
+    assert_eq!(running.shared().snapshot().pool("push").unwrap().retries, 2);
+    let (_, presented) = connect(addr, &first, b"http/1.1").await;
+    assert_eq!(presented, first);
+
     // New files: the next handshake presents the new certificate (seen by the file watcher).
     let second = write_cert(dir.path());
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
