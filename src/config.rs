@@ -188,6 +188,21 @@ pub struct UpstreamTlsConfig {
     /// The rustls client config trusting `ca` (ALPN `http/1.1`), built at validation so that a
     /// CA file that does not parse is a config error with its position.
     pub client: Arc<rustls::ClientConfig>,
+    /// Identity of this TLS setup (CA bytes and server name; never 0, which stands for plain
+    /// TCP): pooled connections opened under another one are not reused after a reload.
+    pub fingerprint: u64,
+}
+
+/// A non-zero digest of the CA bundle and the server name.
+fn tls_fingerprint(pem: &[u8], server_name: Option<&str>) -> u64 {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(pem);
+    ctx.update(&[0]);
+    ctx.update(server_name.unwrap_or("").as_bytes());
+    let digest = ctx.finish();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    u64::from_le_bytes(first).max(1)
 }
 
 /// A rustls client config trusting the PEM certificates in `pem`, offering HTTP/1.1.
@@ -1513,6 +1528,7 @@ impl Validator<'_> {
         let pem = std::fs::read(&ca).ok()?;
         match upstream_client_config(&pem) {
             Ok(client) => Some(UpstreamTlsConfig {
+                fingerprint: tls_fingerprint(&pem, server_name.as_deref()),
                 ca,
                 server_name,
                 client: Arc::new(client),

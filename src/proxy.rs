@@ -261,7 +261,7 @@ fn upstream_failed(
 /// A worker's answer with its connection and in-flight count.
 struct Upstream {
     resp: Response<Incoming>,
-    send: hyper::client::conn::http1::SendRequest<ReqBody>,
+    send: upstream::Conn,
     in_flight: crate::backend::InFlight,
 }
 
@@ -563,7 +563,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 fn client_response(
     resp: Response<Incoming>,
-    send: hyper::client::conn::http1::SendRequest<ReqBody>,
+    send: upstream::Conn,
     in_flight: crate::backend::InFlight,
 ) -> Response<RespBody> {
     let (mut parts, body) = resp.into_parts();

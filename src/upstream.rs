@@ -5,6 +5,10 @@
 //! "Performance notes"). The `RefCell` is only ever borrowed synchronously, never across an
 //! `.await`, so a future that did migrate threads would merely use the other thread's pool.
 //!
+//! A pooled connection is reused only under the TLS setup it was opened with (plain TCP, or
+//! one CA and server name): a reload that changes a pool's `upstream_tls` never sends a
+//! request over a connection that the new settings would not have made.
+//!
 //! Sending uses `try_send_request`, which hands the request back when it was not written to
 //! the connection. That makes "reset before any byte was sent" a retryable connect failure
 //! even for streamed bodies: the body is still untouched in the returned request.
@@ -38,8 +42,21 @@ const MAX_IDLE_PER_BACKEND: usize = 128;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct Idle {
-    send: SendRequest<ReqBody>,
+    conn: Conn,
     since: Instant,
+}
+
+/// An upstream HTTP/1.1 connection and the transport it was opened with.
+#[derive(Debug)]
+pub struct Conn {
+    send: SendRequest<ReqBody>,
+    /// 0: plain TCP; otherwise the pool's [`UpstreamTls::fingerprint`] at connect time.
+    transport: u64,
+}
+
+/// The transport tag of a pool's TLS setting.
+fn transport(tls: Option<&UpstreamTls>) -> u64 {
+    tls.map_or(0, |t| t.fingerprint)
 }
 
 struct Entry {
@@ -77,28 +94,33 @@ pub enum ConnectError {
 /// The outcome of one attempt on one backend.
 pub enum Attempt {
     /// The worker answered (headers received).
-    Answered(Response<Incoming>, SendRequest<ReqBody>),
+    Answered(Response<Incoming>, Conn),
     /// Nothing reached the worker; the request comes back for a retry elsewhere.
     NotSent(Request<ReqBody>, ConnectError),
     /// The request was (at least partly) sent and then failed: not retryable.
     Failed(hyper::Error),
 }
 
-fn checkout(backend: &Backend) -> Option<SendRequest<ReqBody>> {
+fn checkout(backend: &Backend, transport: u64) -> Option<SendRequest<ReqBody>> {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         let entry = pool.get_mut(&backend.id)?;
         while let Some(idle) = entry.idle.pop() {
-            if idle.since.elapsed() < IDLE_TIMEOUT && idle.send.is_ready() {
-                return Some(idle.send);
+            // A connection of another transport (before a reload changed `upstream_tls`) is
+            // dropped, and with it closed.
+            if idle.conn.transport == transport
+                && idle.since.elapsed() < IDLE_TIMEOUT
+                && idle.conn.send.is_ready()
+            {
+                return Some(idle.conn.send);
             }
         }
         None
     })
 }
 
-fn checkin(backend: &Arc<Backend>, send: SendRequest<ReqBody>) {
-    if backend.is_removed() || send.is_closed() {
+fn checkin(backend: &Arc<Backend>, conn: Conn) {
+    if backend.is_removed() || conn.send.is_closed() {
         return;
     }
     POOL.with(|pool| {
@@ -109,7 +131,7 @@ fn checkin(backend: &Arc<Backend>, send: SendRequest<ReqBody>) {
         });
         if entry.idle.len() < MAX_IDLE_PER_BACKEND {
             entry.idle.push(Idle {
-                send,
+                conn,
                 since: Instant::now(),
             });
         }
@@ -127,7 +149,7 @@ pub fn sweep() {
             }
             entry
                 .idle
-                .retain(|i| i.since.elapsed() < IDLE_TIMEOUT && !i.send.is_closed());
+                .retain(|i| i.since.elapsed() < IDLE_TIMEOUT && !i.conn.send.is_closed());
             !entry.idle.is_empty()
         });
     });
@@ -140,6 +162,8 @@ pub struct UpstreamTls {
     pub connector: tokio_rustls::TlsConnector,
     /// SNI and verified name; None: the backend's IP address.
     pub server_name: Option<ServerName<'static>>,
+    /// Identity of the CA and server name, tagging the connections opened with them.
+    pub fingerprint: u64,
 }
 
 impl std::fmt::Debug for UpstreamTls {
@@ -160,6 +184,7 @@ impl UpstreamTls {
                 .server_name
                 .as_ref()
                 .and_then(|n| ServerName::try_from(n.clone()).ok()),
+            fingerprint: cfg.fingerprint,
         }
     }
 }
@@ -227,9 +252,10 @@ where
 /// worker is not at fault for an idle connection it closed.
 pub async fn send(backend: &Backend, tls: Option<&UpstreamTls>, req: Request<ReqBody>) -> Attempt {
     let mut req = req;
-    if let Some(mut send) = checkout(backend) {
+    let transport = transport(tls);
+    if let Some(mut send) = checkout(backend, transport) {
         match send.try_send_request(req).await {
-            Ok(resp) => return Attempt::Answered(resp, send),
+            Ok(resp) => return Attempt::Answered(resp, Conn { send, transport }),
             Err(mut e) => match e.take_message() {
                 Some(back) => req = back,
                 None => return Attempt::Failed(e.into_error()),
@@ -243,7 +269,7 @@ pub async fn send(backend: &Backend, tls: Option<&UpstreamTls>, req: Request<Req
         Err(e) => return Attempt::NotSent(req, e),
     };
     match send.try_send_request(req).await {
-        Ok(resp) => Attempt::Answered(resp, send),
+        Ok(resp) => Attempt::Answered(resp, Conn { send, transport }),
         Err(mut e) => match e.take_message() {
             Some(back) => Attempt::NotSent(back, ConnectError::NotSent(e.into_error())),
             None => Attempt::Failed(e.into_error()),
@@ -257,17 +283,17 @@ pub async fn send(backend: &Backend, tls: Option<&UpstreamTls>, req: Request<Req
 #[derive(Debug)]
 pub struct Pooled {
     inner: Incoming,
-    send: Option<SendRequest<ReqBody>>,
+    conn: Option<Conn>,
     done: bool,
     in_flight: InFlight,
 }
 
 impl Pooled {
     /// Wraps a response body.
-    pub fn new(inner: Incoming, send: SendRequest<ReqBody>, in_flight: InFlight) -> Pooled {
+    pub fn new(inner: Incoming, conn: Conn, in_flight: InFlight) -> Pooled {
         Pooled {
             inner,
-            send: Some(send),
+            conn: Some(conn),
             done: false,
             in_flight,
         }
@@ -286,7 +312,7 @@ impl Body for Pooled {
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => this.done = true,
-            Poll::Ready(Some(Err(_))) => this.send = None,
+            Poll::Ready(Some(Err(_))) => this.conn = None,
             _ => {}
         }
         polled
@@ -306,18 +332,18 @@ impl Drop for Pooled {
         if !(self.done || self.inner.is_end_stream()) {
             return;
         }
-        let Some(mut send) = self.send.take() else {
+        let Some(mut conn) = self.conn.take() else {
             return;
         };
         let backend = self.in_flight.backend().clone();
-        if send.is_ready() {
-            checkin(&backend, send);
-        } else if !send.is_closed() {
+        if conn.send.is_ready() {
+            checkin(&backend, conn);
+        } else if !conn.send.is_closed() {
             // The connection task has not yet seen the end of the exchange; it will be ready
             // in a moment. Only then may it be reused.
             tokio::spawn(async move {
-                if send.ready().await.is_ok() {
-                    checkin(&backend, send);
+                if conn.send.ready().await.is_ok() {
+                    checkin(&backend, conn);
                 }
             });
         }

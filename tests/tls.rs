@@ -217,4 +217,22 @@ async fn workers_are_probed_and_reached_over_tls() {
     .await;
     assert_eq!(state_of(&running, "w1"), Some(State::Pending));
     running.shutdown().await;
+
+    // A reload that changes the TLS settings: the connection pooled under the old ones is
+    // not reused, so the request goes nowhere the new settings would refuse.
+    std::fs::write(&path, text("worker.internal")).unwrap();
+    let running = syncgate::start(Config::load(&path).unwrap()).await.unwrap();
+    wait_state(&running, "w1", State::Ready).await;
+    let c = client();
+    assert_eq!(get(&c, running.proxy_addrs()[0], 1).await.status, 200);
+    let served = ws[0].requests();
+    std::fs::write(&path, text("other.internal")).unwrap();
+    running.control().reload("api").await.unwrap();
+    let a = get(&c, running.proxy_addrs()[0], 1).await;
+    assert_ne!(
+        a.status, 200,
+        "sent over a connection the new TLS settings refuse"
+    );
+    assert_eq!(ws[0].requests(), served);
+    running.shutdown().await;
 }
