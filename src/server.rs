@@ -142,8 +142,6 @@ pub fn start(
         let shared = shared.clone();
         let token = token.clone();
         let limit = limit.clone();
-        let header_timeout = cfg.header_read_timeout;
-        let drain = cfg.drain_timeout;
         let handle = std::thread::Builder::new()
             .name(format!("syncgate-proxy-{i}"))
             .spawn(move || {
@@ -157,14 +155,7 @@ pub fn start(
                         return;
                     }
                 };
-                rt.block_on(thread_main(
-                    listeners,
-                    shared,
-                    token,
-                    limit,
-                    header_timeout,
-                    drain,
-                ));
+                rt.block_on(thread_main(listeners, shared, token, limit));
                 // Dropping the runtime cancels whatever outlived the drain deadline.
             })
             .map_err(ServerError::Thread)?;
@@ -182,8 +173,6 @@ async fn thread_main(
     shared: Arc<Shared>,
     token: CancellationToken,
     limit: Arc<Semaphore>,
-    header_timeout: Duration,
-    drain: Duration,
 ) {
     let sweeper = {
         let token = token.clone();
@@ -212,8 +201,6 @@ async fn thread_main(
             shared.clone(),
             token.clone(),
             limit.clone(),
-            header_timeout,
-            drain,
         )));
     }
     for l in loops {
@@ -259,10 +246,12 @@ async fn accept_loop(
     shared: Arc<Shared>,
     token: CancellationToken,
     limit: Arc<Semaphore>,
-    header_timeout: Duration,
-    drain: Duration,
 ) {
-    let builder = Arc::new(builder(header_timeout));
+    // `header_read_timeout` is read from the running config for each new connection, so a
+    // reload applies to the connections accepted after it; the builder is rebuilt only when
+    // the value changed.
+    let mut header_timeout = shared.snapshot().config.server.header_read_timeout;
+    let mut builder = Arc::new(builder(header_timeout));
     let graceful = GracefulShutdown::new();
     loop {
         // Take a connection slot before accepting: beyond `max_connections`, clients wait in
@@ -283,6 +272,11 @@ async fn accept_loop(
                 }
             },
         };
+        let configured = shared.snapshot().config.server.header_read_timeout;
+        if configured != header_timeout {
+            header_timeout = configured;
+            builder = Arc::new(self::builder(header_timeout));
+        }
         let _ = stream.set_nodelay(true);
         let info = ConnInfo::new(peer, acceptor.is_some());
         let shared = shared.clone();
@@ -316,6 +310,8 @@ async fn accept_loop(
         });
     }
     drop(listener);
+    // The running config's value: a reload may have changed it since start.
+    let drain = shared.snapshot().config.server.drain_timeout;
     if tokio::time::timeout(drain, graceful.shutdown())
         .await
         .is_err()

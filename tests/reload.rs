@@ -228,6 +228,30 @@ async fn listener_changes_need_a_restart_the_rest_applies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_read_timeout_applies_to_connections_after_a_reload() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ws = workers(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("syncgate.toml");
+    let text = config_text(&[("w1", ws[0].addr(), 1)], "")
+        .replace("[admin]", "header_read_timeout = \"30s\"\n\n[admin]");
+    std::fs::write(&path, &text).unwrap();
+    let running = start_file(&path).await;
+    let proxy = running.proxy_addrs()[0];
+    std::fs::write(&path, text.replace("\"30s\"", "\"300ms\"")).unwrap();
+    running.control().reload("api").await.unwrap();
+    // Half a request line, then nothing: cut off after the new 300 ms, not the old 30 s.
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    s.write_all(b"GET /v1/batch HT").await.unwrap();
+    let mut b = [0u8; 256];
+    let r = tokio::time::timeout(SECS5, s.read(&mut b))
+        .await
+        .expect("closed by the reloaded header_read_timeout");
+    assert!(matches!(r, Ok(0) | Err(_)) || String::from_utf8_lossy(&b).contains("408"));
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_under_load_lose_nothing_and_never_admit_an_unsynced_worker() {
     let ws = workers(4).await;
     let syncing = SimWorker::start(SimOptions {
