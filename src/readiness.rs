@@ -168,15 +168,23 @@ fn median_keys(peers: &[KeySync]) -> u64 {
 
 /// The reference reports for the fleet checks of `backend`: its ready peers' complete reports.
 /// When no peer is ready (a cold start: every backend is pending at once), the complete
-/// reports of all its peers are used instead, so that a worker with a tenth of the keys is
-/// not admitted merely because it answered first. With no report at all, the checks pass.
+/// reports of its peers still in the fleet (pending or ejected) are used instead, so that a
+/// worker with a tenth of the keys is not admitted merely because it answered first.
+/// Draining and disabled peers are left out: they are on their way out, and their last
+/// report may be old. With no report at all, the checks pass.
 fn reference_reports(backend: &Backend, peers: &[Arc<Backend>]) -> Vec<KeySync> {
     let other = |p: &&Arc<Backend>| p.id != backend.id;
     let reports = |ready_only: bool| -> Vec<KeySync> {
         peers
             .iter()
             .filter(other)
-            .filter(|p| !ready_only || p.is_routable())
+            .filter(|p| {
+                if ready_only {
+                    p.is_routable()
+                } else {
+                    matches!(p.state(), State::Pending | State::Ejected)
+                }
+            })
             .filter_map(|p| p.key_sync())
             .filter(|k| k.complete)
             .collect()
@@ -363,6 +371,36 @@ mod tests {
         // The guard ejected the backend between two probes: it needs `rise` fresh passes.
         assert_eq!(g.record(true, State::Ejected, 2, 2), None);
         assert!(g.record(true, State::Ejected, 2, 2).is_some());
+    }
+
+    #[test]
+    fn reference_reports_prefer_ready_peers_and_skip_leaving_ones() {
+        let events = crate::events::EventLog::new(16);
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let peer = |name: &str, keys: u64, state: State| {
+            let b = Arc::new(Backend::new("push", name, addr, 1));
+            b.info().key_sync = Some(KeySync {
+                complete: true,
+                generation: 7,
+                keys,
+            });
+            if state != State::Pending {
+                assert!(b.transition(&[State::Pending], state, "test", &events));
+            }
+            b
+        };
+        let me = peer("me", 10, State::Pending);
+        let pending = peer("pending", 1000, State::Pending);
+        let draining = peer("draining", 5, State::Draining);
+        let disabled = peer("disabled", 6, State::Disabled);
+        let keys = |refs: Vec<KeySync>| refs.iter().map(|r| r.keys).collect::<Vec<_>>();
+        // Cold start: no ready peer; the pending one counts, the leaving ones do not.
+        let all = vec![me.clone(), pending.clone(), draining.clone(), disabled.clone()];
+        assert_eq!(keys(reference_reports(&me, &all)), vec![1000]);
+        // Once a peer is ready, only ready peers count.
+        let ready = peer("ready", 900, State::Ready);
+        let all = vec![me.clone(), pending, ready, draining, disabled];
+        assert_eq!(keys(reference_reports(&me, &all)), vec![900]);
     }
 
     #[test]
