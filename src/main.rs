@@ -167,14 +167,17 @@ fn print_summary(cfg: &Config) {
 
 async fn daemon(cfg: Config) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
+    // Handlers first: once systemd hears READY=1 it may send SIGHUP or SIGTERM at once, and
+    // a signal without a handler would kill the process.
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let running = syncgate::start(cfg).await.context("starting syncgate")?;
     notify(&[sd_notify::NotifyState::Ready]);
-    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-    let stop = wait_for_stop();
-    tokio::pin!(stop);
     loop {
         tokio::select! {
-            r = &mut stop => { r?; break; }
+            _ = term.recv() => { tracing::info!(signal = "SIGTERM", "stopping"); break; }
+            _ = int.recv() => { tracing::info!(signal = "SIGINT", "stopping"); break; }
             _ = hup.recv() => {
                 tracing::info!(signal = "SIGHUP", "reloading");
                 // Errors are logged and kept for GET /api/config by the reload itself, which
@@ -193,15 +196,4 @@ fn notify(states: &[sd_notify::NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(false, states) {
         tracing::debug!(error = %e, "systemd notify failed");
     }
-}
-
-async fn wait_for_stop() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!(signal = "SIGTERM", "stopping"),
-        _ = int.recv() => tracing::info!(signal = "SIGINT", "stopping"),
-    }
-    Ok(())
 }

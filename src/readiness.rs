@@ -395,7 +395,12 @@ mod tests {
         let disabled = peer("disabled", 6, State::Disabled);
         let keys = |refs: Vec<KeySync>| refs.iter().map(|r| r.keys).collect::<Vec<_>>();
         // Cold start: no ready peer; the pending one counts, the leaving ones do not.
-        let all = vec![me.clone(), pending.clone(), draining.clone(), disabled.clone()];
+        let all = vec![
+            me.clone(),
+            pending.clone(),
+            draining.clone(),
+            disabled.clone(),
+        ];
         assert_eq!(keys(reference_reports(&me, &all)), vec![1000]);
         // Once a peer is ready, only ready peers count.
         let ready = peer("ready", 900, State::Ready);

@@ -62,11 +62,6 @@ impl Pool {
             .map(|i| &self.backends[i])
     }
 
-    /// Whether any backend of the pool is ready.
-    pub fn has_ready(&self) -> bool {
-        self.backends.iter().any(|b| b.is_routable())
-    }
-
     /// Whether a guarded status needs a second opinion.
     pub fn is_guarded(&self, status: StatusCode) -> bool {
         self.guard.statuses.contains(&status)
