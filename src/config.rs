@@ -167,7 +167,8 @@ pub struct GuardConfig {
     pub consecutive_connect_failures: u32,
     /// Consecutive 5xx answers that eject a backend. Default 5; 0 disables.
     pub consecutive_5xx: u32,
-    /// Passive ejection never takes more than this share of a pool out (percent). Default 50.
+    /// Passive ejection never takes out more than this share (percent) of the pool's ready and
+    /// ejected backends, and never the last ready one. Default 50.
     pub max_ejection_percent: u32,
     /// Replays and retries may add at most this share of the pool's requests. Default 0.2.
     pub retry_budget_ratio: f64,
