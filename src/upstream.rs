@@ -138,8 +138,8 @@ fn checkin(backend: &Arc<Backend>, conn: Conn) {
     });
 }
 
-/// Closes idle connections that timed out, and all idle connections of backends that left the
-/// config or stopped taking traffic. Run periodically on every proxy thread.
+/// Closes idle connections that timed out or were closed by the worker, and all idle
+/// connections of backends that left the config. Run every second on every proxy thread.
 pub fn sweep() {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
