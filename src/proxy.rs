@@ -99,7 +99,17 @@ async fn route_and_forward(
     let deadline = tokio::time::Instant::from_std(started) + server.request_timeout;
     let result = tokio::time::timeout_at(
         deadline,
-        forward(shared, pool, conn, req, server.max_request_body, request_id),
+        forward(
+            shared,
+            pool,
+            conn,
+            req,
+            Limits {
+                max_body: server.max_request_body,
+                deadline,
+            },
+            request_id,
+        ),
     )
     .await;
     let resp = match result {
@@ -113,6 +123,12 @@ async fn route_and_forward(
     resp
 }
 
+/// The request's body limit and its `request_timeout` deadline.
+struct Limits {
+    max_body: u64,
+    deadline: tokio::time::Instant,
+}
+
 /// Forwards to a ready backend, retrying connect failures on other backends, and asks a
 /// second opinion before a guarded answer (401/403) reaches the client.
 async fn forward(
@@ -120,15 +136,30 @@ async fn forward(
     pool: &Pool,
     conn: ConnInfo,
     req: Request<Incoming>,
-    max_body: u64,
+    limits: Limits,
     request_id: &HeaderValue,
 ) -> Response<RespBody> {
     let hash_key = hash_key(pool, req.headers());
     pool.stats.budget.deposit(now_sec());
     let (parts, body) = req.into_parts();
-    let body = match read_body(body, &parts.headers, pool.guard.max_replay_body, max_body).await {
-        Ok(b) => b,
-        Err(status) => {
+    let replay_limit = pool.guard.max_replay_body;
+    // Same deadline as the caller's 504, polled first: a body the client has not finished
+    // sending by then is the client's delay (408, like nginx's client_body_timeout).
+    let read = read_body(body, &parts.headers, replay_limit, limits.max_body);
+    let body = match tokio::time::timeout_at(limits.deadline, read).await {
+        Ok(Ok(b)) => b,
+        Err(_) => {
+            let mut resp = error(
+                StatusCode::REQUEST_TIMEOUT,
+                "request body not received in time",
+                request_id,
+            );
+            // The rest of the body may still come: the connection cannot be reused.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return resp;
+        }
+        Ok(Err(status)) => {
             let msg = if status == StatusCode::PAYLOAD_TOO_LARGE {
                 "request body too large"
             } else {

@@ -366,6 +366,30 @@ async fn slow_headers_are_cut_off() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stalls_is_408_not_504() {
+    let ws = workers(1).await;
+    let cfg = pool_config(&[("w1", ws[0].addr())], "", "")
+        .replace("request_timeout = \"2s\"", "request_timeout = \"400ms\"");
+    let running = start(&cfg).await;
+    wait_state(&running, "w1", State::Ready).await;
+    let mut s = TcpStream::connect(running.proxy_addrs()[0]).await.unwrap();
+    s.write_all(
+        b"POST /v1/batch HTTP/1.1\r\nHost: push\r\nAuthorization: Bearer key-1\r\n\
+          Content-Length: 100\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    assert_eq!(ws[0].requests(), 0, "a half-received body was forwarded");
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_framing_is_rejected_and_never_forwarded() {
     let ws = workers(1).await;
     let cfg = pool_config(&[("w1", ws[0].addr())], "", "");
