@@ -2246,24 +2246,24 @@ pool = "push"
             "[server.tls]\nlisten = [\"0.0.0.0:8443\"]\ncert = \"c.pem\"\nkey = \"k.pem\"\n{POOL}"
         );
         let path = write(dir.path(), "a.toml", &toml);
+        let only_error = || {
+            let errors = Config::load(&path).expect_err("invalid").errors();
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            errors.into_iter().next().expect("one error")
+        };
         // Not PEM at all: reported at `cert`.
         write(dir.path(), "c.pem", "c");
         write_pair(dir.path(), "other.pem", "k.pem");
-        let errors = Config::load(&path).expect_err("invalid").errors();
-        assert_eq!(errors.len(), 1, "{errors:?}");
-        assert_eq!((errors[0].line, errors[0].col), (3, 8), "{:?}", errors[0]);
-        assert!(
-            errors[0].message.contains("no PEM certificate"),
-            "{errors:?}"
-        );
+        let e = only_error();
+        assert_eq!((e.line, e.col), (3, 8), "{e:?}");
+        assert!(e.message.contains("no PEM certificate"), "{e:?}");
         // Both parse, but the key belongs to another certificate: reported at `key`.
         write_pair(dir.path(), "c.pem", "unused.key");
-        let errors = Config::load(&path).expect_err("invalid").errors();
-        assert_eq!(errors.len(), 1, "{errors:?}");
-        assert_eq!((errors[0].line, errors[0].col), (4, 7), "{:?}", errors[0]);
+        let e = only_error();
+        assert_eq!((e.line, e.col), (4, 7), "{e:?}");
         assert!(
-            errors[0].message.contains("does not match the certificate"),
-            "{errors:?}"
+            e.message.contains("does not match the certificate"),
+            "{e:?}"
         );
         // A matching pair loads.
         write_pair(dir.path(), "c.pem", "k.pem");

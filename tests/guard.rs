@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use syncgate::backend::State;
 use syncgate::metrics::GuardOutcome;
+use syncgate::sim::SimWorker;
 use syncgate::Running;
 
 use support::*;
@@ -31,6 +32,21 @@ fn reason(running: &Running, name: &str) -> String {
     let b = snap.backends().find(|b| &*b.name == name).unwrap();
     let r = b.info().reason.clone();
     r
+}
+
+/// Starts syncgate over `ws` (named w1, w2, ...) with slow probes, `pool` keys and the
+/// `guard` keys of `[pools.push.guard]`, and waits until every worker is ready.
+async fn start_guarded(ws: &[SimWorker], pool: &str, guard: &str) -> Running {
+    let names = named(ws);
+    let cfg = pool_config(&refs(&names), pool, SLOW_PROBES).replace(
+        "[pools.push.probe]",
+        &format!("[pools.push.guard]\n{guard}\n\n[pools.push.probe]"),
+    );
+    let running = start(&cfg).await;
+    for (name, _) in &names {
+        wait_state(&running, name, State::Ready).await;
+    }
+    running
 }
 
 /// Probes admit at once (rise 1) and then stay silent for a minute: whatever happens next is
@@ -146,15 +162,13 @@ async fn with_one_ready_worker_the_401_passes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_over_max_replay_body_is_never_replayed() {
     let ws = workers(2).await;
-    let names = named(&ws);
-    let cfg = pool_config(&refs(&names), "balance = \"round_robin\"", SLOW_PROBES).replace(
-        "[pools.push.probe]",
-        "[pools.push.guard]\nmax_replay_body = \"1KiB\"\n\n[pools.push.probe]",
-    );
-    let running = start(&cfg).await;
+    let running = start_guarded(
+        &ws,
+        "balance = \"round_robin\"",
+        "max_replay_body = \"1KiB\"",
+    )
+    .await;
     let proxy = running.proxy_addrs()[0];
-    wait_state(&running, "w1", State::Ready).await;
-    wait_state(&running, "w2", State::Ready).await;
     let c = client();
     let big = Bytes::from(vec![b'x'; 4096]);
     let a = send(&c, proxy, "POST", "/v1/batch", Some(5000), big.clone())
@@ -179,15 +193,13 @@ async fn a_body_over_max_replay_body_is_never_replayed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_retry_budget_bounds_replays() {
     let ws = workers(2).await;
-    let names = named(&ws);
-    let cfg = pool_config(&refs(&names), "", SLOW_PROBES).replace(
-        "[pools.push.probe]",
-        "[pools.push.guard]\nretry_budget_ratio = 0.0\nretry_budget_min_per_sec = 0\n\n[pools.push.probe]",
-    );
-    let running = start(&cfg).await;
+    let running = start_guarded(
+        &ws,
+        "",
+        "retry_budget_ratio = 0.0\nretry_budget_min_per_sec = 0",
+    )
+    .await;
     let proxy = running.proxy_addrs()[0];
-    wait_state(&running, "w1", State::Ready).await;
-    wait_state(&running, "w2", State::Ready).await;
     let c = client();
     // A peer exists but the budget forbids asking it: the 401 is unconfirmed, so the client
     // gets a 503 to retry, never the 401.
@@ -215,15 +227,13 @@ async fn the_retry_budget_bounds_replays() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_peer_neither_confirms_nor_contradicts() {
     let ws = workers(2).await;
-    let names = named(&ws);
-    let cfg = pool_config(&refs(&names), "balance = \"round_robin\"", SLOW_PROBES).replace(
-        "[pools.push.probe]",
-        "[pools.push.guard]\neject_after = 1\nconsecutive_5xx = 0\n\n[pools.push.probe]",
-    );
-    let running = start(&cfg).await;
+    let running = start_guarded(
+        &ws,
+        "balance = \"round_robin\"",
+        "eject_after = 1\nconsecutive_5xx = 0",
+    )
+    .await;
     let proxy = running.proxy_addrs()[0];
-    wait_state(&running, "w1", State::Ready).await;
-    wait_state(&running, "w2", State::Ready).await;
     // w1 refuses everything, w2 fails everything: nobody can confirm w1's 401.
     ws[0].forget_keys();
     ws[1].set_status_override(Some(500));
@@ -251,15 +261,8 @@ async fn a_failing_peer_neither_confirms_nor_contradicts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_peer_leaves_the_401_unconfirmed() {
     let mut ws = workers(2).await;
-    let names = named(&ws);
-    let cfg = pool_config(&refs(&names), "retries = 1", SLOW_PROBES).replace(
-        "[pools.push.probe]",
-        "[pools.push.guard]\nconsecutive_connect_failures = 0\n\n[pools.push.probe]",
-    );
-    let running = start(&cfg).await;
+    let running = start_guarded(&ws, "retries = 1", "consecutive_connect_failures = 0").await;
     let proxy = running.proxy_addrs()[0];
-    wait_state(&running, "w1", State::Ready).await;
-    wait_state(&running, "w2", State::Ready).await;
     // w2 is gone but still ready (its next probe is a minute away); w1 refuses everything.
     ws.pop().unwrap().stop().await;
     ws[0].forget_keys();
@@ -276,16 +279,13 @@ async fn an_unreachable_peer_leaves_the_401_unconfirmed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_failures_and_5xx_eject_within_the_cap() {
     let mut ws = workers(4).await;
-    let names = named(&ws);
-    let cfg = pool_config(&refs(&names), "retries = 3", SLOW_PROBES).replace(
-        "[pools.push.probe]",
-        "[pools.push.guard]\nconsecutive_connect_failures = 2\nconsecutive_5xx = 3\nmax_ejection_percent = 50\n\n[pools.push.probe]",
-    );
-    let running = start(&cfg).await;
+    let running = start_guarded(
+        &ws,
+        "retries = 3",
+        "consecutive_connect_failures = 2\nconsecutive_5xx = 3\nmax_ejection_percent = 50",
+    )
+    .await;
     let proxy = running.proxy_addrs()[0];
-    for n in ["w1", "w2", "w3", "w4"] {
-        wait_state(&running, n, State::Ready).await;
-    }
     let c = client();
     // w4 dies: connect failures are retried elsewhere, and eject it after two in a row.
     ws.pop().unwrap().stop().await;
