@@ -548,8 +548,11 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>
 
 /// One backend as the admin API shows it.
 fn backend_json(b: &Backend) -> Value {
-    let state = b.state();
-    let info = b.info().clone();
+    // State read under the info lock, which every transition holds: state and reason agree.
+    let (state, info) = {
+        let info = b.info();
+        (b.state(), info.clone())
+    };
     let answers = b.answers.snapshot();
     let requests: u64 = answers.iter().map(|(_, n)| n).sum();
     let errors = answers

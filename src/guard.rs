@@ -173,10 +173,10 @@ impl Streak {
 pub fn record_answer(shared: &Shared, pool: &Pool, backend: &Backend, status: StatusCode) {
     backend.guard.connect_failures.reset();
     if status.is_server_error() {
-        let run = backend.guard.server_errors.fail(pool.guard.consecutive_5xx);
+        let threshold = pool.guard.consecutive_5xx;
+        let run = backend.guard.server_errors.fail(threshold);
         if run != Run::Below {
-            let reason = format!("{} consecutive 5xx answers", pool.guard.consecutive_5xx);
-            passive_eject(shared, pool, backend, "consecutive_5xx", &reason, run);
+            passive_eject(shared, pool, backend, Outlier::ServerErrors, threshold, run);
         }
     } else {
         backend.guard.server_errors.reset();
@@ -188,8 +188,14 @@ pub fn record_connect_failure(shared: &Shared, pool: &Pool, backend: &Backend) {
     let threshold = pool.guard.consecutive_connect_failures;
     let run = backend.guard.connect_failures.fail(threshold);
     if run != Run::Below {
-        let reason = format!("{threshold} consecutive connect failures");
-        passive_eject(shared, pool, backend, "connect_failures", &reason, run);
+        passive_eject(
+            shared,
+            pool,
+            backend,
+            Outlier::ConnectFailures,
+            threshold,
+            run,
+        );
     }
 }
 
@@ -232,34 +238,90 @@ pub fn within_ejection_cap(ready: usize, ejected: usize, max_percent: u32) -> bo
     ready > 1 && (ejected + 1) * 100 <= (ready + ejected) * max_percent as usize
 }
 
+/// The passive detectors.
+#[derive(Debug, Clone, Copy)]
+enum Outlier {
+    ConnectFailures,
+    ServerErrors,
+}
+
+impl Outlier {
+    /// The `reason` label of `syncgate_ejections_total`.
+    fn label(self) -> &'static str {
+        match self {
+            Outlier::ConnectFailures => "connect_failures",
+            Outlier::ServerErrors => "consecutive_5xx",
+        }
+    }
+
+    fn reason(self, threshold: u32) -> String {
+        match self {
+            Outlier::ConnectFailures => format!("{threshold} consecutive connect failures"),
+            Outlier::ServerErrors => format!("{threshold} consecutive 5xx answers"),
+        }
+    }
+}
+
+/// What the cap says of ejecting one backend now.
+enum CapCheck {
+    /// The backend is not ready: nothing to eject.
+    NotReady,
+    /// The cap holds it in.
+    Capped { ready: usize, ejected: usize },
+    /// It may go.
+    Allowed,
+}
+
+fn cap_check(pool: &Pool, backend: &Backend) -> CapCheck {
+    if backend.state() != State::Ready {
+        return CapCheck::NotReady;
+    }
+    let count = |s: State| pool.backends.iter().filter(|b| b.state() == s).count();
+    let (ready, ejected) = (count(State::Ready), count(State::Ejected));
+    if within_ejection_cap(ready, ejected, pool.guard.max_ejection_percent) {
+        CapCheck::Allowed
+    } else {
+        CapCheck::Capped { ready, ejected }
+    }
+}
+
 fn passive_eject(
     shared: &Shared,
     pool: &Pool,
     backend: &Backend,
-    label: &'static str,
-    reason: &str,
+    outlier: Outlier,
+    threshold: u32,
     run: Run,
 ) {
-    // Serialized per pool so that two backends failing at once cannot both pass the cap
-    // check before either is counted. Rare: only at or past a failure threshold.
+    // Checked first on atomics alone: while the cap holds a failing backend in, this runs on
+    // each of its failures, so the usual answer ("still capped") takes no lock.
+    match cap_check(pool, backend) {
+        CapCheck::Allowed => {}
+        CapCheck::NotReady => return,
+        CapCheck::Capped { ready, ejected } => {
+            if run == Run::Reached {
+                tracing::warn!(pool = %pool.name, backend = %backend.name, reason = %outlier.reason(threshold), ready, ejected, "ejection cap reached; leaving it to the probes");
+            }
+            return;
+        }
+    }
+    // Then again under a per-pool lock, so that two backends failing at once cannot both
+    // pass the check before either is counted.
     let _decide = pool
         .stats
         .ejections
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    if backend.state() != State::Ready {
+    if !matches!(cap_check(pool, backend), CapCheck::Allowed) {
         return;
     }
-    let count = |s: State| pool.backends.iter().filter(|b| b.state() == s).count();
-    let (ready, ejected) = (count(State::Ready), count(State::Ejected));
-    if !within_ejection_cap(ready, ejected, pool.guard.max_ejection_percent) {
-        if run == Run::Reached {
-            tracing::warn!(pool = %pool.name, backend = %backend.name, reason = %reason, ready, ejected, "ejection cap reached; leaving it to the probes");
-        }
-        return;
-    }
-    if backend.transition(&[State::Ready], State::Ejected, reason, &shared.events) {
-        shared.metrics.ejection(label);
+    let reason = outlier.reason(threshold);
+    if backend.transition(&[State::Ready], State::Ejected, &reason, &shared.events) {
+        // A re-admitted backend starts its runs afresh: the old run must not eject it at its
+        // first failure.
+        backend.guard.connect_failures.reset();
+        backend.guard.server_errors.reset();
+        shared.metrics.ejection(outlier.label());
     }
 }
 

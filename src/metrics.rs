@@ -76,10 +76,11 @@ pub enum GuardOutcome {
     /// The body was too large to keep: the guarded answer passed.
     TooLarge,
     /// The retry budget was spent before a second opinion could be asked: the client got
-    /// `503` with `Retry-After`, never the unconfirmed answer.
+    /// `503` with `Retry-After`, never the unconfirmed answer. (Connect retries refused by the
+    /// budget are counted apart, in [`PoolStats::retries_refused`].)
     BudgetSpent,
-    /// Other ready backends existed but none could give an opinion (connect failure, 5xx, or
-    /// a guarded answer too large to keep): the client got `503` with `Retry-After`.
+    /// Other ready backends existed but none could give an opinion (unreachable, 5xx, a broken
+    /// answer, or the first answer too large to keep): the client got `503` with `Retry-After`.
     Unconfirmed,
 }
 
@@ -122,6 +123,8 @@ pub struct PoolStats {
     pub guard: [AtomicU64; GuardOutcome::ALL.len()],
     /// Connect-failure retries made.
     pub retries: AtomicU64,
+    /// Connect-failure retries the retry budget refused (the client got `502`).
+    pub retries_refused: AtomicU64,
     /// Budget for replays and retries.
     pub budget: crate::guard::RetryBudget,
     /// Serializes passive ejection decisions in this pool (see `guard::passive_eject`).

@@ -221,6 +221,7 @@ async fn forward(
                     );
                 }
                 if !spend_budget(pool) {
+                    pool.stats.retries_refused.fetch_add(1, Ordering::Relaxed);
                     return error(
                         StatusCode::BAD_GATEWAY,
                         "upstream connect failed (retry budget spent)",
@@ -239,19 +240,15 @@ fn now_sec() -> u64 {
     crate::backend::now_millis() / 1000
 }
 
-/// Takes one retry or replay from the pool's budget, counting a refusal.
+/// Takes one retry or replay from the pool's budget.
 fn spend_budget(pool: &Pool) -> bool {
     let g = &pool.guard;
-    let ok = pool.stats.budget.try_withdraw(
+    pool.stats.budget.try_withdraw(
         now_sec(),
         g.retry_budget_ratio,
         g.retry_budget_min_per_sec,
         g.retry_budget_window,
-    );
-    if !ok {
-        pool.stats.guard_outcome(GuardOutcome::BudgetSpent);
-    }
-    ok
+    )
 }
 
 fn connect_failed(
@@ -334,10 +331,11 @@ async fn second_opinion(
         stats.guard_outcome(GuardOutcome::NoPeer);
         return client_response(first.resp, first.send, first.in_flight);
     }
-    // Peers that could not be reached; bounded like connect retries.
-    let mut unreachable = exclude.len() as u32;
+    // Peers that gave no opinion (unreachable, 5xx, broken answer); bounded like retries.
+    let mut silent = exclude.len() as u32;
     exclude.push(first_backend.id);
     if !spend_budget(pool) {
+        stats.guard_outcome(GuardOutcome::BudgetSpent);
         return retry_later(
             pool,
             "retry budget spent: answer not confirmed",
@@ -356,50 +354,54 @@ async fn second_opinion(
     .ok()
     .map(|c| c.to_bytes());
     stats.guard_outcome(GuardOutcome::Replayed);
+    let unconfirmed = || {
+        stats.guard_outcome(GuardOutcome::Unconfirmed);
+        retry_later(pool, "no backend could confirm the answer", cx.request_id)
+    };
     loop {
         let Some(peer) = pool.pick(cx.hash_key, &exclude) else {
-            if let (0, Some(b)) = (unreachable, &first_body) {
+            if let (0, Some(b)) = (silent, &first_body) {
                 stats.guard_outcome(GuardOutcome::NoPeer);
                 return buffered_response(parts, b.clone());
             }
-            stats.guard_outcome(GuardOutcome::Unconfirmed);
-            return retry_later(pool, "no backend could confirm the answer", cx.request_id);
+            return unconfirmed();
         };
+        // A copy for the next peer, should this one give no opinion (rare path).
+        let copy = clone_request(&req);
         let in_flight = peer.start_request();
-        match upstream::send(peer, pool.tls.as_ref(), req).await {
+        let back = match upstream::send(peer, pool.tls.as_ref(), req).await {
             Attempt::Answered(resp, send) => {
                 let status = resp.status();
                 peer.answers.record(Some(status.as_u16()));
                 guard::record_answer(cx.shared, pool, peer, status);
                 if pool.is_guarded(status) {
                     stats.guard_outcome(GuardOutcome::Confirmed);
-                } else if status.is_server_error() {
-                    // A failing peer neither confirms nor contradicts: nobody is charged.
-                    stats.guard_outcome(GuardOutcome::Unconfirmed);
-                    return retry_later(pool, "no backend could confirm the answer", cx.request_id);
-                } else {
+                    return client_response(resp, send, in_flight);
+                }
+                if !status.is_server_error() {
                     stats.guard_outcome(GuardOutcome::Contradicted);
                     guard::record_contradiction(cx.shared, pool, &first_backend);
+                    return client_response(resp, send, in_flight);
                 }
-                return client_response(resp, send, in_flight);
+                // A failing peer neither confirms nor contradicts: nobody is charged.
+                None
             }
             Attempt::NotSent(back, err) => {
                 connect_failed(cx.shared, pool, peer, &err, cx.request_id);
-                exclude.push(peer.id);
-                unreachable += 1;
-                if unreachable > pool.retries {
-                    stats.guard_outcome(GuardOutcome::Unconfirmed);
-                    return retry_later(pool, "no backend could confirm the answer", cx.request_id);
-                }
-                req = back;
+                Some(back)
             }
             Attempt::Failed(err) => {
                 peer.answers.record(None);
                 tracing::warn!(pool = %pool.name, backend = %peer.name, error = %err, request_id = ?cx.request_id, "second opinion failed");
-                stats.guard_outcome(GuardOutcome::Unconfirmed);
-                return retry_later(pool, "no backend could confirm the answer", cx.request_id);
+                None
             }
-        }
+        };
+        exclude.push(peer.id);
+        silent += 1;
+        req = match back.or(copy) {
+            Some(r) if silent <= pool.retries => r,
+            _ => return unconfirmed(),
+        };
     }
 }
 

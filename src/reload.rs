@@ -152,7 +152,10 @@ impl Control {
         };
         store.prepare(&tls.cert, &tls.key).map_err(|e| {
             vec![ConfigError {
-                file: e.path().to_string(),
+                file: match e.path() {
+                    "" => tls.cert.display().to_string(),
+                    path => path.to_string(),
+                },
                 line: 1,
                 col: 1,
                 message: e.reason(),

@@ -312,3 +312,67 @@ async fn connect_failures_and_5xx_eject_within_the_cap() {
     assert_eq!(state_of(&running, "w2"), Some(State::Ready));
     running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_without_an_opinion_is_skipped_for_the_next() {
+    let ws = workers(3).await;
+    let running = start_guarded(&ws, "", "consecutive_5xx = 0").await;
+    let proxy = running.proxy_addrs()[0];
+    // w1 refuses everything, w2 fails everything, w3 is sound: w1's 401s are settled by w3
+    // even when w2 is asked first.
+    ws[0].forget_keys();
+    ws[1].set_status_override(Some(500));
+    let c = client();
+    for _ in 0..30 {
+        let a = get(&c, proxy, 1).await;
+        // 500: w2 picked first passes its own failure on; never a 401, never a 503.
+        assert!(
+            matches!(a.status.as_u16(), 200 | 500),
+            "{} {:?}",
+            a.status,
+            a.body
+        );
+    }
+    assert!(outcome(&running, GuardOutcome::Contradicted) >= 1);
+    assert_eq!(outcome(&running, GuardOutcome::Unconfirmed), 0);
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_readmitted_backend_starts_its_failure_run_afresh() {
+    let ws = workers(3).await;
+    let names = named(&ws);
+    // Probes every 100 ms with rise 1: an ejected backend whose probe passes is back at once.
+    let cfg = pool_config(
+        &refs(&names),
+        "",
+        "interval = \"100ms\"\ntimeout = \"90ms\"\nrise = 1",
+    )
+    .replace(
+        "[pools.push.probe]",
+        "[pools.push.guard]\nconsecutive_5xx = 3\n\n[pools.push.probe]",
+    );
+    let running = start(&cfg).await;
+    for n in ["w1", "w2", "w3"] {
+        wait_state(&running, n, State::Ready).await;
+    }
+    let proxy = running.proxy_addrs()[0];
+    let c = client();
+    ws[2].set_status_override(Some(500));
+    wait_until(Duration::from_secs(5), "w3 ejected", || async {
+        get(&c, proxy, 1).await;
+        state_of(&running, "w3") == Some(State::Ejected)
+    })
+    .await;
+    wait_state(&running, "w3", State::Ready).await;
+    // One more 5xx after re-admission is the first of a new run, not the fourth of the old.
+    let served = ws[2].requests();
+    wait_until(Duration::from_secs(5), "w3 answers once more", || async {
+        get(&c, proxy, 1).await;
+        ws[2].requests() > served
+    })
+    .await;
+    assert_eq!(ws[2].requests(), served + 1);
+    assert_eq!(state_of(&running, "w3"), Some(State::Ready));
+    running.shutdown().await;
+}

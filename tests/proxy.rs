@@ -135,10 +135,12 @@ async fn a_ready_worker_reporting_incomplete_sync_is_ejected_at_once() {
     wait_state(&running, "w2", State::Ejected).await;
     let probes = ws[1].probes() - probes_before;
     assert!(probes < 5, "ejected only after {probes} probes");
-    let snap = running.shared().snapshot();
-    let w2 = snap.backends().find(|b| &*b.name == "w2").unwrap();
-    assert_eq!(w2.info().reason, "worker reports sync incomplete (10 keys)");
-    drop(snap);
+    // The transition's reason, from the event log (the backend's current reason moves on
+    // with each probe).
+    let events = running.shared().events.since(0);
+    let ejection = events.iter().rev().find(|e| e.backend == "w2").unwrap();
+    assert_eq!((ejection.from, ejection.to), ("ready", "ejected"));
+    assert_eq!(ejection.reason, "worker reports sync incomplete (10 keys)");
     // Once it is in sync again, `rise` passing probes bring it back.
     ws[1].set_probe_override(None);
     wait_state(&running, "w2", State::Ready).await;

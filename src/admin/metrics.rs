@@ -11,6 +11,7 @@
 //! - `syncgate_request_duration_seconds{pool}`: histogram, request arrival → response headers
 //! - `syncgate_no_ready_backend_total{pool}`: 503s answered because no backend was ready
 //! - `syncgate_retries_total{pool}`: connect-failure retries on another backend
+//! - `syncgate_retries_refused_total{pool}`: connect-failure retries the retry budget refused
 //! - `syncgate_guard_outcomes_total{pool,outcome}`: second-opinion outcomes
 //! - `syncgate_backend_requests_total{pool,backend,class}`: forwarded requests by answer class
 //! - `syncgate_backend_connect_failures_total{pool,backend}`
@@ -185,6 +186,17 @@ impl prometheus_client::collector::Collector for Collector {
             "Requests retried on another backend after a connect failure.",
             pools.iter().map(|(pool, stats)| {
                 ([("pool", Esc(pool))], stats.retries.load(Ordering::Relaxed))
+            }),
+        )?;
+        counters(
+            e,
+            "syncgate_retries_refused",
+            "Connect-failure retries refused by the retry budget (the client got 502).",
+            pools.iter().map(|(pool, stats)| {
+                (
+                    [("pool", Esc(pool))],
+                    stats.retries_refused.load(Ordering::Relaxed),
+                )
             }),
         )?;
         counters(
