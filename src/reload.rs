@@ -7,6 +7,7 @@
 //! serialised by an async mutex; a file that does not load changes nothing.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -188,6 +189,12 @@ impl Control {
         };
         match self.load(&path).await.map_err(|e| e.errors())? {
             None => {
+                // The file loads again (it holds the running config's bytes): an earlier
+                // failure no longer describes it.
+                self.status
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .last_error = None;
                 let running = self.shared.snapshot();
                 if let Some(cert) = self.prepare_certs(running.config.server.tls.as_ref())? {
                     self.install_certs(cert);
@@ -338,6 +345,21 @@ async fn drain_removed(
     shared.forget(&backend);
 }
 
+/// Whether a file-system event may change what a reload reads: a change (not a mere read: the
+/// reload's own reads must not trigger the next one) to the config file, the certificate or
+/// key, or a Kubernetes ConfigMap internal (`..data`, `..2026_…`, `..data_tmp`). A rename
+/// over the config file carries its name, so editors and config tools are seen.
+fn is_relevant(event: &notify::Event, names: &[OsString]) -> bool {
+    if matches!(event.kind, notify::EventKind::Access(_)) {
+        return false;
+    }
+    event.paths.iter().any(|p| {
+        p.file_name().is_some_and(|n| {
+            names.iter().any(|w| w == n) || n.as_encoded_bytes().starts_with(b"..")
+        })
+    })
+}
+
 /// Watches the config file's directory and reloads after each burst of changes.
 pub fn watch(control: Arc<Control>, path: &Path) -> Result<(), notify::Error> {
     use notify::Watcher;
@@ -346,10 +368,18 @@ pub fn watch(control: Arc<Control>, path: &Path) -> Result<(), notify::Error> {
         _ => PathBuf::from("."),
     };
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let mut names: Vec<OsString> = path.file_name().map(OsString::from).into_iter().collect();
+    if let Some(store) = &control.certs {
+        let (cert, key) = store.paths();
+        names.extend(
+            [cert, key]
+                .iter()
+                .filter_map(|p| p.file_name().map(OsString::from)),
+        );
+    }
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Any change in the directory may be ours (a renamed temp file, a swapped `..data`
-        // symlink); the sha256 comparison makes spurious checks harmless.
-        if event.is_ok() {
+        let Ok(event) = event else { return };
+        if is_relevant(&event, &names) {
             let _ = tx.send(());
         }
     })?;

@@ -188,12 +188,27 @@ async fn bad_files_change_nothing_and_report_the_error() {
             "{what} disturbed traffic"
         );
     }
+    // Each bad write was one failure: the reload's own reads of the file must not trigger
+    // another (an observation window, not a wait for a condition).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(running.control().status().reloads_failed, 5);
     // A missing file.
     std::fs::remove_file(&path).unwrap();
     let errors = running.control().reload("api").await.unwrap_err();
     assert!(errors[0].message.contains("cannot read"), "{}", errors[0]);
+    assert_eq!(
+        running.control().status().last_error.unwrap().trigger,
+        "api"
+    );
     assert_eq!(get(&c, proxy, 1).await.status, 200);
-    // The next good file loads normally and clears the error.
+    // The running config's own bytes restored: nothing new to apply, and the error is gone.
+    std::fs::write(&path, &good).unwrap();
+    wait_until(SECS5, "the error cleared", || async {
+        running.control().status().last_error.is_none()
+    })
+    .await;
+    assert_eq!(generation(&running), 1);
+    // The next good file loads normally.
     std::fs::write(
         &path,
         good.replace("retries = 2", "")
