@@ -138,7 +138,8 @@ pub struct ProbeConfig {
     pub path: String,
     /// Time between probes. Default 1 s.
     pub interval: Duration,
-    /// A probe slower than this fails. Default 500 ms; must not exceed `interval`.
+    /// A probe slower than this fails. Default 500 ms, or `interval` when that is shorter;
+    /// must not exceed `interval`.
     pub timeout: Duration,
     /// Consecutive passes that admit a backend. Default 2, at least 1.
     pub rise: u32,
@@ -1352,10 +1353,15 @@ impl Validator<'_> {
             Duration::from_secs(1),
             Zero::Rejected,
         );
+        // Unset, the timeout is 500 ms or the interval if shorter: setting only a short
+        // interval is a complete, valid way to probe faster.
+        let default_timeout = interval.map_or(Duration::from_millis(500), |i| {
+            i.min(Duration::from_millis(500))
+        });
         let timeout = self.duration(
             &name("timeout"),
             p.timeout.as_ref(),
-            Duration::from_millis(500),
+            default_timeout,
             Zero::Rejected,
         );
         if let (Some(interval), Some(timeout)) = (interval, timeout) {
@@ -2559,12 +2565,16 @@ pool = "push"
             11,
             "pools.push.probe.timeout (1s 500ms) must not exceed probe.interval (1s)",
         );
-        // With the default timeout, the error points at the interval.
+        // Only a short interval: the unset timeout follows it down.
+        let probe =
+            &ok(&format!("[pools.push.probe]\ninterval = \"100ms\"\n{POOL}")).pools[0].probe;
+        assert_eq!(probe.timeout, Duration::from_millis(100));
+        // Only a long timeout: it exceeds the default interval.
         assert_pool_error(
-            "[pools.push.probe]\ninterval = \"100ms\"\n",
+            "[pools.push.probe]\ntimeout = \"2s\"\n",
             2,
-            12,
-            "pools.push.probe.timeout (500ms) must not exceed probe.interval (100ms)",
+            11,
+            "pools.push.probe.timeout (2s) must not exceed probe.interval (1s)",
         );
     }
 
