@@ -77,7 +77,30 @@ impl Gate {
 
 #[derive(Debug, Deserialize)]
 struct ProbeBody {
-    key_sync: KeySync,
+    key_sync: RawKeySync,
+}
+
+/// The report as sent: a worker still syncing may leave out what it does not know yet.
+#[derive(Debug, Deserialize)]
+struct RawKeySync {
+    complete: bool,
+    generation: Option<u64>,
+    keys: Option<u64>,
+}
+
+impl RawKeySync {
+    /// The report, or what a complete one lacks (it must say which keys it holds).
+    fn validate(self) -> Result<KeySync, String> {
+        match (self.complete, self.generation, self.keys) {
+            (true, None, _) => Err("invalid key_sync report: missing field `generation`".into()),
+            (true, _, None) => Err("invalid key_sync report: missing field `keys`".into()),
+            (complete, generation, keys) => Ok(KeySync {
+                complete,
+                generation: generation.unwrap_or(0),
+                keys: keys.unwrap_or(0),
+            }),
+        }
+    }
 }
 
 /// Judges one probe answer (status and body) against the contract and the ready peers' reports.
@@ -100,13 +123,14 @@ pub fn judge(
         );
     }
     // Parse even non-2xx answers: a 503 "still syncing" report is worth showing an operator.
-    let parsed = serde_json::from_slice::<ProbeBody>(body);
-    let report = parsed.as_ref().ok().map(|b| b.key_sync);
+    let parsed = serde_json::from_slice::<ProbeBody>(body).map(|b| b.key_sync.validate());
     if !is_2xx {
+        let report = parsed.ok().and_then(Result::ok);
         return (report, Err(format!("status {status}")));
     }
     let report = match parsed {
-        Ok(b) => b.key_sync,
+        Ok(Ok(report)) => report,
+        Ok(Err(reason)) => return (None, Err(reason)),
         Err(e) if e.is_data() => return (None, Err(format!("invalid key_sync report: {e}"))),
         Err(e) => {
             return (
@@ -299,8 +323,9 @@ pub async fn run_prober(backend: Arc<Backend>, shared: Arc<Shared>, token: Cance
         if let Some(t) = transition {
             let reason = match &verdict {
                 Ok(()) => format!("{} probes passed", cfg.rise),
-                Err(r) if unsynced => format!("worker reports {r}"),
-                Err(r) => format!("{fall} probes failed: {r}"),
+                // The bare failure, as DESIGN.md words reasons (`connect refused`,
+                // `sync incomplete (1200 keys)`); the event says it was an ejection.
+                Err(r) => r.clone(),
             };
             backend.transition(&[t.from], t.to, &reason, &shared.events);
         }
@@ -435,6 +460,26 @@ mod tests {
             .1
             .unwrap_err()
             .starts_with("invalid key_sync report"));
+        // A worker still syncing may leave out what it does not know yet; a complete report
+        // may not.
+        let partial = br#"{"key_sync": {"complete": false, "keys": 1200}}"#;
+        assert_eq!(
+            judge(&c, 200, partial, &[]).1,
+            Err("sync incomplete (1200 keys)".into())
+        );
+        let (report, verdict) = judge(&c, 503, br#"{"key_sync": {"complete": false}}"#, &[]);
+        assert_eq!(verdict, Err("status 503".into()));
+        assert_eq!(report.unwrap().keys, 0);
+        assert_eq!(
+            judge(
+                &c,
+                200,
+                br#"{"key_sync": {"complete": true, "generation": 5}}"#,
+                &[]
+            )
+            .1,
+            Err("invalid key_sync report: missing field `keys`".into())
+        );
         // Unknown fields are ignored.
         let extra =
             br#"{"v": 2, "key_sync": {"complete": true, "generation": 5, "keys": 1, "x": 1}}"#;

@@ -140,7 +140,7 @@ async fn a_ready_worker_reporting_incomplete_sync_is_ejected_at_once() {
     let events = running.shared().events.since(0);
     let ejection = events.iter().rev().find(|e| e.backend == "w2").unwrap();
     assert_eq!((ejection.from, ejection.to), ("ready", "ejected"));
-    assert_eq!(ejection.reason, "worker reports sync incomplete (10 keys)");
+    assert_eq!(ejection.reason, "sync incomplete (10 keys)");
     // Once it is in sync again, `rise` passing probes bring it back.
     ws[1].set_probe_override(None);
     wait_state(&running, "w2", State::Ready).await;
