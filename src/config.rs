@@ -235,7 +235,8 @@ fn upstream_client_config(pem: &[u8]) -> Result<rustls::ClientConfig, String> {
 pub struct BackendConfig {
     /// Unique in its pool; the backend's identity for state and admin.
     pub name: String,
-    /// `IP:port` of the worker.
+    /// `IP:port` of the worker; a `host:port` in the file is resolved at load (the first
+    /// IPv4 address preferred).
     pub addr: SocketAddr,
     /// Relative weight, 1..=1000. Default 1.
     pub weight: u32,
@@ -949,6 +950,51 @@ impl Validator<'_> {
         parsed
     }
 
+    /// A backend address: `IP:port`, or `host:port` resolved now (at load and at each reload,
+    /// the first IPv4 address preferred, as workers commonly listen on IPv4 only).
+    fn backend_addr(&mut self, value: &Spanned<String>) -> Option<SocketAddr> {
+        let text = value.get_ref();
+        if let Ok(addr) = text.parse() {
+            return Some(addr);
+        }
+        let host_port = text
+            .rsplit_once(':')
+            .filter(|(host, port)| is_dns_name(host) && port.parse::<u16>().is_ok());
+        let Some((host, port)) = host_port else {
+            self.error(
+                span_of(value),
+                format!(
+                    "backend address \"{text}\" is not IP:port or host:port, e.g. \"10.0.0.11:9000\""
+                ),
+            );
+            return None;
+        };
+        let port: u16 = port.parse().ok()?;
+        let resolved: Vec<SocketAddr> =
+            match std::net::ToSocketAddrs::to_socket_addrs(&(host, port)) {
+                Ok(addrs) => addrs.collect(),
+                Err(e) => {
+                    self.error(
+                        span_of(value),
+                        format!("backend address \"{text}\" does not resolve: {e}"),
+                    );
+                    return None;
+                }
+            };
+        let chosen = resolved
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(resolved.first())
+            .copied();
+        if chosen.is_none() {
+            self.error(
+                span_of(value),
+                format!("backend address \"{text}\" resolves to no address"),
+            );
+        }
+        chosen
+    }
+
     fn addrs(
         &mut self,
         key: &'static str,
@@ -1608,7 +1654,7 @@ impl Validator<'_> {
                 }
             };
             let addr = match &b.addr {
-                Some(value) => self.addr("backend address", value).inspect(|addr| {
+                Some(value) => self.backend_addr(value).inspect(|addr| {
                     if let Some(other) = addrs.get(addr) {
                         self.error(
                             span_of(value),
@@ -2398,12 +2444,25 @@ pool = "push"
     }
 
     #[test]
-    fn backend_address_must_be_ip_and_port() {
+    fn backend_address_is_ip_or_host_and_port() {
         assert_error(
             "[[pools.push.backends]]\nname = \"w1\"\naddr = \"10.0.0.1\"\n",
             3,
             8,
             "backend address \"10.0.0.1\" is not IP:port",
+        );
+        assert_error(
+            "[[pools.push.backends]]\nname = \"w1\"\naddr = \"bad host:9000\"\n",
+            3,
+            8,
+            "backend address \"bad host:9000\" is not IP:port or host:port",
+        );
+        // A host name is resolved at load (from /etc/hosts here: no network needed), IPv4
+        // first.
+        let config = ok("[[pools.push.backends]]\nname = \"w1\"\naddr = \"localhost:9000\"\n");
+        assert_eq!(
+            config.pools[0].backends[0].addr,
+            "127.0.0.1:9000".parse::<SocketAddr>().unwrap()
         );
     }
 
