@@ -116,7 +116,10 @@ fn control_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn check(path: &std::path::Path) -> ExitCode {
     match Config::load(path) {
         Ok(cfg) => {
-            println!("{}: ok", path.display());
+            let _ = std::io::Write::write_all(
+                &mut std::io::stdout(),
+                format!("{}: ok\n", path.display()).as_bytes(),
+            );
             print_summary(&cfg);
             ExitCode::SUCCESS
         }
@@ -129,15 +132,18 @@ fn check(path: &std::path::Path) -> ExitCode {
 
 /// One screen: listeners, pools, backends, routes.
 fn print_summary(cfg: &Config) {
+    use std::fmt::Write as _;
+    let mut out = String::new();
     let listen: Vec<String> = cfg.server.listen.iter().map(|a| a.to_string()).collect();
-    println!("listen: {}", listen.join(", "));
+    let _ = writeln!(out, "listen: {}", listen.join(", "));
     if let Some(tls) = &cfg.server.tls {
         let l: Vec<String> = tls.listen.iter().map(|a| a.to_string()).collect();
-        println!("tls listen: {}", l.join(", "));
+        let _ = writeln!(out, "tls listen: {}", l.join(", "));
     }
-    println!("admin: {}", cfg.admin.listen);
+    let _ = writeln!(out, "admin: {}", cfg.admin.listen);
     for p in &cfg.pools {
-        println!(
+        let _ = writeln!(
+            out,
             "pool {}: {:?}, probe {} every {:?} ({:?}), {} backend(s)",
             p.name,
             p.balance,
@@ -147,7 +153,8 @@ fn print_summary(cfg: &Config) {
             p.backends.len()
         );
         for b in &p.backends {
-            println!(
+            let _ = writeln!(
+                out,
                 "  {:<20} {:<22} weight {}",
                 b.name,
                 b.addr.to_string(),
@@ -161,8 +168,10 @@ fn print_summary(cfg: &Config) {
             Some(syncgate::config::HostMatch::Exact(h)) => h.clone(),
             Some(syncgate::config::HostMatch::Wildcard(s)) => format!("*{s}"),
         };
-        println!("route {host}{} -> {}", r.path_prefix, r.pool);
+        let _ = writeln!(out, "route {host}{} -> {}", r.path_prefix, r.pool);
     }
+    // `check | head` closes the pipe early: that is no error worth a panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
 }
 
 async fn daemon(cfg: Config) -> anyhow::Result<()> {
