@@ -61,6 +61,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 const DRAIN_POLL: Duration = Duration::from_millis(25);
 /// Content type of `GET /metrics` (what `prometheus-client`'s text encoder produces).
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The classic Prometheus text format, for scrapers and people that do not ask for OpenMetrics.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// The status page (no external resources; see `src/admin/status.html`).
 const STATUS_PAGE: &str = include_str!("admin/status.html");
 /// Reason recorded when an operator drains a backend.
@@ -267,6 +269,12 @@ impl Admin {
             }
         }
         let query = req.uri().query().map(str::to_owned);
+        let openmetrics = req
+            .headers()
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.contains("application/openmetrics-text"));
         if let Err(resp) = read_body(req).await {
             return resp;
         }
@@ -274,7 +282,7 @@ impl Admin {
             Endpoint::StatusPage => status_page(),
             Endpoint::Healthz => json_response(StatusCode::OK, &json!({"status": "ok"})),
             Endpoint::Readyz => self.readyz(),
-            Endpoint::Metrics => self.metrics(),
+            Endpoint::Metrics => self.metrics(openmetrics),
             Endpoint::Backends => json_response(StatusCode::OK, &self.backends_json()),
             Endpoint::Config => json_response(StatusCode::OK, &self.config_json()),
             Endpoint::Events => self.events(query.as_deref()),
@@ -322,16 +330,22 @@ impl Admin {
         json_response(status, &json!({"ready": all_ready, "pools": pools}))
     }
 
-    /// `GET /metrics`.
-    fn metrics(&self) -> Response<Full<Bytes>> {
+    /// `GET /metrics`: OpenMetrics when the scraper asks for it (Prometheus does), else the
+    /// classic Prometheus text format.
+    fn metrics(&self, openmetrics: bool) -> Response<Full<Bytes>> {
         let mut text = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             tracing::error!(error = %e, "cannot encode metrics");
             return error(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics");
         }
+        let (text, content_type) = if openmetrics {
+            (text, OPENMETRICS)
+        } else {
+            (metrics::to_prometheus_text(&text), PROMETHEUS_TEXT)
+        };
         let mut resp = Response::new(Full::new(Bytes::from(text)));
         resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         resp.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         resp

@@ -1018,7 +1018,13 @@ async fn metrics_parse_and_count_scripted_requests() {
     let c = client();
     wait_state(&c, &running, "w1", "ready").await;
 
-    let answer = get(&c, &running, "/metrics").await;
+    // Prometheus asks for OpenMetrics and gets it.
+    let url = format!("http://{}/metrics", running.admin_addr());
+    let accept = [(
+        "accept",
+        "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+    )];
+    let answer = send(&c, "GET", url, &accept, Bytes::new()).await;
     assert!(
         answer
             .header("content-type")
@@ -1026,8 +1032,23 @@ async fn metrics_parse_and_count_scripted_requests() {
         "{}",
         answer.header("content-type")
     );
+    let om = answer.text();
+    assert!(om.ends_with("# EOF\n"));
+    assert!(om.contains("# TYPE syncgate_requests counter\n"));
+    // Anyone else gets the classic text format: counters named with `_total`, no `# EOF`.
+    let answer = get(&c, &running, "/metrics").await;
+    assert_eq!(
+        answer.header("content-type"),
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
     let (text, before) = scrape(&c, &running).await;
-    assert!(text.ends_with("# EOF\n"));
+    assert!(!text.contains("# EOF"));
+    assert!(text.contains("# TYPE syncgate_requests_total counter\n"));
+    assert_eq!(
+        parse_metrics(&om).len(),
+        before.len(),
+        "same samples in both formats"
+    );
     // Every sample belongs to a family with HELP and TYPE, all named syncgate_*.
     for s in &before {
         assert!(s.name.starts_with("syncgate_"), "{}", s.name);

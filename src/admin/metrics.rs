@@ -21,6 +21,9 @@
 //! - `syncgate_ejections_total{reason}`
 //! - `syncgate_config_reloads_total{result}`: `ok` | `failed`
 //! - `syncgate_config_generation`
+//!
+//! `prometheus-client` writes OpenMetrics; [`to_prometheus_text`] turns it into the classic
+//! Prometheus text format (version 0.0.4) for clients that do not ask for OpenMetrics.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -322,5 +325,63 @@ impl prometheus_client::collector::Collector for Collector {
             family.encode_gauge(&self.shared.snapshot().generation)?;
         }
         Ok(())
+    }
+}
+/// OpenMetrics text as the classic Prometheus text format: counter families are named with
+/// their `_total` suffix in `# HELP`/`# TYPE`, `unknown` is `untyped`, and `# UNIT` and
+/// `# EOF` lines go. Samples are the same in both formats.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let suffix = if counters.contains(name) {
+                    "_total"
+                } else {
+                    ""
+                };
+                let tail = if prefix == "# TYPE " && tail == "unknown" {
+                    "untyped"
+                } else {
+                    tail
+                };
+                let _ = writeln!(out, "{prefix}{name}{suffix} {tail}");
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openmetrics_to_prometheus_text() {
+        let om = "# HELP a_requests Requests.\n# TYPE a_requests counter\n\
+                  a_requests_total{pool=\"p\"} 3\n# HELP a_up Up.\n# TYPE a_up gauge\n\
+                  # UNIT a_up seconds\na_up 1\n# TYPE a_x unknown\na_x 2\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(om),
+            "# HELP a_requests_total Requests.\n# TYPE a_requests_total counter\n\
+             a_requests_total{pool=\"p\"} 3\n# HELP a_up Up.\n# TYPE a_up gauge\na_up 1\n\
+             # TYPE a_x untyped\na_x 2\n"
+        );
     }
 }
