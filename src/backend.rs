@@ -236,6 +236,10 @@ impl Backend {
                 // Stamp before publishing `Ready` so the balancer never sees a ready backend
                 // without its slow-start origin.
                 self.ready_at.store(now_millis(), Ordering::Release);
+                // A (re-)admitted backend starts its passive-detection runs afresh: failures
+                // from before, or from requests that finished after an ejection, must not
+                // eject it at its first failure.
+                self.guard.reset_runs();
             }
             match self.state.compare_exchange(
                 current,

@@ -951,7 +951,7 @@ impl Validator<'_> {
     }
 
     /// A backend address: `IP:port`, or `host:port` resolved now (at load and at each reload,
-    /// the first IPv4 address preferred, as workers commonly listen on IPv4 only).
+    /// the lowest IPv4 address preferred, as workers commonly listen on IPv4 only).
     fn backend_addr(&mut self, value: &Spanned<String>) -> Option<SocketAddr> {
         let text = value.get_ref();
         if let Ok(addr) = text.parse() {
@@ -981,6 +981,10 @@ impl Validator<'_> {
                     return None;
                 }
             };
+        // Sorted, so that a round-robin resolver answering in another order at the next reload
+        // does not change the backend's identity (and send it back to `pending`).
+        let mut resolved = resolved;
+        resolved.sort();
         let chosen = resolved
             .iter()
             .find(|a| a.is_ipv4())

@@ -28,6 +28,14 @@ pub struct GuardState {
     contradictions: Mutex<ContradictionWindow>,
 }
 
+impl GuardState {
+    /// Ends the failure runs (on admission: see `Backend::transition`).
+    pub fn reset_runs(&self) {
+        self.connect_failures.reset();
+        self.server_errors.reset();
+    }
+}
+
 /// Times of recent contradictions of one backend. Pure.
 #[derive(Debug, Default)]
 pub struct ContradictionWindow {
@@ -317,10 +325,6 @@ fn passive_eject(
     }
     let reason = outlier.reason(threshold);
     if backend.transition(&[State::Ready], State::Ejected, &reason, &shared.events) {
-        // A re-admitted backend starts its runs afresh: the old run must not eject it at its
-        // first failure.
-        backend.guard.connect_failures.reset();
-        backend.guard.server_errors.reset();
         shared.metrics.ejection(outlier.label());
     }
 }

@@ -230,9 +230,20 @@ impl Control {
         if sha == self.status().sha256 {
             return Ok(None);
         }
-        let text = String::from_utf8_lossy(&bytes);
-        let config = Config::parse(&text, Some(path))?;
-        Ok(Some((config, sha)))
+        // Off the control runtime: validation may resolve backend host names, and a slow
+        // resolver must not stall the probers, the admin API or signal handling.
+        let path = path.to_path_buf();
+        let parsed = tokio::task::spawn_blocking(move || {
+            Config::parse(&String::from_utf8_lossy(&bytes), Some(&path))
+        })
+        .await;
+        match parsed {
+            Ok(config) => Ok(Some((config?, sha))),
+            Err(e) => Err(LoadError::Io {
+                path: "<config>".into(),
+                source: std::io::Error::other(format!("config validation failed: {e}")),
+            }),
+        }
     }
 
     fn apply(&self, mut config: Config, sha: String, trigger: &'static str) -> u64 {
@@ -350,6 +361,10 @@ async fn drain_removed(
 /// key, or a Kubernetes ConfigMap internal (`..data`, `..2026_…`, `..data_tmp`). A rename
 /// over the config file carries its name, so editors and config tools are seen.
 fn is_relevant(event: &notify::Event, names: &[OsString]) -> bool {
+    // The kernel's queue overflowed: events were lost, so anything may have changed.
+    if event.need_rescan() || event.paths.is_empty() {
+        return true;
+    }
     if matches!(event.kind, notify::EventKind::Access(_)) {
         return false;
     }
@@ -360,6 +375,21 @@ fn is_relevant(event: &notify::Event, names: &[OsString]) -> bool {
     })
 }
 
+/// The file names whose changes matter: the config file, its symlink target, and the running
+/// certificate and key.
+fn watched_names(config: &Path, shared: &Shared) -> Vec<OsString> {
+    let target = std::fs::canonicalize(config).ok();
+    let snapshot = shared.snapshot();
+    let tls = snapshot.config.server.tls.as_ref();
+    [Some(config), target.as_deref()]
+        .into_iter()
+        .chain(tls.map(|t| Some(t.cert.as_path())))
+        .chain(tls.map(|t| Some(t.key.as_path())))
+        .flatten()
+        .filter_map(|p| p.file_name().map(OsString::from))
+        .collect()
+}
+
 /// Watches the config file's directory and reloads after each burst of changes.
 pub fn watch(control: Arc<Control>, path: &Path) -> Result<(), notify::Error> {
     use notify::Watcher;
@@ -368,18 +398,12 @@ pub fn watch(control: Arc<Control>, path: &Path) -> Result<(), notify::Error> {
         _ => PathBuf::from("."),
     };
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-    let mut names: Vec<OsString> = path.file_name().map(OsString::from).into_iter().collect();
-    if let Some(store) = &control.certs {
-        let (cert, key) = store.paths();
-        names.extend(
-            [cert, key]
-                .iter()
-                .filter_map(|p| p.file_name().map(OsString::from)),
-        );
-    }
+    let (config_path, shared) = (path.to_path_buf(), control.shared.clone());
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
-        if is_relevant(&event, &names) {
+        // Computed per event: a reload may have renamed the certificate, and the config may
+        // be a symlink whose target is what gets edited.
+        if is_relevant(&event, &watched_names(&config_path, &shared)) {
             let _ = tx.send(());
         }
     })?;

@@ -145,6 +145,24 @@ async fn a_configmap_style_symlink_swap_is_seen() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_of_the_symlinked_file_is_seen() {
+    let ws = workers(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    // syncgate.toml -> prod.toml, and prod.toml is what the operator edits in place.
+    let text = config_text(&[("w1", ws[0].addr(), 1)], "");
+    std::fs::write(dir.path().join("prod.toml"), &text).unwrap();
+    std::os::unix::fs::symlink("prod.toml", dir.path().join("syncgate.toml")).unwrap();
+    let running = start_file(&dir.path().join("syncgate.toml")).await;
+    std::fs::write(
+        dir.path().join("prod.toml"),
+        text.replace("weight = 1", "weight = 5"),
+    )
+    .unwrap();
+    wait_generation(&running, 2).await;
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_files_change_nothing_and_report_the_error() {
     let ws = workers(1).await;
     let dir = tempfile::tempdir().unwrap();
