@@ -402,6 +402,15 @@ async fn second_opinion(
             Some(r) if silent <= pool.retries => r,
             _ => return unconfirmed(),
         };
+        // Each further peer is one more replay: it comes out of the budget too.
+        if !spend_budget(pool) {
+            stats.guard_outcome(GuardOutcome::BudgetSpent);
+            return retry_later(
+                pool,
+                "retry budget spent: answer not confirmed",
+                cx.request_id,
+            );
+        }
     }
 }
 

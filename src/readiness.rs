@@ -123,7 +123,9 @@ pub fn judge(
         );
     }
     // Parse even non-2xx answers: a 503 "still syncing" report is worth showing an operator.
-    let parsed = serde_json::from_slice::<ProbeBody>(body).map(|b| b.key_sync.validate());
+    let parsed = serde_json::from_slice::<ProbeBody>(body);
+    let keys_reported = parsed.as_ref().is_ok_and(|b| b.key_sync.keys.is_some());
+    let parsed = parsed.map(|b| b.key_sync.validate());
     if !is_2xx {
         let report = parsed.ok().and_then(Result::ok);
         return (report, Err(format!("status {status}")));
@@ -144,10 +146,12 @@ pub fn judge(
         }
     };
     if !report.complete {
-        return (
-            Some(report),
-            Err(format!("sync incomplete ({} keys)", report.keys)),
-        );
+        // A worker that did not say how many keys it holds is not quoted as holding 0.
+        let reason = match keys_reported {
+            true => format!("sync incomplete ({} keys)", report.keys),
+            false => "sync incomplete".to_string(),
+        };
+        return (Some(report), Err(reason));
     }
     (
         Some(report),
@@ -470,6 +474,10 @@ mod tests {
         let (report, verdict) = judge(&c, 503, br#"{"key_sync": {"complete": false}}"#, &[]);
         assert_eq!(verdict, Err("status 503".into()));
         assert_eq!(report.unwrap().keys, 0);
+        assert_eq!(
+            judge(&c, 200, br#"{"key_sync": {"complete": false}}"#, &[]).1,
+            Err("sync incomplete".into())
+        );
         assert_eq!(
             judge(
                 &c,

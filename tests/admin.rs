@@ -1044,11 +1044,21 @@ async fn metrics_parse_and_count_scripted_requests() {
     let (text, before) = scrape(&c, &running).await;
     assert!(!text.contains("# EOF"));
     assert!(text.contains("# TYPE syncgate_requests_total counter\n"));
+    let series = |samples: &[Sample]| {
+        let mut v: Vec<(String, BTreeMap<String, String>)> = samples
+            .iter()
+            .map(|s| (s.name.clone(), s.labels.clone()))
+            .collect();
+        v.sort();
+        v
+    };
     assert_eq!(
-        parse_metrics(&om).len(),
-        before.len(),
-        "same samples in both formats"
+        series(&parse_metrics(&om)),
+        series(&before),
+        "same series in both formats"
     );
+    // A histogram keeps its type in the classic format.
+    assert!(text.contains("# TYPE syncgate_request_duration_seconds histogram\n"));
     // Every sample belongs to a family with HELP and TYPE, all named syncgate_*.
     for s in &before {
         assert!(s.name.starts_with("syncgate_"), "{}", s.name);

@@ -316,23 +316,35 @@ async fn connect_failures_and_5xx_eject_within_the_cap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_without_an_opinion_is_skipped_for_the_next() {
     let ws = workers(3).await;
-    let running = start_guarded(&ws, "", "consecutive_5xx = 0").await;
+    // Contradictions must not eject w1 here: every request is a chance to see the skip.
+    let running = start_guarded(&ws, "", "consecutive_5xx = 0\neject_after = 1000").await;
     let proxy = running.proxy_addrs()[0];
     // w1 refuses everything, w2 fails everything, w3 is sound: w1's 401s are settled by w3
     // even when w2 is asked first.
     ws[0].forget_keys();
     ws[1].set_status_override(Some(500));
     let c = client();
-    for _ in 0..30 {
-        let a = get(&c, proxy, 1).await;
-        // 500: w2 picked first passes its own failure on; never a 401, never a 503.
-        assert!(
-            matches!(a.status.as_u16(), 200 | 500),
-            "{} {:?}",
-            a.status,
-            a.body
-        );
-    }
+    let passed_500 = AtomicU64::new(0);
+    // Until w2 has been asked as a peer at least once (more w2 requests than 500s passed on).
+    wait_until(
+        Duration::from_secs(10),
+        "w2 asked for a second opinion",
+        || async {
+            let a = get(&c, proxy, 1).await;
+            // 500: w2 picked first passes its own failure on; never a 401, never a 503.
+            assert!(
+                matches!(a.status.as_u16(), 200 | 500),
+                "{} {:?}",
+                a.status,
+                a.body
+            );
+            if a.status == 500 {
+                passed_500.fetch_add(1, Ordering::Relaxed);
+            }
+            ws[1].requests() > passed_500.load(Ordering::Relaxed)
+        },
+    )
+    .await;
     assert!(outcome(&running, GuardOutcome::Contradicted) >= 1);
     assert_eq!(outcome(&running, GuardOutcome::Unconfirmed), 0);
     running.shutdown().await;
