@@ -52,6 +52,10 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Graceful shutdown deadline, and how long removed backends may drain. Default 30 s.
     pub drain_timeout: Duration,
+    /// A client connection with no request in progress for this long is closed gracefully
+    /// (HTTP/2 `GOAWAY`; HTTP/1.1 also stops at `header_read_timeout` between requests).
+    /// Default 75 s, nginx's `keepalive_timeout`.
+    pub idle_timeout: Duration,
     /// `[server.tls]`, optional HTTPS listeners.
     pub tls: Option<TlsConfig>,
 }
@@ -399,6 +403,7 @@ mod raw {
         pub max_request_body: Option<Spanned<Size>>,
         pub max_connections: Option<Spanned<i64>>,
         pub drain_timeout: Option<Spanned<String>>,
+        pub idle_timeout: Option<Spanned<String>>,
         pub tls: Option<Node<Tls>>,
     }
 
@@ -1124,6 +1129,14 @@ impl Validator<'_> {
                     Zero::Rejected,
                 )
                 .unwrap_or(secs(30)),
+            idle_timeout: self
+                .duration(
+                    "server.idle_timeout",
+                    s.idle_timeout.as_ref(),
+                    secs(75),
+                    Zero::Rejected,
+                )
+                .unwrap_or(secs(75)),
             tls,
         };
         (server, listeners)
@@ -1860,6 +1873,7 @@ request_timeout = "1m"
 max_request_body = "512KiB"
 max_connections = 20000
 drain_timeout = "250ms"
+idle_timeout = "20s"
 
 [server.tls]
 listen = ["0.0.0.0:8443"]
@@ -1948,6 +1962,7 @@ pool = "push"
         assert_eq!(s.max_request_body, 512 * 1024);
         assert_eq!(s.max_connections, 20_000);
         assert_eq!(s.drain_timeout, Duration::from_millis(250));
+        assert_eq!(s.idle_timeout, Duration::from_secs(20));
         let tls = s.tls.as_ref().expect("tls");
         assert_eq!(
             tls.listen,
@@ -2046,6 +2061,7 @@ pool = "push"
         assert_eq!(s.max_request_body, 8 * 1024 * 1024);
         assert_eq!(s.max_connections, 10_000);
         assert_eq!(s.drain_timeout, Duration::from_secs(30));
+        assert_eq!(s.idle_timeout, Duration::from_secs(75));
         assert!(s.tls.is_none());
         assert_eq!(config.admin.listen, "127.0.0.1:9901".parse().expect("addr"));
         assert_eq!(config.admin.token_file, None);

@@ -5,9 +5,9 @@
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -31,6 +31,8 @@ pub struct ConnInfo {
     pub peer_ip: HeaderValue,
     /// Whether the client connection is TLS.
     pub tls: bool,
+    /// The connection's requests in progress, for its idle timeout.
+    pub activity: Arc<Activity>,
 }
 
 impl ConnInfo {
@@ -38,7 +40,63 @@ impl ConnInfo {
     pub fn new(peer: SocketAddr, tls: bool) -> ConnInfo {
         let peer_ip = HeaderValue::from_maybe_shared(Bytes::from(peer.ip().to_string()))
             .expect("an IP address is a valid header value");
-        ConnInfo { peer, peer_ip, tls }
+        ConnInfo {
+            peer,
+            peer_ip,
+            tls,
+            activity: Arc::new(Activity::default()),
+        }
+    }
+}
+
+/// Requests in progress on one client connection (HTTP/2 runs several at once) and when the
+/// last one ended: what the connection's idle timeout goes by.
+#[derive(Debug)]
+pub struct Activity {
+    in_flight: AtomicU32,
+    /// [`crate::backend::now_millis`] when the last request ended (or the connection opened).
+    last_ms: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            in_flight: AtomicU32::new(0),
+            last_ms: AtomicU64::new(crate::backend::now_millis()),
+        }
+    }
+}
+
+impl Activity {
+    /// How long the connection has had no request in progress; `None` while one is.
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let last = self.last_ms.load(Ordering::Acquire);
+        Some(Duration::from_millis(
+            crate::backend::now_millis().saturating_sub(last),
+        ))
+    }
+}
+
+/// Marks one request in progress until dropped.
+struct Active(Arc<Activity>);
+
+impl Active {
+    fn begin(activity: Arc<Activity>) -> Active {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        Active(activity)
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        // The time first: a checker that sees no request in progress sees when it ended.
+        self.0
+            .last_ms
+            .store(crate::backend::now_millis(), Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -55,6 +113,7 @@ pub async fn serve(
     conn: ConnInfo,
     req: Request<Incoming>,
 ) -> Result<Response<RespBody>, std::convert::Infallible> {
+    let _active = Active::begin(conn.activity.clone());
     let snapshot = shared.snapshot();
     let mut req = req;
     // The id travels upstream and back to the client, and names the request in our logs.

@@ -13,12 +13,12 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::ServerConfig;
 use crate::proxy::{self, ConnInfo};
@@ -222,21 +222,50 @@ fn builder(header_timeout: Duration) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// Serves HTTP/1.1 or HTTP/2 (detected from the preface) on one client connection.
+/// Serves HTTP/1.1 or HTTP/2 (detected from the preface) on one client connection until the
+/// client leaves, the connection has had no request in progress for `idle_timeout`, or
+/// `token` asks for shutdown; the last two close it gracefully (HTTP/2 `GOAWAY`, HTTP/1.1
+/// without keep-alive) so that requests in progress finish.
 async fn serve_conn<I>(
     io: I,
     builder: &auto::Builder<TokioExecutor>,
-    watcher: Watcher,
     shared: Arc<Shared>,
     info: ConnInfo,
+    token: CancellationToken,
+    idle_timeout: Duration,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let peer = info.peer;
+    let activity = info.activity.clone();
     let service = service_fn(move |req| proxy::serve(shared.clone(), info.clone(), req));
     let conn = builder.serve_connection(TokioIo::new(io), service);
-    if let Err(e) = watcher.watch(conn.into_owned()).await {
-        tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
+    tokio::pin!(conn);
+    // Checked a few times per timeout: the connection closes between 1 and 1.25 timeouts
+    // after its last request, at the cost of one timer per connection.
+    let mut check = tokio::time::interval(idle_timeout / 4);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
+                }
+                return;
+            }
+            _ = token.cancelled(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = check.tick(), if !closing => {
+                if activity.idle_for().is_some_and(|idle| idle >= idle_timeout) {
+                    tracing::debug!(peer = %peer, "idle client connection closed");
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
     }
 }
 
@@ -252,7 +281,8 @@ async fn accept_loop(
     // the value changed.
     let mut header_timeout = shared.snapshot().config.server.header_read_timeout;
     let mut builder = Arc::new(builder(header_timeout));
-    let graceful = GracefulShutdown::new();
+    // Every connection task, so that shutdown can wait for them (up to `drain_timeout`).
+    let connections = TaskTracker::new();
     loop {
         // Take a connection slot before accepting: beyond `max_connections`, clients wait in
         // the kernel's backlog instead of being accepted and starved.
@@ -272,7 +302,11 @@ async fn accept_loop(
                 }
             },
         };
-        let configured = shared.snapshot().config.server.header_read_timeout;
+        let (configured, idle_timeout) = {
+            let snapshot = shared.snapshot();
+            let server = &snapshot.config.server;
+            (server.header_read_timeout, server.idle_timeout)
+        };
         if configured != header_timeout {
             header_timeout = configured;
             builder = Arc::new(self::builder(header_timeout));
@@ -281,16 +315,18 @@ async fn accept_loop(
         let info = ConnInfo::new(peer, acceptor.is_some());
         let shared = shared.clone();
         let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let token = token.clone();
         let acceptor = acceptor.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _permit = permit;
             // hyper's header timeout starts once the protocol is known; a client that connects
             // and sends nothing (or stalls its TLS handshake) must not hold a slot forever.
             match acceptor {
                 Some(acceptor) => {
                     match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => serve_conn(tls, &builder, watcher, shared, info).await,
+                        Ok(Ok(tls)) => {
+                            serve_conn(tls, &builder, shared, info, token, idle_timeout).await
+                        }
                         Ok(Err(e)) => {
                             tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
                         }
@@ -301,7 +337,7 @@ async fn accept_loop(
                     let mut first = [0u8; 1];
                     match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
                         Ok(Ok(n)) if n > 0 => {
-                            serve_conn(stream, &builder, watcher, shared, info).await
+                            serve_conn(stream, &builder, shared, info, token, idle_timeout).await
                         }
                         _ => {}
                     }
@@ -312,7 +348,9 @@ async fn accept_loop(
     drop(listener);
     // The running config's value: a reload may have changed it since start.
     let drain = shared.snapshot().config.server.drain_timeout;
-    if tokio::time::timeout(drain, graceful.shutdown())
+    // The connections saw the same token and are closing gracefully.
+    connections.close();
+    if tokio::time::timeout(drain, connections.wait())
         .await
         .is_err()
     {

@@ -392,6 +392,50 @@ async fn a_body_that_stalls_is_408_not_504() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_are_closed_busy_ones_are_not() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let ws = workers(1).await;
+    let cfg = pool_config(&[("w1", ws[0].addr())], "", "")
+        .replace("[admin]", "idle_timeout = \"400ms\"\n\n[admin]");
+    let running = start(&cfg).await;
+    wait_state(&running, "w1", State::Ready).await;
+    let proxy = running.proxy_addrs()[0];
+    let request = || {
+        http::Request::post(format!("http://{proxy}/v1/batch"))
+            .header("authorization", "Bearer key-1")
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    let tcp = TcpStream::connect(proxy).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let closed = tokio::spawn(conn);
+    // A request slower than the idle timeout is in progress, not idle: it completes.
+    ws[0].set_delay(Duration::from_millis(900));
+    let resp = send.send_request(request()).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
+    ws[0].set_delay(Duration::ZERO);
+    // Had the server counted that time as idle, it would have sent GOAWAY, and this second
+    // request on the same connection would be refused.
+    let resp = send.send_request(request()).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
+    // Then nothing: the server says goodbye, and the client's connection ends.
+    let started = std::time::Instant::now();
+    tokio::time::timeout(SECS5, closed)
+        .await
+        .expect("idle HTTP/2 connection closed by the server")
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_framing_is_rejected_and_never_forwarded() {
     let ws = workers(1).await;
     let cfg = pool_config(&[("w1", ws[0].addr())], "", "");
