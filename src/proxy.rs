@@ -393,13 +393,16 @@ async fn second_opinion(
     // Peers that gave no opinion (unreachable, 5xx, broken answer); bounded like retries.
     let mut silent = exclude.len() as u32;
     exclude.push(first_backend.id);
-    if !spend_budget(pool) {
+    let no_budget = || {
         stats.guard_outcome(GuardOutcome::BudgetSpent);
-        return retry_later(
+        retry_later(
             pool,
             "retry budget spent: answer not confirmed",
             cx.request_id,
-        );
+        )
+    };
+    if !spend_budget(pool) {
+        return no_budget();
     }
     // Read the first answer now: its connection goes back to the pool, and it is still there
     // to pass on if the peers stop being ready before one is picked.
@@ -463,12 +466,7 @@ async fn second_opinion(
         };
         // Each further peer is one more replay: it comes out of the budget too.
         if !spend_budget(pool) {
-            stats.guard_outcome(GuardOutcome::BudgetSpent);
-            return retry_later(
-                pool,
-                "retry budget spent: answer not confirmed",
-                cx.request_id,
-            );
+            return no_budget();
         }
     }
 }
