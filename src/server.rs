@@ -243,7 +243,8 @@ async fn serve_conn<I>(
     tokio::pin!(conn);
     // Checked a few times per timeout: the connection closes between 1 and 1.25 timeouts
     // after its last request, at the cost of one timer per connection.
-    let mut check = tokio::time::interval(idle_timeout / 4);
+    // At least 1 ms: `interval` panics on a zero period, and "3ns" is a valid timeout.
+    let mut check = tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(1)));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut closing = false;
     loop {
