@@ -52,9 +52,10 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Graceful shutdown deadline, and how long removed backends may drain. Default 30 s.
     pub drain_timeout: Duration,
-    /// A client connection with no request in progress for this long is closed gracefully
-    /// (HTTP/2 `GOAWAY`; HTTP/1.1 also stops at `header_read_timeout` between requests).
-    /// Default 75 s, nginx's `keepalive_timeout`.
+    /// A client connection with no request in progress (none waiting for its response
+    /// headers) for this long is closed gracefully: HTTP/2 `GOAWAY`, HTTP/1.1 no keep-alive;
+    /// a response body still streaming finishes. HTTP/1.1 also stops at
+    /// `header_read_timeout` between requests. Default 75 s, nginx's `keepalive_timeout`.
     pub idle_timeout: Duration,
     /// `[server.tls]`, optional HTTPS listeners.
     pub tls: Option<TlsConfig>,

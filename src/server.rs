@@ -249,6 +249,9 @@ async fn serve_conn<I>(
     let mut closing = false;
     loop {
         tokio::select! {
+            // The connection first: a request already in the socket when shutdown begins is
+            // read and served before the graceful close.
+            biased;
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
@@ -324,7 +327,13 @@ async fn accept_loop(
             // and sends nothing (or stalls its TLS handshake) must not hold a slot forever.
             match acceptor {
                 Some(acceptor) => {
-                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                    // Shutdown does not wait for a handshake that has not finished.
+                    let handshake = tokio::select! {
+                        biased;
+                        r = tokio::time::timeout(header_timeout, acceptor.accept(stream)) => r,
+                        _ = token.cancelled() => return,
+                    };
+                    match handshake {
                         Ok(Ok(tls)) => {
                             serve_conn(tls, &builder, shared, info, token, idle_timeout).await
                         }
@@ -336,7 +345,13 @@ async fn accept_loop(
                 }
                 None => {
                     let mut first = [0u8; 1];
-                    match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
+                    // Shutdown does not wait for a client that has sent nothing yet.
+                    let peeked = tokio::select! {
+                        biased;
+                        r = tokio::time::timeout(header_timeout, stream.peek(&mut first)) => r,
+                        _ = token.cancelled() => return,
+                    };
+                    match peeked {
                         Ok(Ok(n)) if n > 0 => {
                             serve_conn(stream, &builder, shared, info, token, idle_timeout).await
                         }
