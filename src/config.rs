@@ -240,7 +240,7 @@ fn upstream_client_config(pem: &[u8]) -> Result<rustls::ClientConfig, String> {
 pub struct BackendConfig {
     /// Unique in its pool; the backend's identity for state and admin.
     pub name: String,
-    /// `IP:port` of the worker; a `host:port` in the file is resolved at load (the first
+    /// `IP:port` of the worker; a `host:port` in the file is resolved at load (the lowest
     /// IPv4 address preferred).
     pub addr: SocketAddr,
     /// Relative weight, 1..=1000. Default 1.
@@ -965,7 +965,8 @@ impl Validator<'_> {
         }
         let host_port = text
             .rsplit_once(':')
-            .filter(|(host, port)| is_dns_name(host) && port.parse::<u16>().is_ok());
+            .filter(|(host, _)| is_dns_name(host))
+            .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)));
         let Some((host, port)) = host_port else {
             self.error(
                 span_of(value),
@@ -975,8 +976,7 @@ impl Validator<'_> {
             );
             return None;
         };
-        let port: u16 = port.parse().ok()?;
-        let resolved: Vec<SocketAddr> =
+        let mut resolved: Vec<SocketAddr> =
             match std::net::ToSocketAddrs::to_socket_addrs(&(host, port)) {
                 Ok(addrs) => addrs.collect(),
                 Err(e) => {
@@ -989,7 +989,6 @@ impl Validator<'_> {
             };
         // Sorted, so that a round-robin resolver answering in another order at the next reload
         // does not change the backend's identity (and send it back to `pending`).
-        let mut resolved = resolved;
         resolved.sort();
         let chosen = resolved
             .iter()

@@ -160,10 +160,12 @@ impl Streak {
     /// Records a failure against `threshold` (0 disables).
     pub fn fail(&self, threshold: u32) -> Run {
         let n = self.0.fetch_add(1, Ordering::Relaxed).saturating_add(1);
-        match n {
-            _ if threshold == 0 || n < threshold => Run::Below,
-            _ if n == threshold => Run::Reached,
-            _ => Run::Beyond,
+        if threshold == 0 || n < threshold {
+            Run::Below
+        } else if n == threshold {
+            Run::Reached
+        } else {
+            Run::Beyond
         }
     }
 

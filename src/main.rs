@@ -116,11 +116,7 @@ fn control_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn check(path: &std::path::Path) -> ExitCode {
     match Config::load(path) {
         Ok(cfg) => {
-            let _ = std::io::Write::write_all(
-                &mut std::io::stdout(),
-                format!("{}: ok\n", path.display()).as_bytes(),
-            );
-            print_summary(&cfg);
+            print_summary(path, &cfg);
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -130,10 +126,10 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-/// One screen: listeners, pools, backends, routes.
-fn print_summary(cfg: &Config) {
+/// `PATH: ok`, then one screen: listeners, pools, backends, routes.
+fn print_summary(path: &std::path::Path, cfg: &Config) {
     use std::fmt::Write as _;
-    let mut out = String::new();
+    let mut out = format!("{}: ok\n", path.display());
     let listen: Vec<String> = cfg.server.listen.iter().map(|a| a.to_string()).collect();
     let _ = writeln!(out, "listen: {}", listen.join(", "));
     if let Some(tls) = &cfg.server.tls {

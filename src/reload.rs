@@ -153,10 +153,9 @@ impl Control {
         };
         store.prepare(&tls.cert, &tls.key).map_err(|e| {
             vec![ConfigError {
-                file: match e.path() {
-                    "" => tls.cert.display().to_string(),
-                    path => path.to_string(),
-                },
+                file: e
+                    .path()
+                    .map_or_else(|| tls.cert.display().to_string(), str::to_owned),
                 line: 1,
                 col: 1,
                 message: e.reason(),
@@ -232,15 +231,15 @@ impl Control {
         }
         // Off the control runtime: validation may resolve backend host names, and a slow
         // resolver must not stall the probers, the admin API or signal handling.
-        let path = path.to_path_buf();
+        let owned = path.to_path_buf();
         let parsed = tokio::task::spawn_blocking(move || {
-            Config::parse(&String::from_utf8_lossy(&bytes), Some(&path))
+            Config::parse(&String::from_utf8_lossy(&bytes), Some(&owned))
         })
         .await;
         match parsed {
             Ok(config) => Ok(Some((config?, sha))),
             Err(e) => Err(LoadError::Io {
-                path: "<config>".into(),
+                path: path.display().to_string(),
                 source: std::io::Error::other(format!("config validation failed: {e}")),
             }),
         }

@@ -39,11 +39,11 @@ pub enum TlsError {
 }
 
 impl TlsError {
-    /// The file at fault (empty for a rustls configuration error).
-    pub fn path(&self) -> &str {
+    /// The file at fault (none for a rustls configuration error).
+    pub fn path(&self) -> Option<&str> {
         match self {
-            TlsError::Cert { path, .. } | TlsError::Key { path, .. } => path,
-            TlsError::Rustls(_) => "",
+            TlsError::Cert { path, .. } | TlsError::Key { path, .. } => Some(path),
+            TlsError::Rustls(_) => None,
         }
     }
 

@@ -327,6 +327,7 @@ impl prometheus_client::collector::Collector for Collector {
         Ok(())
     }
 }
+
 /// OpenMetrics text as the classic Prometheus text format: counter families are named with
 /// their `_total` suffix in `# HELP`/`# TYPE`, `unknown` is `untyped`, and `# UNIT` and
 /// `# EOF` lines go. Samples are the same in both formats.
