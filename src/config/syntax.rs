@@ -118,3 +118,52 @@ pub(super) fn is_valid_name(name: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+    use crate::config::test_support::*;
+
+    #[test]
+    fn sizes() {
+        let cases = [
+            ("100B", 100),
+            ("0B", 0),
+            ("1KB", 1_000),
+            ("1MB", 1_000_000),
+            ("2GB", 2_000_000_000),
+            ("512KiB", 512 * 1024),
+            ("8MiB", 8 << 20),
+            ("1GiB", 1 << 30),
+            ("8 MiB", 8 << 20),
+            ("1.5KiB", 1536),
+            ("1.50MB", 1_500_000),
+            ("0.5KiB", 512),
+            ("8mib", 8 << 20),
+        ];
+        for (text, bytes) in cases {
+            assert_eq!(parse_size(text), Ok(bytes), "{text}");
+        }
+        for text in [
+            "",
+            "MiB",
+            "8",
+            "8XB",
+            "-1B",
+            "1.B",
+            ".5KiB",
+            "1.2.3MB",
+            "0.3B",
+            " 8MiB",
+            "8MiB ",
+            "99999999999GiB",
+        ] {
+            assert!(parse_size(text).is_err(), "{text:?} should not parse");
+        }
+        let config = ok(&format!(
+            "[server]\nmax_request_body = 1234\n[pools.push.guard]\nmax_replay_body = \"0B\"\n{POOL}"
+        ));
+        assert_eq!(config.server.max_request_body, 1234);
+        assert_eq!(config.pools[0].guard.max_replay_body, 0);
+    }
+}

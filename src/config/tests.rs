@@ -1,0 +1,333 @@
+//! Whole-file tests: every key at once, defaults, TOML syntax and serde errors, I/O errors.
+
+use super::test_support::*;
+use super::*;
+
+#[test]
+fn full_config_with_every_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_pair(dir.path(), "certs/push.pem", "certs/push.key");
+    write(dir.path(), "certs/workers-ca.pem", &ca_pem());
+    write(dir.path(), "admin.token", "  s3cret\n");
+    let path = write(
+        dir.path(),
+        "syncgate.toml",
+        r#"
+[server]
+listen = ["127.0.0.1:8080", "[::1]:8081"]
+worker_threads = 4
+header_read_timeout = "5s"
+request_timeout = "1m"
+max_request_body = "512KiB"
+max_connections = 20000
+drain_timeout = "250ms"
+idle_timeout = "20s"
+
+[server.tls]
+listen = ["0.0.0.0:8443"]
+cert = "certs/push.pem"
+key = "certs/push.key"
+
+[admin]
+listen = "0.0.0.0:9901"
+token_file = "admin.token"
+
+[pools.push]
+balance = "hash"
+hash_header = "X-Account-Key"
+slow_start = "0s"
+retries = 3
+
+[pools.push.probe]
+path = "/ready?deep=1"
+interval = "2s"
+timeout = "2s"
+rise = 3
+fall = 4
+contract = "status"
+max_generation_lag = 0
+min_key_ratio = 1
+
+[pools.push.guard]
+statuses = [401, 403, 500]
+max_replay_body = 4096
+eject_after = 5
+eject_window = "30s"
+consecutive_connect_failures = 0
+consecutive_5xx = 7
+max_ejection_percent = 100
+retry_budget_ratio = 0.5
+retry_budget_min_per_sec = 20
+retry_budget_window = "1m"
+
+[pools.push.upstream_tls]
+ca = "certs/workers-ca.pem"
+server_name = "worker.internal"
+
+[[pools.push.backends]]
+name = "worker-1"
+addr = "10.0.0.11:9000"
+weight = 1000
+
+[[pools.push.backends]]
+name = "worker_2.b"
+addr = "10.0.0.12:9000"
+
+[pools.other]
+balance = "round_robin"
+backends = [{ name = "o1", addr = "10.0.1.1:80", weight = 2 }]
+
+[[routes]]
+host = "Push.Example.com:443"
+path_prefix = "/v1"
+pool = "push"
+
+[[routes]]
+host = "*.example.com"
+pool = "other"
+
+[[routes]]
+pool = "push"
+"#,
+    );
+    let config = match Config::load(&path) {
+        Ok(config) => config,
+        Err(e) => panic!("unexpected errors:\n{e}"),
+    };
+    assert_eq!(config.source.as_deref(), Some(path.as_path()));
+
+    let s = &config.server;
+    assert_eq!(
+        s.listen,
+        vec![
+            "127.0.0.1:8080".parse::<SocketAddr>().expect("addr"),
+            "[::1]:8081".parse().expect("addr")
+        ]
+    );
+    assert_eq!(s.worker_threads, 4);
+    assert_eq!(s.header_read_timeout, Duration::from_secs(5));
+    assert_eq!(s.request_timeout, Duration::from_secs(60));
+    assert_eq!(s.max_request_body, 512 * 1024);
+    assert_eq!(s.max_connections, 20_000);
+    assert_eq!(s.drain_timeout, Duration::from_millis(250));
+    assert_eq!(s.idle_timeout, Duration::from_secs(20));
+    let tls = s.tls.as_ref().expect("tls");
+    assert_eq!(
+        tls.listen,
+        vec!["0.0.0.0:8443".parse::<SocketAddr>().expect("addr")]
+    );
+    assert_eq!(tls.cert, dir.path().join("certs/push.pem"));
+    assert_eq!(tls.key, dir.path().join("certs/push.key"));
+
+    assert_eq!(config.admin.listen, "0.0.0.0:9901".parse().expect("addr"));
+    assert_eq!(
+        config.admin.token_file,
+        Some(dir.path().join("admin.token"))
+    );
+    assert_eq!(config.admin.token, Some(AdminToken("s3cret".to_owned())));
+
+    let names: Vec<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["other", "push"], "pools are sorted by name");
+    let other = &config.pools[0];
+    assert_eq!(other.balance, Balance::RoundRobin);
+    assert_eq!(
+        other.backends,
+        vec![BackendConfig {
+            name: "o1".to_owned(),
+            addr: "10.0.1.1:80".parse().expect("addr"),
+            weight: 2,
+        }]
+    );
+    let push = &config.pools[1];
+    assert_eq!(push.balance, Balance::Hash);
+    assert_eq!(push.hash_header.as_str(), "x-account-key");
+    assert_eq!(push.slow_start, Duration::ZERO);
+    assert_eq!(push.retries, 3);
+    let probe = &push.probe;
+    assert_eq!(probe.path, "/ready?deep=1");
+    assert_eq!(probe.interval, Duration::from_secs(2));
+    assert_eq!(probe.timeout, Duration::from_secs(2));
+    assert_eq!((probe.rise, probe.fall), (3, 4));
+    assert_eq!(probe.contract, Contract::Status);
+    assert_eq!(probe.max_generation_lag, 0);
+    assert!((probe.min_key_ratio - 1.0).abs() < f64::EPSILON);
+    let guard = &push.guard;
+    assert_eq!(
+        guard.statuses,
+        vec![
+            StatusCode::UNAUTHORIZED,
+            StatusCode::FORBIDDEN,
+            StatusCode::INTERNAL_SERVER_ERROR
+        ]
+    );
+    assert_eq!(guard.max_replay_body, 4096);
+    assert_eq!(guard.eject_after, 5);
+    assert_eq!(guard.eject_window, Duration::from_secs(30));
+    assert_eq!(guard.consecutive_connect_failures, 0);
+    assert_eq!(guard.consecutive_5xx, 7);
+    assert_eq!(guard.max_ejection_percent, 100);
+    assert!((guard.retry_budget_ratio - 0.5).abs() < f64::EPSILON);
+    assert_eq!(guard.retry_budget_min_per_sec, 20);
+    assert_eq!(guard.retry_budget_window, Duration::from_secs(60));
+    let upstream = push.upstream_tls.as_ref().expect("upstream_tls");
+    assert_eq!(upstream.ca, dir.path().join("certs/workers-ca.pem"));
+    assert_eq!(upstream.server_name.as_deref(), Some("worker.internal"));
+    assert_eq!(push.backends.len(), 2);
+    assert_eq!(push.backends[0].name, "worker-1");
+    assert_eq!(push.backends[0].weight, 1000);
+    assert_eq!(push.backends[1].name, "worker_2.b");
+    assert_eq!(push.backends[1].weight, 1);
+
+    assert_eq!(config.routes.len(), 3);
+    assert_eq!(
+        config.routes[0].host,
+        Some(HostMatch::Exact("push.example.com".to_owned()))
+    );
+    assert_eq!(config.routes[0].path_prefix, "/v1");
+    assert_eq!(config.routes[0].pool, "push");
+    assert_eq!(
+        config.routes[1].host,
+        Some(HostMatch::Wildcard(".example.com".to_owned()))
+    );
+    assert_eq!(config.routes[1].path_prefix, "/");
+    assert_eq!(config.routes[1].pool, "other");
+    assert_eq!(config.routes[2].host, None);
+}
+
+#[test]
+fn defaults_apply_and_a_single_pool_gets_a_catch_all_route() {
+    let config = ok(POOL);
+    assert_eq!(config.source, None);
+    let s = &config.server;
+    assert_eq!(
+        s.listen,
+        vec!["127.0.0.1:8080".parse::<SocketAddr>().expect("addr")]
+    );
+    assert_eq!(s.worker_threads, 0);
+    assert_eq!(s.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(s.request_timeout, Duration::from_secs(30));
+    assert_eq!(s.max_request_body, 8 * 1024 * 1024);
+    assert_eq!(s.max_connections, 10_000);
+    assert_eq!(s.drain_timeout, Duration::from_secs(30));
+    assert_eq!(s.idle_timeout, Duration::from_secs(75));
+    assert!(s.tls.is_none());
+    assert_eq!(config.admin.listen, "127.0.0.1:9901".parse().expect("addr"));
+    assert_eq!(config.admin.token_file, None);
+    assert_eq!(config.admin.token, None);
+
+    assert_eq!(config.pools.len(), 1);
+    let pool = &config.pools[0];
+    assert_eq!(pool.name, "push");
+    assert_eq!(pool.balance, Balance::P2c);
+    assert_eq!(pool.hash_header, http::header::AUTHORIZATION);
+    assert_eq!(pool.slow_start, Duration::from_secs(10));
+    assert_eq!(pool.retries, 2);
+    let probe = &pool.probe;
+    assert_eq!(probe.path, "/ready");
+    assert_eq!(probe.interval, Duration::from_secs(1));
+    assert_eq!(probe.timeout, Duration::from_millis(500));
+    assert_eq!((probe.rise, probe.fall), (2, 2));
+    assert_eq!(probe.contract, Contract::KeySync);
+    assert_eq!(probe.max_generation_lag, 10);
+    assert!((probe.min_key_ratio - 0.98).abs() < f64::EPSILON);
+    let guard = &pool.guard;
+    assert_eq!(
+        guard.statuses,
+        vec![StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN]
+    );
+    assert_eq!(guard.max_replay_body, 1024 * 1024);
+    assert_eq!(guard.eject_after, 3);
+    assert_eq!(guard.eject_window, Duration::from_secs(10));
+    assert_eq!(guard.consecutive_connect_failures, 5);
+    assert_eq!(guard.consecutive_5xx, 5);
+    assert_eq!(guard.max_ejection_percent, 50);
+    assert!((guard.retry_budget_ratio - 0.2).abs() < f64::EPSILON);
+    assert_eq!(guard.retry_budget_min_per_sec, 10);
+    assert_eq!(guard.retry_budget_window, Duration::from_secs(10));
+    assert!(pool.upstream_tls.is_none());
+    assert_eq!(
+        pool.backends,
+        vec![BackendConfig {
+            name: "w1".to_owned(),
+            addr: "10.0.0.1:9000".parse().expect("addr"),
+            weight: 1,
+        }]
+    );
+
+    assert_eq!(config.routes.len(), 1);
+    let route = &config.routes[0];
+    assert_eq!(route.host, None);
+    assert_eq!(route.path_prefix, "/");
+    assert_eq!(route.pool, "push");
+}
+
+#[test]
+fn implied_tables_and_dotted_keys_are_accepted() {
+    let config = ok("[server]\nlisten = [\"127.0.0.1:1\"]\n\
+         [pools]\npush.retries = 0\npush.backends = [{name = \"a\", addr = \"10.0.0.1:1\"}]\n");
+    assert_eq!(config.pools[0].retries, 0);
+    assert_eq!(config.pools[0].backends.len(), 1);
+    // An implied [server.tls] still reports its missing keys (at the table's first key).
+    let errors = errors("[server]\ntls.listen = [\"127.0.0.1:8443\"]\n");
+    assert!(errors
+        .iter()
+        .any(|e| e.message.contains("server.tls.cert is required")));
+}
+
+#[test]
+fn toml_syntax_error_has_position() {
+    let missing_comma = errors("[server]\nlisten = [\"127.0.0.1:8080\" \"127.0.0.1:8081\"]\n");
+    assert_eq!(missing_comma.len(), 1, "{missing_comma:?}");
+    let e = &missing_comma[0];
+    assert_eq!((e.line, e.col), (2, 28), "{e}");
+    assert_eq!(e.message, "invalid array; expected `]`");
+    let unclosed = errors("[server\nlisten = []\n");
+    assert_eq!(unclosed.len(), 1, "{unclosed:?}");
+    let e = &unclosed[0];
+    assert_eq!((e.line, e.col), (1, 8), "{e}");
+    assert_eq!(e.file, "<config>");
+}
+
+#[test]
+fn unknown_key_has_position() {
+    assert_error(
+        "[server]\nlisten = []\n\n[pools.push.probe]\npath = \"/ready\"\nintervall = \"1s\"\n",
+        6,
+        1,
+        "unknown field `intervall`",
+    );
+    assert_error("colour = 1\n", 1, 1, "unknown field `colour`");
+}
+
+#[test]
+fn wrong_type_has_position() {
+    assert_pool_error("[server]\nworker_threads = \"4\"\n", 2, 18, "invalid type");
+    assert_pool_error("[server]\nrequest_timeout = 30\n", 2, 19, "invalid type");
+}
+
+#[test]
+fn io_errors_and_display() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("missing.toml");
+    let err = Config::load(&missing).expect_err("missing file");
+    assert!(matches!(err, LoadError::Io { .. }));
+    let errors = err.errors();
+    assert_eq!(errors.len(), 1);
+    assert_eq!((errors[0].line, errors[0].col), (1, 1));
+    assert_eq!(errors[0].file, missing.display().to_string());
+    assert!(err
+        .to_string()
+        .starts_with(&format!("{}: ", missing.display())));
+
+    let err = Config::parse("[pools.p]\n", Some(Path::new("/etc/sg.toml"))).expect_err("invalid");
+    assert_eq!(
+        err.to_string(),
+        "/etc/sg.toml:1:8: pool \"p\" has no backends; add at least one [[pools.p.backends]]"
+    );
+    let err = Config::parse("[pools.p]\nbackends = [{}]\n", None).expect_err("invalid");
+    assert_eq!(
+        err.to_string(),
+        "<config>:2:13: backend #1 in pool \"p\" has no name; set name = \"...\"\n\
+         <config>:2:13: backend #1 in pool \"p\" has no addr; set addr = \"IP:port\""
+    );
+}

@@ -1,0 +1,394 @@
+//! The [`Validator`]: turns the raw serde types into the validated [`Config`], collecting every
+//! error with its position instead of stopping at the first.
+//!
+//! This file holds the core (error collection, positions, path resolution and the value helpers
+//! for integers, floats, durations, sizes, choices, addresses and files); each config section
+//! has a file with its own `impl Validator` block.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::syntax::parse_size;
+use super::{raw, Config, ConfigError};
+
+mod admin;
+mod backends;
+mod guard;
+mod pools;
+mod probe;
+mod routes;
+mod server;
+mod server_tls;
+mod upstream_tls;
+
+fn span_of<T>(value: &Spanned<T>) -> Option<Range<usize>> {
+    Some(value.span())
+}
+
+/// Whether a duration may be zero.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Zero {
+    Allowed,
+    Rejected,
+}
+
+/// A key whose value must be a file: its raw value (if present) and where to point when absent.
+struct FileKey<'r> {
+    name: &'r str,
+    value: Option<&'r Spanned<String>>,
+    table: Option<Range<usize>>,
+}
+
+/// A listener address with where it came from, to find two listeners on one address.
+struct Listener {
+    addr: SocketAddr,
+    key: &'static str,
+    span: Option<Range<usize>>,
+}
+
+/// Collects every error of one file while building the [`Config`].
+pub(super) struct Validator<'a> {
+    text: &'a str,
+    file: String,
+    base: Option<PathBuf>,
+    /// Every error found so far, in the order found.
+    pub(super) errors: Vec<ConfigError>,
+}
+
+impl<'a> Validator<'a> {
+    /// A validator for `text`, read from `path` (None: errors say `<config>` and relative paths
+    /// stay relative to the current directory).
+    pub(super) fn new(text: &'a str, path: Option<&Path>) -> Validator<'a> {
+        Validator {
+            text,
+            file: path.map_or_else(|| "<config>".to_owned(), |p| p.display().to_string()),
+            base: path.and_then(Path::parent).map(Path::to_path_buf),
+            errors: Vec::new(),
+        }
+    }
+
+    /// Records an error at a byte span (None: line 1, column 1).
+    pub(super) fn error(&mut self, span: Option<Range<usize>>, message: impl fmt::Display) {
+        let (line, col) = span.map_or((1, 1), |s| self.position(s.start));
+        self.errors.push(ConfigError {
+            file: self.file.clone(),
+            line,
+            col,
+            message: message.to_string(),
+        });
+    }
+
+    /// 1-based line and character column of a byte offset.
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        (line, before[line_start..].chars().count() + 1)
+    }
+
+    fn resolve(&self, path: &str) -> PathBuf {
+        let path = Path::new(path);
+        match &self.base {
+            Some(base) if path.is_relative() => base.join(path),
+            _ => path.to_path_buf(),
+        }
+    }
+
+    /// The whole file, section by section; listeners and routes are also checked across sections.
+    pub(super) fn config(&mut self, file: &raw::File, path: Option<&Path>) -> Config {
+        let (server, mut listeners) = self.server(file.server.as_ref());
+        let admin = self.admin(file.admin.as_ref(), &mut listeners);
+        self.distinct_listeners(&listeners);
+        let pools = self.pools(file.pools.as_ref());
+        let routes = self.routes(file.routes.as_deref().unwrap_or_default(), &pools);
+        Config {
+            source: path.map(Path::to_path_buf),
+            server,
+            admin,
+            pools,
+            routes,
+        }
+    }
+
+    fn int<T: TryFrom<i64> + Copy>(
+        &mut self,
+        name: &str,
+        value: Option<&Spanned<i64>>,
+        default: T,
+        min: i64,
+        max: Option<i64>,
+    ) -> T {
+        let Some(value) = value else {
+            return default;
+        };
+        let x = *value.get_ref();
+        let in_range = x >= min && max.map_or(true, |max| x <= max);
+        let converted = if in_range { T::try_from(x).ok() } else { None };
+        if let Some(converted) = converted {
+            return converted;
+        }
+        let message = match max {
+            _ if in_range => format!("{name} is too large (got {x})"),
+            None if min == 0 => format!("{name} must not be negative (got {x})"),
+            None => format!("{name} must be at least {min} (got {x})"),
+            Some(max) if min == 0 && x >= 0 => format!("{name} must be at most {max} (got {x})"),
+            Some(max) => format!("{name} must be between {min} and {max} (got {x})"),
+        };
+        self.error(span_of(value), message);
+        default
+    }
+
+    fn float(
+        &mut self,
+        name: &str,
+        value: Option<&Spanned<f64>>,
+        default: f64,
+        range: std::ops::RangeInclusive<f64>,
+    ) -> f64 {
+        let Some(value) = value else {
+            return default;
+        };
+        let x = *value.get_ref();
+        if range.contains(&x) {
+            return x;
+        }
+        self.error(
+            span_of(value),
+            format!(
+                "{name} must be between {} and {} (got {x})",
+                range.start(),
+                range.end()
+            ),
+        );
+        default
+    }
+
+    /// None when the value is present but invalid.
+    fn duration(
+        &mut self,
+        name: &str,
+        value: Option<&Spanned<String>>,
+        default: Duration,
+        zero: Zero,
+    ) -> Option<Duration> {
+        let Some(value) = value else {
+            return Some(default);
+        };
+        let text = value.get_ref();
+        match humantime::parse_duration(text) {
+            Ok(d) if d.is_zero() && zero == Zero::Rejected => {
+                self.error(span_of(value), format!("{name} must be greater than 0"));
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.error(
+                    span_of(value),
+                    format!(
+                        "{name} \"{text}\" is not a duration ({e}); expected e.g. \"250ms\", \
+                         \"2s\" or \"1m\""
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn size(
+        &mut self,
+        name: &str,
+        value: Option<&Spanned<raw::Size>>,
+        default: u64,
+        zero: Zero,
+    ) -> u64 {
+        let Some(value) = value else {
+            return default;
+        };
+        let parsed = match value.get_ref() {
+            raw::Size::Bytes(n) => {
+                u64::try_from(*n).map_err(|_| format!("{name} must not be negative (got {n})"))
+            }
+            raw::Size::Text(text) => parse_size(text).map_err(|why| {
+                format!(
+                    "{name} \"{text}\" is not a size ({why}); expected e.g. \"512KiB\", \
+                     \"8MiB\" or a number of bytes"
+                )
+            }),
+        };
+        match parsed {
+            Ok(0) if zero == Zero::Rejected => {
+                self.error(span_of(value), format!("{name} must be greater than 0"));
+                default
+            }
+            Ok(n) => n,
+            Err(message) => {
+                self.error(span_of(value), message);
+                default
+            }
+        }
+    }
+
+    fn choice<T: Copy>(
+        &mut self,
+        name: &str,
+        value: Option<&Spanned<String>>,
+        default: T,
+        options: &[(&str, T)],
+    ) -> T {
+        let Some(value) = value else {
+            return default;
+        };
+        if let Some((_, t)) = options.iter().find(|(s, _)| s == value.get_ref()) {
+            return *t;
+        }
+        let allowed = options
+            .iter()
+            .map(|(s, _)| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.error(
+            span_of(value),
+            format!("{name} \"{}\" is not one of {allowed}", value.get_ref()),
+        );
+        default
+    }
+
+    fn addr(&mut self, what: &str, value: &Spanned<String>) -> Option<SocketAddr> {
+        let parsed = value.get_ref().parse().ok();
+        if parsed.is_none() {
+            self.error(
+                span_of(value),
+                format!(
+                    "{what} \"{}\" is not IP:port, e.g. \"127.0.0.1:8080\"",
+                    value.get_ref()
+                ),
+            );
+        }
+        parsed
+    }
+
+    /// A path that must name a readable file; resolved against the config's directory.
+    fn file(&mut self, key: FileKey<'_>) -> PathBuf {
+        let Some(value) = key.value else {
+            self.error(key.table, format!("{} is required", key.name));
+            return PathBuf::new();
+        };
+        if value.get_ref().is_empty() {
+            self.error(span_of(value), format!("{} must not be empty", key.name));
+            return PathBuf::new();
+        }
+        let path = self.resolve(value.get_ref());
+        let problem = match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_dir() => Some("is a directory".to_owned()),
+            Ok(_) => std::fs::File::open(&path)
+                .err()
+                .map(|e| format!("cannot be read: {e}")),
+            Err(e) => Some(format!("cannot be read: {e}")),
+        };
+        if let Some(problem) = problem {
+            self.error(
+                span_of(value),
+                format!("{} file \"{}\" {problem}", key.name, path.display()),
+            );
+        }
+        path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::config::test_support::*;
+    use crate::config::{AdminToken, Config};
+
+    #[test]
+    fn every_validation_error_is_reported() {
+        let text = "\
+[pools.push.probe]
+rise = 0
+
+[[pools.push.backends]]
+name = \"w1\"
+addr = \"10.0.0.1\"
+
+[[routes]]
+pool = \"pushh\"
+";
+        let errors = errors(text);
+        let found: Vec<_> = errors.iter().map(|e| (e.line, e.col)).collect();
+        assert_eq!(found, vec![(2, 8), (6, 8), (9, 8)], "{errors:#?}");
+        assert!(errors[0].message.contains("probe.rise must be at least 1"));
+        assert!(errors[1]
+            .message
+            .contains("backend address \"10.0.0.1\" is not IP:port"));
+        assert!(errors[2]
+            .message
+            .contains("pool \"pushh\" named by route does not exist"));
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_pair(dir.path(), "etc/tls/c.pem", "etc/tls/k.pem");
+        write(dir.path(), "etc/token", "t0ken");
+        write(dir.path(), "etc/ca.pem", &ca_pem());
+        let path = write(
+            dir.path(),
+            "etc/syncgate.toml",
+            "[server.tls]\nlisten = [\"127.0.0.1:8443\"]\ncert = \"tls/c.pem\"\nkey = \"tls/k.pem\"\n\
+             [admin]\ntoken_file = \"token\"\n\
+             [pools.push.upstream_tls]\nca = \"./ca.pem\"\n\
+             [[pools.push.backends]]\nname = \"w1\"\naddr = \"10.0.0.1:9000\"\n",
+        );
+        let config = Config::load(&path).expect("valid");
+        let etc = dir.path().join("etc");
+        let tls = config.server.tls.expect("tls");
+        assert_eq!(tls.cert, etc.join("tls/c.pem"));
+        assert_eq!(tls.key, etc.join("tls/k.pem"));
+        assert_eq!(config.admin.token_file, Some(etc.join("token")));
+        assert_eq!(config.admin.token, Some(AdminToken("t0ken".to_owned())));
+        let ca = &config.pools[0]
+            .upstream_tls
+            .as_ref()
+            .expect("upstream_tls")
+            .ca;
+        assert_eq!(ca, &etc.join("./ca.pem"));
+    }
+
+    #[test]
+    fn columns_count_characters() {
+        let errors = errors(&format!(
+            "# ünïcödé\n[server]\nlisten = [\"ä\", \"ö\"]\n{POOL}"
+        ));
+        let found: Vec<_> = errors.iter().map(|e| (e.line, e.col)).collect();
+        assert_eq!(found, vec![(3, 11), (3, 16)], "{errors:#?}");
+        assert!(errors[0]
+            .message
+            .contains("server.listen address \"ä\" is not IP:port"));
+    }
+
+    #[test]
+    fn durations() {
+        let config = ok(&format!(
+            "[server]\nrequest_timeout = \"1m\"\nheader_read_timeout = \"250ms\"\n\
+             drain_timeout = \"1h 30m\"\n[pools.push]\nslow_start = \"1.5s\"\n{POOL}"
+        ));
+        assert_eq!(config.server.request_timeout, Duration::from_secs(60));
+        assert_eq!(
+            config.server.header_read_timeout,
+            Duration::from_millis(250)
+        );
+        assert_eq!(config.server.drain_timeout, Duration::from_secs(5400));
+        assert_eq!(config.pools[0].slow_start, Duration::from_millis(1500));
+    }
+}

@@ -1,0 +1,193 @@
+//! `[pools.NAME.probe]`: the readiness probe.
+
+use std::ops::Range;
+use std::time::Duration;
+
+use super::{span_of, Validator, Zero};
+use crate::config::{raw, Contract, ProbeConfig};
+
+impl Validator<'_> {
+    /// `[pools.NAME.probe]`; `pool_span` stands in for an absent table's position.
+    pub(super) fn probe(
+        &mut self,
+        pool: &str,
+        node: Option<&raw::Node<raw::Probe>>,
+        pool_span: Option<Range<usize>>,
+    ) -> ProbeConfig {
+        let absent = raw::Probe::default();
+        let (span, p) = node.map_or((pool_span.clone(), &absent), |n| {
+            (n.span.clone().or(pool_span), &n.value)
+        });
+        let name = |key: &str| format!("pools.{pool}.probe.{key}");
+        let path = match &p.path {
+            Some(value) => {
+                let path = value.get_ref();
+                if !path.starts_with('/') {
+                    self.error(
+                        span_of(value),
+                        format!("{} \"{path}\" must start with '/'", name("path")),
+                    );
+                } else if path.parse::<http::uri::PathAndQuery>().is_err() {
+                    self.error(
+                        span_of(value),
+                        format!("{} \"{path}\" is not a valid URI path", name("path")),
+                    );
+                }
+                path.clone()
+            }
+            None => "/ready".to_owned(),
+        };
+        let interval = self.duration(
+            &name("interval"),
+            p.interval.as_ref(),
+            Duration::from_secs(1),
+            Zero::Rejected,
+        );
+        // Unset, the timeout is 500 ms or the interval if shorter: setting only a short
+        // interval is a complete, valid way to probe faster.
+        let default_timeout = interval.map_or(Duration::from_millis(500), |i| {
+            i.min(Duration::from_millis(500))
+        });
+        let timeout = self.duration(
+            &name("timeout"),
+            p.timeout.as_ref(),
+            default_timeout,
+            Zero::Rejected,
+        );
+        if let (Some(interval), Some(timeout)) = (interval, timeout) {
+            if timeout > interval {
+                let at = p
+                    .timeout
+                    .as_ref()
+                    .or(p.interval.as_ref())
+                    .map_or(span, |v| Some(v.span()));
+                self.error(
+                    at,
+                    format!(
+                        "{} ({}) must not exceed probe.interval ({})",
+                        name("timeout"),
+                        humantime::format_duration(timeout),
+                        humantime::format_duration(interval)
+                    ),
+                );
+            }
+        }
+        ProbeConfig {
+            path,
+            interval: interval.unwrap_or(Duration::from_secs(1)),
+            timeout: timeout.unwrap_or(Duration::from_millis(500)),
+            rise: self.int(&name("rise"), p.rise.as_ref(), 2, 1, None),
+            fall: self.int(&name("fall"), p.fall.as_ref(), 2, 1, None),
+            contract: self.choice(
+                &name("contract"),
+                p.contract.as_ref(),
+                Contract::KeySync,
+                &[
+                    ("key-sync", Contract::KeySync),
+                    ("status", Contract::Status),
+                ],
+            ),
+            max_generation_lag: self.int(
+                &name("max_generation_lag"),
+                p.max_generation_lag.as_ref(),
+                10,
+                0,
+                None,
+            ),
+            min_key_ratio: self.float(
+                &name("min_key_ratio"),
+                p.min_key_ratio.as_ref(),
+                0.98,
+                0.0..=1.0,
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::config::test_support::*;
+
+    #[test]
+    fn rise_and_fall_at_least_one() {
+        assert_pool_error(
+            "[pools.push.probe]\nrise = 0\n",
+            2,
+            8,
+            "probe.rise must be at least 1",
+        );
+        assert_pool_error(
+            "[pools.push.probe]\nfall = 0\n",
+            2,
+            8,
+            "pools.push.probe.fall must be at least 1 (got 0)",
+        );
+    }
+
+    #[test]
+    fn min_key_ratio_range() {
+        assert_pool_error(
+            "[pools.push.probe]\nmin_key_ratio = 1.5\n",
+            2,
+            17,
+            "pools.push.probe.min_key_ratio must be between 0 and 1 (got 1.5)",
+        );
+        assert_pool_error(
+            "[pools.push.probe]\nmin_key_ratio = nan\n",
+            2,
+            17,
+            "between 0 and 1",
+        );
+    }
+
+    #[test]
+    fn probe_path_must_start_with_slash() {
+        assert_pool_error(
+            "[pools.push.probe]\npath = \"ready\"\n",
+            2,
+            8,
+            "pools.push.probe.path \"ready\" must start with '/'",
+        );
+        assert_pool_error(
+            "[pools.push.probe]\npath = \"/re ady\"\n",
+            2,
+            8,
+            "is not a valid URI path",
+        );
+    }
+
+    #[test]
+    fn probe_interval_and_timeout() {
+        assert_pool_error(
+            "[pools.push.probe]\ninterval = \"0s\"\n",
+            2,
+            12,
+            "pools.push.probe.interval must be greater than 0",
+        );
+        assert_pool_error(
+            "[pools.push.probe]\ntimeout = \"0s\"\n",
+            2,
+            11,
+            "pools.push.probe.timeout must be greater than 0",
+        );
+        assert_pool_error(
+            "[pools.push.probe]\ninterval = \"1s\"\ntimeout = \"1500ms\"\n",
+            3,
+            11,
+            "pools.push.probe.timeout (1s 500ms) must not exceed probe.interval (1s)",
+        );
+        // Only a short interval: the unset timeout follows it down.
+        let probe =
+            &ok(&format!("[pools.push.probe]\ninterval = \"100ms\"\n{POOL}")).pools[0].probe;
+        assert_eq!(probe.timeout, Duration::from_millis(100));
+        // Only a long timeout: it exceeds the default interval.
+        assert_pool_error(
+            "[pools.push.probe]\ntimeout = \"2s\"\n",
+            2,
+            11,
+            "pools.push.probe.timeout (2s) must not exceed probe.interval (1s)",
+        );
+    }
+}
