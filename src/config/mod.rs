@@ -349,7 +349,7 @@ impl Config {
         let file: raw::File = match toml::from_str(text) {
             Ok(file) => file,
             Err(e) => {
-                // toml puts details on further lines; keep one error on one line.
+                // A ConfigError is printed on one line: join any further lines of the message.
                 let message = e
                     .message()
                     .lines()

@@ -1,15 +1,14 @@
-//! Serde types that mirror the TOML file exactly. Values are `Spanned` so that validation can
-//! point at them; tables are [`Node`]s because TOML tables that are only implied by a
-//! sub-table header (`[[pools.push.backends]]` without `[pools.push]`) have no span.
+//! Serde types that mirror the TOML file exactly. Values and tables are [`Spanned`] so that
+//! validation can point at them. A table that is only implied by a sub-table header
+//! (`[[pools.push.backends]]` without `[pools.push]`) or by a dotted key (`tls.listen = ...`)
+//! has the span of its name in that header or key.
 //!
 //! These types never leave [`crate::config`]: validation turns them into the typed model.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::marker::PhantomData;
-use std::ops::Range;
 
-use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, Visitor};
+use serde::de::{self, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -17,10 +16,10 @@ use toml::Spanned;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct File {
-    pub server: Option<Node<Server>>,
-    pub admin: Option<Node<Admin>>,
-    pub pools: Option<BTreeMap<Spanned<String>, Node<Pool>>>,
-    pub routes: Option<Vec<Node<Route>>>,
+    pub server: Option<Spanned<Server>>,
+    pub admin: Option<Spanned<Admin>>,
+    pub pools: Option<BTreeMap<Spanned<String>, Spanned<Pool>>>,
+    pub routes: Option<Vec<Spanned<Route>>>,
 }
 
 /// A list of `IP:port` strings.
@@ -37,7 +36,7 @@ pub(super) struct Server {
     pub max_connections: Option<Spanned<i64>>,
     pub drain_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
-    pub tls: Option<Node<Tls>>,
+    pub tls: Option<Spanned<Tls>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -62,10 +61,10 @@ pub(super) struct Pool {
     pub hash_header: Option<Spanned<String>>,
     pub slow_start: Option<Spanned<String>>,
     pub retries: Option<Spanned<i64>>,
-    pub probe: Option<Node<Probe>>,
-    pub guard: Option<Node<Guard>>,
-    pub upstream_tls: Option<Node<UpstreamTls>>,
-    pub backends: Option<Vec<Node<Backend>>>,
+    pub probe: Option<Spanned<Probe>>,
+    pub guard: Option<Spanned<Guard>>,
+    pub upstream_tls: Option<Spanned<UpstreamTls>>,
+    pub backends: Option<Vec<Spanned<Backend>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -146,86 +145,5 @@ impl<'de> Deserialize<'de> for Size {
             }
         }
         deserializer.deserialize_any(SizeVisitor)
-    }
-}
-
-// The protocol between `toml` and `serde_spanned` (serde_spanned 0.6, toml 0.8).
-const SPAN_NAME: &str = "$__serde_spanned_private_Spanned";
-const SPAN_START: &str = "$__serde_spanned_private_start";
-const SPAN_END: &str = "$__serde_spanned_private_end";
-const SPAN_VALUE: &str = "$__serde_spanned_private_value";
-const SPAN_FIELDS: &[&str] = &[SPAN_START, SPAN_END, SPAN_VALUE];
-
-/// A table with its span when the document has one (like `toml::Spanned`, which instead
-/// fails on tables that are only implied by a sub-table header or a dotted key).
-pub(super) struct Node<T> {
-    pub span: Option<Range<usize>>,
-    pub value: T,
-}
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Node<T> {
-    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_struct(SPAN_NAME, SPAN_FIELDS, NodeVisitor(PhantomData))
-    }
-}
-
-struct NodeVisitor<T>(PhantomData<T>);
-
-impl<'de, T: Deserialize<'de>> Visitor<'de> for NodeVisitor<T> {
-    type Value = Node<T>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a table")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node<T>, A::Error> {
-        let first: Option<String> = map.next_key()?;
-        if first.as_deref() != Some(SPAN_START) {
-            // No span: this is the table itself; hand it on with its first key put back.
-            let value = T::deserialize(de::value::MapAccessDeserializer::new(Prepend {
-                first,
-                map,
-            }))?;
-            return Ok(Node { span: None, value });
-        }
-        let start: usize = map.next_value()?;
-        let (mut end, mut value) = (None, None);
-        while let Some(key) = map.next_key::<String>()? {
-            match key.as_str() {
-                SPAN_END => end = Some(map.next_value::<usize>()?),
-                SPAN_VALUE => value = Some(map.next_value::<T>()?),
-                other => return Err(de::Error::unknown_field(other, SPAN_FIELDS)),
-            }
-        }
-        let end = end.ok_or_else(|| de::Error::missing_field(SPAN_END))?;
-        let value = value.ok_or_else(|| de::Error::missing_field(SPAN_VALUE))?;
-        Ok(Node {
-            span: Some(start..end),
-            value,
-        })
-    }
-}
-
-/// A map with one already-read key put back in front.
-struct Prepend<A> {
-    first: Option<String>,
-    map: A,
-}
-
-impl<'de, A: MapAccess<'de>> MapAccess<'de> for Prepend<A> {
-    type Error = A::Error;
-
-    fn next_key_seed<K: DeserializeSeed<'de>>(
-        &mut self,
-        seed: K,
-    ) -> Result<Option<K::Value>, A::Error> {
-        match self.first.take() {
-            Some(key) => seed.deserialize(key.into_deserializer()).map(Some),
-            None => self.map.next_key_seed(seed),
-        }
-    }
-
-    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, A::Error> {
-        self.map.next_value_seed(seed)
     }
 }

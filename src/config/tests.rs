@@ -275,12 +275,44 @@ fn implied_tables_and_dotted_keys_are_accepted() {
 }
 
 #[test]
+fn a_table_implied_by_a_dotted_key_is_reported_at_its_name() {
+    // `tls` in `tls.listen`: line 2, column 1.
+    let dotted = errors(&format!(
+        "[server]\ntls.listen = [\"127.0.0.1:8443\"]\n{POOL}"
+    ));
+    let found: Vec<_> = dotted
+        .iter()
+        .map(|e| (e.line, e.col, e.message.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            (2, 1, "server.tls.cert is required"),
+            (2, 1, "server.tls.key is required"),
+        ]
+    );
+    // `tls` in `server.tls.listen` at the top level: line 1, column 8.
+    let top = errors(&format!("server.tls.listen = [\"127.0.0.1:8443\"]\n{POOL}"));
+    let found: Vec<_> = top.iter().map(|e| (e.line, e.col)).collect();
+    assert_eq!(found, vec![(1, 8), (1, 8)], "{top:?}");
+    assert_pool_error(
+        "[pools.push]\nupstream_tls.server_name = \"worker.internal\"\n",
+        2,
+        1,
+        "pools.push.upstream_tls.ca is required",
+    );
+}
+
+#[test]
 fn toml_syntax_error_has_position() {
     let missing_comma = errors("[server]\nlisten = [\"127.0.0.1:8080\" \"127.0.0.1:8081\"]\n");
     assert_eq!(missing_comma.len(), 1, "{missing_comma:?}");
     let e = &missing_comma[0];
     assert_eq!((e.line, e.col), (2, 28), "{e}");
-    assert_eq!(e.message, "invalid array; expected `]`");
+    assert_eq!(
+        e.message,
+        "missing comma between array elements, expected `,`"
+    );
     let unclosed = errors("[server\nlisten = []\n");
     assert_eq!(unclosed.len(), 1, "{unclosed:?}");
     let e = &unclosed[0];

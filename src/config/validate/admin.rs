@@ -12,11 +12,11 @@ impl Validator<'_> {
     /// `[admin]`; its listener joins `listeners` for the duplicate-address check.
     pub(super) fn admin(
         &mut self,
-        node: Option<&raw::Node<raw::Admin>>,
+        node: Option<&Spanned<raw::Admin>>,
         listeners: &mut Vec<Listener>,
     ) -> AdminConfig {
         let absent = raw::Admin::default();
-        let a = node.map_or(&absent, |n| &n.value);
+        let a = node.map_or(&absent, Spanned::get_ref);
         let default = SocketAddr::from((Ipv4Addr::LOCALHOST, 9901));
         let listen = match &a.listen {
             Some(value) => self.addr("admin.listen address", value),

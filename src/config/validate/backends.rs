@@ -16,7 +16,7 @@ impl Validator<'_> {
     pub(super) fn backends(
         &mut self,
         pool: &str,
-        nodes: &[raw::Node<raw::Backend>],
+        nodes: &[Spanned<raw::Backend>],
         pool_span: Option<Range<usize>>,
     ) -> Vec<BackendConfig> {
         if nodes.is_empty() {
@@ -31,8 +31,8 @@ impl Validator<'_> {
         let mut addrs: HashMap<SocketAddr, String> = HashMap::new();
         let mut backends = Vec::new();
         for (index, node) in nodes.iter().enumerate() {
-            let span = node.span.clone().or_else(|| pool_span.clone());
-            let b = &node.value;
+            let span = span_of(node);
+            let b = node.get_ref();
             let label = match &b.name {
                 Some(name) => {
                     let n = name.get_ref();

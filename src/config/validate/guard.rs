@@ -4,18 +4,16 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use toml::Spanned;
+
 use super::{span_of, Validator, Zero};
 use crate::config::{raw, GuardConfig};
 
 impl Validator<'_> {
     /// `[pools.NAME.guard]`, defaults where absent.
-    pub(super) fn guard(
-        &mut self,
-        pool: &str,
-        node: Option<&raw::Node<raw::Guard>>,
-    ) -> GuardConfig {
+    pub(super) fn guard(&mut self, pool: &str, node: Option<&Spanned<raw::Guard>>) -> GuardConfig {
         let absent = raw::Guard::default();
-        let g = node.map_or(&absent, |n| &n.value);
+        let g = node.map_or(&absent, Spanned::get_ref);
         let name = |key: &str| format!("pools.{pool}.guard.{key}");
         let statuses = match &g.statuses {
             Some(list) => list

@@ -14,7 +14,7 @@ impl Validator<'_> {
     /// `[pools.*]`, at least one, in name order.
     pub(super) fn pools(
         &mut self,
-        pools: Option<&BTreeMap<Spanned<String>, raw::Node<raw::Pool>>>,
+        pools: Option<&BTreeMap<Spanned<String>, Spanned<raw::Pool>>>,
     ) -> Vec<PoolConfig> {
         let Some(pools) = pools.filter(|p| !p.is_empty()) else {
             self.error(
@@ -30,7 +30,7 @@ impl Validator<'_> {
             .collect()
     }
 
-    fn pool(&mut self, key: &Spanned<String>, node: &raw::Node<raw::Pool>) -> PoolConfig {
+    fn pool(&mut self, key: &Spanned<String>, node: &Spanned<raw::Pool>) -> PoolConfig {
         let name = key.get_ref().as_str();
         let key_span = span_of(key);
         if name.is_empty() {
@@ -41,7 +41,7 @@ impl Validator<'_> {
                 format!("pool name \"{name}\" may only use letters, digits, '_', '.' and '-'"),
             );
         }
-        let p = &node.value;
+        let p = node.get_ref();
         let balance = self.choice(
             &format!("pools.{name}.balance"),
             p.balance.as_ref(),
@@ -86,7 +86,7 @@ impl Validator<'_> {
         let upstream_tls = p
             .upstream_tls
             .as_ref()
-            .and_then(|t| self.upstream_tls(name, t, key_span.clone()));
+            .and_then(|t| self.upstream_tls(name, t));
         let backends = self.backends(name, p.backends.as_deref().unwrap_or_default(), key_span);
         PoolConfig {
             name: name.to_owned(),

@@ -3,6 +3,8 @@
 use std::ops::Range;
 use std::time::Duration;
 
+use toml::Spanned;
+
 use super::{span_of, Validator, Zero};
 use crate::config::{raw, Contract, ProbeConfig};
 
@@ -11,13 +13,11 @@ impl Validator<'_> {
     pub(super) fn probe(
         &mut self,
         pool: &str,
-        node: Option<&raw::Node<raw::Probe>>,
+        node: Option<&Spanned<raw::Probe>>,
         pool_span: Option<Range<usize>>,
     ) -> ProbeConfig {
         let absent = raw::Probe::default();
-        let (span, p) = node.map_or((pool_span.clone(), &absent), |n| {
-            (n.span.clone().or(pool_span), &n.value)
-        });
+        let (span, p) = node.map_or((pool_span.clone(), &absent), |n| (span_of(n), n.get_ref()));
         let name = |key: &str| format!("pools.{pool}.probe.{key}");
         let path = match &p.path {
             Some(value) => {

@@ -1,5 +1,7 @@
 //! `[[routes]]`: which pool serves a request, by host and path prefix.
 
+use toml::Spanned;
+
 use super::{span_of, Validator};
 use crate::config::syntax::parse_host;
 use crate::config::{raw, PoolConfig, RouteConfig};
@@ -8,7 +10,7 @@ impl Validator<'_> {
     /// `[[routes]]` against the validated `pools`; with no routes and one pool, a catch-all.
     pub(super) fn routes(
         &mut self,
-        nodes: &[raw::Node<raw::Route>],
+        nodes: &[Spanned<raw::Route>],
         pools: &[PoolConfig],
     ) -> Vec<RouteConfig> {
         if nodes.is_empty() {
@@ -36,7 +38,7 @@ impl Validator<'_> {
         };
         let mut routes = Vec::new();
         for node in nodes {
-            let r = &node.value;
+            let r = node.get_ref();
             let host = r.host.as_ref().and_then(|value| {
                 parse_host(value.get_ref())
                     .map_err(|message| self.error(span_of(value), message))
@@ -71,7 +73,7 @@ impl Validator<'_> {
                     name.clone()
                 }
                 None => {
-                    self.error(node.span.clone(), "route has no pool; set pool = \"NAME\"");
+                    self.error(span_of(node), "route has no pool; set pool = \"NAME\"");
                     String::new()
                 }
             };

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use toml::Spanned;
+
 use super::{span_of, Listener, Validator, Zero};
 use crate::config::{raw, ServerConfig};
 
@@ -12,10 +14,10 @@ impl Validator<'_> {
     /// `[server]` (and `[server.tls]`), with every listener it declares.
     pub(super) fn server(
         &mut self,
-        node: Option<&raw::Node<raw::Server>>,
+        node: Option<&Spanned<raw::Server>>,
     ) -> (ServerConfig, Vec<Listener>) {
         let absent = raw::Server::default();
-        let (span, s) = node.map_or((None, &absent), |n| (n.span.clone(), &n.value));
+        let s = node.map_or(&absent, Spanned::get_ref);
         let mut listeners = Vec::new();
         let listen = match &s.listen {
             Some(list) => self.addrs("server.listen", list, &mut listeners),
@@ -29,10 +31,7 @@ impl Validator<'_> {
                 vec![addr]
             }
         };
-        let tls = s
-            .tls
-            .as_ref()
-            .map(|t| self.tls(t, span.clone(), &mut listeners));
+        let tls = s.tls.as_ref().map(|t| self.tls(t, &mut listeners));
         if let (Some(list), None) = (&s.listen, &tls) {
             if list.get_ref().is_empty() {
                 self.error(

@@ -1,21 +1,20 @@
 //! `[server.tls]`: the HTTPS listeners and their certificate and key, loaded here as the
 //! listener will load them.
 
-use std::ops::Range;
+use toml::Spanned;
 
 use super::{span_of, FileKey, Listener, Validator};
 use crate::config::{raw, TlsConfig};
 
 impl Validator<'_> {
-    /// `[server.tls]`; `server_span` stands in for an implied table's position.
+    /// `[server.tls]`.
     pub(super) fn tls(
         &mut self,
-        node: &raw::Node<raw::Tls>,
-        server_span: Option<Range<usize>>,
+        node: &Spanned<raw::Tls>,
         listeners: &mut Vec<Listener>,
     ) -> TlsConfig {
-        let span = node.span.clone().or(server_span);
-        let t = &node.value;
+        let span = span_of(node);
+        let t = node.get_ref();
         let listen = match &t.listen {
             Some(list) => {
                 if list.get_ref().is_empty() {

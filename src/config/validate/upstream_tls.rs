@@ -2,8 +2,9 @@
 //! that does not parse is a config error at its key.
 
 use std::net::IpAddr;
-use std::ops::Range;
 use std::sync::Arc;
+
+use toml::Spanned;
 
 use super::{span_of, FileKey, Validator};
 use crate::config::syntax::is_dns_name;
@@ -14,15 +15,14 @@ impl Validator<'_> {
     pub(super) fn upstream_tls(
         &mut self,
         pool: &str,
-        node: &raw::Node<raw::UpstreamTls>,
-        pool_span: Option<Range<usize>>,
+        node: &Spanned<raw::UpstreamTls>,
     ) -> Option<UpstreamTlsConfig> {
-        let t = &node.value;
+        let t = node.get_ref();
         let ca_name = format!("pools.{pool}.upstream_tls.ca");
         let ca = self.file(FileKey {
             name: &ca_name,
             value: t.ca.as_ref(),
-            table: node.span.clone().or(pool_span),
+            table: span_of(node),
         });
         let server_name = t.server_name.as_ref().map(|value| {
             let name = value.get_ref();
