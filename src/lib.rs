@@ -36,6 +36,7 @@ pub mod balance;
 pub mod body;
 pub mod config;
 pub mod demo;
+mod digest;
 pub mod events;
 pub mod guard;
 pub mod metrics;

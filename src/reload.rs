@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::backend::Backend;
 use crate::config::{Config, ConfigError, LoadError};
+pub use crate::digest::sha256_hex;
 use crate::snapshot::{Shared, Snapshot};
 use crate::tls::{CertStore, Prepared};
 
@@ -68,12 +69,6 @@ pub struct Control {
     status: Mutex<ConfigStatus>,
     certs: Option<Arc<CertStore>>,
     reload_lock: tokio::sync::Mutex<()>,
-}
-
-/// Hex sha256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Control {

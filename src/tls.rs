@@ -1,5 +1,6 @@
 //! TLS for the client listeners (rustls, ring provider, ALPN `h2` and `http/1.1`), with the
-//! certificate and key reloaded when their files change.
+//! certificate and key reloaded when their files change; and the rustls client config for TLS
+//! to the workers (`upstream_tls`).
 //!
 //! The served certificate sits in an `ArcSwap` behind a rustls certificate resolver, so a new
 //! certificate applies to the next handshake without touching listeners or connections. A
@@ -13,6 +14,8 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::digest::sha256_hex;
 
 /// Why a certificate or key did not load.
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +89,41 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<(CertifiedKey, Stri
     }
     let mut both = cert_bytes;
     both.extend_from_slice(&key_bytes);
-    Ok((ck, crate::reload::sha256_hex(&both)))
+    Ok((ck, sha256_hex(&both)))
+}
+
+/// A non-zero digest of the CA bundle and the server name.
+pub(crate) fn tls_fingerprint(pem: &[u8], server_name: Option<&str>) -> u64 {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(pem);
+    ctx.update(&[0]);
+    ctx.update(server_name.unwrap_or("").as_bytes());
+    let digest = ctx.finish();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    u64::from_le_bytes(first).max(1)
+}
+
+/// A rustls client config trusting the PEM certificates in `pem`, offering HTTP/1.1.
+pub(crate) fn upstream_client_config(pem: &[u8]) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| format!("is not PEM: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("holds an unusable certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("holds no PEM certificate".into());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
 }
 
 /// The served certificate, swappable at runtime.

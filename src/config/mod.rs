@@ -208,41 +208,6 @@ pub struct UpstreamTlsConfig {
     pub fingerprint: u64,
 }
 
-/// A non-zero digest of the CA bundle and the server name.
-fn tls_fingerprint(pem: &[u8], server_name: Option<&str>) -> u64 {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(pem);
-    ctx.update(&[0]);
-    ctx.update(server_name.unwrap_or("").as_bytes());
-    let digest = ctx.finish();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest.as_ref()[..8]);
-    u64::from_le_bytes(first).max(1)
-}
-
-/// A rustls client config trusting the PEM certificates in `pem`, offering HTTP/1.1.
-fn upstream_client_config(pem: &[u8]) -> Result<rustls::ClientConfig, String> {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
-        let cert = cert.map_err(|e| format!("is not PEM: {e}"))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("holds an unusable certificate: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err("holds no PEM certificate".into());
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(cfg)
-}
-
 /// `[[pools.NAME.backends]]`: one worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendConfig {

@@ -8,7 +8,8 @@ use toml::Spanned;
 
 use super::{span_of, FileKey, Validator};
 use crate::config::syntax::is_dns_name;
-use crate::config::{raw, tls_fingerprint, upstream_client_config, UpstreamTlsConfig};
+use crate::config::{raw, UpstreamTlsConfig};
+use crate::tls::{tls_fingerprint, upstream_client_config};
 
 impl Validator<'_> {
     /// `[pools.NAME.upstream_tls]`; None when the CA bundle does not load (an error is recorded).
