@@ -140,7 +140,7 @@ fn print_summary(path: &std::path::Path, cfg: &Config) {
     for p in &cfg.pools {
         let _ = writeln!(
             out,
-            "pool {}: {:?}, probe {} every {:?} ({:?}), {} backend(s)",
+            "pool {}: {}, probe {} every {:?} ({}), {} backend(s)",
             p.name,
             p.balance,
             p.probe.path,

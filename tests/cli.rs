@@ -34,6 +34,40 @@ fn check_accepts_the_example_config() {
 }
 
 #[test]
+fn check_summary_spells_balance_and_contract_as_the_config_file_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pools.toml");
+    std::fs::write(
+        &path,
+        "[pools.a]\nbalance = \"round_robin\"\n[pools.a.probe]\ncontract = \"status\"\n\
+         [[pools.a.backends]]\nname = \"a1\"\naddr = \"127.0.0.1:9001\"\n\
+         [pools.b]\nbackends = [{ name = \"b1\", addr = \"127.0.0.1:9002\" }]\n\
+         [pools.c]\nbalance = \"hash\"\nbackends = [{ name = \"c1\", addr = \"127.0.0.1:9003\" }]\n\
+         [[routes]]\nhost = \"a.example.com\"\npool = \"a\"\n\
+         [[routes]]\nhost = \"c.example.com\"\npool = \"c\"\n\
+         [[routes]]\npool = \"b\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "pool a: round_robin, probe /ready every 1s (status), 1 backend(s)",
+        "pool b: p2c, probe /ready every 1s (key-sync), 1 backend(s)",
+        "pool c: hash, probe /ready every 1s (key-sync), 1 backend(s)",
+    ] {
+        assert!(stdout.lines().any(|l| l == line), "{line:?} in {stdout}");
+    }
+}
+
+#[test]
 fn check_prints_every_error_with_its_position_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");

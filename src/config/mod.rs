@@ -10,6 +10,7 @@
 //! `raw.rs` the serde mirror; `syntax.rs` the value syntax (sizes, route hosts, names);
 //! `validate/` the [`Config`] builder, one file per section.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -95,8 +96,8 @@ pub struct AdminConfig {
 #[derive(Clone, PartialEq, Eq)]
 pub struct AdminToken(pub String);
 
-impl std::fmt::Debug for AdminToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("AdminToken(<redacted>)")
     }
 }
@@ -119,6 +120,45 @@ pub enum Contract {
     KeySync,
     /// Any 2xx passes.
     Status,
+}
+
+impl Balance {
+    /// Every algorithm, in the order error messages list them.
+    pub const ALL: [Balance; 3] = [Balance::P2c, Balance::RoundRobin, Balance::Hash];
+
+    /// The spelling in the config file: `p2c`, `round_robin` or `hash`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::P2c => "p2c",
+            Balance::RoundRobin => "round_robin",
+            Balance::Hash => "hash",
+        }
+    }
+}
+
+impl fmt::Display for Balance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Contract {
+    /// Every contract, in the order error messages list them.
+    pub const ALL: [Contract; 2] = [Contract::KeySync, Contract::Status];
+
+    /// The spelling in the config file: `key-sync` or `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Contract::KeySync => "key-sync",
+            Contract::Status => "status",
+        }
+    }
+}
+
+impl fmt::Display for Contract {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// `[pools.NAME]`: a pool of equivalent workers.

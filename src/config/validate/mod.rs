@@ -237,22 +237,23 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn choice<T: Copy>(
+    /// One of `options`, matched by its `Display` form: the spelling the enum itself carries.
+    fn choice<T: Copy + fmt::Display>(
         &mut self,
         name: &str,
         value: Option<&Spanned<String>>,
         default: T,
-        options: &[(&str, T)],
+        options: &[T],
     ) -> T {
         let Some(value) = value else {
             return default;
         };
-        if let Some((_, t)) = options.iter().find(|(s, _)| s == value.get_ref()) {
+        if let Some(t) = options.iter().find(|t| t.to_string() == *value.get_ref()) {
             return *t;
         }
         let allowed = options
             .iter()
-            .map(|(s, _)| format!("\"{s}\""))
+            .map(|t| format!("\"{t}\""))
             .collect::<Vec<_>>()
             .join(", ");
         self.error(

@@ -46,11 +46,7 @@ impl Validator<'_> {
             &format!("pools.{name}.balance"),
             p.balance.as_ref(),
             Balance::P2c,
-            &[
-                ("p2c", Balance::P2c),
-                ("round_robin", Balance::RoundRobin),
-                ("hash", Balance::Hash),
-            ],
+            &Balance::ALL,
         );
         let hash_header = match &p.hash_header {
             Some(value) => HeaderName::from_bytes(value.get_ref().to_ascii_lowercase().as_bytes())
@@ -105,6 +101,7 @@ impl Validator<'_> {
 #[cfg(test)]
 mod tests {
     use crate::config::test_support::*;
+    use crate::config::{Balance, Contract};
 
     #[test]
     fn at_least_one_pool() {
@@ -156,5 +153,29 @@ mod tests {
             12,
             "pools.push.probe.contract \"json\" is not one of \"key-sync\", \"status\"",
         );
+    }
+
+    #[test]
+    fn every_balance_and_contract_is_read_back_from_its_own_spelling() {
+        for balance in Balance::ALL {
+            let config = ok(&format!("[pools.push]\nbalance = \"{balance}\"\n{POOL}"));
+            assert_eq!(config.pools[0].balance, balance, "{}", balance.as_str());
+        }
+        for contract in Contract::ALL {
+            let config = ok(&format!(
+                "[pools.push.probe]\ncontract = \"{contract}\"\n{POOL}"
+            ));
+            assert_eq!(
+                config.pools[0].probe.contract,
+                contract,
+                "{}",
+                contract.as_str()
+            );
+        }
+        assert_eq!(
+            Balance::ALL.map(Balance::as_str),
+            ["p2c", "round_robin", "hash"]
+        );
+        assert_eq!(Contract::ALL.map(Contract::as_str), ["key-sync", "status"]);
     }
 }

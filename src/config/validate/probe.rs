@@ -82,10 +82,7 @@ impl Validator<'_> {
                 &name("contract"),
                 p.contract.as_ref(),
                 Contract::KeySync,
-                &[
-                    ("key-sync", Contract::KeySync),
-                    ("status", Contract::Status),
-                ],
+                &Contract::ALL,
             ),
             max_generation_lag: self.int(
                 &name("max_generation_lag"),
