@@ -41,7 +41,7 @@ fn picks(c: &mut Criterion) {
                         key: Some(b"Bearer key-123456"),
                         exclude: &[],
                         slow_start: std::time::Duration::from_secs(10),
-                        now_ms: syncgate::backend::now_millis(),
+                        now_ms: syncgate::now_millis(),
                     };
                     black_box(bal.pick(&set, black_box(&cx)))
                 })

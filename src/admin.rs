@@ -31,7 +31,7 @@ mod metrics;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -47,6 +47,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, State};
+use crate::clock::rfc3339;
 use crate::config::ConfigError;
 use crate::reload::Control;
 use crate::snapshot::Shared;
@@ -612,11 +613,6 @@ fn errors_json(errors: &[ConfigError]) -> Vec<Value> {
             })
         })
         .collect()
-}
-
-/// RFC 3339 UTC with milliseconds, like the event log.
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
 }
 
 /// The status page.

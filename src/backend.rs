@@ -13,9 +13,10 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
 
+use crate::clock::now_millis;
 use crate::events::EventLog;
 
 /// The lifecycle state of a backend (DESIGN.md, "Backend states").
@@ -98,14 +99,6 @@ pub struct BackendInfo {
     pub last_probe_latency: Option<Duration>,
     /// Whether the last probe passed.
     pub last_probe_ok: Option<bool>,
-}
-
-/// Milliseconds since the process-wide monotonic origin; a cheap clock for atomics.
-pub fn now_millis() -> u64 {
-    static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    let origin = *ORIGIN.get_or_init(Instant::now);
-    // Offset by one so that 0 can mean "never".
-    origin.elapsed().as_millis() as u64 + 1
 }
 
 /// Per-status-class answer counters: 1xx..5xx, plus local errors (no upstream answer).
@@ -259,7 +252,7 @@ impl Backend {
                         reason = %reason,
                         "backend state changed"
                     );
-                    events.record(&self.pool, &self.name, cur_state, to, reason);
+                    events.record(&self.pool, &self.name, cur_state.as_str(), to.as_str(), reason);
                     return true;
                 }
                 Err(actual) => current = actual,

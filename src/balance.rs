@@ -46,7 +46,7 @@ pub struct PickContext<'a> {
     pub exclude: &'a [u64],
     /// The pool's slow-start window.
     pub slow_start: Duration,
-    /// `backend::now_millis()` at the time of the pick.
+    /// `clock::now_millis()` at the time of the pick.
     pub now_ms: u64,
 }
 
@@ -249,7 +249,7 @@ mod tests {
             key,
             exclude,
             slow_start: Duration::ZERO,
-            now_ms: crate::backend::now_millis(),
+            now_ms: crate::clock::now_millis(),
         }
     }
 
@@ -345,7 +345,7 @@ mod tests {
         fresh.transition(&[State::Pending], State::Ready, "t", &EventLog::new(1));
         let set = vec![backends[0].clone(), fresh];
         let mut c2 = c;
-        c2.now_ms = crate::backend::now_millis();
+        c2.now_ms = crate::clock::now_millis();
         let mut fresh_picks = 0;
         for _ in 0..10_000 {
             if weighted_random(&set, &c2, None) == Some(1) {

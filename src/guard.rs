@@ -219,7 +219,7 @@ pub fn record_contradiction(shared: &Shared, pool: &Pool, backend: &Backend) {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let hit = w.record(
-            crate::backend::now_millis(),
+            crate::clock::now_millis(),
             pool.guard.eject_window,
             pool.guard.eject_after,
         );

@@ -34,6 +34,7 @@ pub mod admin;
 pub mod backend;
 pub mod balance;
 pub mod body;
+mod clock;
 pub mod config;
 pub mod demo;
 pub mod events;
@@ -47,6 +48,8 @@ pub mod sim;
 pub mod snapshot;
 pub mod tls;
 pub mod upstream;
+
+pub use clock::now_millis;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

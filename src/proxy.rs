@@ -54,7 +54,7 @@ impl ConnInfo {
 #[derive(Debug)]
 pub struct Activity {
     in_flight: AtomicU32,
-    /// [`crate::backend::now_millis`] when the last request ended (or the connection opened).
+    /// [`crate::clock::now_millis`] when the last request ended (or the connection opened).
     last_ms: AtomicU64,
 }
 
@@ -62,7 +62,7 @@ impl Default for Activity {
     fn default() -> Self {
         Activity {
             in_flight: AtomicU32::new(0),
-            last_ms: AtomicU64::new(crate::backend::now_millis()),
+            last_ms: AtomicU64::new(crate::clock::now_millis()),
         }
     }
 }
@@ -75,7 +75,7 @@ impl Activity {
         }
         let last = self.last_ms.load(Ordering::Acquire);
         Some(Duration::from_millis(
-            crate::backend::now_millis().saturating_sub(last),
+            crate::clock::now_millis().saturating_sub(last),
         ))
     }
 }
@@ -95,7 +95,7 @@ impl Drop for Active {
         // The time first: a checker that sees no request in progress sees when it ended.
         self.0
             .last_ms
-            .store(crate::backend::now_millis(), Ordering::Release);
+            .store(crate::clock::now_millis(), Ordering::Release);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -199,7 +199,7 @@ async fn forward(
     request_id: &HeaderValue,
 ) -> Response<RespBody> {
     let hash_key = hash_key(pool, req.headers());
-    pool.stats.budget.deposit(now_sec());
+    pool.stats.budget.deposit(crate::clock::now_secs());
     let (parts, body) = req.into_parts();
     let replay_limit = pool.guard.max_replay_body;
     // Same deadline as the caller's 504, polled first: a body the client has not finished
@@ -295,15 +295,11 @@ async fn forward(
     }
 }
 
-fn now_sec() -> u64 {
-    crate::backend::now_millis() / 1000
-}
-
 /// Takes one retry or replay from the pool's budget.
 fn spend_budget(pool: &Pool) -> bool {
     let g = &pool.guard;
     pool.stats.budget.try_withdraw(
-        now_sec(),
+        crate::clock::now_secs(),
         g.retry_budget_ratio,
         g.retry_budget_min_per_sec,
         g.retry_budget_window,

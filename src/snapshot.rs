@@ -55,7 +55,7 @@ impl Pool {
             key,
             exclude,
             slow_start: self.slow_start,
-            now_ms: crate::backend::now_millis(),
+            now_ms: crate::clock::now_millis(),
         };
         self.balancer
             .pick(&self.backends, &cx)
