@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 
 use crate::backend::Backend;
 use crate::body::{BodyError, ReqBody, RespBody};
-use crate::guard;
+use crate::outlier;
 use crate::metrics::GuardOutcome;
 use crate::snapshot::{Pool, Shared, Snapshot};
 use crate::upstream::{self, Attempt, ConnectError, Pooled};
@@ -199,7 +199,7 @@ async fn forward(
     request_id: &HeaderValue,
 ) -> Response<RespBody> {
     let hash_key = hash_key(pool, req.headers());
-    pool.stats.budget.deposit(crate::clock::now_secs());
+    pool.budget.deposit();
     let (parts, body) = req.into_parts();
     let replay_limit = pool.guard.max_replay_body;
     // Same deadline as the caller's 504, polled first: a body the client has not finished
@@ -250,8 +250,7 @@ async fn forward(
         let in_flight = backend.start_request();
         match upstream::send(backend, pool.tls.as_ref(), upstream_req).await {
             Attempt::Answered(resp, send) => {
-                backend.answers.record(Some(resp.status().as_u16()));
-                guard::record_answer(shared, pool, backend, resp.status());
+                outlier::record_answer(shared, pool, backend, resp.status());
                 if pool.is_guarded(resp.status()) {
                     let first = Upstream {
                         resp,
@@ -279,7 +278,7 @@ async fn forward(
                         request_id,
                     );
                 }
-                if !spend_budget(pool) {
+                if !pool.budget.try_spend() {
                     pool.stats.retries_refused.fetch_add(1, Ordering::Relaxed);
                     return error(
                         StatusCode::BAD_GATEWAY,
@@ -295,17 +294,6 @@ async fn forward(
     }
 }
 
-/// Takes one retry or replay from the pool's budget.
-fn spend_budget(pool: &Pool) -> bool {
-    let g = &pool.guard;
-    pool.stats.budget.try_withdraw(
-        crate::clock::now_secs(),
-        g.retry_budget_ratio,
-        g.retry_budget_min_per_sec,
-        g.retry_budget_window,
-    )
-}
-
 fn connect_failed(
     shared: &Shared,
     pool: &Pool,
@@ -313,9 +301,7 @@ fn connect_failed(
     err: &ConnectError,
     request_id: &HeaderValue,
 ) {
-    backend.answers.record(None);
-    backend.connect_failures.fetch_add(1, Ordering::Relaxed);
-    guard::record_connect_failure(shared, pool, backend);
+    outlier::record_connect_failure(shared, pool, backend);
     log_connect_failure(backend, err, request_id);
 }
 
@@ -397,7 +383,7 @@ async fn second_opinion(
             cx.request_id,
         )
     };
-    if !spend_budget(pool) {
+    if !pool.budget.try_spend() {
         return no_budget();
     }
     // Read the first answer now: its connection goes back to the pool, and it is still there
@@ -430,15 +416,14 @@ async fn second_opinion(
         let back = match upstream::send(peer, pool.tls.as_ref(), req).await {
             Attempt::Answered(resp, send) => {
                 let status = resp.status();
-                peer.answers.record(Some(status.as_u16()));
-                guard::record_answer(cx.shared, pool, peer, status);
+                outlier::record_answer(cx.shared, pool, peer, status);
                 if pool.is_guarded(status) {
                     stats.guard_outcome(GuardOutcome::Confirmed);
                     return client_response(resp, send, in_flight);
                 }
                 if !status.is_server_error() {
                     stats.guard_outcome(GuardOutcome::Contradicted);
-                    guard::record_contradiction(cx.shared, pool, &first_backend);
+                    outlier::record_contradiction(cx.shared, pool, &first_backend);
                     return client_response(resp, send, in_flight);
                 }
                 // A failing peer neither confirms nor contradicts: nobody is charged.
@@ -461,7 +446,7 @@ async fn second_opinion(
             _ => return unconfirmed(),
         };
         // Each further peer is one more replay: it comes out of the budget too.
-        if !spend_budget(pool) {
+        if !pool.budget.try_spend() {
             return no_budget();
         }
     }

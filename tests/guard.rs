@@ -23,7 +23,7 @@ fn outcome(running: &Running, o: GuardOutcome) -> u64 {
         .pool("push")
         .unwrap()
         .stats
-        .guard[idx]
+        .guard_outcomes[idx]
         .load(Ordering::Relaxed)
 }
 
