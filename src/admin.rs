@@ -26,7 +26,7 @@
 //! and the control plane ([`Control`]); the request path is never touched: its counters are
 //! plain atomics that a `prometheus-client` collector renders at scrape time.
 
-mod metrics;
+mod prometheus;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -226,7 +226,7 @@ struct Admin {
 impl Admin {
     fn new(control: Arc<Control>) -> Admin {
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(metrics::Collector::new(control.shared.clone())));
+        registry.register_collector(Box::new(prometheus::Collector::new(control.shared.clone())));
         Admin { control, registry }
     }
 
@@ -342,7 +342,7 @@ impl Admin {
         let (text, content_type) = if openmetrics {
             (text, OPENMETRICS)
         } else {
-            (metrics::to_prometheus_text(&text), PROMETHEUS_TEXT)
+            (prometheus::to_prometheus_text(&text), PROMETHEUS_TEXT)
         };
         let mut resp = Response::new(Full::new(Bytes::from(text)));
         resp.headers_mut()

@@ -227,7 +227,13 @@ impl Backend {
                         reason = %reason,
                         "backend state changed"
                     );
-                    events.record(&self.pool, &self.name, cur_state.as_str(), to.as_str(), reason);
+                    events.record(
+                        &self.pool,
+                        &self.name,
+                        cur_state.as_str(),
+                        to.as_str(),
+                        reason,
+                    );
                     return true;
                 }
                 Err(actual) => current = actual,

@@ -19,9 +19,7 @@ use crate::snapshot::{Pool, Shared};
 pub fn record_answer(shared: &Shared, pool: &Pool, backend: &Backend, status: StatusCode) {
     backend.answers.record(Some(status.as_u16()));
     let threshold = pool.guard.consecutive_5xx;
-    let run = backend
-        .outlier
-        .answer(status.is_server_error(), threshold);
+    let run = backend.outlier.answer(status.is_server_error(), threshold);
     if run != Run::Below {
         passive_eject(shared, pool, backend, Outlier::ServerErrors, threshold, run);
     }
@@ -145,10 +143,7 @@ fn passive_eject(
     }
     // Then again under the pool's ejection lock, so that two backends failing at once cannot
     // both pass the check before either is counted.
-    let _decide = pool
-        .ejection_lock
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let _decide = pool.ejection_lock.lock().unwrap_or_else(|e| e.into_inner());
     if !matches!(cap_check(pool, backend), CapCheck::Allowed) {
         return;
     }

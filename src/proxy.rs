@@ -16,8 +16,8 @@ use hyper::body::Incoming;
 
 use crate::backend::Backend;
 use crate::body::{BodyError, ReqBody, RespBody};
-use crate::outlier;
 use crate::metrics::GuardOutcome;
+use crate::outlier;
 use crate::snapshot::{Pool, Shared, Snapshot};
 use crate::upstream::{self, Attempt, ConnectError, Pooled};
 use http_body_util::{BodyExt, Limited};

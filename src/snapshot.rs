@@ -212,7 +212,10 @@ impl Shared {
     /// Every pool's counters, sorted by pool name, including pools no longer configured.
     pub fn pool_stats(&self) -> Vec<(String, Arc<PoolStats>)> {
         let m = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        let mut v: Vec<_> = m.iter().map(|(k, v)| (k.clone(), v.stats.clone())).collect();
+        let mut v: Vec<_> = m
+            .iter()
+            .map(|(k, v)| (k.clone(), v.stats.clone()))
+            .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
