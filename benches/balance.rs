@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use syncgate::backend::{Backend, State};
-use syncgate::balance::{Balancer, PickContext};
-use syncgate::config::{Balance, Config};
+use syncgate::balance::{Algorithm, Balancer, PickContext};
+use syncgate::config::Config;
 use syncgate::events::EventLog;
 use syncgate::snapshot::Shared;
 
@@ -30,9 +30,9 @@ fn picks(c: &mut Criterion) {
     for n in [4usize, 32] {
         let set = backends(n);
         for (label, kind) in [
-            ("p2c", Balance::P2c),
-            ("round_robin", Balance::RoundRobin),
-            ("hash", Balance::Hash),
+            ("p2c", Algorithm::P2c),
+            ("round_robin", Algorithm::RoundRobin),
+            ("hash", Algorithm::Hash),
         ] {
             let bal = Balancer::new(kind, &set);
             c.bench_function(&format!("pick/{label}/{n}"), |b| {

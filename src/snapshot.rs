@@ -13,8 +13,8 @@ use arc_swap::ArcSwap;
 use http::{HeaderName, StatusCode};
 
 use crate::backend::{Backend, State};
-use crate::balance::{Balancer, PickContext};
-use crate::config::{Config, GuardConfig, HostMatch, PoolConfig, ProbeConfig};
+use crate::balance::{Algorithm, Balancer, Endpoint, PickContext};
+use crate::config::{Balance, Config, GuardConfig, HostMatch, PoolConfig, ProbeConfig};
 use crate::counters::{BudgetLedger, RetryBudget};
 use crate::events::EventLog;
 use crate::metrics::{Metrics, PoolStats};
@@ -71,6 +71,42 @@ impl Pool {
     /// Whether a guarded status needs a second opinion.
     pub fn is_guarded(&self, status: StatusCode) -> bool {
         self.guard.statuses.contains(&status)
+    }
+}
+
+/// A backend as selection sees it.
+impl Endpoint for Backend {
+    #[inline]
+    fn id(&self) -> u64 {
+        self.id
+    }
+    #[inline]
+    fn is_routable(&self) -> bool {
+        Backend::is_routable(self)
+    }
+    #[inline]
+    fn weight(&self) -> u32 {
+        Backend::weight(self)
+    }
+    #[inline]
+    fn effective_weight(&self, slow_start: Duration, now_ms: u64) -> u64 {
+        Backend::effective_weight(self, slow_start, now_ms)
+    }
+    #[inline]
+    fn in_flight(&self) -> u64 {
+        Backend::in_flight(self)
+    }
+    fn ring_name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// The selection algorithm a pool's `balance` names.
+fn algorithm(balance: Balance) -> Algorithm {
+    match balance {
+        Balance::P2c => Algorithm::P2c,
+        Balance::RoundRobin => Algorithm::RoundRobin,
+        Balance::Hash => Algorithm::Hash,
     }
 }
 
@@ -320,7 +356,7 @@ fn build_pool(
     .into();
     Pool {
         name: pc.name.as_str().into(),
-        balancer: Balancer::new(pc.balance, &backends),
+        balancer: Balancer::new(algorithm(pc.balance), &backends),
         backends,
         hash_header: pc.hash_header.clone(),
         slow_start: pc.slow_start,
