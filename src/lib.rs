@@ -36,6 +36,7 @@ pub mod balance;
 pub mod body;
 mod clock;
 pub mod config;
+mod conn;
 mod counters;
 pub mod demo;
 pub mod events;

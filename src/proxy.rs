@@ -4,10 +4,9 @@
 //! its end on the config it began with, whatever reloads happen meanwhile.
 
 use std::borrow::Cow;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -16,89 +15,12 @@ use hyper::body::Incoming;
 
 use crate::backend::Backend;
 use crate::body::{BodyError, ReqBody, RespBody};
+use crate::conn::ConnInfo;
 use crate::metrics::GuardOutcome;
 use crate::outlier;
 use crate::snapshot::{Pool, Shared, Snapshot};
 use crate::upstream::{self, Attempt, ConnectError, Pooled};
 use http_body_util::{BodyExt, Limited};
-
-/// Per-connection facts the service needs.
-#[derive(Debug, Clone)]
-pub struct ConnInfo {
-    /// The client's address.
-    pub peer: SocketAddr,
-    /// The client's IP, rendered once per connection for `X-Forwarded-For`.
-    pub peer_ip: HeaderValue,
-    /// Whether the client connection is TLS.
-    pub tls: bool,
-    /// The connection's requests in progress, for its idle timeout.
-    pub activity: Arc<Activity>,
-}
-
-impl ConnInfo {
-    /// Facts of a new client connection.
-    pub fn new(peer: SocketAddr, tls: bool) -> ConnInfo {
-        let peer_ip = HeaderValue::from_maybe_shared(Bytes::from(peer.ip().to_string()))
-            .expect("an IP address is a valid header value");
-        ConnInfo {
-            peer,
-            peer_ip,
-            tls,
-            activity: Arc::new(Activity::default()),
-        }
-    }
-}
-
-/// Requests in progress on one client connection (HTTP/2 runs several at once) and when the
-/// last one ended: what the connection's idle timeout goes by.
-#[derive(Debug)]
-pub struct Activity {
-    in_flight: AtomicU32,
-    /// [`crate::clock::now_millis`] when the last request ended (or the connection opened).
-    last_ms: AtomicU64,
-}
-
-impl Default for Activity {
-    fn default() -> Self {
-        Activity {
-            in_flight: AtomicU32::new(0),
-            last_ms: AtomicU64::new(crate::clock::now_millis()),
-        }
-    }
-}
-
-impl Activity {
-    /// How long the connection has had no request in progress; `None` while one is.
-    pub fn idle_for(&self) -> Option<Duration> {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            return None;
-        }
-        let last = self.last_ms.load(Ordering::Acquire);
-        Some(Duration::from_millis(
-            crate::clock::now_millis().saturating_sub(last),
-        ))
-    }
-}
-
-/// Marks one request in progress until dropped.
-struct Active(Arc<Activity>);
-
-impl Active {
-    fn begin(activity: Arc<Activity>) -> Active {
-        activity.in_flight.fetch_add(1, Ordering::AcqRel);
-        Active(activity)
-    }
-}
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        // The time first: a checker that sees no request in progress sees when it ended.
-        self.0
-            .last_ms
-            .store(crate::clock::now_millis(), Ordering::Release);
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -113,7 +35,6 @@ pub async fn serve(
     conn: ConnInfo,
     req: Request<Incoming>,
 ) -> Result<Response<RespBody>, std::convert::Infallible> {
-    let _active = Active::begin(conn.activity.clone());
     let snapshot = shared.snapshot();
     let mut req = req;
     // The id travels upstream and back to the client, and names the request in our logs.
