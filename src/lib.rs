@@ -40,6 +40,7 @@ mod conn;
 mod counters;
 pub mod demo;
 pub mod events;
+mod host;
 pub mod metrics;
 mod outlier;
 pub mod proxy;

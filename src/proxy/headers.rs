@@ -10,6 +10,7 @@ use http::{Request, Uri, Version};
 
 use crate::body::ReqBody;
 use crate::conn::ConnInfo;
+use crate::host::strip_port;
 
 pub(super) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -98,15 +99,13 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The request's host, lower-cased and without port: the URI authority (HTTP/2, absolute
-/// form) or the `Host` header.
+/// The request's host, lower-cased and without port, in the form routes are written: the URI
+/// authority (HTTP/2, absolute form) or the `Host` header, an IPv6 literal in brackets
+/// either way.
 pub(super) fn request_host<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
     let raw = match req.uri().authority() {
         Some(a) => a.host(),
-        None => {
-            let h = req.headers().get(header::HOST)?.to_str().ok()?;
-            strip_port(h)
-        }
+        None => strip_port(req.headers().get(header::HOST)?.to_str().ok()?),
     };
     // Host names almost always arrive lower-case already: allocate only when they do not.
     Some(if raw.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -114,17 +113,6 @@ pub(super) fn request_host<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
     } else {
         Cow::Borrowed(raw)
     })
-}
-
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        // [v6]:port
-        return host
-            .split_once(']')
-            .map_or(host, |(h, _)| h)
-            .trim_start_matches('[');
-    }
-    host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
 
 /// The declared `Content-Length`, if any and valid.
@@ -194,9 +182,6 @@ mod tests {
 
     #[test]
     fn host_parsing() {
-        assert_eq!(strip_port("Push.Example.com:8080"), "Push.Example.com");
-        assert_eq!(strip_port("example.com"), "example.com");
-        assert_eq!(strip_port("[::1]:80"), "::1");
         let req = Request::get("/x")
             .header(header::HOST, "PUSH.example.com:80")
             .body(())
@@ -204,5 +189,16 @@ mod tests {
         assert_eq!(request_host(&req).as_deref(), Some("push.example.com"));
         let req = Request::get("http://a.example.com/x").body(()).unwrap();
         assert_eq!(request_host(&req).as_deref(), Some("a.example.com"));
+    }
+
+    #[test]
+    fn an_ipv6_host_keeps_its_brackets_over_http1_and_http2_alike() {
+        let http1 = Request::get("/x")
+            .header(header::HOST, "[::1]:8080")
+            .body(())
+            .unwrap();
+        let http2 = Request::get("http://[::1]:8080/x").body(()).unwrap();
+        assert_eq!(request_host(&http1).as_deref(), Some("[::1]"));
+        assert_eq!(request_host(&http2).as_deref(), Some("[::1]"));
     }
 }
