@@ -49,10 +49,12 @@ pub mod reload;
 pub mod server;
 pub mod sim;
 pub mod snapshot;
+mod systemd;
 pub mod tls;
 pub mod upstream;
 
 pub use clock::now_millis;
+pub use systemd::{notify_systemd, SystemdState};
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use syncgate::config::Config;
+use syncgate::{notify_systemd, SystemdState};
 
 #[derive(Parser)]
 #[command(
@@ -178,7 +179,7 @@ async fn daemon(cfg: Config) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let running = syncgate::start(cfg).await.context("starting syncgate")?;
-    notify(&[sd_notify::NotifyState::Ready]);
+    notify_systemd(SystemdState::Ready);
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!(signal = "SIGTERM", "stopping"); break; }
@@ -191,14 +192,7 @@ async fn daemon(cfg: Config) -> anyhow::Result<()> {
             }
         }
     }
-    notify(&[sd_notify::NotifyState::Stopping]);
+    notify_systemd(SystemdState::Stopping);
     running.shutdown().await;
     Ok(())
-}
-
-fn notify(states: &[sd_notify::NotifyState<'_>]) {
-    // Only when NOTIFY_SOCKET is set; otherwise a no-op.
-    if let Err(e) = sd_notify::notify(false, states) {
-        tracing::debug!(error = %e, "systemd notify failed");
-    }
 }
