@@ -47,7 +47,6 @@ pub mod proxy;
 pub mod readiness;
 pub mod reload;
 pub mod server;
-pub mod sim;
 pub mod snapshot;
 mod systemd;
 pub mod tls;

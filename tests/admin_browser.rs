@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use syncgate::backend::State;
 use syncgate::config::Config;
-use syncgate::sim::{SimOptions, SimWorker};
+use syncgate::demo::{SimOptions, SimWorker};
 use syncgate::Running;
 
 /// The browser binary (`$CHROMIUM`, else `/usr/bin/chromium`); `Err` with the path looked at

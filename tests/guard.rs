@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use syncgate::backend::State;
+use syncgate::demo::SimWorker;
 use syncgate::metrics::GuardOutcome;
-use syncgate::sim::SimWorker;
 use syncgate::Running;
 
 use support::*;

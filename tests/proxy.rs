@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use syncgate::backend::State;
-use syncgate::sim::{SimOptions, SimWorker};
+use syncgate::demo::{SimOptions, SimWorker};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use syncgate::backend::State;
 use syncgate::config::Config;
-use syncgate::sim::{SimOptions, SimWorker};
+use syncgate::demo::{SimOptions, SimWorker};
 use syncgate::Running;
 
 use support::*;
