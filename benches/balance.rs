@@ -4,11 +4,7 @@
 use std::sync::Arc;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use syncgate::backend::{Backend, State};
-use syncgate::balance::{Algorithm, Balancer, PickContext};
-use syncgate::config::Config;
-use syncgate::events::EventLog;
-use syncgate::snapshot::Shared;
+use syncgate::{Algorithm, Backend, Balancer, Config, EventLog, PickContext, Shared, State};
 
 fn backends(n: usize) -> Vec<Arc<Backend>> {
     let events = EventLog::new(16);

@@ -27,7 +27,7 @@ pub struct Event {
     pub from: &'static str,
     /// State entered.
     pub to: &'static str,
-    /// Why.
+    /// Why, as DESIGN.md words reasons (`connect refused`, `3 probes passed`).
     pub reason: String,
 }
 

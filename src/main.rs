@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use syncgate::config::Config;
+use syncgate::Config;
 use syncgate::{notify_systemd, SystemdState};
 
 #[derive(Parser)]
@@ -162,8 +162,8 @@ fn print_summary(path: &std::path::Path, cfg: &Config) {
     for r in &cfg.routes {
         let host = match &r.host {
             None => "*".to_string(),
-            Some(syncgate::config::HostMatch::Exact(h)) => h.clone(),
-            Some(syncgate::config::HostMatch::Wildcard(s)) => format!("*{s}"),
+            Some(syncgate::HostMatch::Exact(h)) => h.clone(),
+            Some(syncgate::HostMatch::Wildcard(s)) => format!("*{s}"),
         };
         let _ = writeln!(out, "route {host}{} -> {}", r.path_prefix, r.pool);
     }

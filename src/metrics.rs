@@ -122,7 +122,7 @@ impl GuardOutcome {
         GuardOutcome::Unconfirmed,
     ];
 
-    /// Label value.
+    /// The `outcome` label of `syncgate_guard_outcomes_total`.
     pub fn as_str(self) -> &'static str {
         match self {
             GuardOutcome::Replayed => "replayed",

@@ -35,9 +35,7 @@ pub enum ServerError {
     /// A listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
-        /// The address.
         addr: SocketAddr,
-        /// The OS error.
         source: std::io::Error,
     },
     /// A proxy thread could not be started.

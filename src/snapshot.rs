@@ -25,21 +25,18 @@ pub type BackendKey = (String, String, std::net::SocketAddr);
 /// One pool at runtime.
 #[derive(Debug)]
 pub struct Pool {
-    /// Pool name.
     pub name: Arc<str>,
     /// Backends in config order; shared state objects.
     pub backends: Vec<Arc<Backend>>,
-    /// Selection tables.
     pub balancer: Balancer,
     /// Header hashed with `balance = "hash"`.
     pub hash_header: HeaderName,
-    /// Slow-start window.
     pub slow_start: Duration,
-    /// Connect-failure retries.
+    /// How many more backends a request is tried on after one fails it (a connect failure;
+    /// for a second opinion, a peer without an opinion).
     pub retries: u32,
     /// Probe settings (read by the prober each round).
     pub probe: ProbeConfig,
-    /// Guard settings.
     pub guard: GuardConfig,
     /// Pre-rendered JSON body of the 503 answered when no backend is ready.
     pub unavailable_body: bytes::Bytes,
@@ -115,7 +112,6 @@ fn algorithm(balance: Balance) -> Algorithm {
 pub struct Route {
     /// Host pattern; None matches any host.
     pub host: Option<HostMatch>,
-    /// Path prefix.
     pub path_prefix: String,
     /// Index into [`Snapshot::pools`].
     pub pool: usize,
@@ -188,9 +184,9 @@ pub struct Shared {
     /// What each pool keeps across reloads, by pool name (never forgotten: a pool's counters
     /// stay visible in `/metrics` after it left the config).
     pools: Mutex<HashMap<String, PoolKept>>,
-    /// Backend state transitions.
+    /// The log of backend state transitions that the admin API serves.
     pub events: EventLog,
-    /// Counters and histograms.
+    /// Process-wide counters (probes, reloads, ejections); per-pool ones are in the pools.
     pub metrics: Metrics,
 }
 

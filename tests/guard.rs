@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use syncgate::backend::State;
 use syncgate::demo::SimWorker;
-use syncgate::metrics::GuardOutcome;
+use syncgate::GuardOutcome;
 use syncgate::Running;
+use syncgate::State;
 
 use support::*;
 
