@@ -118,7 +118,9 @@ pub(super) async fn second_opinion(
     let first_backend = first.backend().clone();
     // "Another ready backend exists" counts peers that already failed to connect for this
     // request: their failure leaves the answer unconfirmed, it does not make it confirmed.
-    let peer_ready = pool.pick(cx.hash_key, &[first_backend.id]).is_some();
+    // Without a replay the answer passes whatever the peers: no pick (a pick advances the
+    // round-robin sequence).
+    let peer_ready = replay.is_some() && pool.pick(cx.hash_key, &[first_backend.id]).is_some();
     let asking = before_asking(
         first.into_response(),
         replay,
