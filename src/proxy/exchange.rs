@@ -152,13 +152,9 @@ impl Upstream {
     }
 }
 
-/// How an exchange ended.
-// `Taken` is how nearly every request ends: boxing it would allocate once per request to
-// save moving a few hundred bytes once.
-#[allow(clippy::large_enum_variant)]
-pub(super) enum Ended {
-    /// An answer the phase takes, and the copy of the request kept before it was sent.
-    Taken(Upstream, Option<Request<ReqBody>>),
+/// Why an exchange ended without an answer it takes.
+#[derive(Debug)]
+pub(super) enum Unanswered {
     /// No ready backend was left to try.
     NoBackend,
     /// `retries` backends gave nothing usable, or no copy of the request was left to send.
@@ -171,17 +167,18 @@ pub(super) enum Ended {
 
 /// Sends `req` to a ready backend of the pool not in `tried`, and to another after each
 /// attempt that [`Phase::next`] does not take, until one is taken or nothing more may be
-/// tried. Every attempt but the request's first is paid from the retry budget.
+/// tried. Every attempt but the request's first is paid from the retry budget. The answer
+/// taken comes with the copy of the request kept before it was sent ([`Phase`] says when).
 pub(super) async fn exchange(
     cx: &Cx<'_>,
     phase: Phase,
     mut req: Request<ReqBody>,
     tried: &mut Tried,
-) -> Ended {
+) -> Result<(Upstream, Option<Request<ReqBody>>), Unanswered> {
     let pool = cx.pool;
     loop {
         let Some(backend) = pool.pick(cx.hash_key, &tried.exclude) else {
-            return Ended::NoBackend;
+            return Err(Unanswered::NoBackend);
         };
         let copy = if phase.keeps_copy(pool) {
             clone_request(&req)
@@ -198,22 +195,22 @@ pub(super) async fn exchange(
                     conn,
                     in_flight,
                 };
-                return Ended::Taken(answer, copy);
+                return Ok((answer, copy));
             }
-            (Next::Stop, Attempt::Failed(err)) => return Ended::Broken(err),
+            (Next::Stop, Attempt::Failed(err)) => return Err(Unanswered::Broken(err)),
             (_, Attempt::NotSent(back, _)) => Some(back),
             // An answer not taken (a 5xx in a second opinion) is dropped, and its connection
             // with it: nobody reads its body.
             (_, Attempt::Answered(..) | Attempt::Failed(_)) => None,
         };
         if !tried.fail(backend.id, pool.retries) {
-            return Ended::Exhausted;
+            return Err(Unanswered::Exhausted);
         }
         let Some(next) = back.or(copy) else {
-            return Ended::Exhausted;
+            return Err(Unanswered::Exhausted);
         };
         if !pool.budget.try_spend() {
-            return Ended::BudgetSpent;
+            return Err(Unanswered::BudgetSpent);
         }
         if phase == Phase::Forward {
             pool.stats

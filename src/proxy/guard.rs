@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Limited};
 
-use super::exchange::{exchange, Ended, Phase, Tried, Upstream};
+use super::exchange::{exchange, Phase, Tried, Unanswered, Upstream};
 use super::response::{retry_later, RespBody};
 use super::Cx;
 use crate::body::ReqBody;
@@ -140,18 +140,18 @@ pub(super) async fn second_opinion(
     pool.stats.guard_outcome(GuardOutcome::Replayed);
     tried.leave_out(first_backend.id);
     let heard = match exchange(cx, Phase::SecondOpinion, replay, &mut tried).await {
-        Ended::Taken(peer, _) => Heard::Opinion {
+        Ok((peer, _)) => Heard::Opinion {
             confirms: pool.is_guarded(peer.status()),
             peer: peer.into_response(),
         },
-        Ended::NoBackend => Heard::NoPeerLeft {
+        Err(Unanswered::NoBackend) => Heard::NoPeerLeft {
             silent: tried.failed(),
             first,
         },
-        Ended::BudgetSpent => Heard::BudgetSpent,
+        Err(Unanswered::BudgetSpent) => Heard::BudgetSpent,
         // A second opinion never stops on a broken exchange (its peer is skipped), so
         // `Broken` does not come back from this phase; it would leave the answer unconfirmed.
-        Ended::Exhausted | Ended::Broken(_) => Heard::AllSilent,
+        Err(Unanswered::Exhausted | Unanswered::Broken(_)) => Heard::AllSilent,
     };
     let (resp, outcome) = conclude(cx, verdict(heard));
     if outcome == GuardOutcome::Contradicted {

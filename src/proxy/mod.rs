@@ -26,7 +26,7 @@ use crate::balance::Balancer;
 use crate::body::ReqBody;
 use crate::conn::ConnInfo;
 use crate::snapshot::{Pool, Shared, Snapshot};
-use exchange::{exchange, is_too_large, Ended, Phase, Tried};
+use exchange::{exchange, is_too_large, Phase, Tried, Unanswered};
 use headers::{content_length, new_request_id, request_host, upstream_request, X_REQUEST_ID};
 use response::{error, no_ready_backend, RespBody};
 
@@ -176,28 +176,39 @@ async fn receive_body(
 /// client: the worker's answer, a second opinion's outcome for a guarded one, or syncgate's
 /// own error.
 async fn dispatch(cx: &Cx<'_>, req: Request<ReqBody>) -> Response<RespBody> {
-    let (pool, request_id) = (cx.pool, cx.request_id);
+    let pool = cx.pool;
     let mut tried = Tried::default();
-    match exchange(cx, Phase::Forward, req, &mut tried).await {
-        Ended::Taken(first, replay) if pool.is_guarded(first.status()) => {
-            // Boxed: rare, and large enough to bloat every request's future.
-            let (resp, outcome) = Box::pin(guard::second_opinion(cx, first, replay, tried)).await;
-            pool.stats.guard_outcome(outcome);
-            resp
-        }
-        Ended::Taken(answer, _) => answer.into_response(),
-        Ended::NoBackend if tried.failed() == 0 => no_ready_backend(pool),
-        Ended::NoBackend => error(
+    // The match ends before the second opinion is awaited, so that the exchange's result
+    // is not kept in this future meanwhile (it would make every request's future larger).
+    let (first, replay) = match exchange(cx, Phase::Forward, req, &mut tried).await {
+        Ok(taken) => taken,
+        Err(unanswered) => return unanswered_error(cx, unanswered, &tried),
+    };
+    if !pool.is_guarded(first.status()) {
+        return first.into_response();
+    }
+    // Boxed: rare, and large enough to bloat every request's future.
+    let (resp, outcome) = Box::pin(guard::second_opinion(cx, first, replay, tried)).await;
+    pool.stats.guard_outcome(outcome);
+    resp
+}
+
+/// syncgate's answer to a request that got no worker's answer.
+fn unanswered_error(cx: &Cx<'_>, why: Unanswered, tried: &Tried) -> Response<RespBody> {
+    let (pool, request_id) = (cx.pool, cx.request_id);
+    match why {
+        Unanswered::NoBackend if tried.failed() == 0 => no_ready_backend(pool),
+        Unanswered::NoBackend => error(
             StatusCode::BAD_GATEWAY,
             "no backend could be reached",
             request_id,
         ),
-        Ended::Exhausted => error(
+        Unanswered::Exhausted => error(
             StatusCode::BAD_GATEWAY,
             "upstream connect failed",
             request_id,
         ),
-        Ended::BudgetSpent => {
+        Unanswered::BudgetSpent => {
             pool.stats.retries_refused.fetch_add(1, Ordering::Relaxed);
             error(
                 StatusCode::BAD_GATEWAY,
@@ -205,12 +216,12 @@ async fn dispatch(cx: &Cx<'_>, req: Request<ReqBody>) -> Response<RespBody> {
                 request_id,
             )
         }
-        Ended::Broken(err) if is_too_large(&err) => error(
+        Unanswered::Broken(err) if is_too_large(&err) => error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "request body too large",
             request_id,
         ),
-        Ended::Broken(_) => error(
+        Unanswered::Broken(_) => error(
             StatusCode::BAD_GATEWAY,
             "upstream request failed",
             request_id,
