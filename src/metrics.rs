@@ -103,7 +103,7 @@ pub enum GuardOutcome {
     TooLarge,
     /// The retry budget was spent before a second opinion could be asked: the client got
     /// `503` with `Retry-After`, never the unconfirmed answer. (Connect retries refused by the
-    /// budget are counted apart, in [`PoolStats::retries_refused`].)
+    /// budget are counted apart, as `syncgate_retries_refused_total`.)
     BudgetSpent,
     /// Other ready backends existed but none could give an opinion (unreachable, 5xx, a broken
     /// answer, or the first answer too large to keep): the client got `503` with `Retry-After`.
