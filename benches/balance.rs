@@ -4,11 +4,7 @@
 use std::sync::Arc;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use syncgate::backend::{Backend, State};
-use syncgate::balance::{Balancer, PickContext};
-use syncgate::config::{Balance, Config};
-use syncgate::events::EventLog;
-use syncgate::snapshot::Shared;
+use syncgate::{Algorithm, Backend, Balancer, Config, EventLog, PickContext, Shared, State};
 
 fn backends(n: usize) -> Vec<Arc<Backend>> {
     let events = EventLog::new(16);
@@ -30,9 +26,9 @@ fn picks(c: &mut Criterion) {
     for n in [4usize, 32] {
         let set = backends(n);
         for (label, kind) in [
-            ("p2c", Balance::P2c),
-            ("round_robin", Balance::RoundRobin),
-            ("hash", Balance::Hash),
+            ("p2c", Algorithm::P2c),
+            ("round_robin", Algorithm::RoundRobin),
+            ("hash", Algorithm::Hash),
         ] {
             let bal = Balancer::new(kind, &set);
             c.bench_function(&format!("pick/{label}/{n}"), |b| {
@@ -41,7 +37,7 @@ fn picks(c: &mut Criterion) {
                         key: Some(b"Bearer key-123456"),
                         exclude: &[],
                         slow_start: std::time::Duration::from_secs(10),
-                        now_ms: syncgate::backend::now_millis(),
+                        now_ms: syncgate::now_millis(),
                     };
                     black_box(bal.pick(&set, black_box(&cx)))
                 })

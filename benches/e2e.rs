@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use syncgate::backend::State;
-use syncgate::config::Config;
-use syncgate::sim::{SimOptions, SimWorker};
+use syncgate::demo::{SimOptions, SimWorker};
+use syncgate::Config;
+use syncgate::State;
 use tokio::net::TcpStream;
 
 const CONNECTIONS: usize = 32;

@@ -26,12 +26,12 @@
 //! and the control plane ([`Control`]); the request path is never touched: its counters are
 //! plain atomics that a `prometheus-client` collector renders at scrape time.
 
-mod metrics;
+mod prometheus;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -43,10 +43,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 use serde_json::{json, Map, Value};
+use subtle::ConstantTimeEq;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, State};
+use crate::clock::rfc3339;
 use crate::config::ConfigError;
 use crate::reload::Control;
 use crate::snapshot::Shared;
@@ -225,7 +227,7 @@ struct Admin {
 impl Admin {
     fn new(control: Arc<Control>) -> Admin {
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(metrics::Collector::new(control.shared.clone())));
+        registry.register_collector(Box::new(prometheus::Collector::new(control.shared.clone())));
         Admin { control, registry }
     }
 
@@ -341,7 +343,7 @@ impl Admin {
         let (text, content_type) = if openmetrics {
             (text, OPENMETRICS)
         } else {
-            (metrics::to_prometheus_text(&text), PROMETHEUS_TEXT)
+            (prometheus::to_prometheus_text(&text), PROMETHEUS_TEXT)
         };
         let mut resp = Response::new(Full::new(Bytes::from(text)));
         resp.headers_mut()
@@ -614,11 +616,6 @@ fn errors_json(errors: &[ConfigError]) -> Vec<Value> {
         .collect()
 }
 
-/// RFC 3339 UTC with milliseconds, like the event log.
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
 /// The status page.
 fn status_page() -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from_static(STATUS_PAGE.as_bytes())));
@@ -665,14 +662,10 @@ fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     json_response(status, &json!({"error": message}))
 }
 
-/// Compares two byte strings in time that depends only on their lengths: every byte pair is
-/// XOR-folded, without an early exit on the first difference. A length mismatch is `false`.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
+/// Whether two byte strings are equal, in time that depends only on their lengths (a length
+/// mismatch is `false` at once).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.ct_eq(b).into()
 }
 
 /// The raw value of `name` in a query string (`a=1&since=5`), percent-decoded.
@@ -687,24 +680,19 @@ fn query_param(query: &str, name: &str) -> Option<String> {
 /// Decodes `%XX` escapes of a path segment or query value; `None` for a malformed escape or
 /// invalid UTF-8.
 fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            // Exactly two hex digits (`from_str_radix` alone would accept `%+1`).
-            let hex = bytes.get(i + 1..i + 3)?;
-            if !hex.iter().all(u8::is_ascii_hexdigit) {
-                return None;
-            }
-            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    // The crate passes a malformed escape (`%`, `%zz`, `%+1`) through as text, as URLs do;
+    // in a backend name or an event seq it is refused instead.
+    let malformed = s.split('%').skip(1).any(|rest| {
+        !rest
+            .as_bytes()
+            .get(..2)
+            .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    });
+    if malformed {
+        return None;
     }
-    String::from_utf8(out).ok()
+    let decoded = percent_encoding::percent_decode_str(s).decode_utf8().ok()?;
+    Some(decoded.into_owned())
 }
 
 #[cfg(test)]

@@ -13,10 +13,13 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
 
+use crate::clock::now_millis;
+use crate::counters::OutlierCounters;
 use crate::events::EventLog;
+use crate::metrics::StatusCounters;
 
 /// The lifecycle state of a backend (DESIGN.md, "Backend states").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -100,41 +103,6 @@ pub struct BackendInfo {
     pub last_probe_ok: Option<bool>,
 }
 
-/// Milliseconds since the process-wide monotonic origin; a cheap clock for atomics.
-pub fn now_millis() -> u64 {
-    static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    let origin = *ORIGIN.get_or_init(Instant::now);
-    // Offset by one so that 0 can mean "never".
-    origin.elapsed().as_millis() as u64 + 1
-}
-
-/// Per-status-class answer counters: 1xx..5xx, plus local errors (no upstream answer).
-#[derive(Debug, Default)]
-pub struct StatusCounters {
-    classes: [AtomicU64; 6],
-}
-
-impl StatusCounters {
-    /// Counts one answer with `status`, or a local failure when `None`.
-    pub fn record(&self, status: Option<u16>) {
-        let idx = match status {
-            Some(s @ 100..=599) => (s / 100) as usize - 1,
-            _ => 5,
-        };
-        self.classes[idx].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// `(label, count)` for 1xx..5xx and `error`.
-    pub fn snapshot(&self) -> [(&'static str, u64); 6] {
-        const LABELS: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
-        let mut out = [("", 0); 6];
-        for (i, label) in LABELS.iter().enumerate() {
-            out[i] = (label, self.classes[i].load(Ordering::Relaxed));
-        }
-        out
-    }
-}
-
 /// One backend: immutable identity plus shared runtime state.
 pub struct Backend {
     /// Process-unique id of this state object (keys the per-thread connection pools).
@@ -160,7 +128,7 @@ pub struct Backend {
     /// Connect failures (refused, reset before sending, connect timeout).
     pub connect_failures: AtomicU64,
     /// Passive outlier-detection counters.
-    pub guard: crate::guard::GuardState,
+    pub outlier: OutlierCounters,
     info: Mutex<BackendInfo>,
 }
 
@@ -194,7 +162,7 @@ impl Backend {
             removed: AtomicBool::new(false),
             answers: StatusCounters::default(),
             connect_failures: AtomicU64::new(0),
-            guard: Default::default(),
+            outlier: OutlierCounters::default(),
             info: Mutex::new(BackendInfo {
                 reason: "configured".into(),
                 since: SystemTime::now(),
@@ -239,7 +207,7 @@ impl Backend {
                 // A (re-)admitted backend starts its passive-detection runs afresh: failures
                 // from before, or from requests that finished after an ejection, must not
                 // eject it at its first failure.
-                self.guard.reset_runs();
+                self.outlier.reset_runs();
             }
             match self.state.compare_exchange(
                 current,
@@ -259,7 +227,13 @@ impl Backend {
                         reason = %reason,
                         "backend state changed"
                     );
-                    events.record(&self.pool, &self.name, cur_state, to, reason);
+                    events.record(
+                        &self.pool,
+                        &self.name,
+                        cur_state.as_str(),
+                        to.as_str(),
+                        reason,
+                    );
                     return true;
                 }
                 Err(actual) => current = actual,
@@ -396,18 +370,5 @@ mod tests {
         drop(g1);
         drop(g2);
         assert_eq!(b.in_flight(), 0);
-    }
-
-    #[test]
-    fn status_classes() {
-        let c = StatusCounters::default();
-        c.record(Some(200));
-        c.record(Some(204));
-        c.record(Some(503));
-        c.record(None);
-        let s = c.snapshot();
-        assert_eq!(s[1], ("2xx", 2));
-        assert_eq!(s[4], ("5xx", 1));
-        assert_eq!(s[5], ("error", 1));
     }
 }

@@ -1,16 +1,68 @@
 //! Backend selection: power of two choices, smooth weighted round robin, consistent hashing.
 //!
-//! Synchronous and I/O-free. Per-pool tables (the round-robin sequence, the hash ring) are
-//! built once when a snapshot is built; a pick reads only atomics (readiness, in-flight,
-//! weights) and never allocates. Only backends for which [`Backend::is_routable`] holds are
-//! ever returned, and never one whose id is in `exclude` (the backends a request already tried).
+//! Synchronous and I/O-free, and generic over what it selects: anything that is an
+//! [`Endpoint`] (the proxy's `Backend` is one). It knows neither the config nor the backend
+//! type. Per-pool tables (the round-robin sequence, the hash ring) are built once when a
+//! snapshot is built; a pick reads only atomics (readiness, in-flight, weights) and never
+//! allocates. Only endpoints for which [`Endpoint::is_routable`] holds are ever returned, and
+//! never one whose id is in `exclude` (the backends a request already tried).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::Backend;
-use crate::config::Balance;
+/// What selection needs to know of a backend.
+pub trait Endpoint {
+    /// Process-unique id: what `exclude` lists.
+    fn id(&self) -> u64;
+    /// Whether it may receive a new request (the one readiness predicate).
+    fn is_routable(&self) -> bool;
+    /// Configured weight.
+    fn weight(&self) -> u32;
+    /// The weight now, slow start applied, in thousandths of a weight unit.
+    fn effective_weight(&self, slow_start: Duration, now_ms: u64) -> u64;
+    /// Requests forwarded to it and not finished yet.
+    fn in_flight(&self) -> u64;
+    /// A name stable across restarts, placing it on the hash ring.
+    fn ring_name(&self) -> &str;
+}
+
+impl<E: Endpoint + ?Sized> Endpoint for Arc<E> {
+    #[inline]
+    fn id(&self) -> u64 {
+        (**self).id()
+    }
+    #[inline]
+    fn is_routable(&self) -> bool {
+        (**self).is_routable()
+    }
+    #[inline]
+    fn weight(&self) -> u32 {
+        (**self).weight()
+    }
+    #[inline]
+    fn effective_weight(&self, slow_start: Duration, now_ms: u64) -> u64 {
+        (**self).effective_weight(slow_start, now_ms)
+    }
+    #[inline]
+    fn in_flight(&self) -> u64 {
+        (**self).in_flight()
+    }
+    fn ring_name(&self) -> &str {
+        (**self).ring_name()
+    }
+}
+
+/// A selection algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Least in-flight of two weighted random picks.
+    P2c,
+    /// Smooth weighted round robin.
+    RoundRobin,
+    /// Consistent hashing on a request key.
+    Hash,
+}
 
 /// Virtual nodes per unit of weight on the hash ring: enough that each backend's share of the
 /// ring is within a few percent of its weight's share.
@@ -46,27 +98,27 @@ pub struct PickContext<'a> {
     pub exclude: &'a [u64],
     /// The pool's slow-start window.
     pub slow_start: Duration,
-    /// `backend::now_millis()` at the time of the pick.
+    /// `clock::now_millis()` at the time of the pick.
     pub now_ms: u64,
 }
 
 impl Balancer {
     /// Builds the tables for `backends` (in pool order) with their configured weights.
-    pub fn new(kind: Balance, backends: &[Arc<Backend>]) -> Balancer {
-        match kind {
-            Balance::P2c => Balancer::P2c,
-            Balance::RoundRobin => {
+    pub fn new<E: Endpoint>(algorithm: Algorithm, backends: &[E]) -> Balancer {
+        match algorithm {
+            Algorithm::P2c => Balancer::P2c,
+            Algorithm::RoundRobin => {
                 let weights: Vec<u64> = backends.iter().map(|b| u64::from(b.weight())).collect();
                 Balancer::RoundRobin {
                     sequence: smooth_weighted_sequence(&weights),
                     next: AtomicUsize::new(0),
                 }
             }
-            Balance::Hash => {
+            Algorithm::Hash => {
                 let mut ring = Vec::new();
                 for (i, b) in backends.iter().enumerate() {
                     for v in 0..b.weight().max(1) * VNODES_PER_WEIGHT {
-                        let point = hash64(format!("{}#{v}", b.name).as_bytes());
+                        let point = hash64(format!("{}#{v}", b.ring_name()).as_bytes());
                         ring.push((point, i as u32));
                     }
                 }
@@ -77,7 +129,7 @@ impl Balancer {
     }
 
     /// Picks a backend index, or `None` when no eligible backend exists.
-    pub fn pick(&self, backends: &[Arc<Backend>], cx: &PickContext<'_>) -> Option<usize> {
+    pub fn pick<E: Endpoint>(&self, backends: &[E], cx: &PickContext<'_>) -> Option<usize> {
         match self {
             Balancer::P2c => p2c(backends, cx),
             Balancer::RoundRobin { sequence, next } => {
@@ -122,17 +174,17 @@ impl Balancer {
 }
 
 #[inline]
-fn eligible(b: &Backend, cx: &PickContext<'_>) -> bool {
-    b.is_routable() && !cx.exclude.contains(&b.id)
+fn eligible<E: Endpoint>(b: &E, cx: &PickContext<'_>) -> bool {
+    b.is_routable() && !cx.exclude.contains(&b.id())
 }
 
 /// Weighted random pick among eligible backends, skipping `skip`.
-fn weighted_random(
-    backends: &[Arc<Backend>],
+fn weighted_random<E: Endpoint>(
+    backends: &[E],
     cx: &PickContext<'_>,
     skip: Option<usize>,
 ) -> Option<usize> {
-    let weight = |i: usize, b: &Backend| -> u64 {
+    let weight = |i: usize, b: &E| -> u64 {
         if Some(i) == skip || !eligible(b, cx) {
             0
         } else {
@@ -154,7 +206,7 @@ fn weighted_random(
     None
 }
 
-fn p2c(backends: &[Arc<Backend>], cx: &PickContext<'_>) -> Option<usize> {
+fn p2c<E: Endpoint>(backends: &[E], cx: &PickContext<'_>) -> Option<usize> {
     let a = weighted_random(backends, cx, None)?;
     let Some(b) = weighted_random(backends, cx, Some(a)) else {
         return Some(a);
@@ -223,7 +275,7 @@ pub fn hash64(data: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::State;
+    use crate::backend::{Backend, State};
     use crate::events::EventLog;
 
     fn pool(weights: &[u32]) -> Vec<Arc<Backend>> {
@@ -249,7 +301,7 @@ mod tests {
             key,
             exclude,
             slow_start: Duration::ZERO,
-            now_ms: crate::backend::now_millis(),
+            now_ms: crate::clock::now_millis(),
         }
     }
 
@@ -269,7 +321,7 @@ mod tests {
     #[test]
     fn round_robin_follows_weights_and_skips_unready() {
         let backends = pool(&[2, 1]);
-        let bal = Balancer::new(Balance::RoundRobin, &backends);
+        let bal = Balancer::new(Algorithm::RoundRobin, &backends);
         let mut counts = [0; 2];
         for _ in 0..300 {
             counts[bal.pick(&backends, &cx(None, &[])).unwrap()] += 1;
@@ -286,7 +338,7 @@ mod tests {
         let backends = pool(&[1, 1, 1]);
         eject(&backends[1]);
         let exclude = [backends[0].id];
-        for kind in [Balance::P2c, Balance::RoundRobin, Balance::Hash] {
+        for kind in [Algorithm::P2c, Algorithm::RoundRobin, Algorithm::Hash] {
             let bal = Balancer::new(kind, &backends);
             for i in 0..200u32 {
                 let key = i.to_string();
@@ -301,7 +353,7 @@ mod tests {
         let backends = pool(&[1, 1]);
         eject(&backends[0]);
         eject(&backends[1]);
-        for kind in [Balance::P2c, Balance::RoundRobin, Balance::Hash] {
+        for kind in [Algorithm::P2c, Algorithm::RoundRobin, Algorithm::Hash] {
             let bal = Balancer::new(kind, &backends);
             assert_eq!(bal.pick(&backends, &cx(Some(b"k"), &[])), None);
         }
@@ -311,7 +363,7 @@ mod tests {
     fn p2c_prefers_less_loaded() {
         let backends = pool(&[1, 1]);
         let _busy: Vec<_> = (0..10).map(|_| backends[0].start_request()).collect();
-        let bal = Balancer::new(Balance::P2c, &backends);
+        let bal = Balancer::new(Algorithm::P2c, &backends);
         for _ in 0..100 {
             assert_eq!(bal.pick(&backends, &cx(None, &[])), Some(1));
         }
@@ -345,7 +397,7 @@ mod tests {
         fresh.transition(&[State::Pending], State::Ready, "t", &EventLog::new(1));
         let set = vec![backends[0].clone(), fresh];
         let mut c2 = c;
-        c2.now_ms = crate::backend::now_millis();
+        c2.now_ms = crate::clock::now_millis();
         let mut fresh_picks = 0;
         for _ in 0..10_000 {
             if weighted_random(&set, &c2, None) == Some(1) {
@@ -362,7 +414,7 @@ mod tests {
     #[test]
     fn hash_is_sticky_and_moves_about_one_nth() {
         let backends = pool(&[1, 1, 1, 1, 1]);
-        let bal = Balancer::new(Balance::Hash, &backends);
+        let bal = Balancer::new(Algorithm::Hash, &backends);
         let keys: Vec<String> = (0..10_000).map(|i| format!("key-{i}")).collect();
         let before: Vec<usize> = keys
             .iter()
@@ -398,7 +450,7 @@ mod tests {
     #[test]
     fn hash_without_key_falls_back_to_p2c() {
         let backends = pool(&[1, 1]);
-        let bal = Balancer::new(Balance::Hash, &backends);
+        let bal = Balancer::new(Algorithm::Hash, &backends);
         let mut seen = [false; 2];
         for _ in 0..200 {
             seen[bal.pick(&backends, &cx(None, &[])).unwrap()] = true;

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::backend::State;
+use crate::clock::rfc3339;
 
 /// One state transition.
 #[derive(Debug, Clone, Serialize)]
@@ -27,7 +27,7 @@ pub struct Event {
     pub from: &'static str,
     /// State entered.
     pub to: &'static str,
-    /// Why.
+    /// Why, as DESIGN.md words reasons (`connect refused`, `3 probes passed`).
     pub reason: String,
 }
 
@@ -47,8 +47,16 @@ impl EventLog {
         }
     }
 
-    /// Appends a transition, dropping the oldest event when full.
-    pub fn record(&self, pool: &str, backend: &str, from: State, to: State, reason: &str) {
+    /// Appends a transition between two states (named as the admin API spells them), dropping
+    /// the oldest event when full.
+    pub fn record(
+        &self,
+        pool: &str,
+        backend: &str,
+        from: &'static str,
+        to: &'static str,
+        reason: &str,
+    ) {
         let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let (seq, events) = &mut *guard;
         *seq += 1;
@@ -57,11 +65,11 @@ impl EventLog {
         }
         events.push_back(Event {
             seq: *seq,
-            at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            at: rfc3339(SystemTime::now()),
             pool: pool.to_string(),
             backend: backend.to_string(),
-            from: from.as_str(),
-            to: to.as_str(),
+            from,
+            to,
             reason: reason.to_string(),
         });
     }
@@ -81,7 +89,7 @@ mod tests {
     fn bounded_and_sequenced() {
         let log = EventLog::new(3);
         for i in 0..5 {
-            log.record("p", &format!("b{i}"), State::Pending, State::Ready, "ok");
+            log.record("p", &format!("b{i}"), "pending", "ready", "ok");
         }
         let all = log.since(0);
         assert_eq!(all.len(), 3);

@@ -4,50 +4,71 @@
 //! that agrees with its ready peers, so that a worker that does not know the account keys yet
 //! never answers `401` to a client (see `DESIGN.md` and the README).
 //!
-//! Module map, in the order a request meets them:
+//! Modules are private; what the binary, the tests and the benchmarks use is re-exported
+//! below. The modules form layers, lowest first: each uses only the layers below it and the
+//! leaves, so nothing on the request path knows the control plane above it.
 //!
-//! - [`config`]: raw TOML types → validated [`config::Config`], every error with file:line:col.
-//! - [`snapshot`]: the immutable runtime [`snapshot::Snapshot`] (routes, pools) behind an
-//!   `ArcSwap`, and [`snapshot::Shared`], what outlives snapshots (backend registry, events).
-//! - [`server`]: listeners, one single-threaded runtime per proxy thread, graceful shutdown.
-//! - [`proxy`]: the hyper service: route → pick → forward → guard.
-//! - [`balance`]: p2c, smooth weighted round robin, consistent hashing (pure, no I/O).
-//! - [`upstream`]: per-thread pooled HTTP/1.1 connections to the workers.
-//! - [`body`]: request and response body types.
-//! - [`guard`]: passive outlier detection (connect failures, 5xx) with an ejection cap.
-//! - [`backend`]: backend identity + shared atomic state + the one readiness predicate.
-//! - [`readiness`]: the key-sync contract, fleet checks, rise/fall gate, prober task.
-//! - [`events`]: the bounded log of state transitions.
-//! - [`metrics`]: counters and histograms as atomics.
-//! - [`reload`]: hot reload (file watch, SIGHUP, admin), prober lifecycle, config identity.
-//! - [`admin`]: admin HTTP API, status page, Prometheus metrics, operator actions.
-//! - [`tls`]: rustls server config with a hot-swappable certificate.
-//! - [`sim`]: simulated workers (demo, tests, benchmarks).
-//! - [`demo`]: the `syncgate demo` scenario.
+//! - Leaves, which use nothing but other leaves: `clock` (monotonic milliseconds, RFC 3339),
+//!   `host` (a host without its port), `events` (the bounded log of state transitions),
+//!   `metrics` (counters and histograms as atomics), `counters` (outlier streaks, the
+//!   contradiction window, the retry budget), `conn` (a client connection's facts and
+//!   activity), `tls` (the served certificate, hot-swappable), `systemd`, and `digest`.
+//! - config: raw TOML → validated [`Config`], every error with file:line:col.
+//! - state: `backend`, identity + shared atomic state + the one readiness predicate
+//!   ([`Backend::is_routable`]); `body`, the request body on its way upstream.
+//! - selection: `balance`, p2c, smooth weighted round robin and consistent hashing, generic
+//!   over what it selects ([`Balancer`]), no I/O, no config types.
+//! - upstream: per-thread pooled HTTP/1.1 connections (plain or TLS) to the workers.
+//! - runtime: `snapshot`, the immutable routes and pools behind one `ArcSwap`, and
+//!   [`Shared`], what outlives snapshots (backends by identity, pool state by name, events,
+//!   metrics); `outlier`, passive outlier detection and the ejection cap.
+//! - proxy: the hyper service: route → forward (one exchange loop: connect retries, retry
+//!   budget) → guard (the second opinion, a pure verdict).
+//! - server: listeners, one single-threaded runtime per proxy thread, idle timeout, graceful
+//!   shutdown.
+//! - control: `readiness` (the key-sync contract, fleet checks, rise/fall gate, prober task)
+//!   and `reload` (hot reload, prober lifecycle, config identity).
+//! - admin: the admin HTTP API, status page, Prometheus metrics, operator actions.
 //!
-//! [`start`] wires them together; `main.rs` is only the command line.
+//! [`demo`] (the `syncgate demo` scenario and its simulated workers, which the tests and
+//! benchmarks use too) stands beside them and uses only the public API. [`start`] wires
+//! everything together; `main.rs` is only the command line.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod admin;
-pub mod backend;
-pub mod balance;
-pub mod body;
-pub mod config;
+mod admin;
+mod backend;
+mod balance;
+mod body;
+mod clock;
+mod config;
+mod conn;
+mod counters;
 pub mod demo;
 mod digest;
-pub mod events;
-pub mod guard;
-pub mod metrics;
-pub mod proxy;
-pub mod readiness;
-pub mod reload;
-pub mod server;
-pub mod sim;
-pub mod snapshot;
-pub mod tls;
-pub mod upstream;
+mod events;
+mod host;
+mod metrics;
+mod outlier;
+mod proxy;
+mod readiness;
+mod reload;
+mod server;
+mod snapshot;
+mod systemd;
+mod tls;
+mod upstream;
+
+pub use backend::{Backend, State};
+pub use balance::{Algorithm, Balancer, PickContext};
+pub use clock::now_millis;
+pub use config::{Config, ConfigError, HostMatch, LoadError};
+pub use digest::sha256_hex;
+pub use events::EventLog;
+pub use metrics::GuardOutcome;
+pub use snapshot::Shared;
+pub use systemd::{notify_systemd, SystemdState};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,9 +76,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
 use crate::reload::Control;
-use crate::snapshot::Shared;
 
 /// Errors starting syncgate.
 #[derive(Debug, thiserror::Error)]
@@ -68,9 +87,9 @@ pub enum StartError {
     /// The admin listener could not start.
     #[error("cannot listen on admin address {addr}: {source}")]
     Admin {
-        /// The address.
+        /// The configured `[admin] listen` address.
         addr: SocketAddr,
-        /// The OS error.
+        /// Why it could not be bound.
         source: std::io::Error,
     },
     /// The config file's directory cannot be watched.

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use syncgate::config::Config;
+use syncgate::Config;
+use syncgate::{notify_systemd, SystemdState};
 
 #[derive(Parser)]
 #[command(
@@ -161,8 +162,8 @@ fn print_summary(path: &std::path::Path, cfg: &Config) {
     for r in &cfg.routes {
         let host = match &r.host {
             None => "*".to_string(),
-            Some(syncgate::config::HostMatch::Exact(h)) => h.clone(),
-            Some(syncgate::config::HostMatch::Wildcard(s)) => format!("*{s}"),
+            Some(syncgate::HostMatch::Exact(h)) => h.clone(),
+            Some(syncgate::HostMatch::Wildcard(s)) => format!("*{s}"),
         };
         let _ = writeln!(out, "route {host}{} -> {}", r.path_prefix, r.pool);
     }
@@ -178,7 +179,7 @@ async fn daemon(cfg: Config) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let running = syncgate::start(cfg).await.context("starting syncgate")?;
-    notify(&[sd_notify::NotifyState::Ready]);
+    notify_systemd(SystemdState::Ready);
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!(signal = "SIGTERM", "stopping"); break; }
@@ -191,14 +192,7 @@ async fn daemon(cfg: Config) -> anyhow::Result<()> {
             }
         }
     }
-    notify(&[sd_notify::NotifyState::Stopping]);
+    notify_systemd(SystemdState::Stopping);
     running.shutdown().await;
     Ok(())
-}
-
-fn notify(states: &[sd_notify::NotifyState<'_>]) {
-    // Only when NOTIFY_SOCKET is set; otherwise a no-op.
-    if let Err(e) = sd_notify::notify(false, states) {
-        tracing::debug!(error = %e, "systemd notify failed");
-    }
 }

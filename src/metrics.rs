@@ -1,17 +1,43 @@
 //! Counters and histograms, kept as plain atomics so the request path takes no lock.
 //!
 //! Per-backend counters live in [`crate::backend::Backend`], per-pool ones in [`PoolStats`]
-//! (kept by pool name across reloads), process-wide ones in [`Metrics`]. The admin endpoint
+//! (kept by pool name across reloads, see [`crate::snapshot::Shared`]), process-wide ones in
+//! [`Metrics`]. The admin endpoint
 //! renders all of them in the Prometheus text format at scrape time.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use http::StatusCode;
 
-use crate::backend::StatusCounters;
+/// Per-status-class answer counters: 1xx..5xx, plus local errors (no upstream answer).
+#[derive(Debug, Default)]
+pub struct StatusCounters {
+    classes: [AtomicU64; 6],
+}
+
+impl StatusCounters {
+    /// Counts one answer with `status`, or a local failure when `None`.
+    pub fn record(&self, status: Option<u16>) {
+        let idx = match status {
+            Some(s @ 100..=599) => (s / 100) as usize - 1,
+            _ => 5,
+        };
+        self.classes[idx].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(label, count)` for 1xx..5xx and `error`.
+    pub fn snapshot(&self) -> [(&'static str, u64); 6] {
+        const LABELS: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+        let mut out = [("", 0); 6];
+        for (i, label) in LABELS.iter().enumerate() {
+            out[i] = (label, self.classes[i].load(Ordering::Relaxed));
+        }
+        out
+    }
+}
 
 /// Histogram bucket upper bounds, seconds.
 pub const LATENCY_BUCKETS: [f64; 12] = [
@@ -77,7 +103,7 @@ pub enum GuardOutcome {
     TooLarge,
     /// The retry budget was spent before a second opinion could be asked: the client got
     /// `503` with `Retry-After`, never the unconfirmed answer. (Connect retries refused by the
-    /// budget are counted apart, in [`PoolStats::retries_refused`].)
+    /// budget are counted apart, as `syncgate_retries_refused_total`.)
     BudgetSpent,
     /// Other ready backends existed but none could give an opinion (unreachable, 5xx, a broken
     /// answer, or the first answer too large to keep): the client got `503` with `Retry-After`.
@@ -96,7 +122,7 @@ impl GuardOutcome {
         GuardOutcome::Unconfirmed,
     ];
 
-    /// Label value.
+    /// The `outcome` label of `syncgate_guard_outcomes_total`.
     pub fn as_str(self) -> &'static str {
         match self {
             GuardOutcome::Replayed => "replayed",
@@ -120,15 +146,11 @@ pub struct PoolStats {
     /// 503s answered because no backend was ready.
     pub no_ready: AtomicU64,
     /// Guard outcomes, indexed like [`GuardOutcome::ALL`].
-    pub guard: [AtomicU64; GuardOutcome::ALL.len()],
+    pub guard_outcomes: [AtomicU64; GuardOutcome::ALL.len()],
     /// Connect-failure retries made.
     pub retries: AtomicU64,
     /// Connect-failure retries the retry budget refused (the client got `502`).
     pub retries_refused: AtomicU64,
-    /// Budget for replays and retries.
-    pub budget: crate::guard::RetryBudget,
-    /// Serializes passive ejection decisions in this pool (see `guard::passive_eject`).
-    pub ejections: Mutex<()>,
 }
 
 impl PoolStats {
@@ -144,7 +166,7 @@ impl PoolStats {
             .iter()
             .position(|o| *o == outcome)
             .unwrap_or(0);
-        self.guard[idx].fetch_add(1, Ordering::Relaxed);
+        self.guard_outcomes[idx].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -161,7 +183,6 @@ pub struct Metrics {
     pub reloads_failed: AtomicU64,
     /// Ejections by reason label.
     ejections: Mutex<HashMap<&'static str, u64>>,
-    pools: Mutex<HashMap<String, Arc<PoolStats>>>,
 }
 
 impl Metrics {
@@ -188,20 +209,6 @@ impl Metrics {
         v.sort();
         v
     }
-
-    /// The stats object of a pool, created on first use and kept across reloads.
-    pub fn pool(&self, name: &str) -> Arc<PoolStats> {
-        let mut m = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        m.entry(name.to_string()).or_default().clone()
-    }
-
-    /// Every pool's stats, sorted by name.
-    pub fn pools(&self) -> Vec<(String, Arc<PoolStats>)> {
-        let m = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        let mut v: Vec<_> = m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    }
 }
 
 #[cfg(test)]
@@ -220,5 +227,18 @@ mod tests {
         assert_eq!(buckets[0], (0.0005, 1));
         assert_eq!(buckets[3], (0.005, 2));
         assert_eq!(buckets.last().unwrap().1, 3);
+    }
+
+    #[test]
+    fn status_classes() {
+        let c = StatusCounters::default();
+        c.record(Some(200));
+        c.record(Some(204));
+        c.record(Some(503));
+        c.record(None);
+        let s = c.snapshot();
+        assert_eq!(s[1], ("2xx", 2));
+        assert_eq!(s[4], ("5xx", 1));
+        assert_eq!(s[5], ("error", 1));
     }
 }

@@ -18,8 +18,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::backend::Backend;
 use crate::config::{Config, ConfigError, LoadError};
-pub use crate::digest::sha256_hex;
+use crate::digest::sha256_hex;
 use crate::snapshot::{Shared, Snapshot};
+use crate::systemd::{notify_systemd, SystemdState};
 use crate::tls::{CertStore, Prepared};
 
 /// Quiet time after the last file event before reloading: editors and config tools write in
@@ -125,7 +126,7 @@ impl Control {
     /// and certificate stay: a config whose certificate does not load is not applied).
     pub async fn reload(&self, trigger: &'static str) -> Result<u64, Vec<ConfigError>> {
         let _serial = self.reload_lock.lock().await;
-        notify_systemd(true);
+        notify_systemd(SystemdState::Reloading);
         let result = self.reload_locked(trigger).await;
         if let Err(errors) = &result {
             for err in errors {
@@ -133,7 +134,7 @@ impl Control {
             }
             self.record_failure(trigger, errors.clone());
         }
-        notify_systemd(false);
+        notify_systemd(SystemdState::Ready);
         result
     }
 
@@ -292,21 +293,6 @@ impl Control {
                 self.token.child_token(),
             ));
         }
-    }
-}
-
-/// Tells systemd `RELOADING=1` (with the monotonic timestamp it requires) or `READY=1`; a no-op
-/// unless `NOTIFY_SOCKET` is set.
-fn notify_systemd(reloading: bool) {
-    use sd_notify::NotifyState;
-    let result = if reloading {
-        NotifyState::monotonic_usec_now()
-            .and_then(|now| sd_notify::notify(false, &[NotifyState::Reloading, now]))
-    } else {
-        sd_notify::notify(false, &[NotifyState::Ready])
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "systemd notify failed");
     }
 }
 

@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ServerConfig;
-use crate::proxy::{self, ConnInfo};
+use crate::conn::{Activity, ConnInfo};
+use crate::proxy;
 use crate::snapshot::Shared;
 use crate::upstream;
 
@@ -34,9 +35,7 @@ pub enum ServerError {
     /// A listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
-        /// The address.
         addr: SocketAddr,
-        /// The OS error.
         source: std::io::Error,
     },
     /// A proxy thread could not be started.
@@ -237,8 +236,21 @@ async fn serve_conn<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let peer = info.peer;
-    let activity = info.activity.clone();
-    let service = service_fn(move |req| proxy::serve(shared.clone(), info.clone(), req));
+    let activity = Arc::new(Activity::default());
+    let service = {
+        let activity = activity.clone();
+        service_fn(move |req| {
+            // In progress from the call until the response headers are ready (the service's
+            // future ends), whatever the body does afterwards.
+            let active = activity.begin();
+            let serving = proxy::serve(shared.clone(), info.clone(), req);
+            async move {
+                let resp = serving.await;
+                drop(active);
+                resp
+            }
+        })
+    };
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     // Checked a few times per timeout: the connection closes between 1 and 1.25 timeouts

@@ -13,8 +13,9 @@ use arc_swap::ArcSwap;
 use http::{HeaderName, StatusCode};
 
 use crate::backend::{Backend, State};
-use crate::balance::{Balancer, PickContext};
-use crate::config::{Config, GuardConfig, HostMatch, PoolConfig, ProbeConfig};
+use crate::balance::{Algorithm, Balancer, Endpoint, PickContext};
+use crate::config::{Balance, Config, GuardConfig, HostMatch, PoolConfig, ProbeConfig};
+use crate::counters::{BudgetLedger, RetryBudget};
 use crate::events::EventLog;
 use crate::metrics::{Metrics, PoolStats};
 
@@ -24,26 +25,28 @@ pub type BackendKey = (String, String, std::net::SocketAddr);
 /// One pool at runtime.
 #[derive(Debug)]
 pub struct Pool {
-    /// Pool name.
     pub name: Arc<str>,
     /// Backends in config order; shared state objects.
     pub backends: Vec<Arc<Backend>>,
-    /// Selection tables.
     pub balancer: Balancer,
     /// Header hashed with `balance = "hash"`.
     pub hash_header: HeaderName,
-    /// Slow-start window.
     pub slow_start: Duration,
-    /// Connect-failure retries.
+    /// How many more backends a request is tried on after one fails it (a connect failure;
+    /// for a second opinion, a peer without an opinion).
     pub retries: u32,
     /// Probe settings (read by the prober each round).
     pub probe: ProbeConfig,
-    /// Guard settings.
     pub guard: GuardConfig,
     /// Pre-rendered JSON body of the 503 answered when no backend is ready.
     pub unavailable_body: bytes::Bytes,
     /// Counters kept across reloads.
     pub stats: Arc<PoolStats>,
+    /// Budget for connect retries and second opinions; its history is kept across reloads.
+    pub budget: RetryBudget,
+    /// Serialises passive ejection decisions in this pool (see `outlier::passive_eject`); kept
+    /// across reloads, so requests still running on an older snapshot take the same lock.
+    pub ejection_lock: Arc<Mutex<()>>,
     /// TLS to the workers, if configured.
     pub tls: Option<crate::upstream::UpstreamTls>,
 }
@@ -55,7 +58,7 @@ impl Pool {
             key,
             exclude,
             slow_start: self.slow_start,
-            now_ms: crate::backend::now_millis(),
+            now_ms: crate::clock::now_millis(),
         };
         self.balancer
             .pick(&self.backends, &cx)
@@ -68,12 +71,47 @@ impl Pool {
     }
 }
 
+/// A backend as selection sees it.
+impl Endpoint for Backend {
+    #[inline]
+    fn id(&self) -> u64 {
+        self.id
+    }
+    #[inline]
+    fn is_routable(&self) -> bool {
+        Backend::is_routable(self)
+    }
+    #[inline]
+    fn weight(&self) -> u32 {
+        Backend::weight(self)
+    }
+    #[inline]
+    fn effective_weight(&self, slow_start: Duration, now_ms: u64) -> u64 {
+        Backend::effective_weight(self, slow_start, now_ms)
+    }
+    #[inline]
+    fn in_flight(&self) -> u64 {
+        Backend::in_flight(self)
+    }
+    fn ring_name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// The selection algorithm a pool's `balance` names.
+fn algorithm(balance: Balance) -> Algorithm {
+    match balance {
+        Balance::P2c => Algorithm::P2c,
+        Balance::RoundRobin => Algorithm::RoundRobin,
+        Balance::Hash => Algorithm::Hash,
+    }
+}
+
 /// One route at runtime.
 #[derive(Debug)]
 pub struct Route {
     /// Host pattern; None matches any host.
     pub host: Option<HostMatch>,
-    /// Path prefix.
     pub path_prefix: String,
     /// Index into [`Snapshot::pools`].
     pub pool: usize,
@@ -143,9 +181,12 @@ pub struct Shared {
     /// Live backend state objects by identity (the snapshot's, plus removed ones still
     /// draining).
     registry: Mutex<HashMap<BackendKey, Arc<Backend>>>,
-    /// Backend state transitions.
+    /// What each pool keeps across reloads, by pool name (never forgotten: a pool's counters
+    /// stay visible in `/metrics` after it left the config).
+    pools: Mutex<HashMap<String, PoolKept>>,
+    /// The log of backend state transitions that the admin API serves.
     pub events: EventLog,
-    /// Counters and histograms.
+    /// Process-wide counters (probes, reloads, ejections); per-pool ones are in the pools.
     pub metrics: Metrics,
 }
 
@@ -153,13 +194,14 @@ impl Shared {
     /// Builds the first snapshot from `config`.
     pub fn new(config: Config) -> Arc<Shared> {
         let registry = Mutex::new(HashMap::new());
-        let metrics = Metrics::default();
-        let snapshot = build(&registry, &metrics, Arc::new(config), 1).0;
+        let pools = Mutex::new(HashMap::new());
+        let snapshot = build(&registry, &pools, Arc::new(config), 1).0;
         Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             registry,
+            pools,
             events: EventLog::new(1000),
-            metrics,
+            metrics: Metrics::default(),
         })
     }
 
@@ -173,8 +215,7 @@ impl Shared {
     /// returns it with the backends the new config no longer has.
     pub fn install(&self, config: Config) -> (Arc<Snapshot>, Vec<Arc<Backend>>) {
         let generation = self.snapshot.load().generation + 1;
-        let (snapshot, removed) =
-            build(&self.registry, &self.metrics, Arc::new(config), generation);
+        let (snapshot, removed) = build(&self.registry, &self.pools, Arc::new(config), generation);
         let snapshot = Arc::new(snapshot);
         self.snapshot.store(snapshot.clone());
         for b in &removed {
@@ -200,6 +241,17 @@ impl Shared {
         reg.retain(|_, b| b.id != backend.id);
     }
 
+    /// Every pool's counters, sorted by pool name, including pools no longer configured.
+    pub fn pool_stats(&self) -> Vec<(String, Arc<PoolStats>)> {
+        let m = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = m
+            .iter()
+            .map(|(k, v)| (k.clone(), v.stats.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
     /// Every live backend, including removed ones still draining.
     pub fn all_backends(&self) -> Vec<Arc<Backend>> {
         let reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
@@ -207,11 +259,19 @@ impl Shared {
     }
 }
 
+/// What a pool keeps across reloads.
+#[derive(Debug, Clone, Default)]
+struct PoolKept {
+    stats: Arc<PoolStats>,
+    budget: Arc<BudgetLedger>,
+    ejection_lock: Arc<Mutex<()>>,
+}
+
 /// Builds a snapshot. Holds the registry lock for the whole build so that two concurrent
 /// reloads cannot both create a state object for the same identity.
 fn build(
     registry: &Mutex<HashMap<BackendKey, Arc<Backend>>>,
-    metrics: &Metrics,
+    kept: &Mutex<HashMap<String, PoolKept>>,
     config: Arc<Config>,
     generation: u64,
 ) -> (Snapshot, Vec<Arc<Backend>>) {
@@ -220,7 +280,15 @@ fn build(
     let pools: Vec<Arc<Pool>> = config
         .pools
         .iter()
-        .map(|pc| Arc::new(build_pool(pc, metrics.pool(&pc.name), &mut reg, &mut keep)))
+        .map(|pc| {
+            let pool_kept = kept
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(pc.name.clone())
+                .or_default()
+                .clone();
+            Arc::new(build_pool(pc, pool_kept, &mut reg, &mut keep))
+        })
         .collect();
     let removed: Vec<Arc<Backend>> = reg
         .iter()
@@ -256,7 +324,7 @@ fn build(
 
 fn build_pool(
     pc: &PoolConfig,
-    stats: Arc<PoolStats>,
+    kept: PoolKept,
     reg: &mut HashMap<BackendKey, Arc<Backend>>,
     keep: &mut HashMap<BackendKey, Arc<Backend>>,
 ) -> Pool {
@@ -284,7 +352,7 @@ fn build_pool(
     .into();
     Pool {
         name: pc.name.as_str().into(),
-        balancer: Balancer::new(pc.balance, &backends),
+        balancer: Balancer::new(algorithm(pc.balance), &backends),
         backends,
         hash_header: pc.hash_header.clone(),
         slow_start: pc.slow_start,
@@ -292,7 +360,14 @@ fn build_pool(
         probe: pc.probe.clone(),
         guard: pc.guard.clone(),
         unavailable_body,
-        stats,
+        stats: kept.stats,
+        budget: RetryBudget::new(
+            kept.budget,
+            pc.guard.retry_budget_ratio,
+            pc.guard.retry_budget_min_per_sec,
+            pc.guard.retry_budget_window,
+        ),
+        ejection_lock: kept.ejection_lock,
         tls: pc
             .upstream_tls
             .as_ref()

@@ -17,8 +17,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
-use syncgate::config::Config;
-use syncgate::sim::{SimOptions, SimWorker};
+use syncgate::demo::{SimOptions, SimWorker};
+use syncgate::Config;
 use syncgate::Running;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -625,7 +625,7 @@ async fn config_shows_identity_and_never_the_token() {
     );
     let cfg = answer.json();
     assert_eq!(cfg["generation"], 1);
-    assert_eq!(cfg["sha256"], syncgate::reload::sha256_hex(text.as_bytes()));
+    assert_eq!(cfg["sha256"], syncgate::sha256_hex(text.as_bytes()));
     assert_eq!(cfg["path"], path.display().to_string());
     humantime::parse_rfc3339(cfg["loaded_at"].as_str().expect("loaded_at")).expect("RFC 3339");
     assert_eq!(cfg["last_error"], Value::Null);
@@ -659,7 +659,7 @@ async fn reload_via_api_applies_a_good_file_and_rejects_a_broken_one() {
     assert_eq!(answer.json(), serde_json::json!({"generation": 2}));
     let cfg = get(&c, &running, "/api/config").await.json();
     assert_eq!(cfg["generation"], 2);
-    assert_eq!(cfg["sha256"], syncgate::reload::sha256_hex(good.as_bytes()));
+    assert_eq!(cfg["sha256"], syncgate::sha256_hex(good.as_bytes()));
     wait_state(&c, &running, "w2", "ready").await;
 
     // A broken file: 400 with every error, and the running config stays.
@@ -690,7 +690,7 @@ async fn reload_via_api_applies_a_good_file_and_rejects_a_broken_one() {
 
     let cfg = get(&c, &running, "/api/config").await.json();
     assert_eq!(cfg["generation"], 2, "the running config stays");
-    assert_eq!(cfg["sha256"], syncgate::reload::sha256_hex(good.as_bytes()));
+    assert_eq!(cfg["sha256"], syncgate::sha256_hex(good.as_bytes()));
     let last = &cfg["last_error"];
     assert!(last["errors"]
         .as_array()

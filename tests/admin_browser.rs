@@ -11,10 +11,10 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use syncgate::backend::State;
-use syncgate::config::Config;
-use syncgate::sim::{SimOptions, SimWorker};
+use syncgate::demo::{SimOptions, SimWorker};
+use syncgate::Config;
 use syncgate::Running;
+use syncgate::State;
 
 /// The browser binary (`$CHROMIUM`, else `/usr/bin/chromium`); `Err` with the path looked at
 /// when it is not installed.

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use syncgate::backend::State;
-use syncgate::metrics::GuardOutcome;
-use syncgate::sim::SimWorker;
+use syncgate::demo::SimWorker;
+use syncgate::GuardOutcome;
 use syncgate::Running;
+use syncgate::State;
 
 use support::*;
 
@@ -23,7 +23,7 @@ fn outcome(running: &Running, o: GuardOutcome) -> u64 {
         .pool("push")
         .unwrap()
         .stats
-        .guard[idx]
+        .guard_outcomes[idx]
         .load(Ordering::Relaxed)
 }
 

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use syncgate::backend::State;
-use syncgate::sim::{SimOptions, SimWorker};
+use syncgate::demo::{SimOptions, SimWorker};
+use syncgate::State;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -613,4 +613,66 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
         .unwrap();
     // The listener is closed.
     assert!(TcpStream::connect(proxy).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_route_host_matches_http1_and_http2_requests_alike() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let ws = workers(1).await;
+    let toml = format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+worker_threads = 1
+[admin]
+listen = "127.0.0.1:0"
+[pools.v6.probe]
+interval = "50ms"
+timeout = "40ms"
+rise = 1
+[[pools.v6.backends]]
+name = "w1"
+addr = "{}"
+[[routes]]
+host = "[::1]:8080"
+pool = "v6"
+"#,
+        ws[0].addr()
+    );
+    let running = start(&toml).await;
+    let proxy = running.proxy_addrs()[0];
+    wait_state(&running, "w1", State::Ready).await;
+    // HTTP/1.1 names the host in the `Host` header.
+    let tcp = TcpStream::connect(proxy).await.unwrap();
+    let (mut http1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // HTTP/2 names it in the `:authority` pseudo-header.
+    let tcp = TcpStream::connect(proxy).await.unwrap();
+    let (mut http2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for (host, expected) in [("[::1]:8080", 200), ("[::1]", 200), ("[::2]:8080", 404)] {
+        let req = http::Request::get("/v1/batch")
+            .header("host", host)
+            .header("authorization", "Bearer key-1")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = http1.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), expected, "HTTP/1.1 Host: {host}");
+        resp.into_body().collect().await.unwrap();
+        let req = http::Request::get(format!("http://{host}/v1/batch"))
+            .header("authorization", "Bearer key-1")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = http2.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), expected, "HTTP/2 :authority {host}");
+        resp.into_body().collect().await.unwrap();
+    }
+    assert_eq!(ws[0].requests(), 4);
+    running.shutdown().await;
 }

@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use syncgate::backend::State;
-use syncgate::config::Config;
-use syncgate::sim::{SimOptions, SimWorker};
+use syncgate::demo::{SimOptions, SimWorker};
+use syncgate::Config;
 use syncgate::Running;
+use syncgate::State;
 
 use support::*;
 

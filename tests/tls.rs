@@ -11,8 +11,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::{CertificateDer, ServerName};
-use syncgate::backend::State;
-use syncgate::config::Config;
+use syncgate::Config;
+use syncgate::State;
 use tokio::net::TcpStream;
 
 use support::*;

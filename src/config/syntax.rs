@@ -54,7 +54,7 @@ pub(super) fn parse_host(text: &str) -> Result<HostMatch, String> {
         return Err("route host must not be empty; leave host out to match any host".to_owned());
     }
     let lower = text.to_ascii_lowercase();
-    let host = strip_port(&lower);
+    let host = crate::host::strip_port(&lower);
     if let Some(suffix) = host.strip_prefix("*.") {
         if suffix.contains('*') || !is_dns_name(suffix) {
             return Err(wildcard_error(text));
@@ -80,24 +80,6 @@ fn wildcard_error(text: &str) -> String {
         "route host \"{text}\" is invalid: a wildcard is only allowed as a leading \"*.\" \
          followed by a domain, e.g. \"*.example.com\""
     )
-}
-
-/// `host:port` → `host`, `[v6]:port` → `[v6]`; anything else unchanged.
-fn strip_port(host: &str) -> &str {
-    let is_port = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
-    if host.starts_with('[') {
-        if let Some(end) = host.find(']') {
-            let rest = &host[end + 1..];
-            if rest.is_empty() || rest.strip_prefix(':').is_some_and(is_port) {
-                return &host[..=end];
-            }
-        }
-        return host;
-    }
-    match host.rsplit_once(':') {
-        Some((name, port)) if !name.contains(':') && is_port(port) => name,
-        _ => host,
-    }
 }
 
 /// Dot-separated non-empty labels of ASCII letters, digits, `-` and `_`.

@@ -13,10 +13,10 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use syncgate::backend::State;
-use syncgate::config::Config;
-use syncgate::sim::{SimOptions, SimWorker};
+use syncgate::demo::{SimOptions, SimWorker};
+use syncgate::Config;
 use syncgate::Running;
+use syncgate::State;
 
 /// A real HTTP/1.1 client.
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;

@@ -5,6 +5,13 @@
 //! syncgate sits in front of them while client agents send a steady load of valid keys.
 //! The backends' state changes are printed as they happen, and the run ends with the count of
 //! requests and of 401s that reached clients: the answer must be 0.
+//!
+//! [`SimWorker`], the simulated worker it runs, is a real HTTP server that the integration
+//! tests and the benchmarks use as well; nothing in the proxy depends on this module.
+
+mod sim;
+
+pub use sim::{SimOptions, SimWorker};
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -18,7 +25,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::config::Config;
-use crate::sim::{SimOptions, SimWorker};
 
 /// Demo parameters.
 #[derive(Debug, Clone)]

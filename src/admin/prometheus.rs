@@ -127,7 +127,7 @@ fn gauges<L: EncodeLabelSet>(
 impl prometheus_client::collector::Collector for Collector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let e = &mut encoder;
-        let pools = self.shared.metrics.pools();
+        let pools = self.shared.pool_stats();
         let backends = self.backends();
 
         // Per pool.
@@ -209,7 +209,7 @@ impl prometheus_client::collector::Collector for Collector {
             pools.iter().flat_map(|(pool, stats)| {
                 GuardOutcome::ALL
                     .iter()
-                    .zip(&stats.guard)
+                    .zip(&stats.guard_outcomes)
                     .map(move |(outcome, n)| {
                         (
                             [("pool", Esc(pool)), ("outcome", Esc(outcome.as_str()))],

@@ -1,0 +1,290 @@
+//! The hyper service: route → pick → forward → guard.
+//!
+//! One call per client request. It reads the current [`Snapshot`] once, so a request runs to
+//! its end on the config it began with, whatever reloads happen meanwhile. In the order a
+//! request meets them: [`serve`] names the request and routes it; [`forward`] reads the body
+//! within its limits and dispatches it through [`exchange`] (connect retries, budget);
+//! a guarded answer goes through [`guard`] (the second opinion); [`response`] writes what
+//! syncgate answers itself; [`headers`] rewrites the request and answer headers.
+
+mod exchange;
+mod guard;
+mod headers;
+mod response;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::balance::Balancer;
+use crate::body::ReqBody;
+use crate::conn::ConnInfo;
+use crate::snapshot::{Pool, Shared, Snapshot};
+use exchange::{exchange, is_too_large, Phase, Tried, Unanswered};
+use headers::{content_length, new_request_id, request_host, upstream_request, X_REQUEST_ID};
+use response::{error, no_ready_backend, RespBody};
+
+/// Serves one client request. Never fails: every problem becomes an HTTP answer.
+pub async fn serve(
+    shared: Arc<Shared>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<RespBody>, std::convert::Infallible> {
+    let snapshot = shared.snapshot();
+    let mut req = req;
+    // The id travels upstream and back to the client, and names the request in our logs.
+    let request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(v) => v.clone(),
+        None => {
+            let id = new_request_id();
+            req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+            id
+        }
+    };
+    let mut resp = route_and_forward(&shared, &snapshot, &conn, req, &request_id).await;
+    resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+    Ok(resp)
+}
+
+async fn route_and_forward(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    request_id: &HeaderValue,
+) -> Response<RespBody> {
+    let routed = {
+        let host = request_host(&req);
+        snapshot.route(host.as_deref().unwrap_or(""), req.uri().path())
+    };
+    let Some(pool) = routed else {
+        return error(StatusCode::NOT_FOUND, "no route", request_id);
+    };
+    let server = &snapshot.config.server;
+    if let Some(len) = content_length(req.headers()) {
+        if len > server.max_request_body {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large",
+                request_id,
+            );
+        }
+    }
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::from_std(started) + server.request_timeout;
+    let limits = Limits {
+        max_body: server.max_request_body,
+        deadline,
+    };
+    let forwarding = forward(shared, pool, conn, req, limits, request_id);
+    let result = tokio::time::timeout_at(deadline, forwarding).await;
+    let resp = match result {
+        Ok(resp) => resp,
+        Err(_) => {
+            tracing::warn!(pool = %pool.name, request_id = ?request_id, "upstream timeout");
+            error(StatusCode::GATEWAY_TIMEOUT, "upstream timeout", request_id)
+        }
+    };
+    pool.stats.record(resp.status(), started.elapsed());
+    resp
+}
+
+/// What every step of one request needs.
+struct Cx<'a> {
+    shared: &'a Shared,
+    pool: &'a Pool,
+    /// The balancer's hash key (with `balance = "hash"`).
+    hash_key: Option<&'a [u8]>,
+    request_id: &'a HeaderValue,
+}
+
+/// The request's body limit and its `request_timeout` deadline.
+struct Limits {
+    max_body: u64,
+    deadline: tokio::time::Instant,
+}
+
+/// Forwards to a ready backend, retrying connect failures on other backends, and asks a
+/// second opinion before a guarded answer (401/403) reaches the client.
+async fn forward(
+    shared: &Shared,
+    pool: &Pool,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    limits: Limits,
+    request_id: &HeaderValue,
+) -> Response<RespBody> {
+    let hash_key = hash_key(pool, req.headers());
+    let cx = Cx {
+        shared,
+        pool,
+        hash_key: hash_key.as_deref(),
+        request_id,
+    };
+    pool.budget.deposit();
+    let (parts, body) = req.into_parts();
+    let body = match receive_body(&cx, body, &parts.headers, &limits).await {
+        Ok(body) => body,
+        Err(resp) => return resp,
+    };
+    dispatch(&cx, upstream_request(parts, body, conn)).await
+}
+
+/// The client's body within the request's limits, or the answer to a body that does not
+/// fit them.
+async fn receive_body(
+    cx: &Cx<'_>,
+    body: Incoming,
+    headers: &HeaderMap,
+    limits: &Limits,
+) -> Result<ReqBody, Response<RespBody>> {
+    let replay_limit = cx.pool.guard.max_replay_body;
+    // Same deadline as the caller's 504, polled first: a body the client has not finished
+    // sending by then is the client's delay (408, like nginx's client_body_timeout).
+    let read = read_body(body, headers, replay_limit, limits.max_body);
+    match tokio::time::timeout_at(limits.deadline, read).await {
+        Ok(Ok(body)) => Ok(body),
+        Err(_) => {
+            let mut resp = error(
+                StatusCode::REQUEST_TIMEOUT,
+                "request body not received in time",
+                cx.request_id,
+            );
+            // The rest of the body may still come: the connection cannot be reused.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Err(resp)
+        }
+        Ok(Err(status)) => {
+            let msg = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "request body too large"
+            } else {
+                "malformed request body"
+            };
+            Err(error(status, msg, cx.request_id))
+        }
+    }
+}
+
+/// Sends the request to a ready backend (others after connect failures) and answers the
+/// client: the worker's answer, a second opinion's outcome for a guarded one, or syncgate's
+/// own error.
+async fn dispatch(cx: &Cx<'_>, req: Request<ReqBody>) -> Response<RespBody> {
+    let pool = cx.pool;
+    let mut tried = Tried::default();
+    // The match ends before the second opinion is awaited, so that the exchange's result
+    // is not kept in this future meanwhile (it would make every request's future larger).
+    let (first, replay) = match exchange(cx, Phase::Forward, req, &mut tried).await {
+        Ok(taken) => taken,
+        Err(unanswered) => return unanswered_error(cx, unanswered, &tried),
+    };
+    if !pool.is_guarded(first.status()) {
+        return first.into_response();
+    }
+    // Boxed: rare, and large enough to bloat every request's future.
+    let (resp, outcome) = Box::pin(guard::second_opinion(cx, first, replay, tried)).await;
+    pool.stats.guard_outcome(outcome);
+    resp
+}
+
+/// syncgate's answer to a request that got no worker's answer.
+fn unanswered_error(cx: &Cx<'_>, why: Unanswered, tried: &Tried) -> Response<RespBody> {
+    let (pool, request_id) = (cx.pool, cx.request_id);
+    match why {
+        Unanswered::NoBackend if tried.failed() == 0 => no_ready_backend(pool),
+        Unanswered::NoBackend => error(
+            StatusCode::BAD_GATEWAY,
+            "no backend could be reached",
+            request_id,
+        ),
+        Unanswered::Exhausted => error(
+            StatusCode::BAD_GATEWAY,
+            "upstream connect failed",
+            request_id,
+        ),
+        Unanswered::BudgetSpent => {
+            pool.stats.retries_refused.fetch_add(1, Ordering::Relaxed);
+            error(
+                StatusCode::BAD_GATEWAY,
+                "upstream connect failed (retry budget spent)",
+                request_id,
+            )
+        }
+        Unanswered::Broken(err) if is_too_large(&err) => error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large",
+            request_id,
+        ),
+        Unanswered::Broken(_) => error(
+            StatusCode::BAD_GATEWAY,
+            "upstream request failed",
+            request_id,
+        ),
+    }
+}
+
+/// Reads the client's body into memory when it fits `replay_limit` (so it can be replayed,
+/// and a malformed chunked body is caught before anything is forwarded); larger bodies stream,
+/// with what was already read sent first. Errors: 413 past `max_body`, 400 for a broken body.
+async fn read_body(
+    mut body: Incoming,
+    headers: &HeaderMap,
+    replay_limit: u64,
+    max_body: u64,
+) -> Result<ReqBody, StatusCode> {
+    if http_body::Body::is_end_stream(&body) {
+        return Ok(ReqBody::empty());
+    }
+    if content_length(headers).is_some_and(|len| len > replay_limit) {
+        return Ok(ReqBody::stream(None, body, max_body));
+    }
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| StatusCode::BAD_REQUEST)?;
+        // Request trailers are rare on push APIs and are not forwarded.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total += data.len() as u64;
+        if total > max_body {
+            return Err(StatusCode::PAYLOAD_TOO_LARGE);
+        }
+        chunks.push(data);
+        if total > replay_limit {
+            return Ok(ReqBody::stream(Some(concat(chunks)), body, max_body));
+        }
+    }
+    Ok(ReqBody::full(concat(chunks)))
+}
+
+/// Joins chunks; a single chunk (the usual case) is passed on without a copy.
+fn concat(mut chunks: Vec<Bytes>) -> Bytes {
+    match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().unwrap_or_default(),
+        _ => {
+            let mut buf = bytes::BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
+            for c in chunks {
+                buf.extend_from_slice(&c);
+            }
+            buf.freeze()
+        }
+    }
+}
+
+/// The request's hash key, for a pool balanced by hash.
+fn hash_key(pool: &Pool, headers: &HeaderMap) -> Option<Vec<u8>> {
+    if !matches!(pool.balancer, Balancer::Hash { .. }) {
+        return None;
+    }
+    headers
+        .get(&pool.hash_header)
+        .map(|v| v.as_bytes().to_vec())
+}
