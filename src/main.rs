@@ -1,18 +1,26 @@
-//! The `syncgate` command line: `run`, `check`, `demo`.
+//! The `syncgate` command line: `run`, `check`, `demo`, and `completions` / `man` for packaging.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use syncgate::Config;
 use syncgate::{notify_systemd, SystemdState};
+
+/// `--version`: the crate version and the commit it was built from (see build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SYNCGATE_COMMIT"),
+    ")"
+);
 
 #[derive(Parser)]
 #[command(
     name = "syncgate",
-    version,
+    version = VERSION,
     about = "A readiness-gated reverse proxy for push APIs"
 )]
 struct Cli {
@@ -49,6 +57,13 @@ enum Command {
         #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
+    /// Print a shell completion script (e.g. `syncgate completions bash > /etc/bash_completion.d/syncgate`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `syncgate man > /usr/share/man/man1/syncgate.1`.
+    Man,
 }
 
 fn init_tracing(format: LogFormat, default: &str) {
@@ -77,6 +92,21 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check { config } => Ok(check(&config)),
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "syncgate", &mut out);
+            print_all(&out);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut out)
+                .context("rendering the manual page")?;
+            print_all(&out);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run { config } => {
             init_tracing(cli.log_format, "info");
             let cfg = match Config::load(&config) {
@@ -167,8 +197,13 @@ fn print_summary(path: &std::path::Path, cfg: &Config) {
         };
         let _ = writeln!(out, "route {host}{} -> {}", r.path_prefix, r.pool);
     }
-    // `check | head` closes the pipe early: that is no error worth a panic.
-    let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
+    print_all(out.as_bytes());
+}
+
+/// Writes to stdout in one go. `check | head` closes the pipe early: that is no error worth a
+/// panic (`print!` would panic).
+fn print_all(bytes: &[u8]) {
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), bytes);
 }
 
 async fn daemon(cfg: Config) -> anyhow::Result<()> {
