@@ -1,12 +1,18 @@
 //! What packagers and operators install beside the binary: shell completions, the manual page,
-//! and a `--version` that names the commit.
+//! a `--version` that names the commit, and the systemd unit's notify protocol.
 
-use std::process::Command;
+mod support;
 
-const BIN: &str = env!("CARGO_BIN_EXE_syncgate");
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::*;
 
 fn stdout_of(args: &[&str]) -> String {
-    let out = Command::new(BIN).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_syncgate"))
+        .args(args)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "syncgate {args:?} failed: {}",
@@ -55,7 +61,7 @@ fn completions_cover_every_subcommand_in_bash_zsh_and_fish() {
 
 #[test]
 fn an_unknown_shell_is_refused_with_the_choices() {
-    let out = Command::new(BIN)
+    let out = Command::new(env!("CARGO_BIN_EXE_syncgate"))
         .args(["completions", "tcsh"])
         .output()
         .unwrap();
@@ -70,4 +76,60 @@ fn the_manual_page_is_roff_for_section_1() {
     assert!(man.contains(".TH syncgate 1"), "{man}");
     assert!(man.contains(".SH NAME"), "{man}");
     assert!(man.contains("readiness"), "{man}");
+}
+
+/// Reads the next datagram on the notify socket, within a deadline.
+async fn next_notification(sock: &tokio::net::UnixDatagram) -> String {
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), sock.recv(&mut buf))
+        .await
+        .expect("a notification within 10 s")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+fn signal(pid: u32, sig: &str) {
+    assert!(Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// `contrib/systemd/syncgate.service` is `Type=notify` with `ExecReload` sending SIGHUP: the
+/// daemon must say READY=1 once it serves, RELOADING=1 then READY=1 around a reload, and
+/// STOPPING=1 when SIGTERM begins the drain, in that order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_tells_a_notify_socket_ready_reloading_ready_stopping_in_order() {
+    let ws = workers(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("syncgate.toml");
+    std::fs::write(&path, pool_config(&[("w1", ws[0].addr())], "", "")).unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = tokio::net::UnixDatagram::bind(&sock_path).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_syncgate"))
+        .args(["run", "--config", path.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+
+    assert!(next_notification(&sock).await.contains("READY=1"));
+    signal(pid, "-HUP");
+    let reloading = next_notification(&sock).await;
+    assert!(reloading.contains("RELOADING=1"), "{reloading}");
+    // systemd (notify-reload) requires the monotonic time the reload began.
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    assert!(next_notification(&sock).await.contains("READY=1"));
+    signal(pid, "-TERM");
+    assert!(next_notification(&sock).await.contains("STOPPING=1"));
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
 }
