@@ -21,6 +21,10 @@
 //! - `syncgate_ejections_total{reason}`
 //! - `syncgate_config_reloads_total{result}`: `ok` | `failed`
 //! - `syncgate_config_generation`
+//! - `syncgate_backends{pool,source}`: backends of the running config, by source (`static` or
+//!   a discover source's name)
+//! - `syncgate_discovery_resolutions_total{pool,source,result}`: `ok` | `empty` | `nxdomain` |
+//!   `servfail` | `timeout` | `error`
 //!
 //! `prometheus-client` writes OpenMetrics; [`to_prometheus_text`] turns it into the classic
 //! Prometheus text format (version 0.0.4) for clients that do not ask for OpenMetrics.
@@ -324,6 +328,39 @@ impl prometheus_client::collector::Collector for Collector {
             )?;
             family.encode_gauge(&self.shared.snapshot().generation)?;
         }
+
+        // Discovery.
+        let mut by_source: std::collections::BTreeMap<(Arc<str>, String), u64> =
+            std::collections::BTreeMap::new();
+        for b in self.shared.snapshot().backends() {
+            *by_source
+                .entry((b.pool.clone(), b.source_name().to_owned()))
+                .or_default() += 1;
+        }
+        gauges(
+            e,
+            "syncgate_backends",
+            "Backends of the running config, by pool and source (static, or a discover source).",
+            by_source
+                .iter()
+                .map(|((pool, source), n)| ([("pool", Esc(pool)), ("source", Esc(source))], *n)),
+        )?;
+        let resolutions = m.resolutions();
+        counters(
+            e,
+            "syncgate_discovery_resolutions",
+            "DNS resolutions of discover sources, by pool, source and result.",
+            resolutions.iter().map(|((pool, source, result), n)| {
+                (
+                    [
+                        ("pool", Esc(pool)),
+                        ("source", Esc(source)),
+                        ("result", Esc(result)),
+                    ],
+                    *n,
+                )
+            }),
+        )?;
         Ok(())
     }
 }

@@ -341,7 +341,7 @@ pub enum HostMatch {
 
 /// How a static backend's `addr = "host:port"` is resolved when the config loads (and at every
 /// explicit reload). The system's resolver in production; tests substitute their own answers.
-pub(crate) trait HostLookup: Send + Sync {
+pub(crate) trait HostLookup: Send + Sync + fmt::Debug {
     /// Every address of `host`, on `port`.
     fn lookup(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>>;
 }
