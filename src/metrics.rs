@@ -185,6 +185,10 @@ pub struct Metrics {
     ejections: Mutex<HashMap<&'static str, u64>>,
     /// Discovery resolutions by pool, source and result (kept after a source leaves).
     resolutions: Mutex<BTreeMap<ResolutionKey, u64>>,
+    /// How long discover sources took to resolve (every resolution, failed ones too).
+    pub discovery_resolve: Histogram,
+    /// How long a changed resolution took to install: diff, snapshot build and swap, probers.
+    pub discovery_install: Histogram,
 }
 
 /// `(pool, source, result)` of a discovery resolution.

@@ -166,6 +166,7 @@ impl Control {
     /// vanished ones drain, the other pools are left as they are.
     fn resolved(&self, resolution: Resolution) {
         let _serial = self.serialise_installs();
+        let started = std::time::Instant::now();
         if !self.discovery.record(resolution, &self.shared.metrics) {
             return;
         }
@@ -174,6 +175,10 @@ impl Control {
             .shared
             .install_members(self.discovery.members(&running.config));
         self.started(&installed);
+        self.shared
+            .metrics
+            .discovery_install
+            .observe(started.elapsed());
     }
 
     /// Probers and drains for what an install changed.

@@ -25,6 +25,9 @@
 //!   a discover source's name)
 //! - `syncgate_discovery_resolutions_total{pool,source,result}`: `ok` | `empty` | `nxdomain` |
 //!   `servfail` | `timeout` | `error`
+//! - `syncgate_discovery_resolve_duration_seconds`: histogram, one resolution of a source
+//! - `syncgate_discovery_install_duration_seconds`: histogram, a changed address set from the
+//!   answer to the swapped snapshot (diff, build, swap, probers)
 //!
 //! `prometheus-client` writes OpenMetrics; [`to_prometheus_text`] turns it into the classic
 //! Prometheus text format (version 0.0.4) for clients that do not ask for OpenMetrics.
@@ -126,6 +129,29 @@ fn gauges<L: EncodeLabelSet>(
         family.encode_family(&labels)?.encode_gauge(&value)?;
     }
     Ok(())
+}
+
+/// Writes one histogram without labels, in seconds.
+fn histogram(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    histogram: &crate::metrics::Histogram,
+) -> Result<(), std::fmt::Error> {
+    let unit = Unit::Seconds;
+    let mut family = encoder.encode_descriptor(name, help, Some(&unit), MetricType::Histogram)?;
+    let (sum, _, cumulative) = histogram.snapshot();
+    // prometheus-client wants per-bucket counts and `f64::MAX` for +Inf.
+    let mut previous = 0;
+    let buckets: Vec<(f64, u64)> = cumulative
+        .iter()
+        .map(|&(bound, total)| {
+            let n = total.saturating_sub(previous);
+            previous = total;
+            (if bound.is_finite() { bound } else { f64::MAX }, n)
+        })
+        .collect();
+    family.encode_histogram::<NoLabelSet>(sum, previous, &buckets, None)
 }
 
 impl prometheus_client::collector::Collector for Collector {
@@ -330,6 +356,18 @@ impl prometheus_client::collector::Collector for Collector {
         }
 
         // Discovery.
+        histogram(
+            e,
+            "syncgate_discovery_resolve_duration",
+            "Time one resolution of a discover source took.",
+            &m.discovery_resolve,
+        )?;
+        histogram(
+            e,
+            "syncgate_discovery_install_duration",
+            "Time from a discover source's changed answer to its snapshot swapped (diff, build, swap, probers).",
+            &m.discovery_install,
+        )?;
         let mut by_source: std::collections::BTreeMap<(Arc<str>, String), u64> =
             std::collections::BTreeMap::new();
         for b in self.shared.snapshot().backends() {

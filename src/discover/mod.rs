@@ -98,6 +98,8 @@ pub struct Resolution {
     source: u64,
     /// When the resolution ended.
     at: SystemTime,
+    /// How long it took.
+    took: Duration,
     /// Sorted addresses without duplicates, or why there are none.
     answer: Result<Vec<Found>, Failure>,
 }
@@ -235,6 +237,7 @@ impl Discovery {
             return false;
         };
         s.last_attempt = Some(resolution.at);
+        metrics.discovery_resolve.observe(resolution.took);
         let outcome = resolution
             .answer
             .as_ref()
@@ -361,6 +364,7 @@ async fn run_source(
                     let sent = tx.send(Resolution {
                         source: id,
                         at: SystemTime::now(),
+                        took: started.elapsed(),
                         answer: Err(failure),
                     });
                     if sent.is_err() || !pause(&token, config.interval, started).await {
@@ -383,6 +387,7 @@ async fn run_source(
         let resolution = Resolution {
             source: id,
             at: SystemTime::now(),
+            took: started.elapsed(),
             answer,
         };
         if tx.send(resolution).is_err() || !pause(&token, config.interval, started).await {
@@ -469,11 +474,13 @@ mod tests {
         let ok = |addrs: &[&str]| Resolution {
             source: a,
             at: SystemTime::now(),
+            took: Duration::ZERO,
             answer: Ok(addrs.iter().map(|s| found(s)).collect()),
         };
         let fail = |outcome| Resolution {
             source: a,
             at: SystemTime::now(),
+            took: Duration::ZERO,
             answer: Err(Failure {
                 outcome,
                 message: "x".into(),
@@ -498,6 +505,7 @@ mod tests {
         let stale = Resolution {
             source: 999,
             at: SystemTime::now(),
+            took: Duration::ZERO,
             answer: Ok(vec![found("10.0.0.9:80")]),
         };
         assert!(!discovery.record(stale, &metrics));
@@ -519,6 +527,7 @@ mod tests {
             Resolution {
                 source: ids[1],
                 at: SystemTime::now(),
+                took: Duration::ZERO,
                 answer: Ok(vec![Found {
                     addr: "10.0.1.1:9000".parse().unwrap(),
                     srv_weight: Some(30),
@@ -530,6 +539,7 @@ mod tests {
             Resolution {
                 source: ids[0],
                 at: SystemTime::now(),
+                took: Duration::ZERO,
                 answer: Ok(vec![found("10.0.0.2:80")]),
             },
             &metrics,
@@ -554,6 +564,7 @@ mod tests {
             Resolution {
                 source: before[0],
                 at: SystemTime::now(),
+                took: Duration::ZERO,
                 answer: Ok(vec![found("10.0.0.2:80")]),
             },
             &metrics,
