@@ -139,7 +139,7 @@ impl<'a> Validator<'a> {
             return default;
         };
         let x = *value.get_ref();
-        let in_range = x >= min && max.map_or(true, |max| x <= max);
+        let in_range = x >= min && max.is_none_or(|max| x <= max);
         let converted = if in_range { T::try_from(x).ok() } else { None };
         if let Some(converted) = converted {
             return converted;
