@@ -369,9 +369,10 @@ impl Admin {
                 })
                 .collect();
             let ready = pool.backends.iter().filter(|b| b.is_routable()).count();
+            let discover = self.control.discovery().status(&pool.name);
             pools.insert(
                 pool.name.to_string(),
-                json!({"ready": ready, "backends": backends}),
+                json!({"ready": ready, "backends": backends, "discover": discover}),
             );
         }
         let mut removed: Vec<Arc<Backend>> = self
@@ -384,7 +385,7 @@ impl Admin {
         for b in removed {
             let entry = pools
                 .entry(b.pool.to_string())
-                .or_insert_with(|| json!({"ready": 0, "backends": []}));
+                .or_insert_with(|| json!({"ready": 0, "backends": [], "discover": []}));
             if let Some(list) = entry.get_mut("backends").and_then(Value::as_array_mut) {
                 list.push(backend_json(&b));
             }
@@ -582,6 +583,7 @@ fn backend_json(b: &Backend) -> Value {
     json!({
         "name": &*b.name,
         "addr": b.addr.to_string(),
+        "source": b.source_name(),
         "state": state.as_str(),
         "weight": b.weight(),
         "in_flight": b.in_flight(),

@@ -115,6 +115,8 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// Pre-rendered `IP:port`, used as the upstream authority.
     pub authority: http::uri::Authority,
+    /// The discover source that found it; None for a backend of the config file.
+    pub source: Option<Arc<str>>,
     state: AtomicU8,
     /// Configured weight; updated in place by a reload.
     weight: AtomicU32,
@@ -155,6 +157,7 @@ impl Backend {
             name: name.into(),
             addr,
             authority,
+            source: None,
             state: AtomicU8::new(State::Pending as u8),
             weight: AtomicU32::new(weight),
             ready_at: AtomicU64::new(0),
@@ -171,6 +174,17 @@ impl Backend {
                 last_probe_ok: None,
             }),
         }
+    }
+
+    /// The same backend, found by the discover source `source`.
+    pub fn with_source(mut self, source: Arc<str>) -> Backend {
+        self.source = Some(source);
+        self
+    }
+
+    /// `static` for a backend of the config file, else its discover source's name.
+    pub fn source_name(&self) -> &str {
+        self.source.as_deref().unwrap_or("static")
     }
 
     /// The current state.
@@ -274,6 +288,13 @@ impl Backend {
     /// Marks the backend as gone from the config (its prober stops).
     pub fn mark_removed(&self) {
         self.removed.store(true, Ordering::Release);
+    }
+
+    /// Takes back a removed backend that is in the config (or DNS) again while still
+    /// draining: it keeps this state object (counters, probe history, pooled connections)
+    /// instead of getting a second one for the same identity.
+    pub fn revive(&self) {
+        self.removed.store(false, Ordering::Release);
     }
 
     /// Whether the backend left the config.

@@ -26,8 +26,10 @@
 //!   budget) → guard (the second opinion, a pure verdict).
 //! - server: listeners, one single-threaded runtime per proxy thread, idle timeout, graceful
 //!   shutdown.
-//! - control: `readiness` (the key-sync contract, fleet checks, rise/fall gate, prober task)
-//!   and `reload` (hot reload, prober lifecycle, config identity).
+//! - control: `readiness` (the key-sync contract, fleet checks, rise/fall gate, prober task),
+//!   `discover` (DNS sources of backends: one resolving task each, reporting to the control
+//!   plane) and `reload` (hot reload, prober lifecycle, config identity, and the one lock
+//!   under which reloads and DNS changes install snapshots).
 //! - admin: the admin HTTP API, status page, Prometheus metrics, operator actions.
 //!
 //! [`demo`] (the `syncgate demo` scenario and its simulated workers, which the tests and
@@ -47,6 +49,7 @@ mod conn;
 mod counters;
 pub mod demo;
 mod digest;
+mod discover;
 mod events;
 mod host;
 mod metrics;

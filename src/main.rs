@@ -188,6 +188,19 @@ fn print_summary(path: &std::path::Path, cfg: &Config) {
                 b.weight
             );
         }
+        for d in &p.discover {
+            let resolver = d
+                .resolver
+                .map_or_else(|| "system resolver".to_owned(), |r| format!("resolver {r}"));
+            let _ = writeln!(
+                out,
+                "  discover {} {} {} every {:?} ({resolver})",
+                d.name,
+                d.query.kind(),
+                d.query.target(),
+                d.interval
+            );
+        }
     }
     for r in &cfg.routes {
         let host = match &r.host {

@@ -5,7 +5,7 @@
 //! [`Metrics`]. The admin endpoint
 //! renders all of them in the Prometheus text format at scrape time.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -183,7 +183,16 @@ pub struct Metrics {
     pub reloads_failed: AtomicU64,
     /// Ejections by reason label.
     ejections: Mutex<HashMap<&'static str, u64>>,
+    /// Discovery resolutions by pool, source and result (kept after a source leaves).
+    resolutions: Mutex<BTreeMap<ResolutionKey, u64>>,
+    /// How long discover sources took to resolve (every resolution, failed ones too).
+    pub discovery_resolve: Histogram,
+    /// How long a changed resolution took to install: diff, snapshot build and swap, probers.
+    pub discovery_install: Histogram,
 }
+
+/// `(pool, source, result)` of a discovery resolution.
+pub type ResolutionKey = (String, String, &'static str);
 
 impl Metrics {
     /// Counts one probe.
@@ -200,6 +209,20 @@ impl Metrics {
     pub fn ejection(&self, reason: &'static str) {
         let mut m = self.ejections.lock().unwrap_or_else(|e| e.into_inner());
         *m.entry(reason).or_default() += 1;
+    }
+
+    /// Counts one resolution of a discover source (every `interval` per source: a lock is
+    /// fine).
+    pub fn resolution(&self, pool: &str, source: &str, result: &'static str) {
+        let mut m = self.resolutions.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry((pool.to_owned(), source.to_owned(), result))
+            .or_default() += 1;
+    }
+
+    /// Resolutions by `(pool, source, result)`, sorted.
+    pub fn resolutions(&self) -> Vec<(ResolutionKey, u64)> {
+        let m = self.resolutions.lock().unwrap_or_else(|e| e.into_inner());
+        m.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
 
     /// Ejections by reason.

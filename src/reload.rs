@@ -3,8 +3,14 @@
 //! ConfigMap symlink swaps are seen), `SIGHUP` (in `main.rs`) and `POST /api/reload`.
 //!
 //! [`Control`] owns what the control plane runs: prober tasks (one per live backend), drains of
-//! removed backends, and the config identity (generation, sha256, last error). Reloads are
-//! serialised by an async mutex; a file that does not load changes nothing.
+//! removed backends, discover sources, and the config identity (generation, sha256, last
+//! error). Reloads are serialised by an async mutex; a file that does not load changes nothing.
+//! Every snapshot install, a reload's or a DNS change's, happens under one more lock together
+//! with the prober changes it calls for, so that neither loses the other's update.
+//!
+//! A file whose bytes did not change is not reloaded when the watcher sees it; an explicit
+//! reload (`SIGHUP`, `POST /api/reload`) loads it anyway, so that static `host:port` backend
+//! addresses are resolved again.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -17,9 +23,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::Backend;
-use crate::config::{Config, ConfigError, LoadError};
+use crate::config::{Config, ConfigError, HostLookup, LoadError, SystemLookup};
 use crate::digest::sha256_hex;
-use crate::snapshot::{Shared, Snapshot};
+use crate::discover::{Discovery, Resolution};
+use crate::snapshot::{Installed, Shared, Snapshot};
 use crate::systemd::{notify_systemd, SystemdState};
 use crate::tls::{CertStore, Prepared};
 
@@ -70,10 +77,18 @@ pub struct Control {
     status: Mutex<ConfigStatus>,
     certs: Option<Arc<CertStore>>,
     reload_lock: tokio::sync::Mutex<()>,
+    /// Held across every snapshot install and the prober changes that follow it (a reload's,
+    /// or a discover source's), so that a reload and a DNS change never lose each other's
+    /// update. Never held across an await.
+    install_lock: Mutex<()>,
+    discovery: Discovery,
+    /// Resolves static `host:port` backend addresses at each reload.
+    lookup: Arc<dyn HostLookup>,
 }
 
 impl Control {
     /// A control plane for `shared`, whose first config came from `path` with these bytes.
+    /// Starts a prober per backend and the config's discover sources.
     pub fn new(
         shared: Arc<Shared>,
         path: Option<PathBuf>,
@@ -82,6 +97,28 @@ impl Control {
         token: CancellationToken,
         tasks: TaskTracker,
     ) -> Arc<Control> {
+        Control::create(
+            shared,
+            path,
+            file_bytes,
+            certs,
+            token,
+            tasks,
+            Arc::new(SystemLookup),
+        )
+    }
+
+    /// [`Control::new`], resolving static host names at reloads with `lookup`.
+    fn create(
+        shared: Arc<Shared>,
+        path: Option<PathBuf>,
+        file_bytes: Option<&[u8]>,
+        certs: Option<Arc<CertStore>>,
+        token: CancellationToken,
+        tasks: TaskTracker,
+        lookup: Arc<dyn HostLookup>,
+    ) -> Arc<Control> {
+        let (discovery, resolutions) = Discovery::new();
         let control = Arc::new(Control {
             status: Mutex::new(ConfigStatus {
                 path,
@@ -98,9 +135,55 @@ impl Control {
             certs,
             probers: Mutex::new(HashMap::new()),
             reload_lock: tokio::sync::Mutex::new(()),
+            install_lock: Mutex::new(()),
+            discovery,
+            lookup,
         });
         control.sync_probers(&control.shared.snapshot(), &[]);
+        control.discovery.reconcile(
+            &control.shared.snapshot().config,
+            &control.tasks,
+            &control.token,
+        );
         control
+            .tasks
+            .spawn(apply_resolutions(control.clone(), resolutions));
+        control
+    }
+
+    /// The discover sources of the running config.
+    pub fn discovery(&self) -> &Discovery {
+        &self.discovery
+    }
+
+    /// Holds the install lock (see the field).
+    fn serialise_installs(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.install_lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a discover source's resolution and, when its addresses changed, installs the
+    /// running config with the new members: new addresses start `pending` with a prober,
+    /// vanished ones drain, the other pools are left as they are.
+    fn resolved(&self, resolution: Resolution) {
+        let _serial = self.serialise_installs();
+        let started = std::time::Instant::now();
+        if !self.discovery.record(resolution, &self.shared.metrics) {
+            return;
+        }
+        let running = self.shared.snapshot();
+        let installed = self
+            .shared
+            .install_members(self.discovery.members(&running.config));
+        self.started(&installed);
+        self.shared
+            .metrics
+            .discovery_install
+            .observe(started.elapsed());
+    }
+
+    /// Probers and drains for what an install changed.
+    fn started(&self, installed: &Installed) {
+        self.sync_probers(&installed.snapshot, &installed.removed);
     }
 
     /// The root cancellation token of the control plane.
@@ -182,8 +265,19 @@ impl Control {
                 message: "syncgate was started without a config file; nothing to reload".into(),
             }]);
         };
-        match self.load(&path).await.map_err(|e| e.errors())? {
-            None => {
+        // The watcher reloads only changed bytes; an explicit trigger loads the file anyway,
+        // resolving static host names again.
+        let explicit = trigger != "file";
+        match self.load(&path, explicit).await.map_err(|e| e.errors())? {
+            Some((config, sha)) if !explicit || self.changes_something(&config, &sha) => {
+                let cert = self.prepare_certs(config.server.tls.as_ref())?;
+                let generation = self.apply(config, sha, trigger);
+                if let Some(cert) = cert {
+                    self.install_certs(cert);
+                }
+                Ok(generation)
+            }
+            _ => {
                 // The file loads again (it holds the running config's bytes): an earlier
                 // failure no longer describes it.
                 self.status
@@ -196,15 +290,23 @@ impl Control {
                 }
                 Ok(self.status().generation)
             }
-            Some((config, sha)) => {
-                let cert = self.prepare_certs(config.server.tls.as_ref())?;
-                let generation = self.apply(config, sha, trigger);
-                if let Some(cert) = cert {
-                    self.install_certs(cert);
-                }
-                Ok(generation)
-            }
         }
+    }
+
+    /// Whether a config loaded by an explicit reload differs from the running one: its bytes,
+    /// or (same bytes) the addresses its static host names resolve to now.
+    fn changes_something(&self, config: &Config, sha: &str) -> bool {
+        if sha != self.status().sha256 {
+            return true;
+        }
+        let running = self.shared.snapshot();
+        running.config.pools.len() != config.pools.len()
+            || running
+                .config
+                .pools
+                .iter()
+                .zip(&config.pools)
+                .any(|(a, b)| a.backends != b.backends)
     }
 
     fn install_certs(&self, cert: Prepared) {
@@ -213,8 +315,9 @@ impl Control {
         }
     }
 
-    /// Reads and validates the file; `None` when its bytes equal the running config's.
-    async fn load(&self, path: &Path) -> Result<Option<(Config, String)>, LoadError> {
+    /// Reads and validates the file; `None` when its bytes equal the running config's, unless
+    /// `always`.
+    async fn load(&self, path: &Path, always: bool) -> Result<Option<(Config, String)>, LoadError> {
         let bytes = tokio::fs::read(path)
             .await
             .map_err(|source| LoadError::Io {
@@ -222,14 +325,15 @@ impl Control {
                 source,
             })?;
         let sha = sha256_hex(&bytes);
-        if sha == self.status().sha256 {
+        if !always && sha == self.status().sha256 {
             return Ok(None);
         }
         // Off the control runtime: validation may resolve backend host names, and a slow
         // resolver must not stall the probers, the admin API or signal handling.
         let owned = path.to_path_buf();
+        let lookup = self.lookup.clone();
         let parsed = tokio::task::spawn_blocking(move || {
-            Config::parse(&String::from_utf8_lossy(&bytes), Some(&owned))
+            Config::parse_with(&String::from_utf8_lossy(&bytes), Some(&owned), &*lookup)
         })
         .await;
         match parsed {
@@ -244,8 +348,15 @@ impl Control {
     fn apply(&self, mut config: Config, sha: String, trigger: &'static str) -> u64 {
         let old = self.shared.snapshot();
         keep_listeners(&old.config, &mut config);
-        let (snapshot, removed) = self.shared.install(config);
-        self.sync_probers(&snapshot, &removed);
+        let installed = {
+            let _serial = self.serialise_installs();
+            self.discovery.reconcile(&config, &self.tasks, &self.token);
+            let members = self.discovery.members(&config);
+            let installed = self.shared.install(config, members);
+            self.started(&installed);
+            installed
+        };
+        let (snapshot, removed) = (&installed.snapshot, &installed.removed);
         self.shared
             .metrics
             .reloads_ok
@@ -318,7 +429,22 @@ fn keep_listeners(old: &Config, new: &mut Config) {
     }
 }
 
-/// Waits for a removed backend to go idle (or the drain deadline), then forgets it.
+/// Receives the discover sources' resolutions until shutdown and applies each.
+async fn apply_resolutions(control: Arc<Control>, mut rx: mpsc::UnboundedReceiver<Resolution>) {
+    loop {
+        let resolution = tokio::select! {
+            _ = control.token.cancelled() => return,
+            r = rx.recv() => match r {
+                Some(r) => r,
+                None => return,
+            },
+        };
+        control.resolved(resolution);
+    }
+}
+
+/// Waits for a removed backend to go idle (or the drain deadline), then forgets it. Stops
+/// early when the backend is taken back (it is in the config or DNS again).
 async fn drain_removed(
     backend: Arc<Backend>,
     shared: Arc<Shared>,
@@ -326,11 +452,14 @@ async fn drain_removed(
     token: CancellationToken,
 ) {
     let until = tokio::time::Instant::now() + deadline;
-    while backend.in_flight() > 0 && tokio::time::Instant::now() < until {
+    while backend.is_removed() && backend.in_flight() > 0 && tokio::time::Instant::now() < until {
         tokio::select! {
             _ = token.cancelled() => break,
             _ = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
+    }
+    if !backend.is_removed() {
+        return;
     }
     tracing::info!(pool = %backend.pool, backend = %backend.name, in_flight = backend.in_flight(), "removed backend drained");
     shared.forget(&backend);
@@ -428,4 +557,56 @@ pub fn watch(control: Arc<Control>, path: &Path) -> Result<(), notify::Error> {
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+
+    /// A resolver whose answer the test changes: every host name has this one address.
+    #[derive(Debug)]
+    struct Answers(Mutex<SocketAddr>);
+
+    impl HostLookup for Answers {
+        fn lookup(&self, _host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+            let ip = self.0.lock().unwrap_or_else(|e| e.into_inner()).ip();
+            Ok(vec![SocketAddr::new(ip, port)])
+        }
+    }
+
+    #[tokio::test]
+    async fn an_explicit_reload_resolves_static_host_names_again_and_the_watcher_does_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("syncgate.toml");
+        let text = "[admin]\nlisten = \"127.0.0.1:0\"\n\
+                    [[pools.push.backends]]\nname = \"w1\"\naddr = \"workers.internal:9000\"\n";
+        std::fs::write(&path, text).expect("write config");
+        let answers = Arc::new(Answers(Mutex::new("127.0.0.2:0".parse().unwrap())));
+        let config = Config::parse_with(text, Some(&path), &*answers).expect("valid");
+        let shared = Shared::new(config);
+        let control = Control::create(
+            shared.clone(),
+            Some(path),
+            Some(text.as_bytes()),
+            None,
+            CancellationToken::new(),
+            TaskTracker::new(),
+            answers.clone(),
+        );
+        let addr = || shared.snapshot().backends().next().map(|b| b.addr);
+        assert_eq!(addr(), Some("127.0.0.2:9000".parse().unwrap()));
+
+        *answers.0.lock().unwrap() = "127.0.0.3:0".parse().unwrap();
+        // The watcher sees the same bytes: nothing to do.
+        assert_eq!(control.reload("file").await, Ok(1));
+        assert_eq!(addr(), Some("127.0.0.2:9000".parse().unwrap()));
+        // SIGHUP (and the API) load the file anyway: the name resolves to its new address.
+        assert_eq!(control.reload("signal").await, Ok(2));
+        assert_eq!(addr(), Some("127.0.0.3:9000".parse().unwrap()));
+        // Same bytes, same answer: no new generation.
+        assert_eq!(control.reload("api").await, Ok(2));
+        control.token().cancel();
+    }
 }

@@ -3,9 +3,12 @@
 //!
 //! Building a snapshot reuses the [`Backend`] state object of every backend whose
 //! `(pool, name, addr)` identity is unchanged, so a reload keeps readiness, counters and probe
-//! history; new identities start `pending`.
+//! history; new identities start `pending`. A snapshot is built from the validated config plus
+//! the backends discovery found ([`Members`]); a change of DNS answers alone rebuilds only the
+//! pools whose members changed and keeps the others' `Pool` objects as they are.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +23,35 @@ use crate::events::EventLog;
 use crate::metrics::{Metrics, PoolStats};
 
 /// Backend identity: `(pool, name, addr)`.
-pub type BackendKey = (String, String, std::net::SocketAddr);
+pub type BackendKey = (String, String, SocketAddr);
+
+/// A backend found by a discover source, added to its pool (after the static backends) when a
+/// snapshot is built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The discover source's name.
+    pub source: Arc<str>,
+    /// Backend name, unique in its pool.
+    pub name: String,
+    /// Worker address.
+    pub addr: SocketAddr,
+    /// Weight, 1..=1000.
+    pub weight: u32,
+}
+
+/// Discovered backends by pool name, each list in the order the pool shows them.
+pub type Members = BTreeMap<String, Vec<Member>>;
+
+/// What one install changed.
+#[derive(Debug)]
+pub struct Installed {
+    /// The snapshot now running.
+    pub snapshot: Arc<Snapshot>,
+    /// Backends that joined: new state objects, and removed ones taken back while draining.
+    pub added: Vec<Arc<Backend>>,
+    /// Backends that left (now draining).
+    pub removed: Vec<Arc<Backend>>,
+}
 
 /// One pool at runtime.
 #[derive(Debug)]
@@ -152,6 +183,8 @@ pub struct Snapshot {
     pub pools: Vec<Arc<Pool>>,
     /// The validated config this snapshot was built from.
     pub config: Arc<Config>,
+    /// The discovered backends it was built with.
+    pub members: Arc<Members>,
 }
 
 impl Snapshot {
@@ -195,7 +228,7 @@ impl Shared {
     pub fn new(config: Config) -> Arc<Shared> {
         let registry = Mutex::new(HashMap::new());
         let pools = Mutex::new(HashMap::new());
-        let snapshot = build(&registry, &pools, Arc::new(config), 1).0;
+        let snapshot = build(&registry, &pools, Arc::new(config), Arc::default(), 1, None).snapshot;
         Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             registry,
@@ -211,15 +244,56 @@ impl Shared {
         self.snapshot.load_full()
     }
 
-    /// Builds a snapshot for `config` reusing backend state by identity, swaps it in, and
-    /// returns it with the backends the new config no longer has.
-    pub fn install(&self, config: Config) -> (Arc<Snapshot>, Vec<Arc<Backend>>) {
+    /// Builds a snapshot for a new `config` (next generation) and the discovered `members`,
+    /// reusing backend state by identity, and swaps it in.
+    ///
+    /// Callers serialise installs (`reload::Control` holds one lock across every install and
+    /// the prober changes that follow), so that a reload and a DNS change never lose each
+    /// other's update.
+    pub fn install(&self, config: Config, members: Members) -> Installed {
         let generation = self.snapshot.load().generation + 1;
-        let (snapshot, removed) = build(&self.registry, &self.pools, Arc::new(config), generation);
-        let snapshot = Arc::new(snapshot);
+        self.swap(Arc::new(config), members, generation, None)
+    }
+
+    /// Rebuilds the running config's snapshot with new discovered `members`: the generation
+    /// stays (it counts config loads), and pools whose members did not change keep their
+    /// `Pool` objects (balancer tables included). Serialised like [`Shared::install`].
+    pub fn install_members(&self, members: Members) -> Installed {
+        let running = self.snapshot.load_full();
+        self.swap(
+            running.config.clone(),
+            members,
+            running.generation,
+            Some(&running),
+        )
+    }
+
+    fn swap(
+        &self,
+        config: Arc<Config>,
+        members: Members,
+        generation: u64,
+        previous: Option<&Snapshot>,
+    ) -> Installed {
+        let built = build(
+            &self.registry,
+            &self.pools,
+            config,
+            Arc::new(members),
+            generation,
+            previous,
+        );
+        let snapshot = Arc::new(built.snapshot);
         self.snapshot.store(snapshot.clone());
-        for b in &removed {
+        for b in &built.removed {
             b.mark_removed();
+            let reason = match &b.source {
+                Some(source) if has_source(&snapshot.config, &b.pool, source) => {
+                    tracing::info!(pool = %b.pool, source = %source, backend = %b.name, addr = %b.addr, "vanished");
+                    format!("vanished from DNS (source {source})")
+                }
+                _ => "removed from config".to_owned(),
+            };
             b.transition(
                 &[
                     State::Pending,
@@ -228,17 +302,46 @@ impl Shared {
                     State::Disabled,
                 ],
                 State::Draining,
-                "removed from config",
+                &reason,
                 &self.events,
             );
         }
-        (snapshot, removed)
+        for b in &built.revived {
+            let reason = match &b.source {
+                Some(source) => {
+                    tracing::info!(pool = %b.pool, source = %source, backend = %b.name, addr = %b.addr, "discovered");
+                    format!("discovered again (source {source})")
+                }
+                None => "back in config".to_owned(),
+            };
+            b.transition(&[State::Draining], State::Pending, &reason, &self.events);
+        }
+        for b in &built.created {
+            if let Some(source) = &b.source {
+                tracing::info!(pool = %b.pool, source = %source, backend = %b.name, addr = %b.addr, "discovered");
+                self.events.record(
+                    &b.pool,
+                    &b.name,
+                    "absent",
+                    State::Pending.as_str(),
+                    &format!("discovered (source {source})"),
+                );
+            }
+        }
+        let mut added = built.created;
+        added.extend(built.revived);
+        Installed {
+            snapshot,
+            added,
+            removed: built.removed,
+        }
     }
 
-    /// Forgets a removed backend once it is idle (or its drain deadline passed).
+    /// Forgets a removed backend once it is idle (or its drain deadline passed), unless it was
+    /// taken back meanwhile (checked under the registry lock, which revival holds).
     pub fn forget(&self, backend: &Backend) {
         let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-        reg.retain(|_, b| b.id != backend.id);
+        reg.retain(|_, b| b.id != backend.id || !b.is_removed());
     }
 
     /// Every pool's counters, sorted by pool name, including pools no longer configured.
@@ -267,27 +370,69 @@ struct PoolKept {
     ejection_lock: Arc<Mutex<()>>,
 }
 
+/// Whether `pool` of `config` has a discover source named `source`.
+fn has_source(config: &Config, pool: &str, source: &str) -> bool {
+    config
+        .pools
+        .iter()
+        .any(|p| p.name == pool && p.discover.iter().any(|d| d.name == source))
+}
+
+/// A built snapshot and how its backends differ from the registry's.
+struct Built {
+    snapshot: Snapshot,
+    /// New state objects.
+    created: Vec<Arc<Backend>>,
+    /// Removed backends taken back (no longer marked removed; still `draining`).
+    revived: Vec<Arc<Backend>>,
+    /// Backends of the registry the snapshot no longer has (not yet marked removed).
+    removed: Vec<Arc<Backend>>,
+}
+
 /// Builds a snapshot. Holds the registry lock for the whole build so that two concurrent
-/// reloads cannot both create a state object for the same identity.
+/// builds cannot both create a state object for the same identity. With `previous` built from
+/// the same config, a pool whose members are unchanged is taken over as it is.
 fn build(
     registry: &Mutex<HashMap<BackendKey, Arc<Backend>>>,
     kept: &Mutex<HashMap<String, PoolKept>>,
     config: Arc<Config>,
+    members: Arc<Members>,
     generation: u64,
-) -> (Snapshot, Vec<Arc<Backend>>) {
+    previous: Option<&Snapshot>,
+) -> Built {
     let mut reg = registry.lock().unwrap_or_else(|e| e.into_inner());
     let mut keep: HashMap<BackendKey, Arc<Backend>> = HashMap::new();
+    let mut created = Vec::new();
+    let mut revived = Vec::new();
+    let previous = previous.filter(|p| Arc::ptr_eq(&p.config, &config));
     let pools: Vec<Arc<Pool>> = config
         .pools
         .iter()
         .map(|pc| {
+            let discovered = members.get(&pc.name).map_or(&[][..], Vec::as_slice);
+            let unchanged = previous.and_then(|p| {
+                let before = p.members.get(&pc.name).map_or(&[][..], Vec::as_slice);
+                (before == discovered).then(|| p.pool(&pc.name)).flatten()
+            });
+            if let Some(pool) = unchanged {
+                for b in &pool.backends {
+                    keep.insert((pc.name.clone(), b.name.to_string(), b.addr), b.clone());
+                }
+                return pool.clone();
+            }
             let pool_kept = kept
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .entry(pc.name.clone())
                 .or_default()
                 .clone();
-            Arc::new(build_pool(pc, pool_kept, &mut reg, &mut keep))
+            let mut changes = Changes {
+                reg: &mut reg,
+                keep: &mut keep,
+                created: &mut created,
+                revived: &mut revived,
+            };
+            Arc::new(build_pool(pc, discovered, pool_kept, &mut changes))
         })
         .collect();
     let removed: Vec<Arc<Backend>> = reg
@@ -311,39 +456,88 @@ fn build(
         .collect();
     // Stable: equally specific routes keep file order.
     routes.sort_by_key(Route::specificity);
-    (
-        Snapshot {
+    Built {
+        snapshot: Snapshot {
             generation,
             routes,
             pools,
             config,
+            members,
         },
+        created,
+        revived,
         removed,
-    )
+    }
 }
 
+/// Where [`build_pool`] records the state objects it uses, creates and takes back.
+struct Changes<'a> {
+    reg: &'a mut HashMap<BackendKey, Arc<Backend>>,
+    keep: &'a mut HashMap<BackendKey, Arc<Backend>>,
+    created: &'a mut Vec<Arc<Backend>>,
+    revived: &'a mut Vec<Arc<Backend>>,
+}
+
+impl Changes<'_> {
+    /// The state object for an identity: the registry's (taken back if it was removed and is
+    /// still draining), or a new one from `create`.
+    fn backend(
+        &mut self,
+        key: BackendKey,
+        weight: u32,
+        create: impl FnOnce() -> Backend,
+    ) -> Arc<Backend> {
+        let backend = match self.reg.get(&key) {
+            Some(b) => {
+                if b.is_removed() {
+                    b.revive();
+                    self.revived.push(b.clone());
+                }
+                b.set_weight(weight);
+                b.clone()
+            }
+            None => {
+                let b = Arc::new(create());
+                self.created.push(b.clone());
+                b
+            }
+        };
+        self.keep.insert(key, backend.clone());
+        backend
+    }
+}
+
+/// One pool: its static backends in file order, then the discovered `members` whose name and
+/// address no backend before them has (a static backend wins over DNS, an earlier source over a
+/// later one).
 fn build_pool(
     pc: &PoolConfig,
+    members: &[Member],
     kept: PoolKept,
-    reg: &mut HashMap<BackendKey, Arc<Backend>>,
-    keep: &mut HashMap<BackendKey, Arc<Backend>>,
+    changes: &mut Changes<'_>,
 ) -> Pool {
-    let backends: Vec<Arc<Backend>> = pc
+    let mut backends: Vec<Arc<Backend>> = pc
         .backends
         .iter()
         .map(|bc| {
             let key = (pc.name.clone(), bc.name.clone(), bc.addr);
-            let backend = match reg.get(&key) {
-                Some(b) if !b.is_removed() => {
-                    b.set_weight(bc.weight);
-                    b.clone()
-                }
-                _ => Arc::new(Backend::new(&pc.name, &bc.name, bc.addr, bc.weight)),
-            };
-            keep.insert(key, backend.clone());
-            backend
+            changes.backend(key, bc.weight, || {
+                Backend::new(&pc.name, &bc.name, bc.addr, bc.weight)
+            })
         })
         .collect();
+    let mut names: HashSet<&str> = pc.backends.iter().map(|b| b.name.as_str()).collect();
+    let mut addrs: HashSet<SocketAddr> = pc.backends.iter().map(|b| b.addr).collect();
+    for m in members {
+        if !names.insert(&m.name) || !addrs.insert(m.addr) {
+            tracing::debug!(pool = %pc.name, source = %m.source, addr = %m.addr, "discovered address already in the pool; skipped");
+            continue;
+        }
+        let key = (pc.name.clone(), m.name.clone(), m.addr);
+        backends.push(changes.backend(key, m.weight, || {
+            Backend::new(&pc.name, &m.name, m.addr, m.weight).with_source(m.source.clone())
+        }));
+    }
     let unavailable_body = serde_json::to_vec(&serde_json::json!({
         "error": "no ready backend",
         "pool": pc.name,

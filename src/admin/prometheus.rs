@@ -21,6 +21,13 @@
 //! - `syncgate_ejections_total{reason}`
 //! - `syncgate_config_reloads_total{result}`: `ok` | `failed`
 //! - `syncgate_config_generation`
+//! - `syncgate_backends{pool,source}`: backends of the running config, by source (`static` or
+//!   a discover source's name)
+//! - `syncgate_discovery_resolutions_total{pool,source,result}`: `ok` | `empty` | `nxdomain` |
+//!   `servfail` | `timeout` | `error`
+//! - `syncgate_discovery_resolve_duration_seconds`: histogram, one resolution of a source
+//! - `syncgate_discovery_install_duration_seconds`: histogram, a changed address set from the
+//!   answer to the swapped snapshot (diff, build, swap, probers)
 //!
 //! `prometheus-client` writes OpenMetrics; [`to_prometheus_text`] turns it into the classic
 //! Prometheus text format (version 0.0.4) for clients that do not ask for OpenMetrics.
@@ -122,6 +129,29 @@ fn gauges<L: EncodeLabelSet>(
         family.encode_family(&labels)?.encode_gauge(&value)?;
     }
     Ok(())
+}
+
+/// Writes one histogram without labels, in seconds.
+fn histogram(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    histogram: &crate::metrics::Histogram,
+) -> Result<(), std::fmt::Error> {
+    let unit = Unit::Seconds;
+    let mut family = encoder.encode_descriptor(name, help, Some(&unit), MetricType::Histogram)?;
+    let (sum, _, cumulative) = histogram.snapshot();
+    // prometheus-client wants per-bucket counts and `f64::MAX` for +Inf.
+    let mut previous = 0;
+    let buckets: Vec<(f64, u64)> = cumulative
+        .iter()
+        .map(|&(bound, total)| {
+            let n = total.saturating_sub(previous);
+            previous = total;
+            (if bound.is_finite() { bound } else { f64::MAX }, n)
+        })
+        .collect();
+    family.encode_histogram::<NoLabelSet>(sum, previous, &buckets, None)
 }
 
 impl prometheus_client::collector::Collector for Collector {
@@ -324,6 +354,51 @@ impl prometheus_client::collector::Collector for Collector {
             )?;
             family.encode_gauge(&self.shared.snapshot().generation)?;
         }
+
+        // Discovery.
+        histogram(
+            e,
+            "syncgate_discovery_resolve_duration",
+            "Time one resolution of a discover source took.",
+            &m.discovery_resolve,
+        )?;
+        histogram(
+            e,
+            "syncgate_discovery_install_duration",
+            "Time from a discover source's changed answer to its snapshot swapped (diff, build, swap, probers).",
+            &m.discovery_install,
+        )?;
+        let mut by_source: std::collections::BTreeMap<(Arc<str>, String), u64> =
+            std::collections::BTreeMap::new();
+        for b in self.shared.snapshot().backends() {
+            *by_source
+                .entry((b.pool.clone(), b.source_name().to_owned()))
+                .or_default() += 1;
+        }
+        gauges(
+            e,
+            "syncgate_backends",
+            "Backends of the running config, by pool and source (static, or a discover source).",
+            by_source
+                .iter()
+                .map(|((pool, source), n)| ([("pool", Esc(pool)), ("source", Esc(source))], *n)),
+        )?;
+        let resolutions = m.resolutions();
+        counters(
+            e,
+            "syncgate_discovery_resolutions",
+            "DNS resolutions of discover sources, by pool, source and result.",
+            resolutions.iter().map(|((pool, source, result), n)| {
+                (
+                    [
+                        ("pool", Esc(pool)),
+                        ("source", Esc(source)),
+                        ("result", Esc(result)),
+                    ],
+                    *n,
+                )
+            }),
+        )?;
         Ok(())
     }
 }

@@ -180,8 +180,67 @@ pub struct PoolConfig {
     pub guard: GuardConfig,
     /// `[pools.NAME.upstream_tls]`, optional TLS to the workers.
     pub upstream_tls: Option<UpstreamTlsConfig>,
-    /// `[[pools.NAME.backends]]`, in file order. At least one.
+    /// `[[pools.NAME.backends]]`, in file order. At least one, unless the pool has a
+    /// `discover` source.
     pub backends: Vec<BackendConfig>,
+    /// `[[pools.NAME.discover]]`, in file order: backends found through DNS.
+    pub discover: Vec<DiscoverConfig>,
+}
+
+/// `[[pools.NAME.discover]]`: a DNS name whose answers are backends of the pool, re-resolved
+/// every `interval` (see `crate::discover`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoverConfig {
+    /// Unique among the pool's sources, never `static`; the prefix of the names of the backends
+    /// it finds. Default: the DNS name asked (without port or trailing dot, lower-cased).
+    pub name: String,
+    /// What is asked.
+    pub query: DiscoverQuery,
+    /// Time between two resolutions; a shorter record TTL does not shorten it. Default 5 s, at
+    /// least 100 ms.
+    pub interval: Duration,
+    /// The DNS server asked (UDP, TCP when an answer is truncated). None (the default): the
+    /// system's resolver configuration (`/etc/resolv.conf`, and `/etc/hosts`).
+    pub resolver: Option<SocketAddr>,
+    /// Weight of every backend found, 1..=1000. None (the default): 1 for `dns`, each SRV
+    /// record's own weight for `srv` (0 counted as 1, capped at 1000).
+    pub weight: Option<u32>,
+}
+
+/// What a discover source asks its resolver.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DiscoverQuery {
+    /// `dns = "host:port"`: the A and AAAA records of `host`, every address a backend on `port`.
+    Dns {
+        /// The name asked, as written (a trailing dot makes it absolute: no search domains).
+        host: String,
+        /// The port of every backend found.
+        port: u16,
+    },
+    /// `srv = "_service._proto.name"`: the SRV records of the name; every address of every
+    /// target is a backend on the record's port.
+    Srv {
+        /// The name asked, as written.
+        name: String,
+    },
+}
+
+impl DiscoverQuery {
+    /// `dns` or `srv`, as the config key and the admin API spell the kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DiscoverQuery::Dns { .. } => "dns",
+            DiscoverQuery::Srv { .. } => "srv",
+        }
+    }
+
+    /// The value of the config key: `host:port` or the SRV name.
+    pub fn target(&self) -> String {
+        match self {
+            DiscoverQuery::Dns { host, port } => format!("{host}:{port}"),
+            DiscoverQuery::Srv { name } => name.clone(),
+        }
+    }
 }
 
 /// `[pools.NAME.probe]`: the readiness probe.
@@ -280,6 +339,23 @@ pub enum HostMatch {
     Wildcard(String),
 }
 
+/// How a static backend's `addr = "host:port"` is resolved when the config loads (and at every
+/// explicit reload). The system's resolver in production; tests substitute their own answers.
+pub(crate) trait HostLookup: Send + Sync + fmt::Debug {
+    /// Every address of `host`, on `port`.
+    fn lookup(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>>;
+}
+
+/// The system resolver (`getaddrinfo`: `/etc/hosts`, then DNS).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SystemLookup;
+
+impl HostLookup for SystemLookup {
+    fn lookup(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+        std::net::ToSocketAddrs::to_socket_addrs(&(host, port)).map(Iterator::collect)
+    }
+}
+
 /// One problem in a config file, with its position (1-based line and column, the column counted
 /// in characters).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -350,7 +426,16 @@ impl Config {
     /// Validates TOML text. `path` is used for error messages and to resolve relative paths
     /// (None: paths stay relative to the current directory, and errors say `<config>`).
     pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, LoadError> {
-        let mut v = Validator::new(text, path);
+        Config::parse_with(text, path, &SystemLookup)
+    }
+
+    /// [`Config::parse`], resolving `host:port` backend addresses with `lookup`.
+    pub(crate) fn parse_with(
+        text: &str,
+        path: Option<&Path>,
+        lookup: &dyn HostLookup,
+    ) -> Result<Config, LoadError> {
+        let mut v = Validator::new(text, path, lookup);
         let file: raw::File = match toml::from_str(text) {
             Ok(file) => file,
             Err(e) => {

@@ -65,6 +65,7 @@ pub(super) struct Pool {
     pub guard: Option<Spanned<Guard>>,
     pub upstream_tls: Option<Spanned<UpstreamTls>>,
     pub backends: Option<Vec<Spanned<Backend>>>,
+    pub discover: Option<Vec<Spanned<Discover>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -107,6 +108,17 @@ pub(super) struct UpstreamTls {
 pub(super) struct Backend {
     pub name: Option<Spanned<String>>,
     pub addr: Option<Spanned<String>>,
+    pub weight: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Discover {
+    pub name: Option<Spanned<String>>,
+    pub dns: Option<Spanned<String>>,
+    pub srv: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub resolver: Option<Spanned<String>>,
     pub weight: Option<Spanned<i64>>,
 }
 

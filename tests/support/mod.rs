@@ -1,7 +1,10 @@
 //! Test support: syncgate in-process on 127.0.0.1:0 in front of simulated workers that are
-//! real HTTP servers, a real HTTP client, and deadline-bounded waiting.
+//! real HTTP servers, a real HTTP client, deadline-bounded waiting, and a test DNS server
+//! ([`dns`]).
 
 #![allow(dead_code)] // each test binary uses a different part of this module
+
+pub mod dns;
 
 use std::future::Future;
 use std::net::SocketAddr;

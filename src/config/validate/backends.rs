@@ -13,13 +13,16 @@ use crate::config::{raw, BackendConfig};
 
 impl Validator<'_> {
     /// `[[pools.NAME.backends]]`: names unique, addresses unique and resolved, weights in range.
+    /// A pool needs at least one, unless it `discovers` its backends (has a discover source,
+    /// valid or not: an invalid one has its own error).
     pub(super) fn backends(
         &mut self,
         pool: &str,
         nodes: &[Spanned<raw::Backend>],
         pool_span: Option<Range<usize>>,
+        discovers: bool,
     ) -> Vec<BackendConfig> {
-        if nodes.is_empty() {
+        if nodes.is_empty() && !discovers {
             self.error(
                 pool_span.clone(),
                 format!(
@@ -127,17 +130,16 @@ impl Validator<'_> {
             );
             return None;
         };
-        let mut resolved: Vec<SocketAddr> =
-            match std::net::ToSocketAddrs::to_socket_addrs(&(host, port)) {
-                Ok(addrs) => addrs.collect(),
-                Err(e) => {
-                    self.error(
-                        span_of(value),
-                        format!("backend address \"{text}\" does not resolve: {e}"),
-                    );
-                    return None;
-                }
-            };
+        let mut resolved: Vec<SocketAddr> = match self.lookup.lookup(host, port) {
+            Ok(addrs) => addrs,
+            Err(e) => {
+                self.error(
+                    span_of(value),
+                    format!("backend address \"{text}\" does not resolve: {e}"),
+                );
+                return None;
+            }
+        };
         // Sorted, so that a round-robin resolver answering in another order at the next reload
         // does not change the backend's identity (and send it back to `pending`).
         resolved.sort();

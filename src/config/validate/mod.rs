@@ -14,10 +14,11 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::syntax::parse_size;
-use super::{raw, Config, ConfigError};
+use super::{raw, Config, ConfigError, HostLookup};
 
 mod admin;
 mod backends;
+mod discover;
 mod guard;
 mod pools;
 mod probe;
@@ -56,18 +57,25 @@ pub(super) struct Validator<'a> {
     text: &'a str,
     file: String,
     base: Option<PathBuf>,
+    /// Resolves `host:port` backend addresses.
+    lookup: &'a dyn HostLookup,
     /// Every error found so far, in the order found.
     pub(super) errors: Vec<ConfigError>,
 }
 
 impl<'a> Validator<'a> {
     /// A validator for `text`, read from `path` (None: errors say `<config>` and relative paths
-    /// stay relative to the current directory).
-    pub(super) fn new(text: &'a str, path: Option<&Path>) -> Validator<'a> {
+    /// stay relative to the current directory), resolving host names with `lookup`.
+    pub(super) fn new(
+        text: &'a str,
+        path: Option<&Path>,
+        lookup: &'a dyn HostLookup,
+    ) -> Validator<'a> {
         Validator {
             text,
             file: path.map_or_else(|| "<config>".to_owned(), |p| p.display().to_string()),
             base: path.and_then(Path::parent).map(Path::to_path_buf),
+            lookup,
             errors: Vec::new(),
         }
     }
@@ -131,7 +139,7 @@ impl<'a> Validator<'a> {
             return default;
         };
         let x = *value.get_ref();
-        let in_range = x >= min && max.map_or(true, |max| x <= max);
+        let in_range = x >= min && max.is_none_or(|max| x <= max);
         let converted = if in_range { T::try_from(x).ok() } else { None };
         if let Some(converted) = converted {
             return converted;

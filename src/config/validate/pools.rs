@@ -83,7 +83,13 @@ impl Validator<'_> {
             .upstream_tls
             .as_ref()
             .and_then(|t| self.upstream_tls(name, t));
-        let backends = self.backends(name, p.backends.as_deref().unwrap_or_default(), key_span);
+        let discover = self.discover(name, p.discover.as_deref().unwrap_or_default());
+        let backends = self.backends(
+            name,
+            p.backends.as_deref().unwrap_or_default(),
+            key_span,
+            p.discover.as_ref().is_some_and(|d| !d.is_empty()),
+        );
         PoolConfig {
             name: name.to_owned(),
             balance,
@@ -94,6 +100,7 @@ impl Validator<'_> {
             guard,
             upstream_tls,
             backends,
+            discover,
         }
     }
 }
