@@ -133,3 +133,108 @@ async fn run_tells_a_notify_socket_ready_reloading_ready_stopping_in_order() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+/// Every manifest under deploy/kubernetes, parsed: the documents of each file.
+fn kubernetes_manifests() -> Vec<(String, yaml_rust2::Yaml)> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kubernetes");
+    let mut docs = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let parsed = yaml_rust2::YamlLoader::load_from_str(&text)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        for doc in parsed {
+            docs.push((name.clone(), doc));
+        }
+    }
+    docs
+}
+
+#[test]
+fn the_kubernetes_manifests_parse_and_name_what_the_rollout_needs() {
+    let docs = kubernetes_manifests();
+    let kinds: Vec<&str> = docs
+        .iter()
+        .filter_map(|(_, d)| d["kind"].as_str())
+        .collect();
+    for kind in [
+        "Namespace",
+        "ConfigMap",
+        "Secret",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+    ] {
+        assert!(kinds.contains(&kind), "no {kind} in {kinds:?}");
+    }
+    let (_, deployment) = docs
+        .iter()
+        .find(|(_, d)| d["kind"].as_str() == Some("Deployment"))
+        .unwrap();
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/readyz")
+    );
+    assert_eq!(
+        container["livenessProbe"]["httpGet"]["path"].as_str(),
+        Some("/healthz")
+    );
+    assert!(!container["lifecycle"]["preStop"].is_badvalue());
+    assert!(!container["resources"]["requests"]["cpu"].is_badvalue());
+    // The worker Service is headless and publishes pods before they are Ready: syncgate's
+    // key-sync gate decides, not the kubelet's probe.
+    let workers = docs
+        .iter()
+        .find(|(_, d)| {
+            d["kind"].as_str() == Some("Service") && d["spec"]["clusterIP"].as_str() == Some("None")
+        })
+        .map(|(_, d)| d)
+        .expect("a headless worker Service");
+    assert_eq!(
+        workers["spec"]["publishNotReadyAddresses"].as_bool(),
+        Some(true)
+    );
+}
+
+#[test]
+fn the_config_embedded_in_the_kubernetes_configmap_passes_check() {
+    let docs = kubernetes_manifests();
+    let (_, configmap) = docs
+        .iter()
+        .find(|(_, d)| d["kind"].as_str() == Some("ConfigMap"))
+        .unwrap();
+    let toml = configmap["data"]["syncgate.toml"]
+        .as_str()
+        .expect("data.syncgate.toml");
+    // The projected volume puts the Secret's admin.token beside the config.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("syncgate.toml");
+    std::fs::write(&path, toml).unwrap();
+    std::fs::write(
+        dir.path().join("admin.token"),
+        "a-test-token-of-some-length\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_syncgate"))
+        .args(["check", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        summary.contains("push-workers.push.svc.cluster.local"),
+        "{summary}"
+    );
+}
