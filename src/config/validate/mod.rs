@@ -19,6 +19,7 @@ use super::{raw, Config, ConfigError};
 mod admin;
 mod backends;
 mod guard;
+mod memory;
 mod pools;
 mod probe;
 mod routes;
