@@ -17,6 +17,8 @@ use crate::balance::{Algorithm, Balancer, Endpoint, PickContext};
 use crate::config::{Balance, Config, GuardConfig, HostMatch, PoolConfig, ProbeConfig};
 use crate::counters::{BudgetLedger, RetryBudget};
 use crate::events::EventLog;
+use crate::fleet::Fleet;
+use crate::memory::Memories;
 use crate::metrics::{Metrics, PoolStats};
 
 /// Backend identity: `(pool, name, addr)`.
@@ -49,6 +51,11 @@ pub struct Pool {
     pub ejection_lock: Arc<Mutex<()>>,
     /// TLS to the workers, if configured.
     pub tls: Option<crate::upstream::UpstreamTls>,
+    /// The fleet's key-sync aggregates, key-set epoch and fail-closed state; kept across
+    /// reloads.
+    pub fleet: Arc<Fleet>,
+    /// The guard's credential memories; kept across reloads that do not resize them.
+    pub memories: Arc<Memories>,
 }
 
 impl Pool {
@@ -252,6 +259,18 @@ impl Shared {
         v
     }
 
+    /// Every pool's fleet facts and memories, sorted by pool name, including pools no longer
+    /// configured.
+    pub fn pool_fleets(&self) -> Vec<(String, Arc<Fleet>, Arc<Memories>)> {
+        let m = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = m
+            .iter()
+            .map(|(k, v)| (k.clone(), v.fleet.clone(), v.memories.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
     /// Every live backend, including removed ones still draining.
     pub fn all_backends(&self) -> Vec<Arc<Backend>> {
         let reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
@@ -265,6 +284,8 @@ struct PoolKept {
     stats: Arc<PoolStats>,
     budget: Arc<BudgetLedger>,
     ejection_lock: Arc<Mutex<()>>,
+    fleet: Arc<Fleet>,
+    memories: Arc<Memories>,
 }
 
 /// Builds a snapshot. Holds the registry lock for the whole build so that two concurrent
@@ -281,12 +302,15 @@ fn build(
         .pools
         .iter()
         .map(|pc| {
-            let pool_kept = kept
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(pc.name.clone())
-                .or_default()
-                .clone();
+            let pool_kept = {
+                let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+                let entry = kept.entry(pc.name.clone()).or_default();
+                let m = &pc.guard.memory;
+                if !entry.memories.fits(m.remember_max, m.accepted_max) {
+                    entry.memories = Arc::new(Memories::new(m.remember_max, m.accepted_max));
+                }
+                entry.clone()
+            };
             Arc::new(build_pool(pc, pool_kept, &mut reg, &mut keep))
         })
         .collect();
@@ -368,6 +392,8 @@ fn build_pool(
             pc.guard.retry_budget_window,
         ),
         ejection_lock: kept.ejection_lock,
+        fleet: kept.fleet,
+        memories: kept.memories,
         tls: pc
             .upstream_tls
             .as_ref()
