@@ -76,6 +76,22 @@ impl Pool {
     pub fn is_guarded(&self, status: StatusCode) -> bool {
         self.guard.statuses.contains(&status)
     }
+
+    /// Live entries of the guard's memories, `(remembered, accepted)`: a scan of both tables,
+    /// for the admin API and metrics, never for the request path.
+    pub fn memory_entries(&self) -> (usize, usize) {
+        let (epoch, now) = (self.fleet.epoch(), crate::memory::coarse_now());
+        let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        let m = &self.guard.memory;
+        (
+            self.memories
+                .rejected
+                .len(epoch, now, secs(m.remember_ttl)),
+            self.memories
+                .accepted
+                .len(epoch, now, secs(m.accepted_ttl)),
+        )
+    }
 }
 
 /// A backend as selection sees it.
