@@ -23,7 +23,7 @@
 //! The pool **fails closed** while every probed backend is out and at least one collapsed, or
 //! while the guard refuses guarded answers for credentials accepted at the current generation
 //! ([`Fleet::note_refusal`]); [`Fleet::review`] logs one event when that starts and one when
-//! it ends.
+//! it ends, and keeps the reason the admin API shows current in between (a collapse first).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -332,12 +332,14 @@ impl Fleet {
         self.last_refusal_ms.store(now_millis(), Ordering::Relaxed);
     }
 
-    /// The summary, recomputed when something changed and the last one is old enough.
-    fn summary<'a>(&self, inner: &'a mut Inner) -> &'a Summary {
+    /// The summary, recomputed when something changed and the last one is old enough (or,
+    /// with `now_or_never`, whenever something changed: for the admin API, which is rare).
+    fn summary<'a>(&self, inner: &'a mut Inner, now_or_never: bool) -> &'a Summary {
         let transitions = backend::transitions();
         let now = now_millis();
         let changed = inner.dirty || inner.transitions != transitions || inner.computed_ms == 0;
-        let due = now.saturating_sub(inner.computed_ms) >= RECOMPUTE_EVERY.as_millis() as u64;
+        let due = now_or_never
+            || now.saturating_sub(inner.computed_ms) >= RECOMPUTE_EVERY.as_millis() as u64;
         if changed && due {
             inner.summary = Summary::compute(&mut inner.members, inner.newest);
             inner.dirty = false;
@@ -350,7 +352,7 @@ impl Fleet {
     /// The reference values for `backend_id`'s next report.
     pub fn reference(&self, backend_id: u64) -> Reference {
         let mut inner = self.inner();
-        self.summary(&mut inner).reference(backend_id)
+        self.summary(&mut inner, false).reference(backend_id)
     }
 
     /// Records a probe of `backend`: its report (none when the probe got none) and how it
@@ -406,7 +408,7 @@ impl Fleet {
             last != 0 && now_millis().saturating_sub(last) < hold.as_millis() as u64;
         let mut inner = self.inner();
         let newest = inner.newest;
-        let s = self.summary(&mut inner);
+        let s = self.summary(&mut inner, false);
         let should = should_fail_closed(
             s.routable,
             s.collapsed,
@@ -432,6 +434,14 @@ impl Fleet {
                 events.record(pool, "", "fail_closed", "serving", &reason);
                 inner.fail_closed = None;
             }
+            // Still closed, for another reason now (refusals first, then the probes saw the
+            // collapse): the admin API shows the current one; the event log keeps the first.
+            (Some(current), Some(reason)) if current.reason != reason => {
+                tracing::warn!(pool, reason = %reason, "pool fails closed");
+                if let Some(fc) = inner.fail_closed.as_mut() {
+                    fc.reason = reason;
+                }
+            }
             _ => {}
         }
     }
@@ -439,7 +449,7 @@ impl Fleet {
     /// The pool's fleet facts now.
     pub fn view(&self) -> FleetView {
         let mut inner = self.inner();
-        let mark = self.summary(&mut inner).mark;
+        let mark = self.summary(&mut inner, true).mark;
         FleetView {
             mark,
             epoch: self.epoch.load(Ordering::Relaxed),
