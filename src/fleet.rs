@@ -357,7 +357,13 @@ impl Fleet {
 
     /// Records a probe of `backend`: its report (none when the probe got none) and how it
     /// ended. A passing complete report may move the newest generation, and with it the epoch.
-    pub fn record(&self, backend: &Arc<Backend>, report: Option<KeySync>, probed: Probed, lag: u64) {
+    pub fn record(
+        &self,
+        backend: &Arc<Backend>,
+        report: Option<KeySync>,
+        probed: Probed,
+        lag: u64,
+    ) {
         let mut inner = self.inner();
         let member = inner.members.entry(backend.id).or_insert_with(|| Member {
             backend: Arc::downgrade(backend),
@@ -510,7 +516,11 @@ mod tests {
         assert_eq!(next_newest(Some(7), 8, 10), Some(8));
         assert_eq!(next_newest(Some(8), 7, 10), Some(8), "a laggard");
         assert_eq!(next_newest(Some(50), 40, 10), Some(50));
-        assert_eq!(next_newest(Some(50), 39, 10), Some(39), "the fleet went back");
+        assert_eq!(
+            next_newest(Some(50), 39, 10),
+            Some(39),
+            "the fleet went back"
+        );
     }
 
     #[test]
@@ -539,7 +549,12 @@ mod tests {
 
     /// A backend in `state` named `name`.
     fn backend(name: &str, state: State, events: &EventLog) -> Arc<Backend> {
-        let b = Arc::new(Backend::new("push", name, "127.0.0.1:1".parse().unwrap(), 1));
+        let b = Arc::new(Backend::new(
+            "push",
+            name,
+            "127.0.0.1:1".parse().unwrap(),
+            1,
+        ));
         if state != State::Pending {
             assert!(b.transition(&[State::Pending], state, "test", events));
         }
@@ -591,7 +606,11 @@ mod tests {
             keys: 2000,
         };
         assert_eq!(fleet.reference(ws[0].id).mark, Some(mark));
-        assert_eq!(fleet.epoch(), 0, "the first generation seen forgets nothing");
+        assert_eq!(
+            fleet.epoch(),
+            0,
+            "the first generation seen forgets nothing"
+        );
         // Every worker reports 0 keys at generation 7: their reports fail, the mark stays.
         for w in &ws {
             let why = "keys fell 2000 → 0 at generation 7".to_string();

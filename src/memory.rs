@@ -43,7 +43,10 @@ impl Fingerprint {
     /// The fingerprint of `credential` found at `source` (e.g. `header:authorization`).
     pub fn of(source: &str, credential: &[u8]) -> Fingerprint {
         static KEY: OnceLock<RandomState> = OnceLock::new();
-        Fingerprint(KEY.get_or_init(RandomState::new).hash_one((source, credential)))
+        Fingerprint(
+            KEY.get_or_init(RandomState::new)
+                .hash_one((source, credential)),
+        )
     }
 
     /// This credential's fingerprint for an answer with `status`: a confirmed 401 is not a
@@ -348,7 +351,14 @@ mod tests {
         assert!(t.evictions() >= 200_000 - capacity as u64);
         // The newest keys are the ones kept.
         let kept = (199_900..200_000u64)
-            .filter(|n| t.contains(Fingerprint::of("query:api_key", &n.to_le_bytes()), 1, 5, 600))
+            .filter(|n| {
+                t.contains(
+                    Fingerprint::of("query:api_key", &n.to_le_bytes()),
+                    1,
+                    5,
+                    600,
+                )
+            })
             .count();
         assert!(kept > 80, "{kept} of the last 100 kept");
     }

@@ -89,7 +89,14 @@ pub fn charge(shared: &Shared, pool: &Pool, backend: &Backend, charge: Charge) {
             tracing::warn!(pool = %pool.name, backend = %backend.name, "guarded answer for a credential accepted at the current generation");
             if eject {
                 let threshold = pool.guard.eject_after;
-                passive_eject(shared, pool, backend, Outlier::AcceptedCredentials, threshold, Run::Reached);
+                passive_eject(
+                    shared,
+                    pool,
+                    backend,
+                    Outlier::AcceptedCredentials,
+                    threshold,
+                    Run::Reached,
+                );
             }
         }
     }

@@ -199,7 +199,12 @@ pub fn judge(
     }
     (
         Some(report),
-        check_fleet(&report, reference, cfg.max_generation_lag, cfg.min_key_ratio),
+        check_fleet(
+            &report,
+            reference,
+            cfg.max_generation_lag,
+            cfg.min_key_ratio,
+        ),
     )
 }
 
@@ -567,7 +572,18 @@ mod tests {
         // Within the ratio, a newer generation (accounts purged), or past the lag: no collapse.
         assert_eq!(collapse(&ks(7, 1960), mark, 10, 0.98), None);
         assert_eq!(collapse(&ks(8, 0), mark, 10, 0.98), None);
-        assert_eq!(collapse(&ks(0, 0), Mark { generation: 20, keys: 5 }, 10, 0.98), None);
+        assert_eq!(
+            collapse(
+                &ks(0, 0),
+                Mark {
+                    generation: 20,
+                    keys: 5
+                },
+                10,
+                0.98
+            ),
+            None
+        );
         assert_eq!(check_fleet(&ks(8, 1000), &all_collapsed, 10, 0.98), Ok(()));
     }
 
@@ -585,8 +601,14 @@ mod tests {
 
     #[test]
     fn a_refusal_holds_five_intervals_within_bounds() {
-        assert_eq!(refusal_hold(Duration::from_millis(50)), Duration::from_secs(1));
+        assert_eq!(
+            refusal_hold(Duration::from_millis(50)),
+            Duration::from_secs(1)
+        );
         assert_eq!(refusal_hold(Duration::from_secs(1)), Duration::from_secs(5));
-        assert_eq!(refusal_hold(Duration::from_secs(60)), Duration::from_secs(30));
+        assert_eq!(
+            refusal_hold(Duration::from_secs(60)),
+            Duration::from_secs(30)
+        );
     }
 }

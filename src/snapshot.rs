@@ -84,12 +84,8 @@ impl Pool {
         let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
         let m = &self.guard.memory;
         (
-            self.memories
-                .rejected
-                .len(epoch, now, secs(m.remember_ttl)),
-            self.memories
-                .accepted
-                .len(epoch, now, secs(m.accepted_ttl)),
+            self.memories.rejected.len(epoch, now, secs(m.remember_ttl)),
+            self.memories.accepted.len(epoch, now, secs(m.accepted_ttl)),
         )
     }
 }

@@ -96,7 +96,7 @@ async fn cancelled_accounts_get_their_401_at_the_cost_of_one_forward() {
             t.await.unwrap();
         }
     }
-    let t = tally.lock().unwrap();
+    let t = std::mem::take(&mut *tally.lock().unwrap());
     let requests = (clients * (per_client / 3) * 3) as u64;
     let cancelled: u64 = t.cancelled.values().map(|v| v.len() as u64).sum();
     let upstream: u64 = ws.iter().map(|w| w.requests()).sum();
@@ -115,7 +115,10 @@ async fn cancelled_accounts_get_their_401_at_the_cost_of_one_forward() {
             first.is_some() && after.iter().all(|s| *s == 401),
             "key-{key}: {statuses:?}"
         );
-        assert!(statuses.iter().all(|s| matches!(s, 401 | 503)), "key-{key}: {statuses:?}");
+        assert!(
+            statuses.iter().all(|s| matches!(s, 401 | 503)),
+            "key-{key}: {statuses:?}"
+        );
     }
     // The wiped worker never let a 401 for a valid key through, and was ejected.
     assert_eq!(
@@ -131,7 +134,10 @@ async fn cancelled_accounts_get_their_401_at_the_cost_of_one_forward() {
         .into_iter()
         .any(|e| e.backend == "w2" && e.to == "ejected" && e.reason == "contradicted 401");
     assert!(ejected, "the wiped worker was not ejected");
-    assert!(ratio <= 1.05, "{ratio:.3} upstream requests per client request");
+    assert!(
+        ratio <= 1.05,
+        "{ratio:.3} upstream requests per client request"
+    );
     running.shutdown().await;
 }
 
@@ -154,10 +160,18 @@ async fn a_generation_bump_forgets_the_remembered_401s() {
     // behind, within max_generation_lag, and stays ready.
     ws[0].add_keys(1);
     ws[1].add_keys(1);
-    let fleet = running.shared().snapshot().pool("push").unwrap().fleet.clone();
-    wait_until(Duration::from_secs(5), "the probes report generation 101", || async {
-        fleet.view().mark.is_some_and(|m| m.generation == 101)
-    })
+    let fleet = running
+        .shared()
+        .snapshot()
+        .pool("push")
+        .unwrap()
+        .fleet
+        .clone();
+    wait_until(
+        Duration::from_secs(5),
+        "the probes report generation 101",
+        || async { fleet.view().mark.is_some_and(|m| m.generation == 101) },
+    )
     .await;
     assert_eq!(fleet.view().epoch, 1, "the memories forgot");
     // From now on the key gets its 200s, also when w3 (still without it) answers first:
@@ -218,7 +232,7 @@ async fn the_memories_stay_within_their_bounds_under_a_flood_of_distinct_keys() 
     for t in tasks {
         t.await.unwrap();
     }
-    let seen = seen.lock().unwrap();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
     assert_eq!(seen.iter().filter(|(_, s)| *s == 200).count(), 4000);
     assert_eq!(seen.iter().filter(|(_, s)| *s == 401).count(), 800);
     let admin = running.admin_addr();

@@ -35,7 +35,11 @@ async fn fleet() -> Vec<SimWorker> {
 /// syncgate over `ws` probing every 100 ms, every worker ready.
 async fn start_over(ws: &[SimWorker]) -> Running {
     let names = named(ws);
-    let cfg = pool_config(&refs(&names), "", "interval = \"100ms\"\ntimeout = \"90ms\"");
+    let cfg = pool_config(
+        &refs(&names),
+        "",
+        "interval = \"100ms\"\ntimeout = \"90ms\"",
+    );
     let running = start(&cfg).await;
     for (name, _) in &names {
         wait_state(&running, name, State::Ready).await;
@@ -82,7 +86,11 @@ struct Seen {
 }
 
 /// Clients pushing with random valid keys until `stop`.
-fn load(proxy: SocketAddr, seen: Arc<Mutex<Seen>>, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<()>> {
+fn load(
+    proxy: SocketAddr,
+    seen: Arc<Mutex<Seen>>,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     (0..8)
         .map(|_| {
             let (seen, stop) = (seen.clone(), stop.clone());
@@ -103,7 +111,10 @@ fn load(proxy: SocketAddr, seen: Arc<Mutex<Seen>>, stop: Arc<AtomicBool>) -> Vec
                             t.last_unauthorized = Some(Instant::now());
                         }
                         503 => {
-                            assert!(a.headers.contains_key("retry-after"), "503 without Retry-After");
+                            assert!(
+                                a.headers.contains_key("retry-after"),
+                                "503 without Retry-After"
+                            );
                             t.unavailable += 1;
                         }
                         s => t.other.push(s),
@@ -154,7 +165,10 @@ async fn a_fleet_wide_key_loss_fails_closed_then_recovers_without_an_operator() 
     })
     .await;
     let pool = pool_json(&running).await;
-    assert_eq!(pool["key_sync"], serde_json::json!({"generation": 7, "keys": 2000}));
+    assert_eq!(
+        pool["key_sync"],
+        serde_json::json!({"generation": 7, "keys": 2000})
+    );
     assert!(pool["backends"][0]["reason"]
         .as_str()
         .unwrap()
@@ -179,19 +193,23 @@ async fn a_fleet_wide_key_loss_fails_closed_then_recovers_without_an_operator() 
     for t in tasks {
         t.await.unwrap();
     }
-    let t = seen.lock().unwrap();
+    let t = std::mem::take(&mut *seen.lock().unwrap());
     eprintln!(
         "ok {} 401 to accepted keys {} 401 to unseen keys {} (last {:?} after the loss) 503 {}; \
          ejected after {ejected_after:?}; {rate:.0} req/s; refused {}",
         t.ok,
         t.unauthorized_accepted,
         t.unauthorized_unseen,
-        t.last_unauthorized.map(|l| l.saturating_duration_since(lost_at)),
+        t.last_unauthorized
+            .map(|l| l.saturating_duration_since(lost_at)),
         t.unavailable,
         outcome(&running, GuardOutcome::AcceptedAtGeneration),
     );
     assert!(t.other.is_empty(), "{:?}", t.other);
-    assert_eq!(t.unauthorized_accepted, 0, "a key answered 2xx earlier got a 401");
+    assert_eq!(
+        t.unauthorized_accepted, 0,
+        "a key answered 2xx earlier got a 401"
+    );
     // 401s for keys never seen before come only until the probes see the loss: about one
     // probe interval (100 ms; `fall` does not apply to a collapse) of such traffic.
     if let Some(last) = t.last_unauthorized {
@@ -260,19 +278,20 @@ async fn workers_that_misreport_their_keys_never_401_an_accepted_key() {
     for t in tasks {
         t.await.unwrap();
     }
-    let t = seen.lock().unwrap();
+    let t = std::mem::take(&mut *seen.lock().unwrap());
     eprintln!(
         "ok {} 401 to accepted keys {} 401 to unseen keys {} 503 {}",
         t.ok, t.unauthorized_accepted, t.unauthorized_unseen, t.unavailable
     );
     assert!(t.other.is_empty(), "{:?}", t.other);
-    assert_eq!(t.unauthorized_accepted, 0, "a key answered 2xx earlier got a 401");
-    // The charges for refused answers eject within the ejection cap only: never the whole pool.
-    assert!(
-        ["w1", "w2", "w3"]
-            .iter()
-            .any(|n| state_of(&running, n) == Some(State::Ready)),
+    assert_eq!(
+        t.unauthorized_accepted, 0,
+        "a key answered 2xx earlier got a 401"
     );
+    // The charges for refused answers eject within the ejection cap only: never the whole pool.
+    assert!(["w1", "w2", "w3"]
+        .iter()
+        .any(|n| state_of(&running, n) == Some(State::Ready)),);
     running.shutdown().await;
 }
 
@@ -300,10 +319,16 @@ async fn a_genuine_cancellation_still_reaches_its_client_as_401() {
         if a.status == 401 {
             break;
         }
-        assert!(Instant::now() < deadline, "no 401 for the cancelled key: {statuses:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no 401 for the cancelled key: {statuses:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(statuses.iter().all(|s| matches!(s, 401 | 503)), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| matches!(s, 401 | 503)),
+        "{statuses:?}"
+    );
     for _ in 0..5 {
         assert_eq!(get(&c, proxy, 5).await.status, 401);
     }

@@ -39,7 +39,10 @@ async fn a_probe_slower_than_its_interval_delays_the_next_and_never_overlaps_it(
     for w in &ws {
         assert_eq!(w.max_concurrent_probes(), 1, "probes overlapped");
     }
-    assert_eq!(get(&client(), running.proxy_addrs()[0], 1).await.status, 200);
+    assert_eq!(
+        get(&client(), running.proxy_addrs()[0], 1).await.status,
+        200
+    );
     assert_eq!(state_of(&running, "w1"), Some(State::Ready));
     running.shutdown().await;
 }

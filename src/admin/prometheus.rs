@@ -130,7 +130,10 @@ impl Collector {
             "Live entries of a credential memory overwritten to make room (since it was sized).",
             fleets.iter().flat_map(|(pool, _, m)| {
                 [("remembered", &m.rejected), ("accepted", &m.accepted)].map(|(memory, t)| {
-                    ([("pool", Esc(pool)), ("memory", Esc(memory))], t.evictions())
+                    (
+                        [("pool", Esc(pool)), ("memory", Esc(memory))],
+                        t.evictions(),
+                    )
                 })
             }),
         )?;

@@ -126,7 +126,10 @@ mod tests {
             &sources(),
             &parts("/v1?api_key=k2", &[("authorization", "Bearer k1")]),
         );
-        assert_eq!(by_header, Some(Fingerprint::of("authorization", b"Bearer k1")));
+        assert_eq!(
+            by_header,
+            Some(Fingerprint::of("authorization", b"Bearer k1"))
+        );
         let by_query = fingerprint(&sources(), &parts("/v1?x=1&api_key=k2&api_key=k3", &[]));
         assert_eq!(by_query, Some(Fingerprint::of("api_key", b"k2")));
         assert_eq!(fingerprint(&sources(), &parts("/v1?x=1", &[])), None);
@@ -141,7 +144,10 @@ mod tests {
         );
         assert_eq!(fingerprint(&sources(), &parts("/v1?api_key=&x", &[])), None);
         assert_eq!(
-            fingerprint(&sources(), &parts("/v1?api_key=k", &[("authorization", "")])),
+            fingerprint(
+                &sources(),
+                &parts("/v1?api_key=k", &[("authorization", "")])
+            ),
             Some(Fingerprint::of("api_key", b"k")),
             "an empty header is no credential"
         );

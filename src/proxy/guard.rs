@@ -187,7 +187,13 @@ pub(super) async fn second_opinion(
         Err(verdict) => return conclude(cx, verdict, &first_backend, None, status),
     };
     if !pool.budget.try_spend() {
-        return conclude(cx, verdict(Heard::BudgetSpent, recall.accepted), &first_backend, None, status);
+        return conclude(
+            cx,
+            verdict(Heard::BudgetSpent, recall.accepted),
+            &first_backend,
+            None,
+            status,
+        );
     }
     // Read the first answer now: its connection goes back to the pool, and it is still there
     // to pass on if the peers stop being ready before one is picked.
@@ -261,7 +267,8 @@ fn conclude(
             if let Some(peer) = peer.filter(|_| peer_agreed) {
                 outlier::charge(cx.shared, pool, peer, Charge::AcceptedCredential);
             }
-            let message = "answer refused: the credential was accepted at the current key-set generation";
+            let message =
+                "answer refused: the credential was accepted at the current key-set generation";
             (
                 retry_later(pool, message, cx.request_id),
                 GuardOutcome::AcceptedAtGeneration,

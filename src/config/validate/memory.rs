@@ -78,7 +78,12 @@ impl Validator<'_> {
     }
 
     /// A memory's TTL: whole seconds are what it keeps, so at least one.
-    fn memory_ttl(&mut self, key: &str, value: Option<&Spanned<String>>, default: Duration) -> Duration {
+    fn memory_ttl(
+        &mut self,
+        key: &str,
+        value: Option<&Spanned<String>>,
+        default: Duration,
+    ) -> Duration {
         let ttl = self
             .duration(key, value, default, Zero::Rejected)
             .unwrap_or(default);
