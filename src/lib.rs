@@ -71,6 +71,7 @@ pub use clock::now_millis;
 pub use config::{Config, ConfigError, HostMatch, LoadError};
 pub use digest::sha256_hex;
 pub use events::EventLog;
+pub use memory::{Fingerprint, Table as MemoryTable};
 pub use metrics::GuardOutcome;
 pub use snapshot::Shared;
 pub use systemd::{notify_systemd, SystemdState};

@@ -126,8 +126,8 @@ impl Default for Table {
 }
 
 impl Table {
-    /// A table of at least `max_entries` slots (rounded up to a multiple of [`WAYS`]); 0 makes
-    /// a table that remembers nothing.
+    /// A table of at least `max_entries` slots (rounded up to a multiple of 4, the ways of a
+    /// set); 0 makes a table that remembers nothing.
     pub fn new(max_entries: u32) -> Table {
         let sets = (max_entries as usize).div_ceil(WAYS);
         Table {
@@ -181,8 +181,10 @@ impl Table {
         };
         let mut victim: Option<(usize, Option<Entry>)> = None;
         // Ties (coarse times are often equal) go to the first slot looked at: start at a place
-        // the fingerprint picks, so that a flood spreads over every way of a set.
-        let start = (fp.0 >> 30) as usize;
+        // the fingerprint picks, so that a flood spreads over every way of a set. From the
+        // tag's bits: the set index comes from the top of the lower half, so its bits would
+        // give every fingerprint of a set the same start.
+        let start = (fp.0 >> 32) as usize;
         for i in (0..WAYS).map(|k| (start + k) % WAYS) {
             let slot = &set.0[i];
             let entry = Entry::read(slot);
