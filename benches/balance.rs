@@ -1,10 +1,14 @@
-//! Micro-benchmarks of the per-request decisions: a balancer pick and a route lookup.
-//! Run with `cargo bench --bench balance`.
+//! Micro-benchmarks of the per-request decisions: a balancer pick, a route lookup, and the
+//! credential memory's work on a 2xx (fingerprint, then insert) and on a guarded answer
+//! (lookup). Run with `cargo bench --bench balance`.
 
 use std::sync::Arc;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use syncgate::{Algorithm, Backend, Balancer, Config, EventLog, PickContext, Shared, State};
+use syncgate::{
+    Algorithm, Backend, Balancer, Config, EventLog, Fingerprint, MemoryTable, PickContext, Shared,
+    State,
+};
 
 fn backends(n: usize) -> Vec<Arc<Backend>> {
     let events = EventLog::new(16);
@@ -66,5 +70,33 @@ fn routes(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, picks, routes);
+fn memory(c: &mut Criterion) {
+    let credential = b"Bearer 3f9c2e7a4b1d8e6f0a5c9b2d7e4f1a3c";
+    c.bench_function("memory/fingerprint", |b| {
+        b.iter(|| black_box(Fingerprint::of("authorization", black_box(credential))))
+    });
+    let table = MemoryTable::new(100_000);
+    let fp = Fingerprint::of("authorization", credential);
+    table.insert(fp, 1, 10, 600, 75);
+    // The usual 2xx: the credential's entry is there and fresh, so it is only read.
+    c.bench_function("memory/insert-hot", |b| {
+        b.iter(|| table.insert(black_box(fp), 1, 10, 600, 75))
+    });
+    // A flood of distinct keys: every insert writes, most evict.
+    let flood: Vec<Fingerprint> = (0..1_000_000u64)
+        .map(|n| Fingerprint::of("authorization", &n.to_le_bytes()))
+        .collect();
+    let mut i = 0;
+    c.bench_function("memory/insert-flood", |b| {
+        b.iter(|| {
+            i = (i + 1) % flood.len();
+            table.insert(black_box(flood[i]), 1, 10, 600, 75)
+        })
+    });
+    c.bench_function("memory/contains", |b| {
+        b.iter(|| black_box(table.contains(black_box(fp), 1, 10, 600)))
+    });
+}
+
+criterion_group!(benches, picks, routes, memory);
 criterion_main!(benches);

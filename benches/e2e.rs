@@ -1,6 +1,7 @@
 //! End-to-end benchmark (release build): throughput and latency through syncgate against the
-//! same simulated worker hit directly, the guard's cost on 401-free traffic, the cost of a
-//! reload with 1,000 backends, and throughput under a reload every 100 ms.
+//! same simulated worker hit directly, the guard's cost on 401-free traffic, the credential
+//! memories' cost on 2xx traffic, the cost of a reload with 1,000 backends, and throughput
+//! under a reload every 100 ms.
 //!
 //! `cargo bench --bench e2e` (set `E2E_SECS` to change the 4 s per measurement). Everything
 //! runs on this machine: the load generator, syncgate (one proxy thread) and the worker each
@@ -191,6 +192,34 @@ async fn main() {
         r_on.rps / r_off.rps,
         r_on.p99_us as f64 / r_off.p99_us.max(1) as f64
     );
+
+    // 2b. The credential memories on 2xx traffic (issues 11 and 16): with the default
+    // `credential`, every 2xx fingerprints its key and records it in the accepted memory.
+    // Alternated twice: the machine is shared, so compare the ratios of one run.
+    for round in 1..=2 {
+        let without = start(
+            &config(
+                &[w1, w2],
+                "statuses = [401, 403]
+credential = []",
+            ),
+            None,
+        )
+        .await;
+        let r_without = load(without.proxy_addrs()[0], secs, body.clone()).await;
+        print("guard on, no credentials", &r_without);
+        without.shutdown().await;
+        let with = start(&config(&[w1, w2], "statuses = [401, 403]"), None).await;
+        let r_with = load(with.proxy_addrs()[0], secs, body.clone()).await;
+        print("guard on, credentials remembered", &r_with);
+        with.shutdown().await;
+        println!(
+            "ratio credentials/none (round {round}): throughput {:.3}, p50 {:.3}, p99 {:.3}",
+            r_with.rps / r_without.rps,
+            r_with.p50_us as f64 / r_without.p50_us.max(1) as f64,
+            r_with.p99_us as f64 / r_without.p99_us.max(1) as f64
+        );
+    }
 
     // 3. Reload cost with 1,000 backends (issue 3).
     let dir = tempfile::tempdir().unwrap();

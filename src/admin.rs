@@ -51,7 +51,7 @@ use crate::backend::{Backend, State};
 use crate::clock::rfc3339;
 use crate::config::ConfigError;
 use crate::reload::Control;
-use crate::snapshot::Shared;
+use crate::snapshot::{Pool, Shared};
 
 /// Request bodies larger than this are answered `413`.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -370,10 +370,11 @@ impl Admin {
                 .collect();
             let ready = pool.backends.iter().filter(|b| b.is_routable()).count();
             let discover = self.control.discovery().status(&pool.name);
-            pools.insert(
-                pool.name.to_string(),
-                json!({"ready": ready, "backends": backends, "discover": discover}),
-            );
+            let mut entry = json!({"ready": ready, "backends": backends, "discover": discover});
+            if let (Some(map), Value::Object(fleet)) = (entry.as_object_mut(), fleet_json(pool)) {
+                map.extend(fleet);
+            }
+            pools.insert(pool.name.to_string(), entry);
         }
         let mut removed: Vec<Arc<Backend>> = self
             .shared()
@@ -599,6 +600,33 @@ fn backend_json(b: &Backend) -> Value {
         "answers": by_class,
         "connect_failures": b.connect_failures.load(std::sync::atomic::Ordering::Relaxed),
         "removed": b.is_removed(),
+    })
+}
+
+/// A pool's fleet facts as the admin API shows them: the key count at the newest generation,
+/// whether the pool fails closed (and why), and the guard's credential memories (sizes and
+/// counts only, never a fingerprint).
+fn fleet_json(pool: &Pool) -> Value {
+    let view = pool.fleet.view();
+    let (remembered, accepted) = pool.memory_entries();
+    let memory = |entries: usize, table: &crate::memory::Table| {
+        json!({
+            "entries": entries,
+            "capacity": table.capacity(),
+            "evictions": table.evictions(),
+        })
+    };
+    json!({
+        "key_sync": view.mark,
+        "fail_closed": view.fail_closed.map(|f| json!({
+            "reason": f.reason,
+            "since": rfc3339(f.since),
+        })),
+        "guard_memory": {
+            "remembered": memory(remembered, &pool.memories.rejected),
+            "accepted": memory(accepted, &pool.memories.accepted),
+            "forgotten": view.epoch,
+        },
     })
 }
 

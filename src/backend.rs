@@ -87,6 +87,15 @@ pub struct KeySync {
     pub keys: u64,
 }
 
+/// State changes of every backend so far (see [`transitions`]).
+static TRANSITIONS: AtomicU64 = AtomicU64::new(0);
+
+/// How many state changes any backend has made so far: lets summaries of many backends (the
+/// fleet aggregates) notice a change that nobody told them about.
+pub fn transitions() -> u64 {
+    TRANSITIONS.load(Ordering::Acquire)
+}
+
 /// Admin-facing details of a backend: written on probes and transitions, never on the request
 /// path.
 #[derive(Debug, Clone)]
@@ -230,6 +239,7 @@ impl Backend {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
+                    TRANSITIONS.fetch_add(1, Ordering::AcqRel);
                     info.reason = reason.to_string();
                     info.since = SystemTime::now();
                     tracing::info!(

@@ -12,7 +12,8 @@
 //!   `host` (a host without its port), `events` (the bounded log of state transitions),
 //!   `metrics` (counters and histograms as atomics), `counters` (outlier streaks, the
 //!   contradiction window, the retry budget), `conn` (a client connection's facts and
-//!   activity), `tls` (the served certificate, hot-swappable), `systemd`, and `digest`.
+//!   activity), `tls` (the served certificate, hot-swappable), `systemd`, `digest`, and
+//!   `memory` (credential fingerprints and the fixed-size tables the guard keeps them in).
 //! - config: raw TOML → validated [`Config`], every error with file:line:col.
 //! - state: `backend`, identity + shared atomic state + the one readiness predicate
 //!   ([`Backend::is_routable`]); `body`, the request body on its way upstream.
@@ -21,9 +22,11 @@
 //! - upstream: per-thread pooled HTTP/1.1 connections (plain or TLS) to the workers.
 //! - runtime: `snapshot`, the immutable routes and pools behind one `ArcSwap`, and
 //!   [`Shared`], what outlives snapshots (backends by identity, pool state by name, events,
-//!   metrics); `outlier`, passive outlier detection and the ejection cap.
+//!   metrics); `outlier`, passive outlier detection and the ejection cap; `fleet`, a pool's
+//!   key-sync aggregates (peer reference values, the key count at the newest generation, the
+//!   key-set epoch, fail-closed).
 //! - proxy: the hyper service: route → forward (one exchange loop: connect retries, retry
-//!   budget) → guard (the second opinion, a pure verdict).
+//!   budget) → guard (the second opinion, a pure verdict, and the credential memories).
 //! - server: listeners, one single-threaded runtime per proxy thread, idle timeout, graceful
 //!   shutdown.
 //! - control: `readiness` (the key-sync contract, fleet checks, rise/fall gate, prober task),
@@ -51,7 +54,9 @@ pub mod demo;
 mod digest;
 mod discover;
 mod events;
+mod fleet;
 mod host;
+mod memory;
 mod metrics;
 mod outlier;
 mod proxy;
@@ -69,6 +74,7 @@ pub use clock::now_millis;
 pub use config::{Config, ConfigError, HostMatch, LoadError};
 pub use digest::sha256_hex;
 pub use events::EventLog;
+pub use memory::{Fingerprint, Table as MemoryTable};
 pub use metrics::GuardOutcome;
 pub use snapshot::Shared;
 pub use systemd::{notify_systemd, SystemdState};

@@ -179,6 +179,14 @@ fn print_summary(path: &std::path::Path, cfg: &Config) {
             p.probe.contract,
             p.backends.len()
         );
+        if p.probe.timeout > p.probe.interval {
+            let _ = writeln!(
+                out,
+                "  note: probe timeout {:?} exceeds the interval {:?}; probes of one backend never \
+                 overlap, so a slow one delays the next",
+                p.probe.timeout, p.probe.interval
+            );
+        }
         for b in &p.backends {
             let _ = writeln!(
                 out,

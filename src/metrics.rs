@@ -108,11 +108,19 @@ pub enum GuardOutcome {
     /// Other ready backends existed but none could give an opinion (unreachable, 5xx, a broken
     /// answer, or the first answer too large to keep): the client got `503` with `Retry-After`.
     Unconfirmed,
+    /// The credential's guarded answer was confirmed before, at the current key-set
+    /// generation: the answer passed without a second opinion.
+    Remembered,
+    /// The guarded answer would have reached the client (confirmed, no peer, body too large)
+    /// for a credential answered 2xx at the current key-set generation, which cannot have
+    /// become invalid: the client got `503` with `Retry-After`, and the backends that gave the
+    /// answer were charged.
+    AcceptedAtGeneration,
 }
 
 impl GuardOutcome {
     /// All outcomes, in metric order.
-    pub const ALL: [GuardOutcome; 7] = [
+    pub const ALL: [GuardOutcome; 9] = [
         GuardOutcome::Replayed,
         GuardOutcome::Confirmed,
         GuardOutcome::Contradicted,
@@ -120,6 +128,8 @@ impl GuardOutcome {
         GuardOutcome::TooLarge,
         GuardOutcome::BudgetSpent,
         GuardOutcome::Unconfirmed,
+        GuardOutcome::Remembered,
+        GuardOutcome::AcceptedAtGeneration,
     ];
 
     /// The `outcome` label of `syncgate_guard_outcomes_total`.
@@ -132,6 +142,8 @@ impl GuardOutcome {
             GuardOutcome::TooLarge => "too_large",
             GuardOutcome::BudgetSpent => "budget_spent",
             GuardOutcome::Unconfirmed => "unconfirmed",
+            GuardOutcome::Remembered => "remembered",
+            GuardOutcome::AcceptedAtGeneration => "accepted_at_generation",
         }
     }
 }

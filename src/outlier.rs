@@ -3,7 +3,9 @@
 //! Consecutive connect failures or consecutive 5xx answers from one backend eject it at once,
 //! without waiting for its next probe; it comes back only through `rise` passing probes. A
 //! backend whose guarded answers (401/403) are contradicted by a ready peer `eject_after`
-//! times within `eject_window` is ejected at once too (reason `contradicted 401`). A cap
+//! times within `eject_window` is ejected at once too (reason `contradicted 401`), and so is,
+//! within the cap, one that gives them for credentials accepted at the current key-set
+//! generation. A cap
 //! (`max_ejection_percent`) keeps passive ejection from emptying a pool on its own: beyond it,
 //! the probes decide. The counters are [`crate::counters::OutlierCounters`] on the backend;
 //! this module holds the policy, which needs the pool.
@@ -46,24 +48,57 @@ pub fn record_connect_failure(shared: &Shared, pool: &Pool, backend: &Backend) {
     }
 }
 
-/// Charges `backend` a contradiction: a peer answered a request it had refused. Ejects it at
-/// once after `eject_after` contradictions within `eject_window`.
-pub fn record_contradiction(shared: &Shared, pool: &Pool, backend: &Backend) {
+/// What a backend is charged for, by the response guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Charge {
+    /// A ready peer answered a request it had refused: ejected at once after `eject_after`
+    /// within `eject_window`, cap or not (a contradicted 401 is the fault syncgate exists to
+    /// catch).
+    Contradicted,
+    /// It gave a guarded answer for a credential answered 2xx at the current key-set
+    /// generation. Counted in the same window, but ejected only within the ejection cap: the
+    /// answer may also be a genuine cancellation whose new generation the probes have not
+    /// reported yet, and that must not empty a pool. When the keys are really gone, the
+    /// probes' collapse rule ejects beyond the cap.
+    AcceptedCredential,
+}
+
+/// Charges `backend` for a guarded answer the guard did not pass on; ejects it once
+/// `eject_after` charges fall within `eject_window` (see [`Charge`] for the cap).
+pub fn charge(shared: &Shared, pool: &Pool, backend: &Backend, charge: Charge) {
     let eject = backend.outlier.contradiction(
         crate::clock::now_millis(),
         pool.guard.eject_window,
         pool.guard.eject_after,
     );
-    tracing::warn!(pool = %pool.name, backend = %backend.name, "guarded answer contradicted by a peer");
-    if eject
-        && backend.transition(
-            &[State::Ready],
-            State::Ejected,
-            "contradicted 401",
-            &shared.events,
-        )
-    {
-        shared.metrics.ejection("contradicted");
+    match charge {
+        Charge::Contradicted => {
+            tracing::warn!(pool = %pool.name, backend = %backend.name, "guarded answer contradicted by a peer");
+            if eject
+                && backend.transition(
+                    &[State::Ready],
+                    State::Ejected,
+                    "contradicted 401",
+                    &shared.events,
+                )
+            {
+                shared.metrics.ejection("contradicted");
+            }
+        }
+        Charge::AcceptedCredential => {
+            tracing::warn!(pool = %pool.name, backend = %backend.name, "guarded answer for a credential accepted at the current generation");
+            if eject {
+                let threshold = pool.guard.eject_after;
+                passive_eject(
+                    shared,
+                    pool,
+                    backend,
+                    Outlier::AcceptedCredentials,
+                    threshold,
+                    Run::Reached,
+                );
+            }
+        }
     }
 }
 
@@ -79,6 +114,7 @@ pub fn within_ejection_cap(ready: usize, ejected: usize, max_percent: u32) -> bo
 enum Outlier {
     ConnectFailures,
     ServerErrors,
+    AcceptedCredentials,
 }
 
 impl Outlier {
@@ -87,6 +123,7 @@ impl Outlier {
         match self {
             Outlier::ConnectFailures => "connect_failures",
             Outlier::ServerErrors => "consecutive_5xx",
+            Outlier::AcceptedCredentials => "accepted_at_generation",
         }
     }
 
@@ -94,6 +131,9 @@ impl Outlier {
         match self {
             Outlier::ConnectFailures => format!("{threshold} consecutive connect failures"),
             Outlier::ServerErrors => format!("{threshold} consecutive 5xx answers"),
+            Outlier::AcceptedCredentials => {
+                format!("{threshold} 401s for credentials accepted at the current generation")
+            }
         }
     }
 }

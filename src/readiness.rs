@@ -1,8 +1,10 @@
 //! The readiness gate: the key-sync contract, fleet consistency checks, the rise/fall state
 //! machine, and the prober task that drives them for one backend.
 //!
-//! The pure parts ([`Gate`], [`judge`], [`check_fleet`]) do no I/O and are unit-tested on their
-//! own; [`run_prober`] is the only place that talks to the network.
+//! The pure parts ([`Gate`], [`judge`], [`check_fleet`], [`collapse`], [`next_probe_at`]) do
+//! no I/O and are unit-tested on their own; [`run_prober`] is the only place that talks to the
+//! network. The reference values of the fleet checks come from the pool's
+//! [`Fleet`](crate::fleet::Fleet) aggregates, which the probes feed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,11 +16,55 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, KeySync, State};
 use crate::config::{Contract, ProbeConfig};
+use crate::fleet::{Mark, Probed, Reference};
 use crate::snapshot::Shared;
 use crate::upstream::{self, UpstreamTls};
 
 /// Probe answers larger than this are a failure (a readiness report is a few hundred bytes).
 const MAX_PROBE_BODY: usize = 64 * 1024;
+
+/// Why a probe failed, and whether that ejects a ready backend at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// As DESIGN.md words reasons: `connect refused`, `stale generation 40 < 52 - 10`.
+    pub reason: String,
+    /// What kind of failure it is.
+    pub kind: FailureKind,
+}
+
+/// Kinds of probe failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// A failure to ride out over `fall` probes (timeouts, refused connections, fleet checks).
+    Transient,
+    /// The report keeps the pool's generation but lost its keys: ejects at once, like a
+    /// worker saying its sync is incomplete.
+    Collapse,
+}
+
+impl Failure {
+    fn collapse(reason: String) -> Failure {
+        Failure {
+            reason,
+            kind: FailureKind::Collapse,
+        }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(reason: String) -> Failure {
+        Failure {
+            reason,
+            kind: FailureKind::Transient,
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(reason: &str) -> Failure {
+        Failure::from(reason.to_owned())
+    }
+}
 
 /// The rise/fall counter of one backend. Pure: fed probe results and the backend's current
 /// state, it says which transition (if any) the result calls for.
@@ -103,14 +149,14 @@ impl RawKeySync {
     }
 }
 
-/// Judges one probe answer (status and body) against the contract and the ready peers' reports.
-/// Returns the parsed report (if any) and the failure reason (if the probe failed).
+/// Judges one probe answer (status and body) against the contract and the fleet's reference
+/// values. Returns the parsed report (if any) and the failure (if the probe failed).
 pub fn judge(
     cfg: &ProbeConfig,
     status: u16,
     body: &[u8],
-    peers: &[KeySync],
-) -> (Option<KeySync>, Result<(), String>) {
+    reference: &Reference,
+) -> (Option<KeySync>, Result<(), Failure>) {
     let is_2xx = (200..300).contains(&status);
     if cfg.contract == Contract::Status {
         return (
@@ -118,7 +164,7 @@ pub fn judge(
             if is_2xx {
                 Ok(())
             } else {
-                Err(format!("status {status}"))
+                Err(format!("status {status}").into())
             },
         );
     }
@@ -128,20 +174,18 @@ pub fn judge(
     let parsed = parsed.map(|b| b.key_sync.validate());
     if !is_2xx {
         let report = parsed.ok().and_then(Result::ok);
-        return (report, Err(format!("status {status}")));
+        return (report, Err(format!("status {status}").into()));
     }
     let report = match parsed {
         Ok(Ok(report)) => report,
-        Ok(Err(reason)) => return (None, Err(reason)),
-        Err(e) if e.is_data() => return (None, Err(format!("invalid key_sync report: {e}"))),
+        Ok(Err(reason)) => return (None, Err(reason.into())),
+        Err(e) if e.is_data() => {
+            return (None, Err(format!("invalid key_sync report: {e}").into()))
+        }
         Err(e) => {
             return (
                 None,
-                Err(format!(
-                    "invalid json at line {} column {}",
-                    e.line(),
-                    e.column()
-                )),
+                Err(format!("invalid json at line {} column {}", e.line(), e.column()).into()),
             )
         }
     };
@@ -151,78 +195,82 @@ pub fn judge(
             true => format!("sync incomplete ({} keys)", report.keys),
             false => "sync incomplete".to_string(),
         };
-        return (Some(report), Err(reason));
+        return (Some(report), Err(reason.into()));
     }
     (
         Some(report),
-        check_fleet(&report, peers, cfg.max_generation_lag, cfg.min_key_ratio),
+        check_fleet(
+            &report,
+            reference,
+            cfg.max_generation_lag,
+            cfg.min_key_ratio,
+        ),
     )
 }
 
-/// The fleet consistency checks: a complete report must also agree with the ready peers.
-/// With no peer the checks pass (the first worker of a pool has nobody to agree with).
+/// The fleet consistency checks: a complete report must not have collapsed, and must agree
+/// with the reference peers. With no reference the checks pass (the first worker of a pool
+/// has nobody to agree with).
 pub fn check_fleet(
     report: &KeySync,
-    peers: &[KeySync],
+    reference: &Reference,
     lag: u64,
     ratio: f64,
-) -> Result<(), String> {
-    let Some(newest) = peers.iter().map(|p| p.generation).max() else {
-        return Ok(());
-    };
-    if report.generation < newest.saturating_sub(lag) {
-        return Err(format!(
-            "stale generation {} < {} - {}",
-            report.generation, newest, lag
-        ));
+) -> Result<(), Failure> {
+    if let Some(reason) = reference.mark.and_then(|m| collapse(report, m, lag, ratio)) {
+        return Err(Failure::collapse(reason));
     }
-    let median = median_keys(peers);
-    if (report.keys as f64) < ratio * median as f64 {
-        return Err(format!(
-            "too few keys {} < {} × {}",
-            report.keys, ratio, median
-        ));
+    if let Some(newest) = reference.newest {
+        if report.generation < newest.saturating_sub(lag) {
+            return Err(format!(
+                "stale generation {} < {} - {}",
+                report.generation, newest, lag
+            )
+            .into());
+        }
+    }
+    if let Some(median) = reference.median {
+        if (report.keys as f64) < ratio * median as f64 {
+            return Err(format!("too few keys {} < {} × {}", report.keys, ratio, median).into());
+        }
     }
     Ok(())
 }
 
-/// Median key count (the lower middle for an even count, so one huge outlier cannot inflate
-/// the bar).
-fn median_keys(peers: &[KeySync]) -> u64 {
-    let mut keys: Vec<u64> = peers.iter().map(|p| p.keys).collect();
-    keys.sort_unstable();
-    keys[(keys.len() - 1) / 2]
+/// The collapse rule: a key count does not fall by a large share while the key set keeps its
+/// generation. A report at the mark's generation (or one within `lag` before it) with fewer
+/// keys than `ratio` of the mark has lost keys, not accounts; one with a newer generation may
+/// (accounts purged). Returns the reason when it collapsed. Pure.
+pub fn collapse(report: &KeySync, mark: Mark, lag: u64, ratio: f64) -> Option<String> {
+    let within = report.generation <= mark.generation
+        && report.generation >= mark.generation.saturating_sub(lag);
+    if !within || report.keys as f64 >= ratio * mark.keys as f64 {
+        return None;
+    }
+    let newest = if report.generation == mark.generation {
+        String::new()
+    } else {
+        format!(" (newest {})", mark.generation)
+    };
+    Some(format!(
+        "keys fell {} → {} at generation {}{newest}",
+        mark.keys, report.keys, report.generation
+    ))
 }
 
-/// The reference reports for the fleet checks of `backend`: its ready peers' complete reports.
-/// When no peer is ready (a cold start: every backend is pending at once), the complete
-/// reports of its peers still in the fleet (pending or ejected) are used instead, so that a
-/// worker with a tenth of the keys is not admitted merely because it answered first.
-/// Draining and disabled peers are left out: they are on their way out, and their last
-/// report may be old. With no report at all, the checks pass.
-fn reference_reports(backend: &Backend, peers: &[Arc<Backend>]) -> Vec<KeySync> {
-    let other = |p: &&Arc<Backend>| p.id != backend.id;
-    let reports = |ready_only: bool| -> Vec<KeySync> {
-        peers
-            .iter()
-            .filter(other)
-            .filter(|p| {
-                if ready_only {
-                    p.is_routable()
-                } else {
-                    matches!(p.state(), State::Pending | State::Ejected)
-                }
-            })
-            .filter_map(|p| p.key_sync())
-            .filter(|k| k.complete)
-            .collect()
-    };
-    let ready = reports(true);
-    if ready.is_empty() {
-        reports(false)
-    } else {
-        ready
-    }
+/// When the next probe of a backend starts: `interval` after the previous one started, or when
+/// it finished if it took longer (a timeout may exceed the interval), so probes of one backend
+/// never overlap. Pure.
+pub fn next_probe_at(started: Instant, finished: Instant, interval: Duration) -> Instant {
+    (started + interval).max(finished)
+}
+
+/// How long a refused guarded answer keeps its pool failing closed: five probe intervals,
+/// within 1 s to 30 s.
+fn refusal_hold(interval: Duration) -> Duration {
+    interval
+        .saturating_mul(5)
+        .clamp(Duration::from_secs(1), Duration::from_secs(30))
 }
 
 /// Sends one probe over a fresh connection (a dead worker must show up as `connect refused`,
@@ -270,7 +318,7 @@ pub async fn run_prober(backend: Arc<Backend>, shared: Arc<Shared>, token: Cance
             return;
         };
         let cfg = pool.probe.clone();
-        let peers = pool.backends.clone();
+        let fleet = pool.fleet.clone();
         let tls = pool.tls.clone();
         drop(snapshot);
 
@@ -281,19 +329,26 @@ pub async fn run_prober(backend: Arc<Backend>, shared: Arc<Shared>, token: Cance
         };
         let latency = started.elapsed();
         let (report, verdict) = match fetched {
-            Err(_) => (None, Err("timeout".to_string())),
-            Ok(Err(reason)) => (None, Err(reason)),
-            Ok(Ok((status, body))) => {
-                judge(&cfg, status, &body, &reference_reports(&backend, &peers))
-            }
+            Err(_) => (None, Err(Failure::from("timeout"))),
+            Ok(Err(reason)) => (None, Err(Failure::from(reason))),
+            Ok(Ok((status, body))) => judge(&cfg, status, &body, &fleet.reference(backend.id)),
         };
         let ok = verdict.is_ok();
         shared.metrics.probe(ok);
+        let probed = match &verdict {
+            Ok(()) => Probed::Passed,
+            Err(f) if f.kind == FailureKind::Collapse => Probed::Collapsed(f.reason.clone()),
+            Err(_) => Probed::Failed,
+        };
+        fleet.record(&backend, report, probed, cfg.max_generation_lag);
         // A worker that says itself its sync is incomplete is out at once: that is no
         // transient failure to ride out over `fall` probes, and every valid key it no longer
-        // holds would be a 401 for the guard to catch.
+        // holds would be a 401 for the guard to catch. So is one whose keys collapsed.
         let unsynced = report.is_some_and(|r| !r.complete);
-        let fall = if unsynced { 1 } else { cfg.fall };
+        let collapsed = verdict
+            .as_ref()
+            .is_err_and(|f| f.kind == FailureKind::Collapse);
+        let fall = if unsynced || collapsed { 1 } else { cfg.fall };
         let state = backend.state();
         let transition = gate.record(ok, state, cfg.rise, fall);
         {
@@ -312,8 +367,8 @@ pub async fn run_prober(backend: Arc<Backend>, shared: Arc<Shared>, token: Cance
                 // taken out; the transition below overwrites it with the same text.
                 // Draining and disabled backends keep the operator's or the reload's reason.
                 _ if matches!(state, State::Draining | State::Disabled) => {}
-                (Err(reason), _) if state != State::Ready || transition.is_some() => {
-                    info.reason = reason.clone();
+                (Err(failure), _) if state != State::Ready || transition.is_some() => {
+                    info.reason = failure.reason.clone();
                 }
                 (Ok(()), None) if state != State::Ready => {
                     info.reason = format!("probe passed ({}/{})", gate.passes(), cfg.rise);
@@ -321,23 +376,24 @@ pub async fn run_prober(backend: Arc<Backend>, shared: Arc<Shared>, token: Cance
                 _ => {}
             }
         }
-        if verdict.is_err() {
-            tracing::debug!(pool = %backend.pool, backend = %backend.name, reason = ?verdict, "probe failed");
+        if let Err(failure) = &verdict {
+            tracing::debug!(pool = %backend.pool, backend = %backend.name, reason = %failure.reason, "probe failed");
         }
         if let Some(t) = transition {
             let reason = match &verdict {
                 Ok(()) => format!("{} probes passed", cfg.rise),
                 // The bare failure, as DESIGN.md words reasons (`connect refused`,
                 // `sync incomplete (1200 keys)`); the event says it was an ejection.
-                Err(r) => r.clone(),
+                Err(f) => f.reason.clone(),
             };
             backend.transition(&[t.from], t.to, &reason, &shared.events);
         }
+        fleet.review(&backend.pool, &shared.events, refusal_hold(cfg.interval));
 
-        let wait = cfg.interval.saturating_sub(started.elapsed());
+        let next = next_probe_at(started, Instant::now(), cfg.interval);
         tokio::select! {
             _ = token.cancelled() => return,
-            _ = tokio::time::sleep(wait.max(Duration::from_millis(10))) => {}
+            _ = tokio::time::sleep_until(next.into()) => {}
         }
     }
 }
@@ -358,6 +414,12 @@ mod tests {
             min_key_ratio: 0.98,
         }
     }
+
+    const NONE: Reference = Reference {
+        newest: None,
+        median: None,
+        mark: None,
+    };
 
     fn ks(generation: u64, keys: u64) -> KeySync {
         KeySync {
@@ -403,41 +465,6 @@ mod tests {
     }
 
     #[test]
-    fn reference_reports_prefer_ready_peers_and_skip_leaving_ones() {
-        let events = crate::events::EventLog::new(16);
-        let addr = "127.0.0.1:1".parse().unwrap();
-        let peer = |name: &str, keys: u64, state: State| {
-            let b = Arc::new(Backend::new("push", name, addr, 1));
-            b.info().key_sync = Some(KeySync {
-                complete: true,
-                generation: 7,
-                keys,
-            });
-            if state != State::Pending {
-                assert!(b.transition(&[State::Pending], state, "test", &events));
-            }
-            b
-        };
-        let me = peer("me", 10, State::Pending);
-        let pending = peer("pending", 1000, State::Pending);
-        let draining = peer("draining", 5, State::Draining);
-        let disabled = peer("disabled", 6, State::Disabled);
-        let keys = |refs: Vec<KeySync>| refs.iter().map(|r| r.keys).collect::<Vec<_>>();
-        // Cold start: no ready peer; the pending one counts, the leaving ones do not.
-        let all = vec![
-            me.clone(),
-            pending.clone(),
-            draining.clone(),
-            disabled.clone(),
-        ];
-        assert_eq!(keys(reference_reports(&me, &all)), vec![1000]);
-        // Once a peer is ready, only ready peers count.
-        let ready = peer("ready", 900, State::Ready);
-        let all = vec![me.clone(), pending, ready, draining, disabled];
-        assert_eq!(keys(reference_reports(&me, &all)), vec![900]);
-    }
-
-    #[test]
     fn gate_never_moves_draining_or_disabled() {
         let mut g = Gate::default();
         for _ in 0..5 {
@@ -450,32 +477,33 @@ mod tests {
     fn judge_reasons() {
         let c = cfg(Contract::KeySync);
         let ok = br#"{"key_sync": {"complete": true, "generation": 5, "keys": 100}}"#;
-        assert_eq!(judge(&c, 200, ok, &[]).1, Ok(()));
-        assert_eq!(judge(&c, 503, ok, &[]).1, Err("status 503".into()));
+        assert_eq!(judge(&c, 200, ok, &NONE).1, Ok(()));
+        assert_eq!(judge(&c, 503, ok, &NONE).1, Err("status 503".into()));
         assert_eq!(
-            judge(&c, 200, b"{\"key_sync\": nope}", &[]).1,
+            judge(&c, 200, b"{\"key_sync\": nope}", &NONE).1,
             Err("invalid json at line 1 column 15".into())
         );
         let incomplete = br#"{"key_sync": {"complete": false, "generation": 0, "keys": 1200}}"#;
-        let (report, verdict) = judge(&c, 200, incomplete, &[]);
+        let (report, verdict) = judge(&c, 200, incomplete, &NONE);
         assert_eq!(verdict, Err("sync incomplete (1200 keys)".into()));
         assert_eq!(report.unwrap().keys, 1200);
-        assert!(judge(&c, 200, b"{}", &[])
+        assert!(judge(&c, 200, b"{}", &NONE)
             .1
             .unwrap_err()
+            .reason
             .starts_with("invalid key_sync report"));
         // A worker still syncing may leave out what it does not know yet; a complete report
         // may not.
         let partial = br#"{"key_sync": {"complete": false, "keys": 1200}}"#;
         assert_eq!(
-            judge(&c, 200, partial, &[]).1,
+            judge(&c, 200, partial, &NONE).1,
             Err("sync incomplete (1200 keys)".into())
         );
-        let (report, verdict) = judge(&c, 503, br#"{"key_sync": {"complete": false}}"#, &[]);
+        let (report, verdict) = judge(&c, 503, br#"{"key_sync": {"complete": false}}"#, &NONE);
         assert_eq!(verdict, Err("status 503".into()));
         assert_eq!(report.unwrap().keys, 0);
         assert_eq!(
-            judge(&c, 200, br#"{"key_sync": {"complete": false}}"#, &[]).1,
+            judge(&c, 200, br#"{"key_sync": {"complete": false}}"#, &NONE).1,
             Err("sync incomplete".into())
         );
         assert_eq!(
@@ -483,7 +511,7 @@ mod tests {
                 &c,
                 200,
                 br#"{"key_sync": {"complete": true, "generation": 5}}"#,
-                &[]
+                &NONE
             )
             .1,
             Err("invalid key_sync report: missing field `keys`".into())
@@ -491,20 +519,24 @@ mod tests {
         // Unknown fields are ignored.
         let extra =
             br#"{"v": 2, "key_sync": {"complete": true, "generation": 5, "keys": 1, "x": 1}}"#;
-        assert_eq!(judge(&c, 200, extra, &[]).1, Ok(()));
+        assert_eq!(judge(&c, 200, extra, &NONE).1, Ok(()));
     }
 
     #[test]
     fn status_contract_accepts_any_2xx() {
         let c = cfg(Contract::Status);
-        assert_eq!(judge(&c, 204, b"", &[]).1, Ok(()));
-        assert_eq!(judge(&c, 500, b"", &[]).1, Err("status 500".into()));
+        assert_eq!(judge(&c, 204, b"", &NONE).1, Ok(()));
+        assert_eq!(judge(&c, 500, b"", &NONE).1, Err("status 500".into()));
     }
 
     #[test]
     fn fleet_checks() {
-        assert_eq!(check_fleet(&ks(1, 0), &[], 10, 0.98), Ok(()));
-        let peers = [ks(52, 2000), ks(50, 2000), ks(52, 2010)];
+        assert_eq!(check_fleet(&ks(1, 0), &NONE, 10, 0.98), Ok(()));
+        let peers = Reference {
+            newest: Some(52),
+            median: Some(2000),
+            mark: None,
+        };
         assert_eq!(check_fleet(&ks(42, 2000), &peers, 10, 0.98), Ok(()));
         assert_eq!(
             check_fleet(&ks(40, 2000), &peers, 10, 0.98),
@@ -519,8 +551,64 @@ mod tests {
     }
 
     #[test]
-    fn median_is_robust_to_one_outlier() {
-        assert_eq!(median_keys(&[ks(1, 10), ks(1, 1_000_000)]), 10);
-        assert_eq!(median_keys(&[ks(1, 10), ks(1, 20), ks(1, 1_000_000)]), 20);
+    fn keys_that_collapse_at_an_unchanged_generation_fail_at_once() {
+        let mark = Mark {
+            generation: 7,
+            keys: 2000,
+        };
+        // Every peer collapsed too: the peer values agree with the report, the mark does not.
+        let all_collapsed = Reference {
+            newest: Some(7),
+            median: Some(0),
+            mark: Some(mark),
+        };
+        let failure = check_fleet(&ks(7, 0), &all_collapsed, 10, 0.98).unwrap_err();
+        assert_eq!(failure.reason, "keys fell 2000 → 0 at generation 7");
+        assert_eq!(failure.kind, FailureKind::Collapse);
+        assert_eq!(
+            collapse(&ks(6, 100), mark, 10, 0.98).as_deref(),
+            Some("keys fell 2000 → 100 at generation 6 (newest 7)")
+        );
+        // Within the ratio, a newer generation (accounts purged), or past the lag: no collapse.
+        assert_eq!(collapse(&ks(7, 1960), mark, 10, 0.98), None);
+        assert_eq!(collapse(&ks(8, 0), mark, 10, 0.98), None);
+        assert_eq!(
+            collapse(
+                &ks(0, 0),
+                Mark {
+                    generation: 20,
+                    keys: 5
+                },
+                10,
+                0.98
+            ),
+            None
+        );
+        assert_eq!(check_fleet(&ks(8, 1000), &all_collapsed, 10, 0.98), Ok(()));
+    }
+
+    #[test]
+    fn a_probe_slower_than_the_interval_delays_the_next_never_overlaps_it() {
+        let t0 = Instant::now();
+        let interval = Duration::from_millis(200);
+        // A quick probe: the next one starts an interval after this one started.
+        let quick = next_probe_at(t0, t0 + Duration::from_millis(5), interval);
+        assert_eq!(quick, t0 + interval);
+        // A probe that took 500 ms: the next starts when it finished.
+        let slow = t0 + Duration::from_millis(500);
+        assert_eq!(next_probe_at(t0, slow, interval), slow);
+    }
+
+    #[test]
+    fn a_refusal_holds_five_intervals_within_bounds() {
+        assert_eq!(
+            refusal_hold(Duration::from_millis(50)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(refusal_hold(Duration::from_secs(1)), Duration::from_secs(5));
+        assert_eq!(
+            refusal_hold(Duration::from_secs(60)),
+            Duration::from_secs(30)
+        );
     }
 }

@@ -20,6 +20,8 @@ use crate::balance::{Algorithm, Balancer, Endpoint, PickContext};
 use crate::config::{Balance, Config, GuardConfig, HostMatch, PoolConfig, ProbeConfig};
 use crate::counters::{BudgetLedger, RetryBudget};
 use crate::events::EventLog;
+use crate::fleet::Fleet;
+use crate::memory::Memories;
 use crate::metrics::{Metrics, PoolStats};
 
 /// Backend identity: `(pool, name, addr)`.
@@ -80,6 +82,11 @@ pub struct Pool {
     pub ejection_lock: Arc<Mutex<()>>,
     /// TLS to the workers, if configured.
     pub tls: Option<crate::upstream::UpstreamTls>,
+    /// The fleet's key-sync aggregates, key-set epoch and fail-closed state; kept across
+    /// reloads.
+    pub fleet: Arc<Fleet>,
+    /// The guard's credential memories; kept across reloads that do not resize them.
+    pub memories: Arc<Memories>,
 }
 
 impl Pool {
@@ -99,6 +106,18 @@ impl Pool {
     /// Whether a guarded status needs a second opinion.
     pub fn is_guarded(&self, status: StatusCode) -> bool {
         self.guard.statuses.contains(&status)
+    }
+
+    /// Live entries of the guard's memories, `(remembered, accepted)`: a scan of both tables,
+    /// for the admin API and metrics, never for the request path.
+    pub fn memory_entries(&self) -> (usize, usize) {
+        let (epoch, now) = (self.fleet.epoch(), crate::memory::coarse_now());
+        let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        let m = &self.guard.memory;
+        (
+            self.memories.rejected.len(epoch, now, secs(m.remember_ttl)),
+            self.memories.accepted.len(epoch, now, secs(m.accepted_ttl)),
+        )
     }
 }
 
@@ -355,6 +374,18 @@ impl Shared {
         v
     }
 
+    /// Every pool's fleet facts and memories, sorted by pool name, including pools no longer
+    /// configured.
+    pub fn pool_fleets(&self) -> Vec<(String, Arc<Fleet>, Arc<Memories>)> {
+        let m = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = m
+            .iter()
+            .map(|(k, v)| (k.clone(), v.fleet.clone(), v.memories.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
     /// Every live backend, including removed ones still draining.
     pub fn all_backends(&self) -> Vec<Arc<Backend>> {
         let reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
@@ -368,6 +399,8 @@ struct PoolKept {
     stats: Arc<PoolStats>,
     budget: Arc<BudgetLedger>,
     ejection_lock: Arc<Mutex<()>>,
+    fleet: Arc<Fleet>,
+    memories: Arc<Memories>,
 }
 
 /// Whether `pool` of `config` has a discover source named `source`.
@@ -420,12 +453,15 @@ fn build(
                 }
                 return pool.clone();
             }
-            let pool_kept = kept
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(pc.name.clone())
-                .or_default()
-                .clone();
+            let pool_kept = {
+                let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+                let entry = kept.entry(pc.name.clone()).or_default();
+                let m = &pc.guard.memory;
+                if !entry.memories.fits(m.remember_max, m.accepted_max) {
+                    entry.memories = Arc::new(Memories::new(m.remember_max, m.accepted_max));
+                }
+                entry.clone()
+            };
             let mut changes = Changes {
                 reg: &mut reg,
                 keep: &mut keep,
@@ -562,6 +598,8 @@ fn build_pool(
             pc.guard.retry_budget_window,
         ),
         ejection_lock: kept.ejection_lock,
+        fleet: kept.fleet,
+        memories: kept.memories,
         tls: pc
             .upstream_tls
             .as_ref()

@@ -68,6 +68,32 @@ fn check_summary_spells_balance_and_contract_as_the_config_file_does() {
 }
 
 #[test]
+fn check_accepts_a_probe_timeout_above_the_interval_with_a_note() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("slow.toml");
+    std::fs::write(
+        &path,
+        "[pools.push.probe]\ninterval = \"200ms\"\ntimeout = \"500ms\"\n\
+         [[pools.push.backends]]\nname = \"w1\"\naddr = \"127.0.0.1:9001\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("note: probe timeout 500ms exceeds the interval 200ms"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn check_prints_every_error_with_its_position_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");

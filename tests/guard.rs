@@ -119,7 +119,7 @@ async fn a_worker_that_forgets_its_keys_never_leaks_a_401() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unknown_key_gets_its_confirmed_401() {
+async fn an_unknown_key_gets_its_confirmed_401_then_its_remembered_one() {
     let ws = workers(2).await;
     let names = named(&ws);
     let running = start(&pool_config(&refs(&names), "", SLOW_PROBES)).await;
@@ -131,13 +131,17 @@ async fn an_unknown_key_gets_its_confirmed_401() {
     for _ in 0..5 {
         assert_eq!(get(&c, proxy, 5000).await.status, 401);
     }
-    assert_eq!(outcome(&running, GuardOutcome::Confirmed), 5);
+    assert_eq!(outcome(&running, GuardOutcome::Confirmed), 1);
+    assert_eq!(outcome(&running, GuardOutcome::Remembered), 4);
     assert_eq!(outcome(&running, GuardOutcome::Contradicted), 0);
     assert_eq!(
         ws[0].requests() + ws[1].requests(),
-        10,
-        "each 401 asked twice"
+        6,
+        "the first 401 asked twice, the others once"
     );
+    // Another unknown key is confirmed on its own.
+    assert_eq!(get(&c, proxy, 5001).await.status, 401);
+    assert_eq!(outcome(&running, GuardOutcome::Confirmed), 2);
     assert_eq!(state_of(&running, "w1"), Some(State::Ready));
     assert_eq!(state_of(&running, "w2"), Some(State::Ready));
     running.shutdown().await;

@@ -13,6 +13,15 @@
 //! - `syncgate_retries_total{pool}`: connect-failure retries on another backend
 //! - `syncgate_retries_refused_total{pool}`: connect-failure retries the retry budget refused
 //! - `syncgate_guard_outcomes_total{pool,outcome}`: second-opinion outcomes
+//! - `syncgate_guard_memory_entries{pool,memory}`, `syncgate_guard_memory_capacity{pool,memory}`,
+//!   `syncgate_guard_memory_evictions_total{pool,memory}`: the credential memories
+//!   (`remembered`, `accepted`)
+//! - `syncgate_guard_memory_forgotten_total{pool}`: key-set generation moves that made both
+//!   memories forget
+//! - `syncgate_key_collapses_total{pool}`: probes failed by keys collapsing at an unchanged
+//!   generation
+//! - `syncgate_pool_fail_closed{pool}`: 1 while the pool fails closed (fleet-wide key loss
+//!   suspected); `syncgate_pool_fail_closed_episodes_total{pool}`: times it started
 //! - `syncgate_backend_requests_total{pool,backend,class}`: forwarded requests by answer class
 //! - `syncgate_backend_connect_failures_total{pool,backend}`
 //! - `syncgate_backend_state{pool,backend,state}`: 1 for the current state, 0 for the others
@@ -81,6 +90,92 @@ impl Collector {
             }
         }
         list
+    }
+}
+
+impl Collector {
+    /// The pools' fleet facts and credential memories.
+    fn encode_fleets(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let fleets: Vec<_> = self
+            .shared
+            .pool_fleets()
+            .into_iter()
+            .map(|(pool, fleet, memories)| (pool, fleet.view(), memories))
+            .collect();
+        let snapshot = self.shared.snapshot();
+        // Live entries depend on the configured TTLs: only configured pools have them.
+        let entries: Vec<_> = snapshot
+            .pools
+            .iter()
+            .map(|p| (p.name.clone(), p.memory_entries()))
+            .collect();
+        gauges(
+            e,
+            "syncgate_guard_memory_entries",
+            "Live entries of the guard's credential memories (remembered: confirmed guarded answers; accepted: credentials answered 2xx), by pool.",
+            entries.iter().flat_map(|(pool, (remembered, accepted))| {
+                [("remembered", *remembered), ("accepted", *accepted)]
+                    .map(|(memory, n)| ([("pool", Esc(pool)), ("memory", Esc(memory))], n as u64))
+            }),
+        )?;
+        gauges(
+            e,
+            "syncgate_guard_memory_capacity",
+            "Entries the guard's credential memories can hold, by pool.",
+            fleets.iter().flat_map(|(pool, _, m)| {
+                [("remembered", &m.rejected), ("accepted", &m.accepted)].map(|(memory, t)| {
+                    (
+                        [("pool", Esc(pool)), ("memory", Esc(memory))],
+                        t.capacity() as u64,
+                    )
+                })
+            }),
+        )?;
+        counters(
+            e,
+            "syncgate_guard_memory_evictions",
+            "Live entries of a credential memory overwritten to make room (since it was sized).",
+            fleets.iter().flat_map(|(pool, _, m)| {
+                [("remembered", &m.rejected), ("accepted", &m.accepted)].map(|(memory, t)| {
+                    (
+                        [("pool", Esc(pool)), ("memory", Esc(memory))],
+                        t.evictions(),
+                    )
+                })
+            }),
+        )?;
+        counters(
+            e,
+            "syncgate_guard_memory_forgotten",
+            "Moves of the pool's newest key-set generation, each making both credential memories forget.",
+            fleets
+                .iter()
+                .map(|(pool, view, _)| ([("pool", Esc(pool))], view.epoch)),
+        )?;
+        counters(
+            e,
+            "syncgate_key_collapses",
+            "Probes failed because the key count collapsed at an unchanged generation.",
+            fleets
+                .iter()
+                .map(|(pool, view, _)| ([("pool", Esc(pool))], view.collapses)),
+        )?;
+        gauges(
+            e,
+            "syncgate_pool_fail_closed",
+            "1 while the pool fails closed because a fleet-wide key loss is suspected.",
+            fleets.iter().map(|(pool, view, _)| {
+                ([("pool", Esc(pool))], u64::from(view.fail_closed.is_some()))
+            }),
+        )?;
+        counters(
+            e,
+            "syncgate_pool_fail_closed_episodes",
+            "Times the pool started failing closed because a fleet-wide key loss was suspected.",
+            fleets
+                .iter()
+                .map(|(pool, view, _)| ([("pool", Esc(pool))], view.fail_closed_episodes)),
+        )
     }
 }
 
@@ -248,6 +343,8 @@ impl prometheus_client::collector::Collector for Collector {
                     })
             }),
         )?;
+
+        self.encode_fleets(e)?;
 
         // Per backend.
         counters(

@@ -250,8 +250,9 @@ pub struct ProbeConfig {
     pub path: String,
     /// Time between probes. Default 1 s.
     pub interval: Duration,
-    /// A probe slower than this fails. Default 500 ms, or `interval` when that is shorter;
-    /// must not exceed `interval`.
+    /// A probe slower than this fails. Default 500 ms, or `interval` when that is shorter. It
+    /// may exceed `interval`: probes of one backend never overlap, the next starts at the later
+    /// of `interval` after the previous start and the previous one's end.
     pub timeout: Duration,
     /// Consecutive passes that admit a backend. Default 2, at least 1.
     pub rise: u32,
@@ -289,6 +290,46 @@ pub struct GuardConfig {
     pub retry_budget_min_per_sec: u32,
     /// Window over which the retry budget is measured. Default 10 s.
     pub retry_budget_window: Duration,
+    /// The guard's memories of credentials: `credential`, `remember_*`, `accepted_*`.
+    pub memory: MemoryConfig,
+}
+
+/// Where a request carries its account key: one `credential` entry of `[pools.NAME.guard]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// `header:NAME`: the header's value (the first one, if repeated), as sent.
+    Header(HeaderName),
+    /// `query:NAME`: the query parameter's value (the first one, if repeated), percent-decoded.
+    Query(String),
+}
+
+impl fmt::Display for CredentialSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CredentialSource::Header(name) => write!(f, "header:{name}"),
+            CredentialSource::Query(name) => write!(f, "query:{name}"),
+        }
+    }
+}
+
+/// The guard's two bounded memories of credential fingerprints (keyed hashes, never the key):
+/// confirmed guarded answers, which later pass without a second opinion, and credentials
+/// answered 2xx, whose guarded answers at the same key-set generation are refused with `503`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryConfig {
+    /// Where a request carries its account key, tried in order; the first present is the
+    /// request's credential. Default `["header:authorization", "query:api_key"]`; empty: no
+    /// request has a credential and both memories stay unused.
+    pub credential: Vec<CredentialSource>,
+    /// How long a confirmed guarded answer is remembered. Default 60 s, at least 1 s.
+    pub remember_ttl: Duration,
+    /// Entries of the confirmed-answer memory. Default 100000; 0 turns it off.
+    pub remember_max: u32,
+    /// How long a credential answered 2xx is remembered after its last 2xx. Default 10 min,
+    /// at least 1 s.
+    pub accepted_ttl: Duration,
+    /// Entries of the accepted-credential memory. Default 100000; 0 turns it off.
+    pub accepted_max: u32,
 }
 
 /// `[pools.NAME.upstream_tls]`: TLS from syncgate to the workers.

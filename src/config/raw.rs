@@ -94,6 +94,11 @@ pub(super) struct Guard {
     pub retry_budget_ratio: Option<Spanned<f64>>,
     pub retry_budget_min_per_sec: Option<Spanned<i64>>,
     pub retry_budget_window: Option<Spanned<String>>,
+    pub credential: Option<Spanned<Vec<Spanned<String>>>>,
+    pub remember_ttl: Option<Spanned<String>>,
+    pub remember_max: Option<Spanned<i64>>,
+    pub accepted_ttl: Option<Spanned<String>>,
+    pub accepted_max: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -7,20 +7,29 @@
 //! (budget spent) or none gives an opinion (unreachable, 5xx): `503` with `Retry-After`,
 //! because an unconfirmed 401 must never reach a client and agents retry a 503.
 //!
-//! The rule is pure ([`before_asking`], [`verdict`]) and unit-tested on its own, like
-//! `readiness::judge`; [`second_opinion`] does the I/O through the same [`exchange`] loop as
-//! the forward path, and returns the outcome for the caller to count.
+//! The pool's memories of the request's credential ([`Recall`]) change two things. A guarded
+//! answer confirmed before at the current key-set generation passes at once (`remembered`):
+//! a cancelled account gets its 401 at the cost of one forward. And a guarded answer about to
+//! pass (confirmed, no peer, too large) for a credential answered 2xx at the current
+//! generation is refused with `503` (`accepted_at_generation`): a key cannot become invalid
+//! while the key set keeps its generation, so the answer says the fleet lost keys.
+//!
+//! The rule is pure ([`before_asking`], [`verdict`], [`settle`]) and unit-tested on its own,
+//! like `readiness::judge`; [`second_opinion`] does the I/O through the same [`exchange`]
+//! loop as the forward path, and returns the outcome for the caller to count.
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Limited};
 
+use super::credential;
 use super::exchange::{exchange, Phase, Tried, Unanswered, Upstream};
 use super::response::{retry_later, RespBody};
 use super::Cx;
+use crate::backend::Backend;
 use crate::body::ReqBody;
 use crate::metrics::GuardOutcome;
-use crate::outlier;
+use crate::outlier::{self, Charge};
 
 /// Guarded answers larger than this are not kept for a possible pass-through.
 const MAX_GUARDED_ANSWER: usize = 64 * 1024;
@@ -32,23 +41,61 @@ pub(super) enum Verdict<A> {
     Answer(A, GuardOutcome),
     /// `503` with `Retry-After` and this message: the guarded answer stays unconfirmed.
     RetryLater(GuardOutcome, &'static str),
+    /// `503` with `Retry-After`: the guarded answer was about to pass for a credential
+    /// answered 2xx at the current key-set generation. The first backend is charged, and the
+    /// peer too when `peer_agreed` (it confirmed the answer).
+    Refused {
+        /// A peer gave the guarded answer too.
+        peer_agreed: bool,
+    },
+}
+
+/// What the pool's memories say of the request's credential when a guarded answer came.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Recall {
+    /// A peer confirmed this guarded answer for the credential at the current generation.
+    pub(super) remembered: bool,
+    /// The credential was answered 2xx at the current generation.
+    pub(super) accepted: bool,
 }
 
 /// Whether to ask at all, when a guarded answer `first` arrived. `Ok`: ask, with the first
 /// answer and the request kept for a replay (`replay`: none when the body streamed or the
-/// pool has a single backend); `Err`: the first answer passes. `peers_configured`: the pool
-/// has backends besides the first; `peer_ready`: one of them is ready now. Pure.
+/// pool has a single backend); `Err`: the verdict without asking. `peers_configured`: the
+/// pool has backends besides the first; `peer_ready`: whether one of them is ready now (asked
+/// only when it matters: a pick advances the round-robin sequence). Pure.
 pub(super) fn before_asking<A, R>(
     first: A,
     replay: Option<R>,
     peers_configured: bool,
-    peer_ready: bool,
+    peer_ready: impl FnOnce() -> bool,
+    recall: Recall,
 ) -> Result<(A, R), Verdict<A>> {
-    match replay {
-        None if peers_configured => Err(Verdict::Answer(first, GuardOutcome::TooLarge)),
-        None => Err(Verdict::Answer(first, GuardOutcome::NoPeer)),
-        Some(_) if !peer_ready => Err(Verdict::Answer(first, GuardOutcome::NoPeer)),
-        Some(replay) => Ok((first, replay)),
+    // A remembered answer passes, unless the credential was also accepted since: then the
+    // memory is no longer the fleet's last word, and a peer is asked as usual.
+    if recall.remembered && !recall.accepted {
+        return Err(Verdict::Answer(first, GuardOutcome::Remembered));
+    }
+    let passes = match replay {
+        None if peers_configured => Verdict::Answer(first, GuardOutcome::TooLarge),
+        None => Verdict::Answer(first, GuardOutcome::NoPeer),
+        Some(_) if !peer_ready() => Verdict::Answer(first, GuardOutcome::NoPeer),
+        Some(replay) => return Ok((first, replay)),
+    };
+    Err(settle(passes, recall.accepted))
+}
+
+/// A verdict about to pass a guarded answer (confirmed, no peer, too large), for a credential
+/// `accepted` at the current generation, becomes a refusal; any other stays. Pure.
+pub(super) fn settle<A>(verdict: Verdict<A>, accepted: bool) -> Verdict<A> {
+    match verdict {
+        Verdict::Answer(_, GuardOutcome::Confirmed) if accepted => {
+            Verdict::Refused { peer_agreed: true }
+        }
+        Verdict::Answer(_, GuardOutcome::NoPeer | GuardOutcome::TooLarge) if accepted => {
+            Verdict::Refused { peer_agreed: false }
+        }
+        verdict => verdict,
     }
 }
 
@@ -76,8 +123,14 @@ pub(super) enum Heard<A> {
     AllSilent,
 }
 
-/// The guard's verdict on what it heard. Pure.
-pub(super) fn verdict<A>(heard: Heard<A>) -> Verdict<A> {
+/// The guard's verdict on what it heard, for a credential `accepted` at the current
+/// generation or not. Pure.
+pub(super) fn verdict<A>(heard: Heard<A>, accepted: bool) -> Verdict<A> {
+    settle(heard_verdict(heard), accepted)
+}
+
+/// The verdict on what was heard, before the memories have their say.
+fn heard_verdict<A>(heard: Heard<A>) -> Verdict<A> {
     match heard {
         Heard::BudgetSpent => Verdict::RetryLater(
             GuardOutcome::BudgetSpent,
@@ -116,34 +169,52 @@ pub(super) async fn second_opinion(
 ) -> (Response<RespBody>, GuardOutcome) {
     let pool = cx.pool;
     let first_backend = first.backend().clone();
+    let status = first.status().as_u16();
+    let recall = credential::recall(pool, cx.credential, status);
     // "Another ready backend exists" counts peers that already failed to connect for this
     // request: their failure leaves the answer unconfirmed, it does not make it confirmed.
-    // Without a replay the answer passes whatever the peers: no pick (a pick advances the
-    // round-robin sequence).
-    let peer_ready = replay.is_some() && pool.pick(cx.hash_key, &[first_backend.id]).is_some();
+    let has_replay = replay.is_some();
+    let peer_ready = || has_replay && pool.pick(cx.hash_key, &[first_backend.id]).is_some();
     let asking = before_asking(
         first.into_response(),
         replay,
         pool.backends.len() > 1,
         peer_ready,
+        recall,
     );
     let (first, replay) = match asking {
         Ok(asking) => asking,
-        Err(verdict) => return conclude(cx, verdict),
+        Err(verdict) => return conclude(cx, verdict, &first_backend, None, status),
     };
     if !pool.budget.try_spend() {
-        return conclude(cx, verdict(Heard::BudgetSpent));
+        return conclude(
+            cx,
+            verdict(Heard::BudgetSpent, recall.accepted),
+            &first_backend,
+            None,
+            status,
+        );
     }
     // Read the first answer now: its connection goes back to the pool, and it is still there
     // to pass on if the peers stop being ready before one is picked.
     let first = buffer(first).await;
     pool.stats.guard_outcome(GuardOutcome::Replayed);
     tried.leave_out(first_backend.id);
+    let mut peer_backend = None;
     let heard = match exchange(cx, Phase::SecondOpinion, replay, &mut tried).await {
-        Ok((peer, _)) => Heard::Opinion {
-            confirms: pool.is_guarded(peer.status()),
-            peer: peer.into_response(),
-        },
+        Ok((peer, _)) => {
+            peer_backend = Some(peer.backend().clone());
+            let peer_status = peer.status();
+            if peer_status.is_success() {
+                if let Some(fp) = cx.credential {
+                    credential::accepted(pool, fp);
+                }
+            }
+            Heard::Opinion {
+                confirms: pool.is_guarded(peer_status),
+                peer: peer.into_response(),
+            }
+        }
         Err(Unanswered::NoBackend) => Heard::NoPeerLeft {
             silent: tried.failed(),
             first,
@@ -153,22 +224,55 @@ pub(super) async fn second_opinion(
         // `Broken` does not come back from this phase; it would leave the answer unconfirmed.
         Err(Unanswered::Exhausted | Unanswered::Broken(_)) => Heard::AllSilent,
     };
-    let (resp, outcome) = conclude(cx, verdict(heard));
-    if outcome == GuardOutcome::Contradicted {
-        outlier::record_contradiction(cx.shared, pool, &first_backend);
-    }
-    (resp, outcome)
+    conclude(
+        cx,
+        verdict(heard, recall.accepted),
+        &first_backend,
+        peer_backend.as_deref(),
+        status,
+    )
 }
 
-/// The client's answer for a verdict.
+/// The client's answer for a verdict on `first`'s guarded answer `status` (with the peer that
+/// was asked, if any), and what the verdict leaves behind: charges and memories.
 fn conclude(
     cx: &Cx<'_>,
     verdict: Verdict<Response<RespBody>>,
+    first: &Backend,
+    peer: Option<&Backend>,
+    status: u16,
 ) -> (Response<RespBody>, GuardOutcome) {
+    let pool = cx.pool;
     match verdict {
-        Verdict::Answer(resp, outcome) => (resp, outcome),
+        Verdict::Answer(resp, outcome) => {
+            match outcome {
+                GuardOutcome::Contradicted => {
+                    outlier::charge(cx.shared, pool, first, Charge::Contradicted);
+                }
+                GuardOutcome::Confirmed => {
+                    if let Some(fp) = cx.credential {
+                        credential::confirmed(pool, fp, status);
+                    }
+                }
+                _ => {}
+            }
+            (resp, outcome)
+        }
         Verdict::RetryLater(outcome, message) => {
-            (retry_later(cx.pool, message, cx.request_id), outcome)
+            (retry_later(pool, message, cx.request_id), outcome)
+        }
+        Verdict::Refused { peer_agreed } => {
+            pool.fleet.note_refusal();
+            outlier::charge(cx.shared, pool, first, Charge::AcceptedCredential);
+            if let Some(peer) = peer.filter(|_| peer_agreed) {
+                outlier::charge(cx.shared, pool, peer, Charge::AcceptedCredential);
+            }
+            let message =
+                "answer refused: the credential was accepted at the current key-set generation";
+            (
+                retry_later(pool, message, cx.request_id),
+                GuardOutcome::AcceptedAtGeneration,
+            )
         }
     }
 }
@@ -191,11 +295,23 @@ mod tests {
 
     const FIRST: &str = "first";
     const PEER: &str = "peer";
+    const NOTHING: Recall = Recall {
+        remembered: false,
+        accepted: false,
+    };
+    const REMEMBERED: Recall = Recall {
+        remembered: true,
+        accepted: false,
+    };
+    const ACCEPTED: Recall = Recall {
+        remembered: false,
+        accepted: true,
+    };
 
     #[test]
     fn a_kept_request_with_a_ready_peer_is_asked() {
         assert_eq!(
-            before_asking(FIRST, Some("req"), true, true),
+            before_asking(FIRST, Some("req"), true, || true, NOTHING),
             Ok((FIRST, "req"))
         );
     }
@@ -207,17 +323,17 @@ mod tests {
         }
         // A single backend: nobody to ask (and no copy was kept).
         assert_eq!(
-            before_asking::<_, ()>(FIRST, None, false, false),
+            before_asking::<_, ()>(FIRST, None, false, || false, NOTHING),
             pass(GuardOutcome::NoPeer)
         );
         // Peers exist, but the body streamed: it cannot be replayed.
         assert_eq!(
-            before_asking::<_, ()>(FIRST, None, true, true),
+            before_asking::<_, ()>(FIRST, None, true, || true, NOTHING),
             pass(GuardOutcome::TooLarge)
         );
         // Peers are configured, none is ready.
         assert_eq!(
-            before_asking(FIRST, Some("req"), true, false),
+            before_asking(FIRST, Some("req"), true, || false, NOTHING),
             pass(GuardOutcome::NoPeer)
         );
     }
@@ -225,26 +341,32 @@ mod tests {
     #[test]
     fn a_guarded_peer_answer_confirms_any_other_contradicts() {
         assert_eq!(
-            verdict(Heard::Opinion {
-                peer: PEER,
-                confirms: true
-            }),
+            verdict(
+                Heard::Opinion {
+                    peer: PEER,
+                    confirms: true
+                },
+                false
+            ),
             Verdict::Answer(PEER, GuardOutcome::Confirmed)
         );
         assert_eq!(
-            verdict(Heard::Opinion {
-                peer: PEER,
-                confirms: false
-            }),
+            verdict(
+                Heard::Opinion {
+                    peer: PEER,
+                    confirms: false
+                },
+                false
+            ),
             Verdict::Answer(PEER, GuardOutcome::Contradicted)
         );
     }
 
     #[test]
     fn an_unconfirmed_answer_never_passes() {
-        let unconfirmed = |heard| match verdict(heard) {
+        let unconfirmed = |heard| match verdict(heard, false) {
             Verdict::RetryLater(outcome, _) => outcome,
-            Verdict::Answer(a, outcome) => panic!("{a} passed as {outcome:?}"),
+            other => panic!("{other:?}"),
         };
         assert_eq!(unconfirmed(Heard::BudgetSpent), GuardOutcome::BudgetSpent);
         assert_eq!(unconfirmed(Heard::AllSilent), GuardOutcome::Unconfirmed);
@@ -269,11 +391,94 @@ mod tests {
     #[test]
     fn peers_gone_before_any_was_asked_pass_the_kept_first_answer() {
         assert_eq!(
-            verdict(Heard::NoPeerLeft {
-                silent: 0,
-                first: Some(FIRST)
-            }),
+            verdict(
+                Heard::NoPeerLeft {
+                    silent: 0,
+                    first: Some(FIRST)
+                },
+                false
+            ),
             Verdict::Answer(FIRST, GuardOutcome::NoPeer)
+        );
+    }
+
+    #[test]
+    fn a_remembered_answer_passes_without_asking_anyone() {
+        let asked = std::cell::Cell::new(false);
+        let peer_ready = || {
+            asked.set(true);
+            true
+        };
+        assert_eq!(
+            before_asking(FIRST, Some("req"), true, peer_ready, REMEMBERED),
+            Err(Verdict::Answer(FIRST, GuardOutcome::Remembered))
+        );
+        assert!(!asked.get(), "no pick for a remembered answer");
+        // Accepted since it was remembered: a peer is asked as usual.
+        let both = Recall {
+            remembered: true,
+            accepted: true,
+        };
+        assert_eq!(
+            before_asking(FIRST, Some("req"), true, || true, both),
+            Ok((FIRST, "req"))
+        );
+    }
+
+    #[test]
+    fn a_guarded_answer_for_an_accepted_credential_never_passes() {
+        // Confirmed by a peer: refused, and the peer is charged too.
+        assert_eq!(
+            verdict(
+                Heard::Opinion {
+                    peer: PEER,
+                    confirms: true
+                },
+                true
+            ),
+            Verdict::Refused { peer_agreed: true }
+        );
+        // No peer to ask, or a body too large to replay: refused, only the first charged.
+        assert_eq!(
+            before_asking(FIRST, Some("req"), true, || false, ACCEPTED),
+            Err(Verdict::Refused { peer_agreed: false })
+        );
+        assert_eq!(
+            before_asking::<_, ()>(FIRST, None, true, || true, ACCEPTED),
+            Err(Verdict::Refused { peer_agreed: false })
+        );
+        assert_eq!(
+            verdict(
+                Heard::NoPeerLeft {
+                    silent: 0,
+                    first: Some(FIRST)
+                },
+                true
+            ),
+            Verdict::Refused { peer_agreed: false }
+        );
+        // A contradicting peer still wins; an unconfirmed answer stays a plain 503.
+        assert_eq!(
+            verdict(
+                Heard::Opinion {
+                    peer: PEER,
+                    confirms: false
+                },
+                true
+            ),
+            Verdict::Answer(PEER, GuardOutcome::Contradicted)
+        );
+        assert_eq!(
+            verdict(Heard::<&str>::BudgetSpent, true),
+            Verdict::RetryLater(
+                GuardOutcome::BudgetSpent,
+                "retry budget spent: answer not confirmed"
+            )
+        );
+        // With a peer to ask, an accepted credential is asked about like any other.
+        assert_eq!(
+            before_asking(FIRST, Some("req"), true, || true, ACCEPTED),
+            Ok((FIRST, "req"))
         );
     }
 }

@@ -7,6 +7,7 @@
 //! a guarded answer goes through [`guard`] (the second opinion); [`response`] writes what
 //! syncgate answers itself; [`headers`] rewrites the request and answer headers.
 
+mod credential;
 mod exchange;
 mod guard;
 mod headers;
@@ -25,6 +26,7 @@ use hyper::body::Incoming;
 use crate::balance::Balancer;
 use crate::body::ReqBody;
 use crate::conn::ConnInfo;
+use crate::memory::Fingerprint;
 use crate::snapshot::{Pool, Shared, Snapshot};
 use exchange::{exchange, is_too_large, Phase, Tried, Unanswered};
 use headers::{content_length, new_request_id, request_host, upstream_request, X_REQUEST_ID};
@@ -101,6 +103,8 @@ struct Cx<'a> {
     pool: &'a Pool,
     /// The balancer's hash key (with `balance = "hash"`).
     hash_key: Option<&'a [u8]>,
+    /// The fingerprint of the request's credential, when the pool keeps memories of them.
+    credential: Option<Fingerprint>,
     request_id: &'a HeaderValue,
 }
 
@@ -121,14 +125,18 @@ async fn forward(
     request_id: &HeaderValue,
 ) -> Response<RespBody> {
     let hash_key = hash_key(pool, req.headers());
+    let (parts, body) = req.into_parts();
+    let credential = credential::wanted(pool)
+        .then(|| credential::fingerprint(&pool.guard.memory.credential, &parts))
+        .flatten();
     let cx = Cx {
         shared,
         pool,
         hash_key: hash_key.as_deref(),
+        credential,
         request_id,
     };
     pool.budget.deposit();
-    let (parts, body) = req.into_parts();
     let body = match receive_body(&cx, body, &parts.headers, &limits).await {
         Ok(body) => body,
         Err(resp) => return resp,
@@ -185,6 +193,9 @@ async fn dispatch(cx: &Cx<'_>, req: Request<ReqBody>) -> Response<RespBody> {
         Err(unanswered) => return unanswered_error(cx, unanswered, &tried),
     };
     if !pool.is_guarded(first.status()) {
+        if let Some(fp) = cx.credential.filter(|_| first.status().is_success()) {
+            credential::accepted(pool, fp);
+        }
         return first.into_response();
     }
     // Boxed: rare, and large enough to bloat every request's future.

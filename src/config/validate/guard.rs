@@ -1,4 +1,5 @@
-//! `[pools.NAME.guard]`: the response guard, passive outlier detection and the retry budget.
+//! `[pools.NAME.guard]`: the response guard, passive outlier detection and the retry budget
+//! (the credential memories' keys are in `memory.rs`).
 
 use std::time::Duration;
 
@@ -99,6 +100,7 @@ impl Validator<'_> {
                     Zero::Rejected,
                 )
                 .unwrap_or(ten_secs),
+            memory: self.guard_memory(pool, g),
         }
     }
 }

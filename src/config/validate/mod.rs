@@ -20,6 +20,7 @@ mod admin;
 mod backends;
 mod discover;
 mod guard;
+mod memory;
 mod pools;
 mod probe;
 mod routes;

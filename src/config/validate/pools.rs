@@ -77,7 +77,7 @@ impl Validator<'_> {
             0,
             None,
         );
-        let probe = self.probe(name, p.probe.as_ref(), key_span.clone());
+        let probe = self.probe(name, p.probe.as_ref());
         let guard = self.guard(name, p.guard.as_ref());
         let upstream_tls = p
             .upstream_tls

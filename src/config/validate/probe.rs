@@ -1,6 +1,5 @@
 //! `[pools.NAME.probe]`: the readiness probe.
 
-use std::ops::Range;
 use std::time::Duration;
 
 use toml::Spanned;
@@ -9,15 +8,10 @@ use super::{span_of, Validator, Zero};
 use crate::config::{raw, Contract, ProbeConfig};
 
 impl Validator<'_> {
-    /// `[pools.NAME.probe]`; `pool_span` stands in for an absent table's position.
-    pub(super) fn probe(
-        &mut self,
-        pool: &str,
-        node: Option<&Spanned<raw::Probe>>,
-        pool_span: Option<Range<usize>>,
-    ) -> ProbeConfig {
+    /// `[pools.NAME.probe]`, defaults where absent.
+    pub(super) fn probe(&mut self, pool: &str, node: Option<&Spanned<raw::Probe>>) -> ProbeConfig {
         let absent = raw::Probe::default();
-        let (span, p) = node.map_or((pool_span.clone(), &absent), |n| (span_of(n), n.get_ref()));
+        let p = node.map_or(&absent, Spanned::get_ref);
         let name = |key: &str| format!("pools.{pool}.probe.{key}");
         let path = match &p.path {
             Some(value) => {
@@ -54,24 +48,8 @@ impl Validator<'_> {
             default_timeout,
             Zero::Rejected,
         );
-        if let (Some(interval), Some(timeout)) = (interval, timeout) {
-            if timeout > interval {
-                let at = p
-                    .timeout
-                    .as_ref()
-                    .or(p.interval.as_ref())
-                    .map_or(span, |v| Some(v.span()));
-                self.error(
-                    at,
-                    format!(
-                        "{} ({}) must not exceed probe.interval ({})",
-                        name("timeout"),
-                        humantime::format_duration(timeout),
-                        humantime::format_duration(interval)
-                    ),
-                );
-            }
-        }
+        // A timeout above the interval is allowed (Kubernetes, Envoy and HAProxy accept it):
+        // the prober never overlaps probes of one backend (see `readiness::next_probe_at`).
         ProbeConfig {
             path,
             interval: interval.unwrap_or(Duration::from_secs(1)),
@@ -169,22 +147,23 @@ mod tests {
             11,
             "pools.push.probe.timeout must be greater than 0",
         );
-        assert_pool_error(
-            "[pools.push.probe]\ninterval = \"1s\"\ntimeout = \"1500ms\"\n",
-            3,
-            11,
-            "pools.push.probe.timeout (1s 500ms) must not exceed probe.interval (1s)",
-        );
         // Only a short interval: the unset timeout follows it down.
         let probe =
             &ok(&format!("[pools.push.probe]\ninterval = \"100ms\"\n{POOL}")).pools[0].probe;
         assert_eq!(probe.timeout, Duration::from_millis(100));
-        // Only a long timeout: it exceeds the default interval.
-        assert_pool_error(
-            "[pools.push.probe]\ntimeout = \"2s\"\n",
-            2,
-            11,
-            "pools.push.probe.timeout (2s) must not exceed probe.interval (1s)",
-        );
+    }
+
+    #[test]
+    fn a_probe_timeout_may_exceed_the_interval() {
+        let probe = &ok(&format!(
+            "[pools.push.probe]\ninterval = \"200ms\"\ntimeout = \"500ms\"\n{POOL}"
+        ))
+        .pools[0]
+            .probe;
+        assert_eq!(probe.interval, Duration::from_millis(200));
+        assert_eq!(probe.timeout, Duration::from_millis(500));
+        // Only a long timeout: above the default interval, and kept.
+        let probe = &ok(&format!("[pools.push.probe]\ntimeout = \"2s\"\n{POOL}")).pools[0].probe;
+        assert_eq!(probe.timeout, Duration::from_secs(2));
     }
 }

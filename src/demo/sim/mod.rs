@@ -12,7 +12,12 @@
 //!   `200 {"key_sync":{"complete":true,"generation":G,"keys":N}}`; while syncing it answers
 //!   `503 {"key_sync":{"complete":false,"generation":0,"keys":held}}`. A probe override forces
 //!   any status and body. After [`SimWorker::forget_keys`] the probe keeps reporting what it
-//!   reported before (it lies), modelling a worker that lost its keys between two probes.
+//!   reported before (it lies), modelling a worker that lost its keys between two probes;
+//!   after [`SimWorker::truncate_keys`] it reports the truth (fewer keys) but keeps claiming a
+//!   complete sync at the same generation, modelling a truncated key database. The probe may
+//!   be slowed ([`SimWorker::set_probe_delay`]); the most probes it served at once is counted.
+//! * The key set changes like a real account database: [`SimWorker::add_keys`] and
+//!   [`SimWorker::remove_key`] each advance the generation.
 //! * `/echo` answers `200` with a JSON description of the request it received (method, path with
 //!   query, headers, body length, HTTP version), without any key check.
 //! * Every other path is a push request: the account key is read from
@@ -29,6 +34,7 @@
 
 mod serve;
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -90,19 +96,42 @@ struct Report {
 }
 
 /// The current key plan; replaced as a whole, read lock-free.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Plan {
     holding: Holding,
     /// Set by `forget_keys`: the probe keeps answering this report whatever the keys held.
     frozen_report: Option<Report>,
+    /// The active key set is `key-0 .. key-{total_keys-1}` without `removed`.
+    total_keys: u64,
+    /// Keys removed from the active set (cancelled accounts).
+    removed: Arc<BTreeSet<u64>>,
+    /// Key-set generation reported when the sync is complete.
+    generation: u64,
+    /// Set by `truncate_keys`: the probe claims a complete sync whatever the keys held.
+    claims_complete: bool,
+}
+
+impl Plan {
+    /// A plan holding `holding` of `prev`'s key set, with no lie.
+    fn holding(prev: &Plan, holding: Holding) -> Plan {
+        Plan {
+            holding,
+            frozen_report: None,
+            claims_complete: false,
+            ..prev.clone()
+        }
+    }
 }
 
 /// Shared state of a simulated worker (the server tasks and the [`SimWorker`] handle).
 #[derive(Debug)]
 struct SimState {
-    total_keys: u64,
-    generation: u64,
     plan: ArcSwap<Plan>,
+    /// Delay before answering a probe, in nanoseconds; 0 means none.
+    probe_delay_nanos: AtomicU64,
+    /// Probes being answered now, and the most at once so far.
+    probes_in_flight: AtomicU64,
+    max_probes_in_flight: AtomicU64,
     probe_override: Mutex<Option<(u16, String)>>,
     /// Forced status for non-probe requests; 0 means none.
     status_override: AtomicU32,
@@ -122,12 +151,17 @@ impl SimState {
         let held = if opts.synced { opts.total_keys } else { 0 };
         let addr_text = addr.to_string();
         SimState {
-            total_keys: opts.total_keys,
-            generation: opts.generation,
             plan: ArcSwap::from_pointee(Plan {
                 holding: Holding::Fixed(held),
                 frozen_report: None,
+                total_keys: opts.total_keys,
+                removed: Arc::default(),
+                generation: opts.generation,
+                claims_complete: false,
             }),
+            probe_delay_nanos: AtomicU64::new(0),
+            probes_in_flight: AtomicU64::new(0),
+            max_probes_in_flight: AtomicU64::new(0),
             probe_override: Mutex::new(None),
             status_override: AtomicU32::new(0),
             delay_nanos: AtomicU64::new(0),
@@ -141,29 +175,39 @@ impl SimState {
         }
     }
 
-    /// Keys held now according to `plan`.
+    /// How far into `key-0 ..` the worker holds keys now according to `plan`.
     fn held_in(&self, plan: &Plan, now: Instant) -> u64 {
+        let total = plan.total_keys;
         match plan.holding {
-            Holding::Fixed(n) => n.min(self.total_keys),
+            Holding::Fixed(n) => n.min(total),
             Holding::Ramp {
                 from,
                 start,
                 duration,
             } => {
                 let elapsed = now.saturating_duration_since(start);
-                if elapsed >= duration || from >= self.total_keys {
-                    return self.total_keys;
+                if elapsed >= duration || from >= total {
+                    return total;
                 }
-                let missing = u128::from(self.total_keys - from);
+                let missing = u128::from(total - from);
                 let grown = missing * elapsed.as_nanos() / duration.as_nanos().max(1);
                 // grown < missing because elapsed < duration, so it fits in u64.
-                from + u64::try_from(grown).unwrap_or(self.total_keys - from)
+                from + u64::try_from(grown).unwrap_or(total - from)
             }
         }
     }
 
+    /// Active keys held now.
     fn held(&self) -> u64 {
-        self.held_in(&self.plan.load(), Instant::now())
+        let plan = self.plan.load();
+        let held = self.held_in(&plan, Instant::now());
+        held - plan.removed.range(..held).count() as u64
+    }
+
+    /// Whether the worker holds active key `key-n` now.
+    fn holds(&self, n: u64) -> bool {
+        let plan = self.plan.load();
+        n < self.held_in(&plan, Instant::now()) && !plan.removed.contains(&n)
     }
 
     /// The report the probe gives for `plan` (ignoring the probe override).
@@ -171,11 +215,12 @@ impl SimState {
         if let Some(frozen) = plan.frozen_report {
             return frozen;
         }
-        let keys = self.held_in(plan, now);
-        let complete = keys >= self.total_keys;
+        let held = self.held_in(plan, now);
+        let keys = held - plan.removed.range(..held).count() as u64;
+        let complete = held >= plan.total_keys || plan.claims_complete;
         Report {
             complete,
-            generation: if complete { self.generation } else { 0 },
+            generation: if complete { plan.generation } else { 0 },
             keys,
         }
     }
@@ -271,9 +316,10 @@ impl SimWorker {
     /// [`forget_keys`]: SimWorker::forget_keys
     pub fn begin_sync(&self, duration: Duration) {
         let now = Instant::now();
-        let from = self.state.held_in(&self.state.plan.load(), now);
+        let plan = self.state.plan.load();
+        let from = self.state.held_in(&plan, now);
         let holding = if duration.is_zero() {
-            Holding::Fixed(self.state.total_keys)
+            Holding::Fixed(plan.total_keys)
         } else {
             Holding::Ramp {
                 from,
@@ -281,20 +327,16 @@ impl SimWorker {
                 duration,
             }
         };
-        self.state.set_plan(Plan {
-            holding,
-            frozen_report: None,
-        });
+        self.state.set_plan(Plan::holding(&plan, holding));
     }
 
     /// Holds all keys at once: the sync is complete. Ends any [`forget_keys`] lie.
     ///
     /// [`forget_keys`]: SimWorker::forget_keys
     pub fn set_synced(&self) {
-        self.state.set_plan(Plan {
-            holding: Holding::Fixed(self.state.total_keys),
-            frozen_report: None,
-        });
+        let plan = self.state.plan.load();
+        self.state
+            .set_plan(Plan::holding(&plan, Holding::Fixed(plan.total_keys)));
     }
 
     /// Drops every key (every push request is answered `401`) while the probe keeps answering
@@ -305,9 +347,66 @@ impl SimWorker {
         let plan = self.state.plan.load();
         let report = self.state.report_in(&plan, now);
         self.state.set_plan(Plan {
-            holding: Holding::Fixed(0),
             frozen_report: Some(report),
+            ..Plan::holding(&plan, Holding::Fixed(0))
         });
+    }
+
+    /// Keeps only the first `keys` keys (a truncated key database) while the probe keeps
+    /// claiming a complete sync at the same generation, with the truthful key count. Ended by
+    /// [`set_synced`](SimWorker::set_synced) or [`begin_sync`](SimWorker::begin_sync).
+    pub fn truncate_keys(&self, keys: u64) {
+        let plan = self.state.plan.load();
+        self.state.set_plan(Plan {
+            claims_complete: true,
+            ..Plan::holding(&plan, Holding::Fixed(keys))
+        });
+    }
+
+    /// Adds `n` accounts to the active set (`key-{total} ..`) and advances the generation; a
+    /// synced worker holds them at once.
+    pub fn add_keys(&self, n: u64) {
+        let plan = self.state.plan.load();
+        let total = plan.total_keys.saturating_add(n);
+        let holding = match plan.holding {
+            Holding::Fixed(h) if h >= plan.total_keys => Holding::Fixed(total),
+            other => other,
+        };
+        self.state.set_plan(Plan {
+            holding,
+            total_keys: total,
+            generation: plan.generation.saturating_add(1),
+            ..(**plan).clone()
+        });
+    }
+
+    /// Removes account `key-{n}` from the active set (a cancellation) and advances the
+    /// generation.
+    pub fn remove_key(&self, n: u64) {
+        let plan = self.state.plan.load();
+        let mut removed = (*plan.removed).clone();
+        removed.insert(n);
+        self.state.set_plan(Plan {
+            removed: Arc::new(removed),
+            generation: plan.generation.saturating_add(1),
+            ..(**plan).clone()
+        });
+    }
+
+    /// The key-set generation the worker reports when its sync is complete.
+    pub fn generation(&self) -> u64 {
+        self.state.plan.load().generation
+    }
+
+    /// Sleeps `delay` before answering each probe (`Duration::ZERO`: no delay).
+    pub fn set_probe_delay(&self, delay: Duration) {
+        let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
+        self.state.probe_delay_nanos.store(nanos, Ordering::Relaxed);
+    }
+
+    /// The most probes the worker was answering at once so far.
+    pub fn max_concurrent_probes(&self) -> u64 {
+        self.state.max_probes_in_flight.load(Ordering::Relaxed)
     }
 
     /// Forces the probe's answer to `status` and `body` (`Some`), or restores the real report

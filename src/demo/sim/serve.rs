@@ -105,6 +105,11 @@ pub(super) async fn accept_loop(
 async fn handle(state: &SimState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.uri().path() == PROBE_PATH {
         state.probes.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = ProbeInFlight::new(state);
+        let delay = Duration::from_nanos(state.probe_delay_nanos.load(Ordering::Relaxed));
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         return probe_answer(state);
     }
     state.requests.fetch_add(1, Ordering::Relaxed);
@@ -115,6 +120,23 @@ async fn handle(state: &SimState, req: Request<Incoming>) -> Response<Full<Bytes
     let response = request_answer(state, req).await;
     state.count_status(response.status());
     response
+}
+
+/// Counts a probe being answered while alive (also when its connection goes away first).
+struct ProbeInFlight<'a>(&'a SimState);
+
+impl<'a> ProbeInFlight<'a> {
+    fn new(state: &'a SimState) -> ProbeInFlight<'a> {
+        let now = state.probes_in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        state.max_probes_in_flight.fetch_max(now, Ordering::Relaxed);
+        ProbeInFlight(state)
+    }
+}
+
+impl Drop for ProbeInFlight<'_> {
+    fn drop(&mut self) {
+        self.0.probes_in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 fn probe_answer(state: &SimState) -> Response<Full<Bytes>> {
@@ -160,7 +182,7 @@ async fn request_answer(state: &SimState, req: Request<Incoming>) -> Response<Fu
         return respond(state, StatusCode::OK, echo_body(&parts, body_len));
     }
     match account_key(&parts.headers) {
-        Some(n) if n < state.held() => {
+        Some(n) if state.holds(n) => {
             let body = format!(
                 r#"{{"ok":true,"worker":{},"bytes":{}}}"#,
                 state.worker_json, body_len

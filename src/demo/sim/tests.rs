@@ -343,3 +343,55 @@ async fn stop_closes_listener_and_connections() {
     assert_eq!(get(&client(), addr, "/ready").await.status, 200);
     again.stop().await;
 }
+
+#[tokio::test]
+async fn the_key_set_changes_with_its_generation() {
+    let worker = SimWorker::start(unsynced(10)).await.expect("start");
+    let addr = worker.addr();
+    let c = client();
+    worker.set_synced();
+
+    // A cancellation: the key is gone and the generation advanced.
+    worker.remove_key(3);
+    assert_eq!(push(&c, addr, "key-3", "").await.status, 401);
+    assert_eq!(push(&c, addr, "key-4", "").await.status, 200);
+    assert_eq!(
+        get(&c, addr, "/ready").await.json,
+        serde_json::json!({"key_sync": {"complete": true, "generation": 8, "keys": 9}})
+    );
+    // A new account: held at once by a synced worker, with the next generation.
+    worker.add_keys(1);
+    assert_eq!(push(&c, addr, "key-10", "").await.status, 200);
+    assert_eq!(worker.generation(), 9);
+    assert_eq!(worker.held_keys(), 10);
+
+    // A truncated database: the probe tells the count but still claims a complete sync.
+    worker.truncate_keys(2);
+    assert_eq!(push(&c, addr, "key-5", "").await.status, 401);
+    let probe = get(&c, addr, "/ready").await;
+    assert_eq!(probe.status, 200);
+    assert_eq!(
+        probe.json,
+        serde_json::json!({"key_sync": {"complete": true, "generation": 9, "keys": 2}})
+    );
+    worker.set_synced();
+    assert_eq!(push(&c, addr, "key-5", "").await.status, 200);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_probe_is_counted_while_it_is_answered() {
+    let worker = SimWorker::start(SimOptions::default())
+        .await
+        .expect("start");
+    let addr = worker.addr();
+    worker.set_probe_delay(Duration::from_millis(100));
+    let started = Instant::now();
+    // Two clients, two connections: the probes are answered side by side.
+    let (c1, c2) = (client(), client());
+    let (a, b) = tokio::join!(get(&c1, addr, "/ready"), get(&c2, addr, "/ready"));
+    assert_eq!((a.status, b.status), (200, 200));
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    assert_eq!(worker.max_concurrent_probes(), 2);
+    worker.stop().await;
+}
