@@ -12,7 +12,8 @@
 //!   `host` (a host without its port), `events` (the bounded log of state transitions),
 //!   `metrics` (counters and histograms as atomics), `counters` (outlier streaks, the
 //!   contradiction window, the retry budget), `conn` (a client connection's facts and
-//!   activity), `tls` (the served certificate, hot-swappable), `systemd`, and `digest`.
+//!   activity), `tls` (the served certificate, hot-swappable), `systemd`, `digest`, and `files`
+//!   (bounded, non-blocking reads of the files a config names).
 //! - config: raw TOML → validated [`Config`], every error with file:line:col.
 //! - state: `backend`, identity + shared atomic state + the one readiness predicate
 //!   ([`Backend::is_routable`]); `body`, the request body on its way upstream.
@@ -48,6 +49,7 @@ mod counters;
 pub mod demo;
 mod digest;
 mod events;
+mod files;
 mod host;
 mod metrics;
 mod outlier;
@@ -114,10 +116,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let server_cfg = config.server.clone();
     let admin_addr = config.admin.listen;
     let path = config.source.clone();
-    let file_bytes = match &path {
-        Some(p) => tokio::fs::read(p).await.ok(),
-        None => None,
-    };
+    // Read as the config was: bounded, and never blocking on a FIFO.
+    let file_bytes = path.as_deref().and_then(|p| Config::read(p).ok());
     let admin_listener = tokio::net::TcpListener::bind(admin_addr)
         .await
         .map_err(|source| StartError::Admin {

@@ -215,12 +215,13 @@ impl Control {
 
     /// Reads and validates the file; `None` when its bytes equal the running config's.
     async fn load(&self, path: &Path) -> Result<Option<(Config, String)>, LoadError> {
-        let bytes = tokio::fs::read(path)
+        let owned = path.to_path_buf();
+        let bytes = tokio::task::spawn_blocking(move || Config::read(&owned))
             .await
-            .map_err(|source| LoadError::Io {
+            .map_err(|e| LoadError::Io {
                 path: path.display().to_string(),
-                source,
-            })?;
+                source: std::io::Error::other(format!("config read failed: {e}")),
+            })??;
         let sha = sha256_hex(&bytes);
         if sha == self.status().sha256 {
             return Ok(None);
@@ -228,10 +229,8 @@ impl Control {
         // Off the control runtime: validation may resolve backend host names, and a slow
         // resolver must not stall the probers, the admin API or signal handling.
         let owned = path.to_path_buf();
-        let parsed = tokio::task::spawn_blocking(move || {
-            Config::parse(&String::from_utf8_lossy(&bytes), Some(&owned))
-        })
-        .await;
+        let parsed =
+            tokio::task::spawn_blocking(move || Config::parse_bytes(&bytes, Some(&owned))).await;
         match parsed {
             Ok(config) => Ok(Some((config?, sha))),
             Err(e) => Err(LoadError::Io {
@@ -325,7 +324,7 @@ async fn drain_removed(
     deadline: Duration,
     token: CancellationToken,
 ) {
-    let until = tokio::time::Instant::now() + deadline;
+    let until = crate::clock::deadline(tokio::time::Instant::now(), deadline);
     while backend.in_flight() > 0 && tokio::time::Instant::now() < until {
         tokio::select! {
             _ = token.cancelled() => break,

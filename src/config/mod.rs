@@ -7,8 +7,9 @@
 //! 3. [`crate::snapshot::Snapshot`] is the runtime form built from a `Config`.
 //!
 //! Raw types never leave this module. Files: this one holds the validated model and its errors;
-//! `raw.rs` the serde mirror; `syntax.rs` the value syntax (sizes, route hosts, names);
-//! `validate/` the [`Config`] builder, one file per section.
+//! `limits.rs` the range of every value (and the file size limits); `raw.rs` the serde mirror;
+//! `syntax.rs` the value syntax (sizes, route hosts, names); `validate/` the [`Config`] builder,
+//! one file per section.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use http::{HeaderName, StatusCode};
 
 use validate::Validator;
 
+pub(crate) mod limits;
 mod raw;
 mod syntax;
 #[cfg(test)]
@@ -312,12 +314,21 @@ pub enum LoadError {
     Invalid(Vec<ConfigError>),
 }
 
+/// The first [`limits::MAX_ERRORS_SHOWN`] errors, one per line, then how many more there are.
 fn display_lines(errors: &[ConfigError]) -> String {
-    errors
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("\n")
+    let (shown, more) = shown_errors(errors);
+    let mut lines: Vec<String> = shown.iter().map(ToString::to_string).collect();
+    if more > 0 {
+        lines.push(format!("... and {more} more errors"));
+    }
+    lines.join("\n")
+}
+
+/// The errors to show (the first [`limits::MAX_ERRORS_SHOWN`], in position order) and how many
+/// are left out: what `check`, the logs and the admin API print of a file with many errors.
+pub fn shown_errors(errors: &[ConfigError]) -> (&[ConfigError], usize) {
+    let shown = errors.len().min(limits::MAX_ERRORS_SHOWN);
+    (&errors[..shown], errors.len() - shown)
 }
 
 impl LoadError {
@@ -338,13 +349,40 @@ impl LoadError {
 
 impl Config {
     /// Reads and validates the file; relative paths (tls cert/key, token_file, upstream_tls ca)
-    /// resolve against the file's directory.
+    /// resolve against the file's directory. The file must be a regular file of at most
+    /// [`limits::MAX_CONFIG_BYTES`].
     pub fn load(path: &Path) -> Result<Config, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+        Config::parse_bytes(&Config::read(path)?, Some(path))
+    }
+
+    /// The bytes of the config file at `path`, read as [`Config::load`] reads them.
+    pub fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
+        crate::files::read(path, limits::MAX_CONFIG_BYTES).map_err(|source| LoadError::Io {
             path: path.display().to_string(),
             source,
-        })?;
-        Config::parse(&text, Some(path))
+        })
+    }
+
+    /// Validates the bytes of a config file: UTF-8 (an invalid byte is an error at its
+    /// position), then as [`Config::parse`].
+    pub fn parse_bytes(bytes: &[u8], path: Option<&Path>) -> Result<Config, LoadError> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Config::parse(text, path),
+            Err(e) => {
+                let valid = e.valid_up_to();
+                // The valid prefix is UTF-8 by definition; the error sits at its end.
+                let prefix = std::str::from_utf8(&bytes[..valid]).unwrap_or_default();
+                let mut v = Validator::new(prefix, path);
+                v.error(
+                    Some(valid..valid),
+                    format!(
+                        "invalid UTF-8 (byte 0x{:02x}); a config file must be UTF-8",
+                        bytes.get(valid).copied().unwrap_or_default()
+                    ),
+                );
+                Err(LoadError::Invalid(v.finish()))
+            }
+        }
     }
 
     /// Validates TOML text. `path` is used for error messages and to resolve relative paths
@@ -363,15 +401,14 @@ impl Config {
                     .collect::<Vec<_>>()
                     .join("; ");
                 v.error(e.span(), message);
-                return Err(LoadError::Invalid(v.errors));
+                return Err(LoadError::Invalid(v.finish()));
             }
         };
         let config = v.config(&file, path);
         if v.errors.is_empty() {
             Ok(config)
         } else {
-            v.errors.sort_by_key(|e| (e.line, e.col));
-            Err(LoadError::Invalid(v.errors))
+            Err(LoadError::Invalid(v.finish()))
         }
     }
 }

@@ -24,6 +24,7 @@ use hyper::body::Incoming;
 
 use crate::balance::Balancer;
 use crate::body::ReqBody;
+use crate::clock;
 use crate::conn::ConnInfo;
 use crate::snapshot::{Pool, Shared, Snapshot};
 use exchange::{exchange, is_too_large, Phase, Tried, Unanswered};
@@ -77,7 +78,10 @@ async fn route_and_forward(
         }
     }
     let started = Instant::now();
-    let deadline = tokio::time::Instant::from_std(started) + server.request_timeout;
+    let deadline = clock::deadline(
+        tokio::time::Instant::from_std(started),
+        server.request_timeout,
+    );
     let limits = Limits {
         max_body: server.max_request_body,
         deadline,

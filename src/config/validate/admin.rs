@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use toml::Spanned;
 
-use super::{span_of, Listener, Validator};
-use crate::config::{raw, AdminConfig, AdminToken};
+use super::{file_problem, span_of, Listener, Validator};
+use crate::config::{limits, raw, AdminConfig, AdminToken};
 
 impl Validator<'_> {
     /// `[admin]`; its listener joins `listeners` for the duplicate-address check.
@@ -59,7 +59,12 @@ impl Validator<'_> {
             return (PathBuf::new(), None);
         }
         let path = self.resolve(value.get_ref());
-        match std::fs::read_to_string(&path) {
+        let text = crate::files::read(&path, limits::MAX_NAMED_FILE_BYTES).and_then(|bytes| {
+            String::from_utf8(bytes).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "is not UTF-8 text")
+            })
+        });
+        match text {
             Ok(text) if text.trim().is_empty() => {
                 self.error(
                     span_of(value),
@@ -75,8 +80,9 @@ impl Validator<'_> {
                 self.error(
                     span_of(value),
                     format!(
-                        "admin.token_file \"{}\" cannot be read: {e}",
-                        path.display()
+                        "admin.token_file \"{}\" {}",
+                        path.display(),
+                        file_problem(&e)
                     ),
                 );
                 (path, None)
