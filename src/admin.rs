@@ -397,10 +397,12 @@ impl Admin {
         let status = self.control.status();
         let snapshot = self.shared().snapshot();
         let last_error = status.last_error.as_ref().map(|f| {
+            let (errors, omitted) = errors_json(&f.errors);
             json!({
                 "at": rfc3339(f.at),
                 "trigger": f.trigger,
-                "errors": errors_json(&f.errors),
+                "errors": errors,
+                "errors_omitted": omitted,
             })
         });
         json!({
@@ -441,13 +443,17 @@ impl Admin {
     async fn reload(&self) -> Response<Full<Bytes>> {
         match self.control.reload("api").await {
             Ok(generation) => json_response(StatusCode::OK, &json!({"generation": generation})),
-            Err(errors) => json_response(
-                StatusCode::BAD_REQUEST,
-                &json!({
-                    "error": "the config did not load; the running config stays",
-                    "errors": errors_json(&errors),
-                }),
-            ),
+            Err(errors) => {
+                let (errors, omitted) = errors_json(&errors);
+                json_response(
+                    StatusCode::BAD_REQUEST,
+                    &json!({
+                        "error": "the config did not load; the running config stays",
+                        "errors": errors,
+                        "errors_omitted": omitted,
+                    }),
+                )
+            }
         }
     }
 
@@ -600,9 +606,11 @@ fn backend_json(b: &Backend) -> Value {
     })
 }
 
-/// Config errors as JSON: structured fields plus the `file:line:col: message` text.
-fn errors_json(errors: &[ConfigError]) -> Vec<Value> {
-    errors
+/// Config errors as JSON (structured fields plus the `file:line:col: message` text): the first
+/// [`crate::config::limits::MAX_ERRORS_SHOWN`], and how many more there are.
+fn errors_json(errors: &[ConfigError]) -> (Vec<Value>, usize) {
+    let (shown, omitted) = crate::config::shown_errors(errors);
+    let shown = shown
         .iter()
         .map(|e| {
             json!({
@@ -613,7 +621,8 @@ fn errors_json(errors: &[ConfigError]) -> Vec<Value> {
                 "text": e.to_string(),
             })
         })
-        .collect()
+        .collect();
+    (shown, omitted)
 }
 
 /// The status page.
