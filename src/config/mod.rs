@@ -92,6 +92,11 @@ pub struct AdminConfig {
     pub token_file: Option<PathBuf>,
     /// The token read from `token_file` (trimmed). Never printed.
     pub token: Option<AdminToken>,
+    /// Host names (lower-case, without port) that an operator action's `Host` header may name
+    /// besides an IP address and `localhost`, e.g. the name of a reverse proxy in front of the
+    /// admin endpoint. Default empty. (A `Host` naming anything else could be a DNS rebinding
+    /// attack, and is refused.)
+    pub allowed_hosts: Vec<String>,
 }
 
 /// A secret admin bearer token; `Debug` does not show it.

@@ -31,6 +31,7 @@ key = "certs/push.key"
 [admin]
 listen = "0.0.0.0:9901"
 token_file = "admin.token"
+allowed_hosts = ["admin.example.com"]
 
 [pools.push]
 balance = "hash"
@@ -125,6 +126,7 @@ pool = "push"
         Some(dir.path().join("admin.token"))
     );
     assert_eq!(config.admin.token, Some(AdminToken("s3cret".to_owned())));
+    assert_eq!(config.admin.allowed_hosts, ["admin.example.com"]);
 
     let names: Vec<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["other", "push"], "pools are sorted by name");
@@ -214,6 +216,7 @@ fn defaults_apply_and_a_single_pool_gets_a_catch_all_route() {
     assert_eq!(config.admin.listen, "127.0.0.1:9901".parse().expect("addr"));
     assert_eq!(config.admin.token_file, None);
     assert_eq!(config.admin.token, None);
+    assert!(config.admin.allowed_hosts.is_empty());
 
     assert_eq!(config.pools.len(), 1);
     let pool = &config.pools[0];

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use toml::Spanned;
 
 use super::{file_problem, span_of, Listener, Validator};
+use crate::config::syntax::is_dns_name;
 use crate::config::{limits, raw, AdminConfig, AdminToken};
 
 impl Validator<'_> {
@@ -46,10 +47,34 @@ impl Validator<'_> {
                 (None, None)
             }
         };
+        let allowed_hosts = match &a.allowed_hosts {
+            Some(list) => list
+                .get_ref()
+                .iter()
+                .filter_map(|value| {
+                    let name = value.get_ref().to_ascii_lowercase();
+                    if is_dns_name(&name) {
+                        Some(name)
+                    } else {
+                        self.error(
+                            span_of(value),
+                            format!(
+                                "admin.allowed_hosts entry \"{}\" is not a host name (no \
+                                 port, no IP address: addresses are always allowed)",
+                                value.get_ref()
+                            ),
+                        );
+                        None
+                    }
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         AdminConfig {
             listen: listen.unwrap_or(default),
             token_file,
             token,
+            allowed_hosts,
         }
     }
 
@@ -148,6 +173,23 @@ mod tests {
             errors[0].message.contains("nope.token\" cannot be read"),
             "{}",
             errors[0]
+        );
+    }
+
+    #[test]
+    fn allowed_hosts_are_host_names() {
+        let config = ok(&format!(
+            "[admin]\nallowed_hosts = [\"Admin.Example.com\", \"syncgate\"]\n{POOL}"
+        ));
+        assert_eq!(
+            config.admin.allowed_hosts,
+            ["admin.example.com", "syncgate"]
+        );
+        assert_pool_error(
+            "[admin]\nallowed_hosts = [\"a.example:9901\"]\n",
+            2,
+            18,
+            "admin.allowed_hosts entry \"a.example:9901\" is not a host name",
         );
     }
 
