@@ -12,7 +12,8 @@
 //!   `host` (a host without its port), `events` (the bounded log of state transitions),
 //!   `metrics` (counters and histograms as atomics), `counters` (outlier streaks, the
 //!   contradiction window, the retry budget), `conn` (a client connection's facts and
-//!   activity), `tls` (the served certificate, hot-swappable), `systemd`, `digest`, and `files`
+//!   activity, what the server does about it, and the registry the connection limit reclaims
+//!   idle connections from), `tls` (the served certificate, hot-swappable), `systemd`, `digest`, and `files`
 //!   (bounded, non-blocking reads of the files a config names).
 //! - config: raw TOML → validated [`Config`], every error with file:line:col.
 //! - state: `backend`, identity + shared atomic state + the one readiness predicate
@@ -25,8 +26,9 @@
 //!   metrics); `outlier`, passive outlier detection and the ejection cap.
 //! - proxy: the hyper service: route → forward (one exchange loop: connect retries, retry
 //!   budget) → guard (the second opinion, a pure verdict).
-//! - server: listeners, one single-threaded runtime per proxy thread, idle timeout, graceful
-//!   shutdown.
+//! - server: listeners, one single-threaded runtime per proxy thread, the connection limit
+//!   (reclaiming idle connections), protocol sniffing (a bad HTTP/2 preface gets `GOAWAY`),
+//!   header and idle timeouts, lingering close, graceful shutdown.
 //! - control: `readiness` (the key-sync contract, fleet checks, rise/fall gate, prober task)
 //!   and `reload` (hot reload, prober lifecycle, config identity).
 //! - admin: the admin HTTP API, status page, Prometheus metrics, operator actions.

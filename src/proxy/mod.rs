@@ -132,6 +132,13 @@ async fn forward(
         request_id,
     };
     pool.budget.deposit();
+    // A body is read only for a pool that could take it. A client that sent `Expect:
+    // 100-continue` then gets its 503 without sending the body; one that did not is answered
+    // while it uploads (the server drains the rest before it closes, see `server/io.rs`).
+    if !http_body::Body::is_end_stream(req.body()) && !pool.backends.iter().any(|b| b.is_routable())
+    {
+        return no_ready_backend(pool);
+    }
     let (parts, body) = req.into_parts();
     let body = match receive_body(&cx, body, &parts.headers, &limits).await {
         Ok(body) => body,
