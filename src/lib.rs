@@ -55,6 +55,8 @@ mod files;
 mod host;
 mod metrics;
 mod outlier;
+#[cfg(test)]
+mod proptests;
 mod proxy;
 mod readiness;
 mod reload;

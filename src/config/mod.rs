@@ -22,6 +22,8 @@ use http::{HeaderName, StatusCode};
 use validate::Validator;
 
 pub(crate) mod limits;
+#[cfg(test)]
+mod proptests;
 mod raw;
 mod syntax;
 #[cfg(test)]
