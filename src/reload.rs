@@ -89,6 +89,8 @@ pub struct Control {
     /// The newest reload that ran to its end (not superseded): its ticket and outcome, for the
     /// callers of the reloads it superseded.
     completed: watch::Sender<(u64, Outcome)>,
+    /// [`RELOAD_TIMEOUT`] (shorter in tests).
+    reload_timeout: Duration,
 }
 
 /// A reload's outcome: the generation running after it, or every error.
@@ -138,6 +140,7 @@ impl Control {
             requested: AtomicU64::new(0),
             apply_lock: tokio::sync::Mutex::new(()),
             completed: watch::Sender::new((0, Ok(0))),
+            reload_timeout: RELOAD_TIMEOUT,
         });
         control.sync_probers(&control.shared.snapshot(), &[]);
         control
@@ -178,7 +181,7 @@ impl Control {
                 tracing::info!(trigger, "reload superseded by a newer one");
                 let mut newer = self.completed.subscribe();
                 let waited =
-                    tokio::time::timeout(RELOAD_TIMEOUT, newer.wait_for(|(t, _)| *t > ticket))
+                    tokio::time::timeout(self.reload_timeout, newer.wait_for(|(t, _)| *t > ticket))
                         .await;
                 let newer_outcome = waited.ok().and_then(Result::ok).map(|done| done.1.clone());
                 newer_outcome.unwrap_or(Err(errors))
@@ -248,12 +251,12 @@ impl Control {
             col: 1,
             message,
         };
-        let loaded = match tokio::time::timeout(RELOAD_TIMEOUT, self.load(&path)).await {
+        let loaded = match tokio::time::timeout(self.reload_timeout, self.load(&path)).await {
             Ok(loaded) => loaded,
             Err(_) => Err(vec![at_path(format!(
                 "the reload did not finish within {} (reading, validating or resolving the \
                  config); the running config stays",
-                humantime::format_duration(RELOAD_TIMEOUT)
+                humantime::format_duration(self.reload_timeout)
             ))]),
         };
         let _serial = self.apply_lock.lock().await;
@@ -579,6 +582,54 @@ mod tests {
         assert_eq!(newer.unwrap(), 3);
         assert_eq!(older.unwrap(), 3);
         assert_eq!(control.status().reloads_ok, 2);
+        control.token().cancel();
+    }
+
+    #[tokio::test]
+    async fn a_reload_past_its_time_bound_fails_and_the_next_one_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("syncgate.toml");
+        std::fs::write(&path, POOL).unwrap();
+        let bytes = Config::read(&path).unwrap();
+        let config = Config::parse_bytes(&bytes, Some(&path)).unwrap();
+        let mut control = Control::new(
+            Shared::new(config),
+            Some(path.clone()),
+            Some(&bytes),
+            None,
+            CancellationToken::new(),
+            TaskTracker::new(),
+        );
+        // A bound no validation of a large file meets (it goes on in the background, and its
+        // result is dropped).
+        Arc::get_mut(&mut control)
+            .expect("not shared yet")
+            .reload_timeout = Duration::from_millis(1);
+        let mut big = POOL.to_owned();
+        for i in 0..20_000 {
+            big.push_str(&format!(
+                "[[pools.push.backends]]\nname = \"b{i}\"\naddr = \"10.1.{}.{}:9\"\n",
+                i / 256,
+                i % 256
+            ));
+        }
+        std::fs::write(&path, big).unwrap();
+        let errors = control.reload("api").await.unwrap_err();
+        assert!(
+            errors[0]
+                .message
+                .starts_with("the reload did not finish within 1ms"),
+            "{errors:?}"
+        );
+        let status = control.status();
+        assert_eq!(status.generation, 1);
+        assert!(status.last_error.is_some_and(|f| f.errors == errors));
+        // Nothing stays locked: the next reload runs (here with a bound it meets).
+        Arc::get_mut(&mut control)
+            .expect("not shared")
+            .reload_timeout = RELOAD_TIMEOUT;
+        std::fs::write(&path, format!("{POOL}[pools.push]\nretries = 1\n")).unwrap();
+        assert_eq!(control.reload("api").await.unwrap(), 2);
         control.token().cancel();
     }
 }

@@ -53,22 +53,27 @@ pub struct Config {
 pub struct ServerConfig {
     /// Plain listeners (HTTP/1.1 and HTTP/2 with prior knowledge). Default `["127.0.0.1:8080"]`.
     pub listen: Vec<SocketAddr>,
-    /// Proxy worker threads; 0 means one per core. Default 0.
+    /// Proxy worker threads; 0 means one per core. Default 0; at most 1024.
     pub worker_threads: usize,
-    /// A client must send its request headers within this. Default 10 s.
+    /// A request head must be complete this long after its first byte, and a new connection
+    /// must send its first byte (after its TLS handshake, bounded alike) within it; not applied
+    /// between keep-alive requests. Default 10 s; 1 ms to 24 h.
     pub header_read_timeout: Duration,
-    /// Deadline for the whole upstream exchange (until response headers). Default 30 s.
+    /// Deadline for the whole upstream exchange (until response headers). Default 30 s; 1 ms
+    /// to 24 h.
     pub request_timeout: Duration,
-    /// Larger request bodies are answered 413. Bytes; default 8 MiB.
+    /// Larger request bodies are answered 413. Bytes; default 8 MiB; 1 B to 1 TiB.
     pub max_request_body: u64,
-    /// Accepted client connections at once; more wait in the kernel backlog. Default 10000.
+    /// Client connections at once, across proxy threads. At the limit the connection idle
+    /// longest is closed gracefully to admit a new one; with none idle, new ones wait. Default
+    /// 10000; 1 to 1,000,000.
     pub max_connections: usize,
-    /// Graceful shutdown deadline, and how long removed backends may drain. Default 30 s.
+    /// Graceful shutdown deadline, and how long removed backends may drain. Default 30 s; 1 ms
+    /// to 24 h.
     pub drain_timeout: Duration,
-    /// A client connection with no request in progress (none waiting for its response
-    /// headers) for this long is closed gracefully: HTTP/2 `GOAWAY`, HTTP/1.1 no keep-alive;
-    /// a response body still streaming finishes. HTTP/1.1 also stops at
-    /// `header_read_timeout` between requests. Default 75 s, nginx's `keepalive_timeout`.
+    /// A client connection with no request in progress (a request is in progress until its
+    /// response body has been sent) for this long is closed gracefully: HTTP/2 `GOAWAY`,
+    /// HTTP/1.1 close. Default 75 s, nginx's `keepalive_timeout`; 1 ms to 24 h.
     pub idle_timeout: Duration,
     /// `[server.tls]`, optional HTTPS listeners.
     pub tls: Option<TlsConfig>,
@@ -179,9 +184,10 @@ pub struct PoolConfig {
     pub balance: Balance,
     /// Header hashed with `balance = "hash"`. Default `authorization`.
     pub hash_header: HeaderName,
-    /// A newly admitted backend's weight ramps up linearly over this. Default 10 s; 0 disables.
+    /// A newly admitted backend's weight ramps up linearly over this. Default 10 s; 0 disables;
+    /// at most 24 h.
     pub slow_start: Duration,
-    /// Other backends tried after a connect failure. Default 2.
+    /// Other backends tried after a connect failure. Default 2; at most 100.
     pub retries: u32,
     /// `[pools.NAME.probe]`.
     pub probe: ProbeConfig,
@@ -198,18 +204,18 @@ pub struct PoolConfig {
 pub struct ProbeConfig {
     /// Probe path, must start with `/`. Default `/ready`.
     pub path: String,
-    /// Time between probes. Default 1 s.
+    /// Time between probes. Default 1 s; 10 ms to 1 h.
     pub interval: Duration,
     /// A probe slower than this fails. Default 500 ms, or `interval` when that is shorter;
-    /// must not exceed `interval`.
+    /// at least 1 ms, and must not exceed `interval`.
     pub timeout: Duration,
-    /// Consecutive passes that admit a backend. Default 2, at least 1.
+    /// Consecutive passes that admit a backend. Default 2; 1 to 1000.
     pub rise: u32,
-    /// Consecutive failures that eject a ready backend. Default 2, at least 1.
+    /// Consecutive failures that eject a ready backend. Default 2; 1 to 1000.
     pub fall: u32,
     /// Default `key-sync`.
     pub contract: Contract,
-    /// Generations a backend may lag the newest ready peer. Default 10.
+    /// Generations a backend may lag the newest ready peer. Default 10; at most `u32::MAX`.
     pub max_generation_lag: u64,
     /// Minimum share of the ready peers' median key count. Default 0.98, in [0, 1].
     pub min_key_ratio: f64,
@@ -220,24 +226,27 @@ pub struct ProbeConfig {
 pub struct GuardConfig {
     /// Statuses that need a second opinion. Default `[401, 403]`.
     pub statuses: Vec<StatusCode>,
-    /// Request bodies up to this size are kept for a replay. Bytes; default 1 MiB.
+    /// Request bodies up to this size are kept for a replay. Bytes; default 1 MiB; at most
+    /// 1 GiB.
     pub max_replay_body: u64,
-    /// Contradictions within `eject_window` that eject a backend at once. Default 3.
+    /// Contradictions within `eject_window` that eject a backend at once. Default 3; 1 to 1000.
     pub eject_after: u32,
-    /// Window for `eject_after`. Default 10 s.
+    /// Window for `eject_after`. Default 10 s; 1 ms to 24 h.
     pub eject_window: Duration,
-    /// Consecutive connect failures that eject a backend. Default 5; 0 disables.
+    /// Consecutive connect failures that eject a backend. Default 5; 0 disables; at most
+    /// 1,000,000.
     pub consecutive_connect_failures: u32,
-    /// Consecutive 5xx answers that eject a backend. Default 5; 0 disables.
+    /// Consecutive 5xx answers that eject a backend. Default 5; 0 disables; at most 1,000,000.
     pub consecutive_5xx: u32,
     /// Passive ejection never takes out more than this share (percent) of the pool's ready and
     /// ejected backends, and never the last ready one. Default 50.
     pub max_ejection_percent: u32,
     /// Replays and retries may add at most this share of the pool's requests. Default 0.2.
     pub retry_budget_ratio: f64,
-    /// Retries always allowed per second regardless of the ratio. Default 10.
+    /// Retries always allowed per second regardless of the ratio. Default 10; at most
+    /// 1,000,000.
     pub retry_budget_min_per_sec: u32,
-    /// Window over which the retry budget is measured. Default 10 s.
+    /// Window over which the retry budget is measured. Default 10 s; 1 s to 1 min.
     pub retry_budget_window: Duration,
 }
 
