@@ -53,6 +53,8 @@ pub struct Activity {
     /// The server is closing this connection because it is idle (idle timeout, reclaim, or
     /// shutdown with nothing in progress): no request is cut short, so no lingering close.
     closing_idle: AtomicBool,
+    /// A request has begun on this connection (it is a keep-alive connection when idle).
+    served: AtomicBool,
     /// Asked to close by a newcomer at `max_connections`.
     reclaimed: AtomicBool,
     reclaim: Notify,
@@ -65,6 +67,7 @@ impl Default for Activity {
             last_ms: AtomicU64::new(now_millis()),
             head_ms: AtomicU64::new(0),
             closing_idle: AtomicBool::new(false),
+            served: AtomicBool::new(false),
             reclaimed: AtomicBool::new(false),
             reclaim: Notify::new(),
         }
@@ -76,6 +79,7 @@ impl Activity {
     pub fn begin(self: &Arc<Self>) -> Active {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_ms.store(0, Ordering::Release);
+        self.served.store(true, Ordering::Relaxed);
         Active(self.clone())
     }
 
@@ -113,6 +117,17 @@ impl Activity {
     /// Whether the server closes the connection as idle.
     pub fn is_closing_idle(&self) -> bool {
         self.closing_idle.load(Ordering::Acquire)
+    }
+
+    /// Whether a newcomer at `max_connections` may close this connection at `now_ms`: idle, not
+    /// asked already, and either a keep-alive connection between requests or one that has
+    /// said nothing for [`RECLAIM_GRACE_MS`] (a client that just connected is about to send
+    /// its request, and closing it would fail a request to admit another).
+    fn reclaimable(&self, now_ms: u64) -> bool {
+        self.is_idle()
+            && !self.reclaimed.load(Ordering::Acquire)
+            && (self.served.load(Ordering::Relaxed)
+                || now_ms.saturating_sub(self.last_ms.load(Ordering::Acquire)) >= RECLAIM_GRACE_MS)
     }
 
     /// Asks the connection to close (once); false when it was asked already.
@@ -184,6 +199,9 @@ pub fn verdict(o: Observed, now_ms: u64, header_ms: u64, idle_ms: u64) -> Verdic
     }
 }
 
+/// A connection that has not sent a request yet is reclaimed only after this long (ms).
+pub const RECLAIM_GRACE_MS: u64 = 1000;
+
 /// Every open client connection of the process, across proxy threads.
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -202,15 +220,15 @@ impl Registry {
         }
     }
 
-    /// At `max_connections`: asks the connection idle longest (no request in progress, no
-    /// head started, not asked already) to close gracefully, as nginx closes idle keep-alive
-    /// connections to admit new ones. False when no connection is idle. One scan of the
-    /// connections, at the limit only.
-    pub fn reclaim_idlest(&self) -> bool {
+    /// At `max_connections`: asks the connection idle longest that may be closed (see
+    /// `Activity::reclaimable`) to close gracefully, as nginx closes idle keep-alive
+    /// connections to admit new ones. False when none may. One scan of the connections, at
+    /// the limit only.
+    pub fn reclaim_idlest(&self, now_ms: u64) -> bool {
         let conns = self.lock();
         let idlest = conns
             .values()
-            .filter(|a| a.is_idle() && !a.reclaimed.load(Ordering::Acquire))
+            .filter(|a| a.reclaimable(now_ms))
             .min_by_key(|a| a.last_ms.load(Ordering::Acquire));
         idlest.is_some_and(|a| a.ask_to_close())
     }
@@ -302,24 +320,40 @@ mod tests {
     #[test]
     fn the_registry_reclaims_the_connection_idle_longest_once() {
         let registry = Arc::new(Registry::default());
-        let busy = Arc::new(Activity::default());
-        let older = Arc::new(Activity::default());
-        let newer = Arc::new(Activity::default());
-        older.last_ms.store(10, Ordering::Release);
-        busy.last_ms.store(1, Ordering::Release);
-        newer.last_ms.store(20, Ordering::Release);
+        let (busy, older, newer) = (
+            Arc::new(Activity::default()),
+            Arc::new(Activity::default()),
+            Arc::new(Activity::default()),
+        );
+        for (a, last) in [(&busy, 1), (&older, 10), (&newer, 20)] {
+            drop(a.begin()); // each served one request
+            a.last_ms.store(last, Ordering::Release);
+        }
         let _in_progress = busy.begin();
         let _b = registry.register(busy.clone());
         let _o = registry.register(older.clone());
         let n = registry.register(newer.clone());
         assert_eq!(registry.len(), 3);
-        assert!(registry.reclaim_idlest());
+        assert!(registry.reclaim_idlest(30));
         assert!(older.reclaimed.load(Ordering::Acquire));
         assert!(!newer.reclaimed.load(Ordering::Acquire));
-        assert!(registry.reclaim_idlest(), "then the next idle one");
+        assert!(registry.reclaim_idlest(30), "then the next idle one");
         assert!(newer.reclaimed.load(Ordering::Acquire));
-        assert!(!registry.reclaim_idlest(), "only a busy one is left");
+        assert!(!registry.reclaim_idlest(30), "only a busy one is left");
         drop(n);
         assert_eq!(registry.len(), 2);
+    }
+
+    #[test]
+    fn a_client_that_has_not_sent_its_request_gets_a_grace_second() {
+        let registry = Arc::new(Registry::default());
+        let fresh = Arc::new(Activity::default());
+        fresh.last_ms.store(5_000, Ordering::Release);
+        let _f = registry.register(fresh.clone());
+        assert!(!registry.reclaim_idlest(5_000 + RECLAIM_GRACE_MS - 1));
+        assert!(
+            registry.reclaim_idlest(5_000 + RECLAIM_GRACE_MS),
+            "silent for a second"
+        );
     }
 }

@@ -153,11 +153,13 @@ async fn at_max_connections_the_connection_idle_longest_makes_room() {
     drop(newcomer);
     drop(idle);
 
-    // Clients that connect and send nothing are idle too, and so are idle HTTP/2 connections.
+    // Clients that connect and send nothing are idle too (after a second of silence: one that
+    // just connected is about to send its request), and so are idle HTTP/2 connections.
     let mut silent = Vec::new();
     for _ in 0..2 {
         silent.push(TcpStream::connect(proxy).await.unwrap());
     }
+    tokio::time::sleep(Duration::from_millis(1100)).await; // their second of silence
     let tcp = TcpStream::connect(proxy).await.unwrap();
     let (mut h2, h2_conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))

@@ -10,8 +10,9 @@
 //!
 //! `max_connections` is one semaphore for all threads. At the limit a new connection is still
 //! accepted, and the connection idle longest (of any thread) is asked to close gracefully to
-//! make room, as nginx does with idle keep-alive connections; only when none is idle does the
-//! new connection wait for a slot (and the clients behind it in the kernel's backlog).
+//! make room, as nginx does with idle keep-alive connections (a connection that has not sent
+//! a request yet only after a second of silence); only when none is idle does the new
+//! connection wait for a slot (and the clients behind it in the kernel's backlog).
 
 mod connection;
 mod io;
@@ -273,7 +274,7 @@ async fn accept_loop(
                 // At max_connections: make room by closing the connection idle longest, then
                 // wait for its slot (if none is idle, for any; the kernel's backlog holds the
                 // clients behind this one meanwhile).
-                if !cx.registry.reclaim_idlest() {
+                if !cx.registry.reclaim_idlest(crate::clock::now_millis()) {
                     tracing::debug!("max_connections reached and no connection is idle");
                 }
                 tokio::select! {
