@@ -93,6 +93,12 @@ impl Activity {
         }
     }
 
+    /// Forgets a started head: the bytes were no request's (the rest of an abandoned body,
+    /// read while the connection closes).
+    pub fn clear_head(&self) {
+        self.head_ms.store(0, Ordering::Release);
+    }
+
     /// The counters at this moment, for [`verdict`].
     pub fn observe(&self) -> Observed {
         Observed {

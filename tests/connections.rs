@@ -334,11 +334,11 @@ async fn tls_connect(
 
 /// A pool whose only backend never becomes ready (nothing listens on its port), a route for
 /// `/v1` only, and the default 8 MiB body limit.
-async fn unready_proxy() -> Running {
+async fn unready_proxy(server_lines: &str) -> Running {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = closed.local_addr().unwrap();
     drop(closed);
-    let cfg = pool_config(&[("w1", addr)], "", "")
+    let cfg = with_server(pool_config(&[("w1", addr)], "", ""), server_lines)
         + "\n[[routes]]\npath_prefix = \"/v1\"\npool = \"push\"\n";
     start(&cfg).await
 }
@@ -362,7 +362,7 @@ async fn upload_then_read(proxy: SocketAddr, path: &str, body_len: usize) -> Str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_early_answer_reaches_a_client_still_uploading() {
-    let running = unready_proxy().await;
+    let running = unready_proxy("").await;
     let proxy = running.proxy_addrs()[0];
     // No ready backend and a 3 MB push, far more than the socket buffers hold: the client is
     // still writing when the answer goes out (it met a reset, three times out of three).
@@ -383,7 +383,7 @@ async fn an_early_answer_reaches_a_client_still_uploading() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_expects_100_continue_gets_the_early_answer_without_sending_its_body() {
-    let running = unready_proxy().await;
+    let running = unready_proxy("").await;
     let mut s = TcpStream::connect(running.proxy_addrs()[0]).await.unwrap();
     // A body small enough to be read for a replay: it is still not asked for, as no backend
     // could take it.
@@ -398,5 +398,32 @@ async fn a_client_that_expects_100_continue_gets_the_early_answer_without_sendin
         head.starts_with("HTTP/1.1 503"),
         "no 100 Continue first: {head}"
     );
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_in_the_upload_longer_than_header_read_timeout_does_not_lose_the_answer() {
+    let running = unready_proxy("header_read_timeout = \"100ms\"").await;
+    let mut s = TcpStream::connect(running.proxy_addrs()[0]).await.unwrap();
+    let body_len = 3_000_000;
+    let mut first = format!(
+        "POST /v1/batch HTTP/1.1\r\nHost: push\r\nAuthorization: Bearer key-1\r\n\
+         Content-Length: {body_len}\r\n\r\n"
+    )
+    .into_bytes();
+    first.resize(first.len() + body_len / 3, b'x');
+    s.write_all(&first).await.unwrap();
+    // A slow link stalls for longer than header_read_timeout (the stimulus, not a wait for a
+    // condition). The bytes of the abandoned body are no request head, and the lingering
+    // close must not be cut as one.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let rest = vec![b'x'; body_len - body_len / 3];
+    tokio::time::timeout(SECS5, s.write_all(&rest))
+        .await
+        .expect("the rest of the upload is read")
+        .expect("no reset");
+    let head = read_answer(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    drop(s);
     running.shutdown().await;
 }

@@ -149,8 +149,16 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Watched<I> {
             std::task::ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
             this.write_shut = true;
         }
-        if this.eof || this.activity.is_closing_idle() {
-            return Poll::Ready(Ok(()));
+        if this.linger.is_none() {
+            // Decided once: what the connection's checks do while it lingers (an idle close,
+            // say) does not end the lingering early.
+            if this.eof || this.activity.is_closing_idle() {
+                return Poll::Ready(Ok(()));
+            }
+            // The bytes hyper read of an abandoned body before closing started no request
+            // head: the header timeout must not cut the lingering short.
+            this.heads = false;
+            this.activity.clear_head();
         }
         let linger_bytes = this.linger_bytes;
         let linger = this.linger.get_or_insert_with(|| {
