@@ -365,8 +365,8 @@ impl LoadError {
 
 impl Config {
     /// Reads and validates the file; relative paths (tls cert/key, token_file, upstream_tls ca)
-    /// resolve against the file's directory. The file must be a regular file of at most
-    /// [`limits::MAX_CONFIG_BYTES`].
+    /// resolve against the file's directory. The file must be a regular file of at most 16 MiB
+    /// (`limits::MAX_CONFIG_BYTES`).
     pub fn load(path: &Path) -> Result<Config, LoadError> {
         Config::parse_bytes(&Config::read(path)?, Some(path))
     }
