@@ -19,7 +19,9 @@
 //!
 //! With `[admin] token_file`, every `POST` needs `Authorization: Bearer <token>` (compared in
 //! constant time); `GET`s are open. A `POST` sent by a browser from another origin is refused
-//! (403) even without a token. Errors are JSON `{"error": "..."}`: unknown path 404, wrong
+//! (403) even without a token, and so is one whose `Host` names neither an IP address,
+//! `localhost` nor one of `[admin] allowed_hosts` (DNS rebinding: a page whose name resolves
+//! to the admin address sends its own name as `Host`, and its `Origin` matches it). Errors are JSON `{"error": "..."}`: unknown path 404, wrong
 //! method 405 (with `Allow`), missing or wrong token 401, body over 64 KiB 413.
 //!
 //! Everything shown is read at request time from the shared state ([`crate::snapshot::Shared`])
@@ -251,6 +253,15 @@ impl Admin {
             return resp;
         }
         if endpoint.is_action() {
+            let snapshot = self.shared().snapshot();
+            if !host_allowed(req.headers(), &snapshot.config.admin.allowed_hosts) {
+                tracing::warn!(path = %req.uri().path(), host = ?req.headers().get(header::HOST), "admin request refused: Host names another site");
+                return error(
+                    StatusCode::FORBIDDEN,
+                    "the Host header names neither an IP address, localhost nor one of \
+                     [admin] allowed_hosts; refused (DNS rebinding)",
+                );
+            }
             if !same_origin(req.headers()) {
                 return error(
                     StatusCode::FORBIDDEN,
@@ -399,10 +410,12 @@ impl Admin {
         let status = self.control.status();
         let snapshot = self.shared().snapshot();
         let last_error = status.last_error.as_ref().map(|f| {
+            let (errors, omitted) = errors_json(&f.errors);
             json!({
                 "at": rfc3339(f.at),
                 "trigger": f.trigger,
-                "errors": errors_json(&f.errors),
+                "errors": errors,
+                "errors_omitted": omitted,
             })
         });
         json!({
@@ -443,13 +456,17 @@ impl Admin {
     async fn reload(&self) -> Response<Full<Bytes>> {
         match self.control.reload("api").await {
             Ok(generation) => json_response(StatusCode::OK, &json!({"generation": generation})),
-            Err(errors) => json_response(
-                StatusCode::BAD_REQUEST,
-                &json!({
-                    "error": "the config did not load; the running config stays",
-                    "errors": errors_json(&errors),
-                }),
-            ),
+            Err(errors) => {
+                let (errors, omitted) = errors_json(&errors);
+                json_response(
+                    StatusCode::BAD_REQUEST,
+                    &json!({
+                        "error": "the config did not load; the running config stays",
+                        "errors": errors,
+                        "errors_omitted": omitted,
+                    }),
+                )
+            }
         }
     }
 
@@ -536,6 +553,30 @@ fn same_origin(headers: &HeaderMap) -> bool {
         (Some(origin_host), Some(host)) => origin_host.eq_ignore_ascii_case(host),
         _ => false,
     }
+}
+
+/// Whether the request's `Host` may be an operator's: an IP address (a browser sends one only
+/// when the page itself was loaded from that address), `localhost` (which browsers resolve to
+/// loopback themselves), or a name the operator listed in `allowed_hosts` (lower-case). Any
+/// other name could be an attacker's that resolves to the admin address (DNS rebinding),
+/// whose page then passes the `Origin` check. The port is not compared: it cannot be rebound.
+/// No `Host` at all is no browser.
+fn host_allowed(headers: &HeaderMap, allowed_hosts: &[String]) -> bool {
+    let Some(value) = headers.get(header::HOST) else {
+        return true;
+    };
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let host = crate::host::strip_port(value).to_ascii_lowercase();
+    let ip = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .map_or_else(
+            || host.parse::<std::net::Ipv4Addr>().is_ok(),
+            |v6| v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        );
+    ip || host == "localhost" || allowed_hosts.contains(&host)
 }
 
 /// Reads (and discards) the request body, answering 413 when it exceeds [`MAX_BODY`].
@@ -630,9 +671,11 @@ fn fleet_json(pool: &Pool) -> Value {
     })
 }
 
-/// Config errors as JSON: structured fields plus the `file:line:col: message` text.
-fn errors_json(errors: &[ConfigError]) -> Vec<Value> {
-    errors
+/// Config errors as JSON (structured fields plus the `file:line:col: message` text): the first
+/// [`crate::config::limits::MAX_ERRORS_SHOWN`], and how many more there are.
+fn errors_json(errors: &[ConfigError]) -> (Vec<Value>, usize) {
+    let (shown, omitted) = crate::config::shown_errors(errors);
+    let shown = shown
         .iter()
         .map(|e| {
             json!({
@@ -643,7 +686,8 @@ fn errors_json(errors: &[ConfigError]) -> Vec<Value> {
                 "text": e.to_string(),
             })
         })
-        .collect()
+        .collect();
+    (shown, omitted)
 }
 
 /// The status page.
@@ -797,6 +841,40 @@ mod tests {
             "origin",
             "http://127.0.0.1:9901"
         )])));
+    }
+
+    #[test]
+    fn only_addresses_localhost_and_allowed_names_may_drive_the_api() {
+        let host = |h: &'static str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::HOST, HeaderValue::from_static(h));
+            m
+        };
+        let allowed = ["admin.example.com".to_owned()];
+        for ok in [
+            "127.0.0.1:9901",
+            "127.0.0.1",
+            "[::1]:9901",
+            "[::1]",
+            "10.1.2.3:9901",
+            "localhost:9901",
+            "LocalHost",
+            "admin.example.com:443",
+            "Admin.Example.COM",
+        ] {
+            assert!(host_allowed(&host(ok), &allowed), "{ok}");
+        }
+        for refused in [
+            "rebind.evil.example:9901",
+            "localhost.evil.example",
+            "127.0.0.1.evil.example",
+            "[::1].evil.example",
+            "example.com",
+            "",
+        ] {
+            assert!(!host_allowed(&host(refused), &allowed), "{refused}");
+        }
+        assert!(host_allowed(&HeaderMap::new(), &[]), "no Host: no browser");
     }
 
     #[test]

@@ -122,9 +122,10 @@ impl Body for ReqBody {
                 let p = prefix.as_ref().map_or(0, |p| p.len() as u64);
                 let h = inner.size_hint();
                 let mut out = SizeHint::new();
-                out.set_lower(h.lower() + p);
+                // Saturating: a client's Content-Length may be anything up to u64::MAX.
+                out.set_lower(h.lower().saturating_add(p));
                 if let Some(u) = h.upper() {
-                    out.set_upper(u + p);
+                    out.set_upper(u.saturating_add(p));
                 }
                 out
             }

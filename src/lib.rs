@@ -12,7 +12,9 @@
 //!   `host` (a host without its port), `events` (the bounded log of state transitions),
 //!   `metrics` (counters and histograms as atomics), `counters` (outlier streaks, the
 //!   contradiction window, the retry budget), `conn` (a client connection's facts and
-//!   activity), `tls` (the served certificate, hot-swappable), `systemd`, `digest`, and
+//!   activity, what the server does about it, and the registry the connection limit reclaims
+//!   idle connections from), `tls` (the served certificate, hot-swappable), `systemd`,
+//!   `digest`, `files` (bounded, non-blocking reads of the files a config names), and
 //!   `memory` (credential fingerprints and the fixed-size tables the guard keeps them in).
 //! - config: raw TOML → validated [`Config`], every error with file:line:col.
 //! - state: `backend`, identity + shared atomic state + the one readiness predicate
@@ -27,8 +29,9 @@
 //!   key-set epoch, fail-closed).
 //! - proxy: the hyper service: route → forward (one exchange loop: connect retries, retry
 //!   budget) → guard (the second opinion, a pure verdict, and the credential memories).
-//! - server: listeners, one single-threaded runtime per proxy thread, idle timeout, graceful
-//!   shutdown.
+//! - server: listeners, one single-threaded runtime per proxy thread, the connection limit
+//!   (reclaiming idle connections), protocol sniffing (a bad HTTP/2 preface gets `GOAWAY`),
+//!   header and idle timeouts, lingering close, graceful shutdown.
 //! - control: `readiness` (the key-sync contract, fleet checks, rise/fall gate, prober task),
 //!   `discover` (DNS sources of backends: one resolving task each, reporting to the control
 //!   plane) and `reload` (hot reload, prober lifecycle, config identity, and the one lock
@@ -54,11 +57,14 @@ pub mod demo;
 mod digest;
 mod discover;
 mod events;
+mod files;
 mod fleet;
 mod host;
 mod memory;
 mod metrics;
 mod outlier;
+#[cfg(test)]
+mod proptests;
 mod proxy;
 mod readiness;
 mod reload;
@@ -123,10 +129,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let server_cfg = config.server.clone();
     let admin_addr = config.admin.listen;
     let path = config.source.clone();
-    let file_bytes = match &path {
-        Some(p) => tokio::fs::read(p).await.ok(),
-        None => None,
-    };
+    // Read as the config was: bounded, and never blocking on a FIFO.
+    let file_bytes = path.as_deref().and_then(|p| Config::read(p).ok());
     let admin_listener = tokio::net::TcpListener::bind(admin_addr)
         .await
         .map_err(|source| StartError::Admin {

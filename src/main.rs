@@ -243,8 +243,9 @@ async fn daemon(cfg: Config) -> anyhow::Result<()> {
             _ = hup.recv() => {
                 tracing::info!(signal = "SIGHUP", "reloading");
                 // Errors are logged and kept for GET /api/config by the reload itself, which
-                // also tells systemd RELOADING=1 / READY=1.
-                let _ = running.control().reload("signal").await;
+                // also tells systemd RELOADING=1 / READY=1. Not awaited: SIGTERM and the next
+                // SIGHUP are heard while it runs.
+                running.control().spawn_reload("signal");
             }
         }
     }

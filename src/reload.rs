@@ -4,26 +4,35 @@
 //!
 //! [`Control`] owns what the control plane runs: prober tasks (one per live backend), drains of
 //! removed backends, discover sources, and the config identity (generation, sha256, last
-//! error). Reloads are serialised by an async mutex; a file that does not load changes nothing.
-//! Every snapshot install, a reload's or a DNS change's, happens under one more lock together
-//! with the prober changes it calls for, so that neither loses the other's update.
+//! error). A file that does not load changes nothing. Every snapshot install, a reload's or a
+//! DNS change's, happens under one more lock together with the prober changes it calls for, so
+//! that neither loses the other's update.
 //!
 //! A file whose bytes did not change is not reloaded when the watcher sees it; an explicit
 //! reload (`SIGHUP`, `POST /api/reload`) loads it anyway, so that static `host:port` backend
 //! addresses are resolved again.
+//!
+//! Nothing a config names may stall the pipeline (issue 10, item 2): files are read bounded and
+//! never block (`files`), the reading, validating and certificate loading run off the control
+//! runtime, and a reload that has not finished within [`RELOAD_TIMEOUT`] fails, leaving the way
+//! free for the next. Each reload draws a ticket; a newer trigger supersedes a reload still
+//! validating (its result is discarded, as the newer one reads the file as it is now, and its
+//! caller gets the newer one's outcome), and applying is serialised by an async mutex held only
+//! for the swap.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::Backend;
-use crate::config::{Config, ConfigError, HostLookup, LoadError, SystemLookup};
+use crate::config::{Config, ConfigError, HostLookup, SystemLookup};
 use crate::digest::sha256_hex;
 use crate::discover::{Discovery, Resolution};
 use crate::snapshot::{Installed, Shared, Snapshot};
@@ -35,6 +44,10 @@ use crate::tls::{CertStore, Prepared};
 const DEBOUNCE: Duration = Duration::from_millis(150);
 /// A burst never delays a reload longer than this.
 const MAX_DEBOUNCE: Duration = Duration::from_millis(600);
+/// A reload that has not read, validated and prepared its config within this fails (the work
+/// left over, such as a resolver that does not answer, finishes in the background and is
+/// discarded).
+pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The identity of the running config and the last failed load, for `GET /api/config`.
 #[derive(Debug, Clone)]
@@ -76,7 +89,16 @@ pub struct Control {
     probers: Mutex<HashMap<u64, CancellationToken>>,
     status: Mutex<ConfigStatus>,
     certs: Option<Arc<CertStore>>,
-    reload_lock: tokio::sync::Mutex<()>,
+    /// The ticket of the newest reload asked for: an older one still validating is superseded.
+    requested: AtomicU64,
+    /// Held while a reload applies its result (never while it reads or validates).
+    apply_lock: tokio::sync::Mutex<()>,
+    /// The newest reload that ran to its end (not superseded): its ticket and outcome, for the
+    /// callers of the reloads it superseded.
+    completed: watch::Sender<(u64, Outcome)>,
+    /// [`RELOAD_TIMEOUT`] in milliseconds (shorter in tests; an atomic because the control
+    /// plane is shared by its tasks from the start).
+    reload_timeout_ms: AtomicU64,
     /// Held across every snapshot install and the prober changes that follow it (a reload's,
     /// or a discover source's), so that a reload and a DNS change never lose each other's
     /// update. Never held across an await.
@@ -84,6 +106,26 @@ pub struct Control {
     discovery: Discovery,
     /// Resolves static `host:port` backend addresses at each reload.
     lookup: Arc<dyn HostLookup>,
+}
+
+/// A reload's outcome: the generation running after it, or every error.
+type Outcome = Result<u64, Vec<ConfigError>>;
+
+/// Why a reload applied nothing.
+enum Failed {
+    /// The file, or what it names, did not load: every error.
+    Errors(Vec<ConfigError>),
+    /// A newer reload was asked for while this one validated (one error saying so).
+    Superseded(Vec<ConfigError>),
+}
+
+/// What a reload read and prepared, off the control runtime.
+enum Loaded {
+    /// The file's bytes equal the running config's (and the reload did not ask to load it
+    /// anyway); maybe a new certificate for it.
+    Unchanged(Option<Prepared>),
+    /// A new config, its sha256, and its certificate when that changed.
+    New(Box<Config>, String, Option<Prepared>),
 }
 
 impl Control {
@@ -134,7 +176,10 @@ impl Control {
             tasks,
             certs,
             probers: Mutex::new(HashMap::new()),
-            reload_lock: tokio::sync::Mutex::new(()),
+            requested: AtomicU64::new(0),
+            apply_lock: tokio::sync::Mutex::new(()),
+            completed: watch::Sender::new((0, Ok(0))),
+            reload_timeout_ms: AtomicU64::new(RELOAD_TIMEOUT.as_millis() as u64),
             install_lock: Mutex::new(()),
             discovery,
             lookup,
@@ -149,6 +194,21 @@ impl Control {
             .tasks
             .spawn(apply_resolutions(control.clone(), resolutions));
         control
+    }
+
+    /// [`RELOAD_TIMEOUT`], or the shorter bound a test set.
+    fn reload_timeout(&self) -> Duration {
+        Duration::from_millis(self.reload_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    /// The root cancellation token of the control plane.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    /// The tracker owning every control-plane task.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
     }
 
     /// The discover sources of the running config.
@@ -186,16 +246,6 @@ impl Control {
         self.sync_probers(&installed.snapshot, &installed.removed);
     }
 
-    /// The root cancellation token of the control plane.
-    pub fn token(&self) -> &CancellationToken {
-        &self.token
-    }
-
-    /// The tracker owning every control-plane task.
-    pub fn tasks(&self) -> &TaskTracker {
-        &self.tasks
-    }
-
     /// The running config's identity and the last error.
     pub fn status(&self) -> ConfigStatus {
         self.status
@@ -206,40 +256,62 @@ impl Control {
 
     /// Reloads the config file and the TLS certificate. Returns the generation now running
     /// (unchanged when the file's bytes are identical), or every error (and the running config
-    /// and certificate stay: a config whose certificate does not load is not applied).
-    pub async fn reload(&self, trigger: &'static str) -> Result<u64, Vec<ConfigError>> {
-        let _serial = self.reload_lock.lock().await;
+    /// and certificate stay: a config whose certificate does not load is not applied). A reload
+    /// that takes longer than [`RELOAD_TIMEOUT`] fails. One superseded by a newer trigger while
+    /// it validated applies nothing and answers with the newer reload's outcome (or, should
+    /// that not come within [`RELOAD_TIMEOUT`], an error saying it was superseded); it is not
+    /// counted as a failure.
+    pub async fn reload(&self, trigger: &'static str) -> Outcome {
+        let ticket = self.requested.fetch_add(1, Ordering::AcqRel) + 1;
         notify_systemd(SystemdState::Reloading);
-        let result = self.reload_locked(trigger).await;
-        if let Err(errors) = &result {
-            for err in errors {
-                tracing::error!(trigger, error = %err, "reload failed; the running config stays");
+        let result = self.reload_ticket(trigger, ticket).await;
+        let result = match result {
+            Ok(generation) => Ok(generation),
+            Err(Failed::Superseded(errors)) => {
+                tracing::info!(trigger, "reload superseded by a newer one");
+                let mut newer = self.completed.subscribe();
+                let waited = tokio::time::timeout(
+                    self.reload_timeout(),
+                    newer.wait_for(|(t, _)| *t > ticket),
+                )
+                .await;
+                let newer_outcome = waited.ok().and_then(Result::ok).map(|done| done.1.clone());
+                newer_outcome.unwrap_or(Err(errors))
             }
-            self.record_failure(trigger, errors.clone());
+            Err(Failed::Errors(errors)) => {
+                let (shown, more) = crate::config::shown_errors(&errors);
+                for err in shown {
+                    tracing::error!(trigger, error = %err, "reload failed; the running config stays");
+                }
+                if more > 0 {
+                    tracing::error!(trigger, more, "reload failed with more errors than shown");
+                }
+                self.record_failure(trigger, errors.clone());
+                Err(errors)
+            }
+        };
+        if ticket > self.completed.borrow().0 {
+            self.completed.send_if_modified(|done| {
+                // Checked again under the channel's lock: outcomes only move forward.
+                let newer = ticket > done.0;
+                if newer {
+                    *done = (ticket, result.clone());
+                }
+                newer
+            });
         }
         notify_systemd(SystemdState::Ready);
         result
     }
 
-    /// Loads the certificate and key the config `tls` names when their files changed; `None`
-    /// when there is nothing new to serve.
-    fn prepare_certs(
-        &self,
-        tls: Option<&crate::config::TlsConfig>,
-    ) -> Result<Option<Prepared>, Vec<ConfigError>> {
-        let (Some(store), Some(tls)) = (&self.certs, tls) else {
-            return Ok(None);
-        };
-        store.prepare(&tls.cert, &tls.key).map_err(|e| {
-            vec![ConfigError {
-                file: e
-                    .path()
-                    .map_or_else(|| tls.cert.display().to_string(), str::to_owned),
-                line: 1,
-                col: 1,
-                message: e.reason(),
-            }]
-        })
+    /// Starts a reload as a task of the control plane and returns at once: the file watcher
+    /// and `SIGHUP` do not wait for one reload before they can trigger the next.
+    pub fn spawn_reload(self: &Arc<Self>, trigger: &'static str) {
+        let control = self.clone();
+        self.tasks.spawn(async move {
+            // Errors are logged and kept for `GET /api/config` by the reload itself.
+            let _ = control.reload(trigger).await;
+        });
     }
 
     fn record_failure(&self, trigger: &'static str, errors: Vec<ConfigError>) {
@@ -256,36 +328,57 @@ impl Control {
         });
     }
 
-    async fn reload_locked(&self, trigger: &'static str) -> Result<u64, Vec<ConfigError>> {
+    async fn reload_ticket(&self, trigger: &'static str, ticket: u64) -> Result<u64, Failed> {
         let Some(path) = self.status().path else {
-            return Err(vec![ConfigError {
+            return Err(Failed::Errors(vec![ConfigError {
                 file: "<config>".into(),
                 line: 1,
                 col: 1,
                 message: "syncgate was started without a config file; nothing to reload".into(),
-            }]);
+            }]));
+        };
+        let at_path = |message: String| ConfigError {
+            file: path.display().to_string(),
+            line: 1,
+            col: 1,
+            message,
         };
         // The watcher reloads only changed bytes; an explicit trigger loads the file anyway,
         // resolving static host names again.
         let explicit = trigger != "file";
-        match self.load(&path, explicit).await.map_err(|e| e.errors())? {
-            Some((config, sha)) if !explicit || self.changes_something(&config, &sha) => {
-                let cert = self.prepare_certs(config.server.tls.as_ref())?;
-                let generation = self.apply(config, sha, trigger);
+        let loaded =
+            match tokio::time::timeout(self.reload_timeout(), self.load(&path, explicit)).await {
+                Ok(loaded) => loaded,
+                Err(_) => Err(vec![at_path(format!(
+                    "the reload did not finish within {} (reading, validating or resolving the \
+                 config); the running config stays",
+                    humantime::format_duration(self.reload_timeout())
+                ))]),
+            };
+        let _serial = self.apply_lock.lock().await;
+        if self.requested.load(Ordering::Acquire) != ticket {
+            return Err(Failed::Superseded(vec![at_path(
+                "superseded by a newer reload, which reads the file as it is now".into(),
+            )]));
+        }
+        match loaded.map_err(Failed::Errors)? {
+            Loaded::New(config, sha, cert)
+                if !explicit || self.changes_something(&config, &sha) =>
+            {
+                let generation = self.apply(*config, sha, trigger);
                 if let Some(cert) = cert {
                     self.install_certs(cert);
                 }
                 Ok(generation)
             }
-            _ => {
+            Loaded::Unchanged(cert) | Loaded::New(_, _, cert) => {
                 // The file loads again (it holds the running config's bytes): an earlier
                 // failure no longer describes it.
                 self.status
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .last_error = None;
-                let running = self.shared.snapshot();
-                if let Some(cert) = self.prepare_certs(running.config.server.tls.as_ref())? {
+                if let Some(cert) = cert {
                     self.install_certs(cert);
                 }
                 Ok(self.status().generation)
@@ -315,34 +408,37 @@ impl Control {
         }
     }
 
-    /// Reads and validates the file; `None` when its bytes equal the running config's, unless
-    /// `always`.
-    async fn load(&self, path: &Path, always: bool) -> Result<Option<(Config, String)>, LoadError> {
-        let bytes = tokio::fs::read(path)
-            .await
-            .map_err(|source| LoadError::Io {
-                path: path.display().to_string(),
-                source,
-            })?;
-        let sha = sha256_hex(&bytes);
-        if !always && sha == self.status().sha256 {
-            return Ok(None);
-        }
-        // Off the control runtime: validation may resolve backend host names, and a slow
-        // resolver must not stall the probers, the admin API or signal handling.
+    /// Reads and validates the file, and loads the certificate it names, off the control
+    /// runtime: validation may resolve backend host names, and neither a slow resolver nor a
+    /// large file may stall the probers, the admin API or signal handling. Bytes equal to the
+    /// running config's are [`Loaded::Unchanged`] unless `always`.
+    async fn load(&self, path: &Path, always: bool) -> Result<Loaded, Vec<ConfigError>> {
         let owned = path.to_path_buf();
         let lookup = self.lookup.clone();
-        let parsed = tokio::task::spawn_blocking(move || {
-            Config::parse_with(&String::from_utf8_lossy(&bytes), Some(&owned), &*lookup)
+        let running_sha = self.status().sha256;
+        let running = self.shared.snapshot();
+        let certs = self.certs.clone();
+        let loaded = tokio::task::spawn_blocking(move || -> Result<Loaded, Vec<ConfigError>> {
+            let bytes = Config::read(&owned).map_err(|e| e.errors())?;
+            let sha = sha256_hex(&bytes);
+            if !always && sha == running_sha {
+                let cert = prepare_certs(certs.as_deref(), running.config.server.tls.as_ref())?;
+                return Ok(Loaded::Unchanged(cert));
+            }
+            let config =
+                Config::parse_bytes_with(&bytes, Some(&owned), &*lookup).map_err(|e| e.errors())?;
+            let cert = prepare_certs(certs.as_deref(), config.server.tls.as_ref())?;
+            Ok(Loaded::New(Box::new(config), sha, cert))
         })
         .await;
-        match parsed {
-            Ok(config) => Ok(Some((config?, sha))),
-            Err(e) => Err(LoadError::Io {
-                path: path.display().to_string(),
-                source: std::io::Error::other(format!("config validation failed: {e}")),
-            }),
-        }
+        loaded.unwrap_or_else(|e| {
+            Err(vec![ConfigError {
+                file: path.display().to_string(),
+                line: 1,
+                col: 1,
+                message: format!("config validation failed: {e}"),
+            }])
+        })
     }
 
     fn apply(&self, mut config: Config, sha: String, trigger: &'static str) -> u64 {
@@ -407,6 +503,27 @@ impl Control {
     }
 }
 
+/// Loads the certificate and key that `tls` names when their files changed; `None` when there
+/// is nothing new to serve.
+fn prepare_certs(
+    store: Option<&CertStore>,
+    tls: Option<&crate::config::TlsConfig>,
+) -> Result<Option<Prepared>, Vec<ConfigError>> {
+    let (Some(store), Some(tls)) = (store, tls) else {
+        return Ok(None);
+    };
+    store.prepare(&tls.cert, &tls.key).map_err(|e| {
+        vec![ConfigError {
+            file: e
+                .path()
+                .map_or_else(|| tls.cert.display().to_string(), str::to_owned),
+            line: 1,
+            col: 1,
+            message: e.reason(),
+        }]
+    })
+}
+
 /// Listener addresses and proxy threads are bound at start: a reload that changes them says
 /// so and applies the rest.
 fn keep_listeners(old: &Config, new: &mut Config) {
@@ -451,7 +568,7 @@ async fn drain_removed(
     deadline: Duration,
     token: CancellationToken,
 ) {
-    let until = tokio::time::Instant::now() + deadline;
+    let until = crate::clock::deadline(tokio::time::Instant::now(), deadline);
     while backend.is_removed() && backend.in_flight() > 0 && tokio::time::Instant::now() < until {
         tokio::select! {
             _ = token.cancelled() => break,
@@ -553,7 +670,9 @@ pub fn watch(control: Arc<Control>, path: &Path) -> Result<(), notify::Error> {
                     Err(_) => break,
                 }
             }
-            let _ = control.reload("file").await;
+            // Not awaited: a burst that ends while this reload validates starts the next one,
+            // which supersedes it.
+            control.spawn_reload("file");
         }
     });
     Ok(())
@@ -564,6 +683,97 @@ mod tests {
     use std::net::SocketAddr;
 
     use super::*;
+
+    const POOL: &str = "[server]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+        [[pools.push.backends]]\nname = \"w1\"\naddr = \"127.0.0.1:9\"\n";
+
+    #[tokio::test]
+    async fn a_reload_superseded_while_it_validated_applies_nothing_and_answers_with_the_newer_outcome(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("syncgate.toml");
+        std::fs::write(&path, POOL).unwrap();
+        let bytes = Config::read(&path).unwrap();
+        let config = Config::parse_bytes(&bytes, Some(&path)).unwrap();
+        let control = Control::new(
+            Shared::new(config),
+            Some(path.clone()),
+            Some(&bytes),
+            None,
+            CancellationToken::new(),
+            TaskTracker::new(),
+        );
+        std::fs::write(&path, format!("{POOL}[pools.push]\nretries = 1\n")).unwrap();
+        // An older reload draws its ticket; a newer trigger comes while it validates.
+        let older = control.requested.fetch_add(1, Ordering::AcqRel) + 1;
+        control.requested.fetch_add(1, Ordering::AcqRel);
+        let result = control.reload_ticket("file", older).await;
+        assert!(matches!(result, Err(Failed::Superseded(_))));
+        let status = control.status();
+        assert_eq!(
+            status.generation, 1,
+            "a superseded reload applied its config"
+        );
+        assert_eq!(status.reloads_failed, 0);
+        assert!(status.last_error.is_none());
+        // The newest reload applies the file as it is now.
+        assert_eq!(control.reload("api").await.unwrap(), 2);
+        assert_eq!(control.shared.snapshot().pools[0].retries, 1);
+        // Two at once: the older is superseded while it validates, and its caller gets the
+        // newer one's outcome.
+        std::fs::write(&path, format!("{POOL}[pools.push]\nretries = 2\n")).unwrap();
+        let (older, newer) = tokio::join!(control.reload("file"), control.reload("api"));
+        assert_eq!(newer.unwrap(), 3);
+        assert_eq!(older.unwrap(), 3);
+        assert_eq!(control.status().reloads_ok, 2);
+        control.token().cancel();
+    }
+
+    #[tokio::test]
+    async fn a_reload_past_its_time_bound_fails_and_the_next_one_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("syncgate.toml");
+        std::fs::write(&path, POOL).unwrap();
+        let bytes = Config::read(&path).unwrap();
+        let config = Config::parse_bytes(&bytes, Some(&path)).unwrap();
+        let control = Control::new(
+            Shared::new(config),
+            Some(path.clone()),
+            Some(&bytes),
+            None,
+            CancellationToken::new(),
+            TaskTracker::new(),
+        );
+        // A bound no validation of a large file meets (it goes on in the background, and its
+        // result is dropped).
+        control.reload_timeout_ms.store(1, Ordering::Relaxed);
+        let mut big = POOL.to_owned();
+        for i in 0..20_000 {
+            big.push_str(&format!(
+                "[[pools.push.backends]]\nname = \"b{i}\"\naddr = \"10.1.{}.{}:9\"\n",
+                i / 256,
+                i % 256
+            ));
+        }
+        std::fs::write(&path, big).unwrap();
+        let errors = control.reload("api").await.unwrap_err();
+        assert!(
+            errors[0]
+                .message
+                .starts_with("the reload did not finish within 1ms"),
+            "{errors:?}"
+        );
+        let status = control.status();
+        assert_eq!(status.generation, 1);
+        assert!(status.last_error.is_some_and(|f| f.errors == errors));
+        // Nothing stays locked: the next reload runs (here with a bound it meets).
+        control
+            .reload_timeout_ms
+            .store(RELOAD_TIMEOUT.as_millis() as u64, Ordering::Relaxed);
+        std::fs::write(&path, format!("{POOL}[pools.push]\nretries = 1\n")).unwrap();
+        assert_eq!(control.reload("api").await.unwrap(), 2);
+        control.token().cancel();
+    }
 
     /// A resolver whose answer the test changes: every host name has this one address.
     #[derive(Debug)]

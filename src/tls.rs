@@ -60,7 +60,8 @@ impl TlsError {
     }
 }
 
-/// Reads a PEM certificate chain and private key.
+/// Reads a PEM certificate chain and private key (each a regular file of at most
+/// [`crate::files::MAX_NAMED_FILE_BYTES`]).
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<(CertifiedKey, String), TlsError> {
     let cert_err = |reason: String| TlsError::Cert {
         path: cert.display().to_string(),
@@ -70,8 +71,9 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<(CertifiedKey, Stri
         path: key.display().to_string(),
         reason,
     };
-    let cert_bytes = std::fs::read(cert).map_err(|e| cert_err(e.to_string()))?;
-    let key_bytes = std::fs::read(key).map_err(|e| key_err(e.to_string()))?;
+    let read = |path| crate::files::read(path, crate::files::MAX_NAMED_FILE_BYTES);
+    let cert_bytes = read(cert).map_err(|e| cert_err(e.to_string()))?;
+    let key_bytes = read(key).map_err(|e| key_err(e.to_string()))?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_bytes)
         .collect::<Result<_, _>>()
         .map_err(|e| cert_err(e.to_string()))?;

@@ -875,6 +875,68 @@ async fn drain_lets_in_flight_requests_finish_then_disables_and_enable_readmits(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_rebinding_cannot_drain_a_backend_on_the_tokenless_loopback_admin() {
+    let w = synced_worker().await;
+    let running = start(&config_text(
+        &[("w1", w.addr())],
+        "allowed_hosts = [\"admin.internal\"]",
+    ))
+    .await;
+    let c = client();
+    wait_state(&c, &running, "w1", "ready").await;
+    let port = running.admin_addr().port();
+    let url = format!("http://{}/api/backends/push/w1/drain", running.admin_addr());
+
+    // The attack from the issue: a page on rebind.evil.example, whose name now resolves to
+    // 127.0.0.1, posts to its own origin; Origin and Host agree.
+    let evil = format!("rebind.evil.example:{port}");
+    let evil_origin = format!("http://{evil}");
+    let answer = send(
+        &c,
+        "POST",
+        url.clone(),
+        &[("host", &evil), ("origin", &evil_origin)],
+        Bytes::new(),
+    )
+    .await;
+    let message = assert_json_error(&answer, StatusCode::FORBIDDEN);
+    assert!(message.contains("DNS rebinding"), "{message}");
+    assert_eq!(backend(&c, &running, "w1").await["state"], "ready");
+    // Reads stay open whatever the Host (a scraper may use a service name).
+    let answer = send(
+        &c,
+        "GET",
+        format!("http://{}/api/backends", running.admin_addr()),
+        &[("host", &evil)],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+
+    // The operator's own ways in: localhost, an address, and a name listed in allowed_hosts.
+    for (host, action) in [
+        (format!("localhost:{port}"), "drain"),
+        (format!("admin.internal:{port}"), "enable"),
+        (running.admin_addr().to_string(), "drain"),
+    ] {
+        let origin = format!("http://{host}");
+        let answer = send(
+            &c,
+            "POST",
+            url.replace("drain", action),
+            &[("host", &host), ("origin", &origin)],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::OK, "{host}: {}", answer.text());
+        assert_eq!(answer.json()["changed"], true, "{host}");
+    }
+
+    running.shutdown().await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn posts_need_the_admin_token_and_gets_do_not() {
     let w = synced_worker().await;
     let (dir, token_line) = token_dir();
@@ -980,7 +1042,7 @@ async fn bodies_over_64_kib_are_413() {
         .await
         .expect("connect");
     let chunk = vec![b'y'; 16 * 1024];
-    let mut request = b"POST /api/backends/push/w1/drain HTTP/1.1\r\nhost: admin\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n".to_vec();
+    let mut request = b"POST /api/backends/push/w1/drain HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n".to_vec();
     for _ in 0..5 {
         request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
         request.extend_from_slice(&chunk);

@@ -115,6 +115,59 @@ fn check_prints_every_error_with_its_position_and_exits_1() {
     assert!(stderr.contains("pushh"), "{stderr}");
 }
 
+/// Runs `syncgate check` on `path`; fails the test if it has not finished within 10 s.
+fn check_within_deadline(path: &std::path::Path) -> std::process::Output {
+    let mut child = Command::new(BIN)
+        .args(["check", "--config", path.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("check did not finish within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn check_refuses_a_fifo_and_a_device_at_once_and_places_invalid_utf8() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("token");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let pool = "[[pools.push.backends]]\nname = \"w1\"\naddr = \"10.0.0.1:9000\"\n";
+    for (file, name) in [(fifo.to_str().unwrap(), "FIFO"), ("/dev/zero", "device")] {
+        let path = dir.path().join("a.toml");
+        std::fs::write(&path, format!("[admin]\ntoken_file = \"{file}\"\n{pool}")).unwrap();
+        let out = check_within_deadline(&path);
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!(
+                "a.toml:2:14: admin.token_file \"{file}\" is not a regular file"
+            )),
+            "{name}: {stderr}"
+        );
+    }
+    let path = dir.path().join("latin1.toml");
+    std::fs::write(&path, b"# caf\xe9\n[server]\n").unwrap();
+    let out = check_within_deadline(&path);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("latin1.toml:1:6: invalid UTF-8 (byte 0xe9)"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_reloads_on_sighup_and_stops_cleanly_on_sigterm() {
     let ws = workers(2).await;

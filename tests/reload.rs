@@ -239,6 +239,100 @@ async fn bad_files_change_nothing_and_report_the_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_or_a_device_named_by_the_config_fails_the_reload_and_the_next_one_runs() {
+    let ws = workers(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("syncgate.toml");
+    let good = config_text(&[("w1", ws[0].addr(), 1)], "");
+    std::fs::write(&path, &good).unwrap();
+    let running = start_file(&path).await;
+    let proxy = running.proxy_addrs()[0];
+    wait_state(&running, "w1", State::Ready).await;
+    let fifo = dir.path().join("token.fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    for (i, file) in [fifo.to_str().unwrap(), "/dev/zero"]
+        .into_iter()
+        .enumerate()
+    {
+        std::fs::write(
+            &path,
+            good.replace("[admin]", &format!("[admin]\ntoken_file = \"{file}\"")),
+        )
+        .unwrap();
+        // A FIFO used to block the reload (and every later one) forever; /dev/zero to grow
+        // the process without bound. The watcher's reload reports it...
+        let expected = format!("admin.token_file \"{file}\" is not a regular file");
+        wait_until(SECS5, &expected, || async {
+            running
+                .control()
+                .status()
+                .last_error
+                .is_some_and(|f| f.errors.iter().any(|e| e.message == expected))
+        })
+        .await;
+        // ... and so does one asked for through the API, in bounded time.
+        let errors = tokio::time::timeout(SECS5, running.control().reload("api"))
+            .await
+            .expect("the reload finishes")
+            .unwrap_err();
+        assert!(errors.iter().any(|e| e.message == expected), "{errors:?}");
+        assert_eq!(generation(&running), 1, "case {i}");
+        assert_eq!(get(&client(), proxy, 1).await.status, 200);
+    }
+    // The pipeline is not wedged: the next good file applies.
+    std::fs::write(
+        &path,
+        good.replace("[pools.push]", "[pools.push]\nretries = 1"),
+    )
+    .unwrap();
+    wait_generation(&running, 2).await;
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_too_large_for_the_clock_is_refused_and_requests_keep_flowing() {
+    let ws = workers(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("syncgate.toml");
+    let good = config_text(&[("w1", ws[0].addr(), 1)], "");
+    std::fs::write(&path, &good).unwrap();
+    let running = start_file(&path).await;
+    let proxy = running.proxy_addrs()[0];
+    wait_state(&running, "w1", State::Ready).await;
+    for key in ["request_timeout", "header_read_timeout", "idle_timeout"] {
+        let text = if good.contains(&format!("{key} =")) {
+            good.replace(
+                "request_timeout = \"2s\"",
+                "request_timeout = \"300000000000y\"",
+            )
+        } else {
+            good.replace("[admin]", &format!("{key} = \"300000000000y\"\n\n[admin]"))
+        };
+        std::fs::write(&path, text).unwrap();
+        let expected = format!("server.{key} must be at most 24h");
+        wait_until(SECS5, &expected, || async {
+            running
+                .control()
+                .status()
+                .last_error
+                .is_some_and(|f| f.errors.iter().any(|e| e.message.contains(&expected)))
+        })
+        .await;
+        // Accepted, the request timeout panicked in every request (and the header timeout
+        // inside hyper for every new HTTP/1.1 connection).
+        for _ in 0..20 {
+            assert_eq!(get(&client(), proxy, 1).await.status, 200, "{key}");
+        }
+    }
+    assert_eq!(generation(&running), 1);
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listener_changes_need_a_restart_the_rest_applies() {
     let ws = workers(1).await;
     let dir = tempfile::tempdir().unwrap();

@@ -7,8 +7,9 @@
 //! 3. [`crate::snapshot::Snapshot`] is the runtime form built from a `Config`.
 //!
 //! Raw types never leave this module. Files: this one holds the validated model and its errors;
-//! `raw.rs` the serde mirror; `syntax.rs` the value syntax (sizes, route hosts, names);
-//! `validate/` the [`Config`] builder, one file per section.
+//! `limits.rs` the range of every value (and the file size limits); `raw.rs` the serde mirror;
+//! `syntax.rs` the value syntax (sizes, route hosts, names); `validate/` the [`Config`] builder,
+//! one file per section.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -20,6 +21,9 @@ use http::{HeaderName, StatusCode};
 
 use validate::Validator;
 
+pub(crate) mod limits;
+#[cfg(test)]
+mod proptests;
 mod raw;
 mod syntax;
 #[cfg(test)]
@@ -49,22 +53,27 @@ pub struct Config {
 pub struct ServerConfig {
     /// Plain listeners (HTTP/1.1 and HTTP/2 with prior knowledge). Default `["127.0.0.1:8080"]`.
     pub listen: Vec<SocketAddr>,
-    /// Proxy worker threads; 0 means one per core. Default 0.
+    /// Proxy worker threads; 0 means one per core. Default 0; at most 1024.
     pub worker_threads: usize,
-    /// A client must send its request headers within this. Default 10 s.
+    /// A request head must be complete this long after its first byte, and a new connection
+    /// must send its first byte (after its TLS handshake, bounded alike) within it; not applied
+    /// between keep-alive requests. Default 10 s; 1 ms to 24 h.
     pub header_read_timeout: Duration,
-    /// Deadline for the whole upstream exchange (until response headers). Default 30 s.
+    /// Deadline for the whole upstream exchange (until response headers). Default 30 s; 1 ms
+    /// to 24 h.
     pub request_timeout: Duration,
-    /// Larger request bodies are answered 413. Bytes; default 8 MiB.
+    /// Larger request bodies are answered 413. Bytes; default 8 MiB; 1 B to 1 TiB.
     pub max_request_body: u64,
-    /// Accepted client connections at once; more wait in the kernel backlog. Default 10000.
+    /// Client connections at once, across proxy threads. At the limit the connection idle
+    /// longest is closed gracefully to admit a new one; with none idle, new ones wait. Default
+    /// 10000; 1 to 1,000,000.
     pub max_connections: usize,
-    /// Graceful shutdown deadline, and how long removed backends may drain. Default 30 s.
+    /// Graceful shutdown deadline, and how long removed backends may drain. Default 30 s; 1 ms
+    /// to 24 h.
     pub drain_timeout: Duration,
-    /// A client connection with no request in progress (none waiting for its response
-    /// headers) for this long is closed gracefully: HTTP/2 `GOAWAY`, HTTP/1.1 no keep-alive;
-    /// a response body still streaming finishes. HTTP/1.1 also stops at
-    /// `header_read_timeout` between requests. Default 75 s, nginx's `keepalive_timeout`.
+    /// A client connection with no request in progress (a request is in progress until its
+    /// response body has been sent) for this long is closed gracefully: HTTP/2 `GOAWAY`,
+    /// HTTP/1.1 close. Default 75 s, nginx's `keepalive_timeout`; 1 ms to 24 h.
     pub idle_timeout: Duration,
     /// `[server.tls]`, optional HTTPS listeners.
     pub tls: Option<TlsConfig>,
@@ -90,6 +99,11 @@ pub struct AdminConfig {
     pub token_file: Option<PathBuf>,
     /// The token read from `token_file` (trimmed). Never printed.
     pub token: Option<AdminToken>,
+    /// Host names (lower-case, without port) that an operator action's `Host` header may name
+    /// besides an IP address and `localhost`, e.g. the name of a reverse proxy in front of the
+    /// admin endpoint. Default empty. (A `Host` naming anything else could be a DNS rebinding
+    /// attack, and is refused.)
+    pub allowed_hosts: Vec<String>,
 }
 
 /// A secret admin bearer token; `Debug` does not show it.
@@ -170,9 +184,10 @@ pub struct PoolConfig {
     pub balance: Balance,
     /// Header hashed with `balance = "hash"`. Default `authorization`.
     pub hash_header: HeaderName,
-    /// A newly admitted backend's weight ramps up linearly over this. Default 10 s; 0 disables.
+    /// A newly admitted backend's weight ramps up linearly over this. Default 10 s; 0 disables;
+    /// at most 24 h.
     pub slow_start: Duration,
-    /// Other backends tried after a connect failure. Default 2.
+    /// Other backends tried after a connect failure. Default 2; at most 100.
     pub retries: u32,
     /// `[pools.NAME.probe]`.
     pub probe: ProbeConfig,
@@ -248,19 +263,19 @@ impl DiscoverQuery {
 pub struct ProbeConfig {
     /// Probe path, must start with `/`. Default `/ready`.
     pub path: String,
-    /// Time between probes. Default 1 s.
+    /// Time between probes. Default 1 s; 10 ms to 1 h.
     pub interval: Duration,
-    /// A probe slower than this fails. Default 500 ms, or `interval` when that is shorter. It
-    /// may exceed `interval`: probes of one backend never overlap, the next starts at the later
-    /// of `interval` after the previous start and the previous one's end.
+    /// A probe slower than this fails. Default 500 ms, or `interval` when that is shorter;
+    /// 1 ms to 1 h. It may exceed `interval`: probes of one backend never overlap, the next
+    /// starts at the later of `interval` after the previous start and the previous one's end.
     pub timeout: Duration,
-    /// Consecutive passes that admit a backend. Default 2, at least 1.
+    /// Consecutive passes that admit a backend. Default 2; 1 to 1000.
     pub rise: u32,
-    /// Consecutive failures that eject a ready backend. Default 2, at least 1.
+    /// Consecutive failures that eject a ready backend. Default 2; 1 to 1000.
     pub fall: u32,
     /// Default `key-sync`.
     pub contract: Contract,
-    /// Generations a backend may lag the newest ready peer. Default 10.
+    /// Generations a backend may lag the newest ready peer. Default 10; at most `u32::MAX`.
     pub max_generation_lag: u64,
     /// Minimum share of the ready peers' median key count. Default 0.98, in [0, 1].
     pub min_key_ratio: f64,
@@ -271,24 +286,27 @@ pub struct ProbeConfig {
 pub struct GuardConfig {
     /// Statuses that need a second opinion. Default `[401, 403]`.
     pub statuses: Vec<StatusCode>,
-    /// Request bodies up to this size are kept for a replay. Bytes; default 1 MiB.
+    /// Request bodies up to this size are kept for a replay. Bytes; default 1 MiB; at most
+    /// 1 GiB.
     pub max_replay_body: u64,
-    /// Contradictions within `eject_window` that eject a backend at once. Default 3.
+    /// Contradictions within `eject_window` that eject a backend at once. Default 3; 1 to 1000.
     pub eject_after: u32,
-    /// Window for `eject_after`. Default 10 s.
+    /// Window for `eject_after`. Default 10 s; 1 ms to 24 h.
     pub eject_window: Duration,
-    /// Consecutive connect failures that eject a backend. Default 5; 0 disables.
+    /// Consecutive connect failures that eject a backend. Default 5; 0 disables; at most
+    /// 1,000,000.
     pub consecutive_connect_failures: u32,
-    /// Consecutive 5xx answers that eject a backend. Default 5; 0 disables.
+    /// Consecutive 5xx answers that eject a backend. Default 5; 0 disables; at most 1,000,000.
     pub consecutive_5xx: u32,
     /// Passive ejection never takes out more than this share (percent) of the pool's ready and
     /// ejected backends, and never the last ready one. Default 50.
     pub max_ejection_percent: u32,
     /// Replays and retries may add at most this share of the pool's requests. Default 0.2.
     pub retry_budget_ratio: f64,
-    /// Retries always allowed per second regardless of the ratio. Default 10.
+    /// Retries always allowed per second regardless of the ratio. Default 10; at most
+    /// 1,000,000.
     pub retry_budget_min_per_sec: u32,
-    /// Window over which the retry budget is measured. Default 10 s.
+    /// Window over which the retry budget is measured. Default 10 s; 1 s to 1 min.
     pub retry_budget_window: Duration,
     /// The guard's memories of credentials: `credential`, `remember_*`, `accepted_*`.
     pub memory: MemoryConfig,
@@ -429,12 +447,21 @@ pub enum LoadError {
     Invalid(Vec<ConfigError>),
 }
 
+/// The first [`limits::MAX_ERRORS_SHOWN`] errors, one per line, then how many more there are.
 fn display_lines(errors: &[ConfigError]) -> String {
-    errors
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("\n")
+    let (shown, more) = shown_errors(errors);
+    let mut lines: Vec<String> = shown.iter().map(ToString::to_string).collect();
+    if more > 0 {
+        lines.push(format!("... and {more} more errors"));
+    }
+    lines.join("\n")
+}
+
+/// The errors to show (the first [`limits::MAX_ERRORS_SHOWN`], in position order) and how many
+/// are left out: what `check`, the logs and the admin API print of a file with many errors.
+pub fn shown_errors(errors: &[ConfigError]) -> (&[ConfigError], usize) {
+    let shown = errors.len().min(limits::MAX_ERRORS_SHOWN);
+    (&errors[..shown], errors.len() - shown)
 }
 
 impl LoadError {
@@ -455,13 +482,49 @@ impl LoadError {
 
 impl Config {
     /// Reads and validates the file; relative paths (tls cert/key, token_file, upstream_tls ca)
-    /// resolve against the file's directory.
+    /// resolve against the file's directory. The file must be a regular file of at most 16 MiB
+    /// (`limits::MAX_CONFIG_BYTES`).
     pub fn load(path: &Path) -> Result<Config, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+        Config::parse_bytes(&Config::read(path)?, Some(path))
+    }
+
+    /// The bytes of the config file at `path`, read as [`Config::load`] reads them.
+    pub fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
+        crate::files::read(path, limits::MAX_CONFIG_BYTES).map_err(|source| LoadError::Io {
             path: path.display().to_string(),
             source,
-        })?;
-        Config::parse(&text, Some(path))
+        })
+    }
+
+    /// Validates the bytes of a config file: UTF-8 (an invalid byte is an error at its
+    /// position), then as [`Config::parse`].
+    pub fn parse_bytes(bytes: &[u8], path: Option<&Path>) -> Result<Config, LoadError> {
+        Config::parse_bytes_with(bytes, path, &SystemLookup)
+    }
+
+    /// [`Config::parse_bytes`], resolving `host:port` backend addresses with `lookup`.
+    pub(crate) fn parse_bytes_with(
+        bytes: &[u8],
+        path: Option<&Path>,
+        lookup: &dyn HostLookup,
+    ) -> Result<Config, LoadError> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Config::parse_with(text, path, lookup),
+            Err(e) => {
+                let valid = e.valid_up_to();
+                // The valid prefix is UTF-8 by definition; the error sits at its end.
+                let prefix = std::str::from_utf8(&bytes[..valid]).unwrap_or_default();
+                let mut v = Validator::new(prefix, path, lookup);
+                v.error(
+                    Some(valid..valid),
+                    format!(
+                        "invalid UTF-8 (byte 0x{:02x}); a config file must be UTF-8",
+                        bytes.get(valid).copied().unwrap_or_default()
+                    ),
+                );
+                Err(LoadError::Invalid(v.finish()))
+            }
+        }
     }
 
     /// Validates TOML text. `path` is used for error messages and to resolve relative paths
@@ -489,15 +552,14 @@ impl Config {
                     .collect::<Vec<_>>()
                     .join("; ");
                 v.error(e.span(), message);
-                return Err(LoadError::Invalid(v.errors));
+                return Err(LoadError::Invalid(v.finish()));
             }
         };
         let config = v.config(&file, path);
         if v.errors.is_empty() {
             Ok(config)
         } else {
-            v.errors.sort_by_key(|e| (e.line, e.col));
-            Err(LoadError::Invalid(v.errors))
+            Err(LoadError::Invalid(v.finish()))
         }
     }
 }

@@ -31,6 +31,7 @@ key = "certs/push.key"
 [admin]
 listen = "0.0.0.0:9901"
 token_file = "admin.token"
+allowed_hosts = ["admin.example.com"]
 
 [pools.push]
 balance = "hash"
@@ -125,6 +126,7 @@ pool = "push"
         Some(dir.path().join("admin.token"))
     );
     assert_eq!(config.admin.token, Some(AdminToken("s3cret".to_owned())));
+    assert_eq!(config.admin.allowed_hosts, ["admin.example.com"]);
 
     let names: Vec<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["other", "push"], "pools are sorted by name");
@@ -214,6 +216,7 @@ fn defaults_apply_and_a_single_pool_gets_a_catch_all_route() {
     assert_eq!(config.admin.listen, "127.0.0.1:9901".parse().expect("addr"));
     assert_eq!(config.admin.token_file, None);
     assert_eq!(config.admin.token, None);
+    assert!(config.admin.allowed_hosts.is_empty());
 
     assert_eq!(config.pools.len(), 1);
     let pool = &config.pools[0];
@@ -362,4 +365,235 @@ fn io_errors_and_display() {
         "<config>:2:13: backend #1 in pool \"p\" has no name; set name = \"...\"\n\
          <config>:2:13: backend #1 in pool \"p\" has no addr; set addr = \"IP:port\""
     );
+}
+
+#[test]
+fn every_number_and_duration_has_a_range_that_check_names() {
+    let cases = [
+        (
+            "[server]\nrequest_timeout = \"300000000000y\"\n",
+            19,
+            "server.request_timeout must be at most 24h (got \"300000000000y\")",
+        ),
+        (
+            "[server]\nheader_read_timeout = \"300000000000y\"\n",
+            23,
+            "server.header_read_timeout must be at most 24h",
+        ),
+        (
+            "[server]\nidle_timeout = \"25h\"\n",
+            16,
+            "server.idle_timeout must be at most 24h",
+        ),
+        (
+            "[server]\ndrain_timeout = \"999d\"\n",
+            17,
+            "server.drain_timeout must be at most 24h",
+        ),
+        (
+            "[server]\nrequest_timeout = \"500us\"\n",
+            19,
+            "server.request_timeout must be at least 1ms (got \"500us\")",
+        ),
+        (
+            "[server]\nmax_connections = 9223372036854775807\n",
+            19,
+            "server.max_connections must be between 1 and 1000000 (got 9223372036854775807)",
+        ),
+        (
+            "[server]\nmax_request_body = \"2048GiB\"\n",
+            20,
+            "server.max_request_body must be at most 1 TiB (got 2199023255552 bytes)",
+        ),
+        (
+            "[pools.push]\nslow_start = \"2d\"\n",
+            14,
+            "pools.push.slow_start must be at most 24h",
+        ),
+        (
+            "[pools.push]\nretries = 101\n",
+            11,
+            "pools.push.retries must be at most 100 (got 101)",
+        ),
+        (
+            "[pools.push.probe]\ninterval = \"1ns\"\n",
+            12,
+            "pools.push.probe.interval must be at least 10ms (got \"1ns\")",
+        ),
+        (
+            "[pools.push.probe]\ninterval = \"2h\"\n",
+            12,
+            "pools.push.probe.interval must be at most 1h (got \"2h\")",
+        ),
+        (
+            "[pools.push.probe]\ninterval = \"1s\"\ntimeout = \"10us\"\n",
+            11,
+            "pools.push.probe.timeout must be at least 1ms",
+        ),
+        (
+            "[pools.push.probe]\nrise = 1001\n",
+            8,
+            "pools.push.probe.rise must be between 1 and 1000",
+        ),
+        (
+            "[pools.push.probe]\nmax_generation_lag = 4294967296\n",
+            22,
+            "pools.push.probe.max_generation_lag must be at most 4294967295",
+        ),
+        (
+            "[pools.push.guard]\nmax_replay_body = \"2GiB\"\n",
+            19,
+            "pools.push.guard.max_replay_body must be at most 1 GiB (got 2147483648 bytes)",
+        ),
+        (
+            "[pools.push.guard]\neject_window = \"48h\"\n",
+            16,
+            "pools.push.guard.eject_window must be at most 24h",
+        ),
+        (
+            "[pools.push.guard]\neject_after = 1001\n",
+            15,
+            "between 1 and 1000",
+        ),
+        (
+            "[pools.push.guard]\nconsecutive_connect_failures = 1000001\n",
+            32,
+            "must be at most 1000000",
+        ),
+        (
+            "[pools.push.guard]\nretry_budget_min_per_sec = 1000001\n",
+            28,
+            "must be at most 1000000",
+        ),
+        (
+            "[pools.push.guard]\nretry_budget_window = \"2m\"\n",
+            23,
+            "pools.push.guard.retry_budget_window must be at most 1m",
+        ),
+        (
+            "[pools.push.guard]\nretry_budget_window = \"500ms\"\n",
+            23,
+            "pools.push.guard.retry_budget_window must be at least 1s",
+        ),
+    ];
+    for (text, col, needle) in cases {
+        let all = errors(&format!("{text}{POOL}"));
+        assert_eq!(all.len(), 1, "{text}: {all:#?}");
+        let line = text.lines().count();
+        assert_eq!((all[0].line, all[0].col), (line, col), "{text}: {}", all[0]);
+        assert!(all[0].message.contains(needle), "{text}: {}", all[0]);
+    }
+    // The bounds themselves are accepted.
+    let config = ok(&format!(
+        "[server]\nrequest_timeout = \"24h\"\nmax_connections = 1000000\n\
+         [pools.push.probe]\ninterval = \"10ms\"\ntimeout = \"1ms\"\n{POOL}"
+    ));
+    assert_eq!(config.server.request_timeout, Duration::from_secs(86_400));
+    assert_eq!(config.pools[0].probe.interval, Duration::from_millis(10));
+}
+
+#[test]
+fn invalid_utf8_is_reported_at_its_position() {
+    let err =
+        Config::parse_bytes(b"[server]\nlisten = [\"\xc3\xa4\xff\"]\n", None).expect_err("invalid");
+    let errors = err.errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!((errors[0].line, errors[0].col), (2, 13), "{}", errors[0]);
+    assert_eq!(
+        errors[0].message,
+        "invalid UTF-8 (byte 0xff); a config file must be UTF-8"
+    );
+}
+
+#[test]
+fn control_and_bidi_characters_from_the_file_are_escaped_in_errors() {
+    // A forged second error line, and a right-to-left override that would reorder the text.
+    let all =
+        errors("[server]\nlisten = [\"1\\r\\n<config>:1:1: all good\"]\n[pools.\"a\u{202e}b\"]\n");
+    let text = LoadError::Invalid(all.clone()).to_string();
+    assert!(!text.contains('\r') && !text.contains('\u{202e}'), "{text}");
+    assert_eq!(text.lines().count(), all.len(), "{text}");
+    assert!(text.contains("\\r\\n<config>:1:1: all good"), "{text}");
+    assert!(text.contains("pool name \"a\\u{202e}b\""), "{text}");
+}
+
+#[test]
+fn many_errors_are_all_kept_but_only_the_first_hundred_printed() {
+    let mut text = String::new();
+    for i in 0..150 {
+        text.push_str(&format!(
+            "[[pools.p.backends]]\nname = \"w{i}\"\naddr = \"nope\"\n"
+        ));
+    }
+    let err = Config::parse(&text, None).expect_err("invalid");
+    assert_eq!(err.errors().len(), 150);
+    let shown = err.to_string();
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 101, "{shown}");
+    assert!(lines[0].starts_with("<config>:3:8: "), "{}", lines[0]);
+    assert!(lines[99].starts_with("<config>:300:8: "), "{}", lines[99]);
+    assert_eq!(lines[100], "... and 50 more errors");
+}
+
+#[test]
+fn errors_on_one_long_line_get_their_own_columns() {
+    // Every backend on one line: the positions are found in one pass, not one per error.
+    let entries: Vec<String> = (0..5)
+        .map(|i| format!("{{name = \"w{i}\", addr = \"ä{i}\"}}"))
+        .collect();
+    let line = format!("backends = [{}]", entries.join(", "));
+    let text = format!("[pools.p]\n{line}\n");
+    let found: Vec<(usize, usize)> = errors(&text).iter().map(|e| (e.line, e.col)).collect();
+    let expected: Vec<(usize, usize)> = line
+        .match_indices("\"ä")
+        .map(|(at, _)| (2, line[..at].chars().count() + 1))
+        .collect();
+    assert_eq!(expected.len(), 5);
+    assert_eq!(found, expected);
+}
+
+#[test]
+fn the_config_file_itself_must_be_a_bounded_regular_file() {
+    let err = Config::load(Path::new("/dev/zero")).expect_err("a device");
+    assert_eq!(err.to_string(), "/dev/zero: is not a regular file");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let big = dir.path().join("big.toml");
+    let file = std::fs::File::create(&big).expect("create");
+    file.set_len(limits::MAX_CONFIG_BYTES + 1).expect("grow");
+    let err = Config::load(&big).expect_err("too large");
+    assert!(
+        err.to_string()
+            .ends_with("is larger than 16 MiB (the limit)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_file_the_config_names_must_be_a_bounded_regular_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("token.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    let big = write(dir.path(), "big.pem", &"x".repeat((1 << 20) + 1));
+    let cases = [
+        ("[admin]\ntoken_file = \"/dev/zero\"\n", 2, 14,
+         "admin.token_file \"/dev/zero\" is not a regular file"),
+        // A blocking open of a FIFO without a writer would hang here (and wedge a reload).
+        (&format!("[admin]\ntoken_file = \"{}\"\n", fifo.display()), 2, 14, "is not a regular file"),
+        (&format!("[admin]\ntoken_file = \"{}\"\n", big.display()), 2, 14,
+         "is larger than 1 MiB (the limit)"),
+        ("[pools.push.upstream_tls]\nca = \"/dev/zero\"\n", 2, 6,
+         "pools.push.upstream_tls.ca file \"/dev/zero\" is not a regular file"),
+        ("[server.tls]\nlisten = [\"127.0.0.1:8443\"]\ncert = \"/dev/zero\"\nkey = \"/dev/zero\"\n", 3, 8,
+         "server.tls.cert file \"/dev/zero\" is not a regular file"),
+    ];
+    for (text, line, col, needle) in cases {
+        let all = errors(&format!("{text}{POOL}"));
+        let e = &all[0];
+        assert_eq!((e.line, e.col), (line, col), "{text}: {e}");
+        assert!(e.message.contains(needle), "{text}: {e}");
+    }
 }

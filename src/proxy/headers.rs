@@ -201,4 +201,153 @@ mod tests {
         assert_eq!(request_host(&http1).as_deref(), Some("[::1]"));
         assert_eq!(request_host(&http2).as_deref(), Some("[::1]"));
     }
+
+    mod properties {
+        //! Request-head handling under arbitrary headers (issue 10, "Also build"); proptest's
+        //! default case count (256, `PROPTEST_CASES` overrides).
+
+        use super::*;
+        use proptest::prelude::*;
+
+        const HOP_BY_HOP: [&str; 9] = [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-authenticate",
+            "proxy-authorization",
+        ];
+
+        fn name() -> impl Strategy<Value = String> {
+            prop_oneof![
+                prop::sample::select(HOP_BY_HOP.to_vec()).prop_map(str::to_owned),
+                prop::sample::select(vec!["host", "x-forwarded-for", "authorization", "x-a"])
+                    .prop_map(str::to_owned),
+                "x-[a-z0-9-]{1,8}",
+            ]
+        }
+
+        fn headers() -> impl Strategy<Value = Vec<(String, String)>> {
+            prop::collection::vec((name(), "[ -~]{0,24}"), 0..12)
+        }
+
+        fn header_map(pairs: &[(String, String)]) -> HeaderMap {
+            let mut map = HeaderMap::new();
+            for (k, v) in pairs {
+                if let (Ok(k), Ok(v)) = (
+                    HeaderName::from_bytes(k.as_bytes()),
+                    HeaderValue::from_str(v.trim()),
+                ) {
+                    map.append(k, v);
+                }
+            }
+            map
+        }
+
+        proptest! {
+            #[test]
+            fn hop_by_hop_headers_and_those_connection_names_never_pass(
+                pairs in headers(),
+                named in prop::collection::vec("x-[a-z0-9-]{1,8}", 0..3),
+            ) {
+                let mut map = header_map(&pairs);
+                if !named.is_empty() {
+                    let value = HeaderValue::from_str(&named.join(", ")).unwrap();
+                    map.append(header::CONNECTION, value);
+                }
+                let before = map.clone();
+                let nominated: Vec<String> = before
+                    .get_all(header::CONNECTION)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(','))
+                    .map(|t| t.trim().to_ascii_lowercase())
+                    .collect();
+                strip_hop_by_hop(&mut map);
+                let gone = HOP_BY_HOP.iter().copied().chain(nominated.iter().map(String::as_str));
+                for name in gone {
+                    prop_assert!(!map.contains_key(name), "{name} passed");
+                }
+                // Everything else passes untouched, in order.
+                for (name, _) in before.iter() {
+                    let dropped = HOP_BY_HOP.contains(&name.as_str())
+                        || nominated.iter().any(|n| n == name.as_str());
+                    if !dropped {
+                        let kept: Vec<_> = map.get_all(name).iter().collect();
+                        let had: Vec<_> = before.get_all(name).iter().collect();
+                        prop_assert_eq!(kept, had);
+                    }
+                }
+            }
+
+            #[test]
+            fn the_upstream_request_carries_the_forwarding_headers_and_no_hop_by_hop(
+                pairs in headers(),
+                host in "[A-Za-z0-9.-]{1,20}(:[0-9]{1,5})?",
+                path in "/[ -~&&[^ #?]]{0,20}",
+                peer in any::<std::net::SocketAddr>(),
+                tls in any::<bool>(),
+            ) {
+                let mut builder = Request::post(path.as_str()).header(header::HOST, host.as_str());
+                for (k, v) in header_map(&pairs).iter() {
+                    if k != header::HOST {
+                        builder = builder.header(k, v);
+                    }
+                }
+                let Ok(req) = builder.body(()) else {
+                    return Ok(());
+                };
+                let earlier_xff: Vec<String> = req
+                    .headers()
+                    .get_all(&X_FORWARDED_FOR)
+                    .iter()
+                    .map(|v| v.to_str().unwrap_or("").to_owned())
+                    .collect();
+                let (parts, ()) = req.into_parts();
+                let conn = ConnInfo::new(peer, tls);
+                let up = upstream_request(parts, ReqBody::empty(), &conn);
+                prop_assert_eq!(up.version(), Version::HTTP_11);
+                prop_assert!(up.uri().authority().is_none());
+                prop_assert!(up.uri().path().starts_with('/'));
+                prop_assert_eq!(up.headers()[header::HOST].as_bytes(), host.as_bytes());
+                prop_assert_eq!(up.headers()[&X_FORWARDED_HOST].as_bytes(), host.as_bytes());
+                prop_assert_eq!(
+                    &up.headers()[&X_FORWARDED_PROTO],
+                    if tls { "https" } else { "http" }
+                );
+                let xff = up.headers()[&X_FORWARDED_FOR].to_str().unwrap().to_owned();
+                let mut expected = earlier_xff;
+                expected.push(peer.ip().to_string());
+                prop_assert_eq!(xff, expected.join(", "));
+                for name in HOP_BY_HOP {
+                    prop_assert!(!up.headers().contains_key(name));
+                }
+            }
+
+            #[test]
+            fn the_request_host_is_lower_case_without_its_port(
+                name in "[A-Za-z0-9.-]{1,20}",
+                port in prop::option::of(any::<u16>()),
+                junk in "[!-~]{0,20}",
+            ) {
+                let value = match port {
+                    Some(p) => format!("{name}:{p}"),
+                    None => name.clone(),
+                };
+                let req = Request::get("/").header(header::HOST, value.as_str()).body(()).unwrap();
+                let expected = name.to_ascii_lowercase();
+                let host = request_host(&req);
+                prop_assert_eq!(host.as_deref(), Some(expected.as_str()));
+                // Any other visible value: an answer or none, never a panic, never upper case.
+                if let Ok(req) = Request::get("/").header(header::HOST, junk.as_str()).body(()) {
+                    if let Some(h) = request_host(&req) {
+                        prop_assert!(!h.bytes().any(|b| b.is_ascii_uppercase()));
+                    }
+                }
+            }
+        }
+    }
 }

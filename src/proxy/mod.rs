@@ -25,6 +25,7 @@ use hyper::body::Incoming;
 
 use crate::balance::Balancer;
 use crate::body::ReqBody;
+use crate::clock;
 use crate::conn::ConnInfo;
 use crate::memory::Fingerprint;
 use crate::snapshot::{Pool, Shared, Snapshot};
@@ -79,7 +80,10 @@ async fn route_and_forward(
         }
     }
     let started = Instant::now();
-    let deadline = tokio::time::Instant::from_std(started) + server.request_timeout;
+    let deadline = clock::deadline(
+        tokio::time::Instant::from_std(started),
+        server.request_timeout,
+    );
     let limits = Limits {
         max_body: server.max_request_body,
         deadline,
@@ -125,6 +129,14 @@ async fn forward(
     request_id: &HeaderValue,
 ) -> Response<RespBody> {
     let hash_key = hash_key(pool, req.headers());
+    pool.budget.deposit();
+    // A body is read only for a pool that could take it. A client that sent `Expect:
+    // 100-continue` then gets its 503 without sending the body; one that did not is answered
+    // while it uploads (the server drains the rest before it closes, see `server/io.rs`).
+    if !http_body::Body::is_end_stream(req.body()) && !pool.backends.iter().any(|b| b.is_routable())
+    {
+        return no_ready_backend(pool);
+    }
     let (parts, body) = req.into_parts();
     let credential = credential::wanted(pool)
         .then(|| credential::fingerprint(&pool.guard.memory.credential, &parts))
@@ -136,7 +148,6 @@ async fn forward(
         credential,
         request_id,
     };
-    pool.budget.deposit();
     let body = match receive_body(&cx, body, &parts.headers, &limits).await {
         Ok(body) => body,
         Err(resp) => return resp,

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use toml::Spanned;
 
-use super::{span_of, Listener, Validator};
-use crate::config::{raw, AdminConfig, AdminToken};
+use super::{file_problem, span_of, Listener, Validator};
+use crate::config::syntax::is_dns_name;
+use crate::config::{limits, raw, AdminConfig, AdminToken};
 
 impl Validator<'_> {
     /// `[admin]`; its listener joins `listeners` for the duplicate-address check.
@@ -46,10 +47,34 @@ impl Validator<'_> {
                 (None, None)
             }
         };
+        let allowed_hosts = match &a.allowed_hosts {
+            Some(list) => list
+                .get_ref()
+                .iter()
+                .filter_map(|value| {
+                    let name = value.get_ref().to_ascii_lowercase();
+                    if is_dns_name(&name) {
+                        Some(name)
+                    } else {
+                        self.error(
+                            span_of(value),
+                            format!(
+                                "admin.allowed_hosts entry \"{}\" is not a host name (no \
+                                 port, no IP address: addresses are always allowed)",
+                                value.get_ref()
+                            ),
+                        );
+                        None
+                    }
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         AdminConfig {
             listen: listen.unwrap_or(default),
             token_file,
             token,
+            allowed_hosts,
         }
     }
 
@@ -59,7 +84,12 @@ impl Validator<'_> {
             return (PathBuf::new(), None);
         }
         let path = self.resolve(value.get_ref());
-        match std::fs::read_to_string(&path) {
+        let text = crate::files::read(&path, limits::MAX_NAMED_FILE_BYTES).and_then(|bytes| {
+            String::from_utf8(bytes).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "is not UTF-8 text")
+            })
+        });
+        match text {
             Ok(text) if text.trim().is_empty() => {
                 self.error(
                     span_of(value),
@@ -75,8 +105,9 @@ impl Validator<'_> {
                 self.error(
                     span_of(value),
                     format!(
-                        "admin.token_file \"{}\" cannot be read: {e}",
-                        path.display()
+                        "admin.token_file \"{}\" {}",
+                        path.display(),
+                        file_problem(&e)
                     ),
                 );
                 (path, None)
@@ -142,6 +173,23 @@ mod tests {
             errors[0].message.contains("nope.token\" cannot be read"),
             "{}",
             errors[0]
+        );
+    }
+
+    #[test]
+    fn allowed_hosts_are_host_names() {
+        let config = ok(&format!(
+            "[admin]\nallowed_hosts = [\"Admin.Example.com\", \"syncgate\"]\n{POOL}"
+        ));
+        assert_eq!(
+            config.admin.allowed_hosts,
+            ["admin.example.com", "syncgate"]
+        );
+        assert_pool_error(
+            "[admin]\nallowed_hosts = [\"a.example:9901\"]\n",
+            2,
+            18,
+            "admin.allowed_hosts entry \"a.example:9901\" is not a host name",
         );
     }
 

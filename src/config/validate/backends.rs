@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use super::{span_of, Validator};
 use crate::config::syntax::{is_dns_name, is_valid_name};
-use crate::config::{raw, BackendConfig};
+use crate::config::{limits, raw, BackendConfig};
 
 impl Validator<'_> {
     /// `[[pools.NAME.backends]]`: names unique, addresses unique and resolved, weights in range.
@@ -92,12 +92,11 @@ impl Validator<'_> {
                     None
                 }
             };
-            let weight = self.int(
+            let weight = self.int_in(
                 &format!("weight of {label} in pool \"{pool}\""),
                 b.weight.as_ref(),
                 1,
-                1,
-                Some(1000),
+                limits::WEIGHT,
             );
             if let (Some(name), Some(addr)) = (&b.name, addr) {
                 backends.push(BackendConfig {

@@ -8,7 +8,7 @@ use http::StatusCode;
 use toml::Spanned;
 
 use super::{span_of, Validator, Zero};
-use crate::config::{raw, GuardConfig};
+use crate::config::{limits, raw, GuardConfig};
 
 impl Validator<'_> {
     /// `[pools.NAME.guard]`, defaults where absent.
@@ -47,9 +47,14 @@ impl Validator<'_> {
                 &name("max_replay_body"),
                 g.max_replay_body.as_ref(),
                 1 << 20,
-                Zero::Allowed,
+                limits::MAX_REPLAY_BODY,
             ),
-            eject_after: self.int(&name("eject_after"), g.eject_after.as_ref(), 3, 1, None),
+            eject_after: self.int_in(
+                &name("eject_after"),
+                g.eject_after.as_ref(),
+                3,
+                limits::EJECT_AFTER,
+            ),
             eject_window: self
                 .duration(
                     &name("eject_window"),
@@ -58,26 +63,23 @@ impl Validator<'_> {
                     Zero::Rejected,
                 )
                 .unwrap_or(ten_secs),
-            consecutive_connect_failures: self.int(
+            consecutive_connect_failures: self.int_in(
                 &name("consecutive_connect_failures"),
                 g.consecutive_connect_failures.as_ref(),
                 5,
-                0,
-                None,
+                limits::CONSECUTIVE,
             ),
-            consecutive_5xx: self.int(
+            consecutive_5xx: self.int_in(
                 &name("consecutive_5xx"),
                 g.consecutive_5xx.as_ref(),
                 5,
-                0,
-                None,
+                limits::CONSECUTIVE,
             ),
-            max_ejection_percent: self.int(
+            max_ejection_percent: self.int_in(
                 &name("max_ejection_percent"),
                 g.max_ejection_percent.as_ref(),
                 50,
-                0,
-                Some(100),
+                limits::MAX_EJECTION_PERCENT,
             ),
             retry_budget_ratio: self.float(
                 &name("retry_budget_ratio"),
@@ -85,19 +87,18 @@ impl Validator<'_> {
                 0.2,
                 0.0..=10.0,
             ),
-            retry_budget_min_per_sec: self.int(
+            retry_budget_min_per_sec: self.int_in(
                 &name("retry_budget_min_per_sec"),
                 g.retry_budget_min_per_sec.as_ref(),
                 10,
-                0,
-                None,
+                limits::RETRY_BUDGET_MIN_PER_SEC,
             ),
             retry_budget_window: self
-                .duration(
+                .duration_in(
                     &name("retry_budget_window"),
                     g.retry_budget_window.as_ref(),
                     ten_secs,
-                    Zero::Rejected,
+                    limits::RETRY_BUDGET_WINDOW,
                 )
                 .unwrap_or(ten_secs),
             memory: self.guard_memory(pool, g),
@@ -141,7 +142,7 @@ mod tests {
             "[pools.push.guard]\neject_after = 0\n",
             2,
             15,
-            "pools.push.guard.eject_after must be at least 1 (got 0)",
+            "pools.push.guard.eject_after must be between 1 and 1000 (got 0)",
         );
         assert_pool_error(
             "[pools.push.guard]\nmax_ejection_percent = 101\n",
@@ -177,7 +178,7 @@ mod tests {
             "[pools.push.guard]\nconsecutive_5xx = -1\n",
             2,
             19,
-            "pools.push.guard.consecutive_5xx must not be negative (got -1)",
+            "pools.push.guard.consecutive_5xx must be between 0 and 1000000 (got -1)",
         );
         assert_pool_error(
             "[pools.push.guard]\nmax_replay_body = \"1.5\"\n",

@@ -5,14 +5,16 @@
 //! for integers, floats, durations, sizes, choices, addresses and files); each config section
 //! has a file with its own `impl Validator` block.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::SocketAddr;
-use std::ops::Range;
+use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::Spanned;
 
+use super::limits::{self, DurationRange};
 use super::syntax::parse_size;
 use super::{raw, Config, ConfigError, HostLookup};
 
@@ -53,6 +55,13 @@ struct Listener {
     span: Option<Range<usize>>,
 }
 
+/// An error found, at a byte offset of the text; its line and column are computed once for all
+/// errors when validation ends ([`Validator::finish`]), in one pass over the text.
+pub(super) struct Found {
+    offset: Option<usize>,
+    message: String,
+}
+
 /// Collects every error of one file while building the [`Config`].
 pub(super) struct Validator<'a> {
     text: &'a str,
@@ -61,7 +70,7 @@ pub(super) struct Validator<'a> {
     /// Resolves `host:port` backend addresses.
     lookup: &'a dyn HostLookup,
     /// Every error found so far, in the order found.
-    pub(super) errors: Vec<ConfigError>,
+    pub(super) errors: Vec<Found>,
 }
 
 impl<'a> Validator<'a> {
@@ -74,34 +83,60 @@ impl<'a> Validator<'a> {
     ) -> Validator<'a> {
         Validator {
             text,
-            file: path.map_or_else(|| "<config>".to_owned(), |p| p.display().to_string()),
+            file: path.map_or_else(
+                || "<config>".to_owned(),
+                |p| escape_untrusted(&p.display().to_string()).into_owned(),
+            ),
             base: path.and_then(Path::parent).map(Path::to_path_buf),
             lookup,
             errors: Vec::new(),
         }
     }
 
-    /// Records an error at a byte span (None: line 1, column 1).
+    /// Records an error at a byte span (None: line 1, column 1). Control and bidirectional
+    /// formatting characters in the message (which may quote the file) are escaped, so that
+    /// an error cannot forge lines of its own or reorder what a terminal shows.
     pub(super) fn error(&mut self, span: Option<Range<usize>>, message: impl fmt::Display) {
-        let (line, col) = span.map_or((1, 1), |s| self.position(s.start));
-        self.errors.push(ConfigError {
-            file: self.file.clone(),
-            line,
-            col,
-            message: message.to_string(),
+        let message = message.to_string();
+        self.errors.push(Found {
+            offset: span.map(|s| s.start),
+            message: escape_untrusted(&message).into_owned(),
         });
     }
 
-    /// 1-based line and character column of a byte offset.
-    fn position(&self, offset: usize) -> (usize, usize) {
-        let mut offset = offset.min(self.text.len());
-        while !self.text.is_char_boundary(offset) {
-            offset -= 1;
-        }
-        let before = &self.text[..offset];
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        (line, before[line_start..].chars().count() + 1)
+    /// Every error with its line and column, sorted by position (errors at one position in
+    /// the order found). Linear in the text plus `n log n` in the errors: the text is walked
+    /// once, from one error's offset to the next.
+    pub(super) fn finish(self) -> Vec<ConfigError> {
+        let mut found = self.errors;
+        found.sort_by_key(|f| f.offset.unwrap_or(0));
+        let bytes = self.text.as_bytes();
+        let (mut pos, mut line, mut col) = (0usize, 1usize, 1usize);
+        found
+            .into_iter()
+            .map(|f| {
+                let mut target = f.offset.unwrap_or(0).min(bytes.len());
+                while !self.text.is_char_boundary(target) {
+                    target -= 1;
+                }
+                for &b in &bytes[pos.min(target)..target] {
+                    if b == b'\n' {
+                        line += 1;
+                        col = 1;
+                    } else if b & 0xC0 != 0x80 {
+                        // Not a UTF-8 continuation byte: a character starts here.
+                        col += 1;
+                    }
+                }
+                pos = pos.max(target);
+                ConfigError {
+                    file: self.file.clone(),
+                    line,
+                    col,
+                    message: f.message,
+                }
+            })
+            .collect()
     }
 
     fn resolve(&self, path: &str) -> PathBuf {
@@ -128,6 +163,7 @@ impl<'a> Validator<'a> {
         }
     }
 
+    /// An integer in `min..=max` (no `max`: whatever `T` holds).
     fn int<T: TryFrom<i64> + Copy>(
         &mut self,
         name: &str,
@@ -156,6 +192,17 @@ impl<'a> Validator<'a> {
         default
     }
 
+    /// An integer in `range` (one of [`limits`]).
+    fn int_in<T: TryFrom<i64> + Copy>(
+        &mut self,
+        name: &str,
+        value: Option<&Spanned<i64>>,
+        default: T,
+        range: RangeInclusive<i64>,
+    ) -> T {
+        self.int(name, value, default, *range.start(), Some(*range.end()))
+    }
+
     fn float(
         &mut self,
         name: &str,
@@ -181,7 +228,8 @@ impl<'a> Validator<'a> {
         default
     }
 
-    /// None when the value is present but invalid.
+    /// A duration of at most [`limits::MAX_DURATION`] (and at least 1 ms unless zero is
+    /// allowed). None when the value is present but invalid.
     fn duration(
         &mut self,
         name: &str,
@@ -189,35 +237,50 @@ impl<'a> Validator<'a> {
         default: Duration,
         zero: Zero,
     ) -> Option<Duration> {
+        let range = match zero {
+            Zero::Allowed => limits::OPTIONAL,
+            Zero::Rejected => limits::TIMEOUT,
+        };
+        self.duration_in(name, value, default, range)
+    }
+
+    /// A duration within `range` (one of [`limits`]). None when the value is present but
+    /// invalid.
+    fn duration_in(
+        &mut self,
+        name: &str,
+        value: Option<&Spanned<String>>,
+        default: Duration,
+        range: DurationRange,
+    ) -> Option<Duration> {
         let Some(value) = value else {
             return Some(default);
         };
         let text = value.get_ref();
-        match humantime::parse_duration(text) {
-            Ok(d) if d.is_zero() && zero == Zero::Rejected => {
-                self.error(span_of(value), format!("{name} must be greater than 0"));
-                None
+        let problem = match humantime::parse_duration(text) {
+            Ok(d) if d.is_zero() && !range.min.is_zero() => format!("{name} must be greater than 0"),
+            Ok(d) if d < range.min => {
+                format!("{name} must be at least {} (got \"{text}\")", duration_text(range.min))
             }
-            Ok(d) => Some(d),
-            Err(e) => {
-                self.error(
-                    span_of(value),
-                    format!(
-                        "{name} \"{text}\" is not a duration ({e}); expected e.g. \"250ms\", \
-                         \"2s\" or \"1m\""
-                    ),
-                );
-                None
+            Ok(d) if d > range.max => {
+                format!("{name} must be at most {} (got \"{text}\")", duration_text(range.max))
             }
-        }
+            Ok(d) => return Some(d),
+            Err(e) => format!(
+                "{name} \"{text}\" is not a duration ({e}); expected e.g. \"250ms\", \"2s\" or \"1m\""
+            ),
+        };
+        self.error(span_of(value), problem);
+        None
     }
 
+    /// A size in `range` (one of [`limits`]); a string such as `"8MiB"` or a number of bytes.
     fn size(
         &mut self,
         name: &str,
         value: Option<&Spanned<raw::Size>>,
         default: u64,
-        zero: Zero,
+        range: RangeInclusive<u64>,
     ) -> u64 {
         let Some(value) = value else {
             return default;
@@ -233,17 +296,20 @@ impl<'a> Validator<'a> {
                 )
             }),
         };
-        match parsed {
-            Ok(0) if zero == Zero::Rejected => {
-                self.error(span_of(value), format!("{name} must be greater than 0"));
-                default
+        let message = match parsed {
+            Ok(n) if range.contains(&n) => return n,
+            Ok(0) => format!("{name} must be greater than 0"),
+            Ok(n) if n < *range.start() => {
+                format!("{name} must be at least {} bytes (got {n})", range.start())
             }
-            Ok(n) => n,
-            Err(message) => {
-                self.error(span_of(value), message);
-                default
-            }
-        }
+            Ok(n) => format!(
+                "{name} must be at most {} (got {n} bytes)",
+                crate::files::size_text(*range.end())
+            ),
+            Err(message) => message,
+        };
+        self.error(span_of(value), message);
+        default
     }
 
     /// One of `options`, matched by its `Display` form: the spelling the enum itself carries.
@@ -286,7 +352,8 @@ impl<'a> Validator<'a> {
         parsed
     }
 
-    /// A path that must name a readable file; resolved against the config's directory.
+    /// A path that must name a regular file of at most [`limits::MAX_NAMED_FILE_BYTES`] that
+    /// can be opened; resolved against the config's directory.
     fn file(&mut self, key: FileKey<'_>) -> PathBuf {
         let Some(value) = key.value else {
             self.error(key.table, format!("{} is required", key.name));
@@ -297,21 +364,64 @@ impl<'a> Validator<'a> {
             return PathBuf::new();
         }
         let path = self.resolve(value.get_ref());
-        let problem = match std::fs::metadata(&path) {
-            Ok(meta) if meta.is_dir() => Some("is a directory".to_owned()),
-            Ok(_) => std::fs::File::open(&path)
-                .err()
-                .map(|e| format!("cannot be read: {e}")),
-            Err(e) => Some(format!("cannot be read: {e}")),
-        };
-        if let Some(problem) = problem {
+        if let Err(e) = crate::files::open(&path, limits::MAX_NAMED_FILE_BYTES) {
             self.error(
                 span_of(value),
-                format!("{} file \"{}\" {problem}", key.name, path.display()),
+                format!(
+                    "{} file \"{}\" {}",
+                    key.name,
+                    path.display(),
+                    file_problem(&e)
+                ),
             );
         }
         path
     }
+}
+
+/// What is wrong with a file, as the end of a sentence that names it.
+fn file_problem(e: &std::io::Error) -> String {
+    match e.kind() {
+        // `files` words these itself: "is a directory", "is not a regular file", "is larger..."
+        std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData => e.to_string(),
+        _ => format!("cannot be read: {e}"),
+    }
+}
+
+/// A limit as a config file would write it: `24h`, `1m`, `10ms`.
+fn duration_text(d: Duration) -> String {
+    let secs = d.as_secs();
+    match (secs, d.subsec_nanos()) {
+        (0, nanos) if nanos % 1_000_000 == 0 => format!("{}ms", nanos / 1_000_000),
+        (s, 0) if s % 3600 == 0 => format!("{}h", s / 3600),
+        (s, 0) if s % 60 == 0 => format!("{}m", s / 60),
+        (s, 0) => format!("{s}s"),
+        _ => humantime::format_duration(d).to_string(),
+    }
+}
+
+/// `text` with control characters (`\n`, `\r`, `\t`, and others as `\u{..}`) and Unicode
+/// bidirectional formatting characters (`\u{202e}` and kin) escaped; borrowed when there are
+/// none.
+pub(super) fn escape_untrusted(text: &str) -> Cow<'_, str> {
+    let needs = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(needs) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if needs(c) => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -337,7 +447,9 @@ pool = \"pushh\"
         let errors = errors(text);
         let found: Vec<_> = errors.iter().map(|e| (e.line, e.col)).collect();
         assert_eq!(found, vec![(2, 8), (6, 8), (9, 8)], "{errors:#?}");
-        assert!(errors[0].message.contains("probe.rise must be at least 1"));
+        assert!(errors[0]
+            .message
+            .contains("probe.rise must be between 1 and 1000 (got 0)"));
         assert!(errors[1]
             .message
             .contains("backend address \"10.0.0.1\" is not IP:port"));

@@ -8,7 +8,7 @@ use toml::Spanned;
 
 use super::{span_of, Validator, Zero};
 use crate::config::syntax::is_valid_name;
-use crate::config::{raw, Balance, PoolConfig};
+use crate::config::{limits, raw, Balance, PoolConfig};
 
 impl Validator<'_> {
     /// `[pools.*]`, at least one, in name order.
@@ -70,12 +70,11 @@ impl Validator<'_> {
                 Zero::Allowed,
             )
             .unwrap_or_default();
-        let retries = self.int(
+        let retries = self.int_in(
             &format!("pools.{name}.retries"),
             p.retries.as_ref(),
             2,
-            0,
-            None,
+            limits::RETRIES,
         );
         let probe = self.probe(name, p.probe.as_ref());
         let guard = self.guard(name, p.guard.as_ref());

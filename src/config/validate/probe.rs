@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::{span_of, Validator, Zero};
-use crate::config::{raw, Contract, ProbeConfig};
+use super::{span_of, Validator};
+use crate::config::{limits, raw, Contract, ProbeConfig};
 
 impl Validator<'_> {
     /// `[pools.NAME.probe]`, defaults where absent.
@@ -31,22 +31,22 @@ impl Validator<'_> {
             }
             None => "/ready".to_owned(),
         };
-        let interval = self.duration(
+        let interval = self.duration_in(
             &name("interval"),
             p.interval.as_ref(),
             Duration::from_secs(1),
-            Zero::Rejected,
+            limits::PROBE_INTERVAL,
         );
         // Unset, the timeout is 500 ms or the interval if shorter: setting only a short
         // interval is a complete, valid way to probe faster.
         let default_timeout = interval.map_or(Duration::from_millis(500), |i| {
             i.min(Duration::from_millis(500))
         });
-        let timeout = self.duration(
+        let timeout = self.duration_in(
             &name("timeout"),
             p.timeout.as_ref(),
             default_timeout,
-            Zero::Rejected,
+            limits::PROBE_TIMEOUT,
         );
         // A timeout above the interval is allowed (Kubernetes, Envoy and HAProxy accept it):
         // the prober never overlaps probes of one backend (see `readiness::next_probe_at`).
@@ -54,20 +54,19 @@ impl Validator<'_> {
             path,
             interval: interval.unwrap_or(Duration::from_secs(1)),
             timeout: timeout.unwrap_or(Duration::from_millis(500)),
-            rise: self.int(&name("rise"), p.rise.as_ref(), 2, 1, None),
-            fall: self.int(&name("fall"), p.fall.as_ref(), 2, 1, None),
+            rise: self.int_in(&name("rise"), p.rise.as_ref(), 2, limits::RISE_FALL),
+            fall: self.int_in(&name("fall"), p.fall.as_ref(), 2, limits::RISE_FALL),
             contract: self.choice(
                 &name("contract"),
                 p.contract.as_ref(),
                 Contract::KeySync,
                 &Contract::ALL,
             ),
-            max_generation_lag: self.int(
+            max_generation_lag: self.int_in(
                 &name("max_generation_lag"),
                 p.max_generation_lag.as_ref(),
                 10,
-                0,
-                None,
+                limits::MAX_GENERATION_LAG,
             ),
             min_key_ratio: self.float(
                 &name("min_key_ratio"),
@@ -91,13 +90,13 @@ mod tests {
             "[pools.push.probe]\nrise = 0\n",
             2,
             8,
-            "probe.rise must be at least 1",
+            "probe.rise must be between 1 and 1000 (got 0)",
         );
         assert_pool_error(
             "[pools.push.probe]\nfall = 0\n",
             2,
             8,
-            "pools.push.probe.fall must be at least 1 (got 0)",
+            "pools.push.probe.fall must be between 1 and 1000 (got 0)",
         );
     }
 

@@ -27,14 +27,20 @@ impl Validator<'_> {
                 }
             };
         }
-        let known = if pools.is_empty() {
-            "none".to_owned()
-        } else {
-            pools
-                .iter()
-                .map(|p| p.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+        // Named in each error about an unknown pool: a few, so that many routes to unknown
+        // pools in a file with many pools do not print every pool name each time.
+        const NAMED: usize = 10;
+        let known = match pools.len() {
+            0 => "none".to_owned(),
+            n => {
+                let names: Vec<&str> = pools.iter().take(NAMED).map(|p| p.name.as_str()).collect();
+                let more = n.saturating_sub(NAMED);
+                if more > 0 {
+                    format!("{} and {more} more", names.join(", "))
+                } else {
+                    names.join(", ")
+                }
+            }
         };
         let mut routes = Vec::new();
         for node in nodes {
@@ -62,7 +68,11 @@ impl Validator<'_> {
             let pool = match &r.pool {
                 Some(value) => {
                     let name = value.get_ref();
-                    if !pools.iter().any(|p| &p.name == name) {
+                    // Pools are sorted by name (validation builds them from a sorted map).
+                    if pools
+                        .binary_search_by(|p| p.name.as_str().cmp(name))
+                        .is_err()
+                    {
                         self.error(
                             span_of(value),
                             format!(
@@ -99,6 +109,24 @@ mod tests {
             6,
             8,
             "pool \"pushh\" named by route does not exist (pools: push)",
+        );
+    }
+
+    #[test]
+    fn an_unknown_pool_error_names_a_few_pools_not_all() {
+        let mut text = String::new();
+        for i in 0..12 {
+            text.push_str(&format!(
+                "[pools.p{i:02}]\nbackends = [{{name = \"w\", addr = \"10.0.0.{i}:1\"}}]\n"
+            ));
+        }
+        text.push_str("[[routes]]\npool = \"p99\"\n");
+        assert_error(
+            &text,
+            26,
+            8,
+            "pool \"p99\" named by route does not exist (pools: p00, p01, p02, p03, p04, p05, \
+             p06, p07, p08, p09 and 2 more)",
         );
     }
 

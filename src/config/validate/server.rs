@@ -8,7 +8,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::{span_of, Listener, Validator, Zero};
-use crate::config::{raw, ServerConfig};
+use crate::config::{limits, raw, ServerConfig};
 
 impl Validator<'_> {
     /// `[server]` (and `[server.tls]`), with every listener it declares.
@@ -44,12 +44,11 @@ impl Validator<'_> {
         let secs = Duration::from_secs;
         let server = ServerConfig {
             listen,
-            worker_threads: self.int(
+            worker_threads: self.int_in(
                 "server.worker_threads",
                 s.worker_threads.as_ref(),
                 0,
-                0,
-                Some(1024),
+                limits::WORKER_THREADS,
             ),
             header_read_timeout: self
                 .duration(
@@ -71,14 +70,13 @@ impl Validator<'_> {
                 "server.max_request_body",
                 s.max_request_body.as_ref(),
                 8 << 20,
-                Zero::Rejected,
+                limits::MAX_REQUEST_BODY,
             ),
-            max_connections: self.int(
+            max_connections: self.int_in(
                 "server.max_connections",
                 s.max_connections.as_ref(),
                 10_000,
-                1,
-                None,
+                limits::MAX_CONNECTIONS,
             ),
             drain_timeout: self
                 .duration(
@@ -232,7 +230,7 @@ mod tests {
             "[server]\nmax_connections = 0\n",
             2,
             19,
-            "server.max_connections must be at least 1 (got 0)",
+            "server.max_connections must be between 1 and 1000000 (got 0)",
         );
         assert_pool_error(
             "[server]\nworker_threads = 2000\n",

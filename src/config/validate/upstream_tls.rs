@@ -8,7 +8,7 @@ use toml::Spanned;
 
 use super::{span_of, FileKey, Validator};
 use crate::config::syntax::is_dns_name;
-use crate::config::{raw, UpstreamTlsConfig};
+use crate::config::{limits, raw, UpstreamTlsConfig};
 use crate::tls::{tls_fingerprint, upstream_client_config};
 
 impl Validator<'_> {
@@ -40,7 +40,7 @@ impl Validator<'_> {
         });
         // An unreadable file was reported by `file`; a config with errors is never returned,
         // so `None` here only stands in until validation fails.
-        let pem = std::fs::read(&ca).ok()?;
+        let pem = crate::files::read(&ca, limits::MAX_NAMED_FILE_BYTES).ok()?;
         match upstream_client_config(&pem) {
             Ok(client) => Some(UpstreamTlsConfig {
                 fingerprint: tls_fingerprint(&pem, server_name.as_deref()),

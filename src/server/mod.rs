@@ -1,30 +1,41 @@
 //! Client listeners: one single-threaded runtime per proxy thread, each with its own
 //! `SO_REUSEPORT` socket per listen address, its own upstream connection pool, and graceful
-//! shutdown with a deadline.
+//! shutdown with a deadline. `connection.rs` serves one client connection (timeouts, idleness,
+//! graceful close), `preface.rs` tells HTTP/1.1 from HTTP/2 (and answers a bad HTTP/2 preface),
+//! `io.rs` is the socket as hyper sees it (head tracking, lingering close).
 //!
 //! Why per-thread runtimes: a shared pool and cross-thread wake-ups cost more CPU per request
 //! than the proxying itself (DESIGN.md, "Performance notes"). With `SO_REUSEPORT` the kernel
 //! spreads connections across the threads, and a connection never leaves its thread.
+//!
+//! `max_connections` is one semaphore for all threads. At the limit a new connection is still
+//! accepted, and the connection idle longest (of any thread) is asked to close gracefully to
+//! make room, as nginx does with idle keep-alive connections (a connection that has not sent
+//! a request yet only after a second of silence); only when none is idle does the new
+//! connection wait for a slot (and the clients behind it in the kernel's backlog).
+
+mod connection;
+mod io;
+mod preface;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, TryAcquireError};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ServerConfig;
-use crate::conn::{Activity, ConnInfo};
-use crate::proxy;
+use crate::conn::Registry;
 use crate::snapshot::Shared;
 use crate::upstream;
+use connection::{serve_client, ConnCx, Limits};
 
 /// Largest request head accepted; larger heads are answered 431.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -135,12 +146,18 @@ pub fn start(
             },
         )
         .collect();
-    let limit = Arc::new(Semaphore::new(cfg.max_connections));
+    // Validation keeps max_connections far below the semaphore's limit; clamped all the same,
+    // as `Semaphore::new` panics beyond it.
+    let limit = Arc::new(Semaphore::new(
+        cfg.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
+    let registry = Arc::new(Registry::default());
     let mut handles = Vec::new();
     for (i, listeners) in per_thread.into_iter().enumerate() {
         let shared = shared.clone();
         let token = token.clone();
         let limit = limit.clone();
+        let registry = registry.clone();
         let handle = std::thread::Builder::new()
             .name(format!("syncgate-proxy-{i}"))
             .spawn(move || {
@@ -154,7 +171,7 @@ pub fn start(
                         return;
                     }
                 };
-                rt.block_on(thread_main(listeners, shared, token, limit));
+                rt.block_on(thread_main(listeners, shared, token, limit, registry));
                 // Dropping the runtime cancels whatever outlived the drain deadline.
             })
             .map_err(ServerError::Thread)?;
@@ -172,6 +189,7 @@ async fn thread_main(
     shared: Arc<Shared>,
     token: CancellationToken,
     limit: Arc<Semaphore>,
+    registry: Arc<Registry>,
 ) {
     let sweeper = {
         let token = token.clone();
@@ -194,11 +212,16 @@ async fn thread_main(
                 continue;
             }
         };
+        let cx = ConnCx {
+            shared: shared.clone(),
+            builder: Arc::new(builder()),
+            token: token.clone(),
+            registry: registry.clone(),
+        };
         loops.push(tokio::spawn(accept_loop(
             listener,
             acceptor,
-            shared.clone(),
-            token.clone(),
+            cx,
             limit.clone(),
         )));
     }
@@ -208,11 +231,13 @@ async fn thread_main(
     let _ = sweeper.await;
 }
 
-fn builder(header_timeout: Duration) -> auto::Builder<TokioExecutor> {
+/// hyper's connection builder. HTTP/1.1 runs without hyper's header timer (see
+/// `connection.rs`: syncgate enforces `header_read_timeout` itself).
+fn builder() -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
+        .header_read_timeout(None)
         .max_buf_size(MAX_HEAD_BYTES);
     b.http2()
         .timer(TokioTimer::new())
@@ -221,93 +246,17 @@ fn builder(header_timeout: Duration) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// Serves HTTP/1.1 or HTTP/2 (detected from the preface) on one client connection until the
-/// client leaves, the connection has had no request in progress for `idle_timeout`, or
-/// `token` asks for shutdown; the last two close it gracefully (HTTP/2 `GOAWAY`, HTTP/1.1
-/// without keep-alive) so that requests in progress finish.
-async fn serve_conn<I>(
-    io: I,
-    builder: &auto::Builder<TokioExecutor>,
-    shared: Arc<Shared>,
-    info: ConnInfo,
-    token: CancellationToken,
-    idle_timeout: Duration,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let peer = info.peer;
-    let activity = Arc::new(Activity::default());
-    let service = {
-        let activity = activity.clone();
-        service_fn(move |req| {
-            // In progress from the call until the response headers are ready (the service's
-            // future ends), whatever the body does afterwards.
-            let active = activity.begin();
-            let serving = proxy::serve(shared.clone(), info.clone(), req);
-            async move {
-                let resp = serving.await;
-                drop(active);
-                resp
-            }
-        })
-    };
-    let conn = builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    // Checked a few times per timeout: the connection closes between 1 and 1.25 timeouts
-    // after its last request, at the cost of one timer per connection.
-    // At least 1 ms: `interval` panics on a zero period, and "3ns" is a valid timeout.
-    let mut check = tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(1)));
-    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut closing = false;
-    loop {
-        tokio::select! {
-            // The connection first: a request already in the socket when shutdown begins is
-            // read and served before the graceful close.
-            biased;
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
-                }
-                return;
-            }
-            _ = token.cancelled(), if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            _ = check.tick(), if !closing => {
-                if activity.idle_for().is_some_and(|idle| idle >= idle_timeout) {
-                    tracing::debug!(peer = %peer, "idle client connection closed");
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-            }
-        }
-    }
-}
-
 async fn accept_loop(
     listener: TcpListener,
     acceptor: Option<TlsAcceptor>,
-    shared: Arc<Shared>,
-    token: CancellationToken,
+    cx: ConnCx,
     limit: Arc<Semaphore>,
 ) {
-    // `header_read_timeout` is read from the running config for each new connection, so a
-    // reload applies to the connections accepted after it; the builder is rebuilt only when
-    // the value changed.
-    let mut header_timeout = shared.snapshot().config.server.header_read_timeout;
-    let mut builder = Arc::new(builder(header_timeout));
     // Every connection task, so that shutdown can wait for them (up to `drain_timeout`).
     let connections = TaskTracker::new();
     loop {
-        // Take a connection slot before accepting: beyond `max_connections`, clients wait in
-        // the kernel's backlog instead of being accepted and starved.
-        let permit = tokio::select! {
-            _ = token.cancelled() => break,
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
         let (stream, peer) = tokio::select! {
-            _ = token.cancelled() => break,
+            _ = cx.token.cancelled() => break,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -318,64 +267,43 @@ async fn accept_loop(
                 }
             },
         };
-        let (configured, idle_timeout) = {
-            let snapshot = shared.snapshot();
-            let server = &snapshot.config.server;
-            (server.header_read_timeout, server.idle_timeout)
-        };
-        if configured != header_timeout {
-            header_timeout = configured;
-            builder = Arc::new(self::builder(header_timeout));
-        }
-        let _ = stream.set_nodelay(true);
-        let info = ConnInfo::new(peer, acceptor.is_some());
-        let shared = shared.clone();
-        let builder = builder.clone();
-        let token = token.clone();
-        let acceptor = acceptor.clone();
-        connections.spawn(async move {
-            let _permit = permit;
-            // hyper's header timeout starts once the protocol is known; a client that connects
-            // and sends nothing (or stalls its TLS handshake) must not hold a slot forever.
-            match acceptor {
-                Some(acceptor) => {
-                    // Shutdown does not wait for a handshake that has not finished.
-                    let handshake = tokio::select! {
-                        biased;
-                        r = tokio::time::timeout(header_timeout, acceptor.accept(stream)) => r,
-                        _ = token.cancelled() => return,
-                    };
-                    match handshake {
-                        Ok(Ok(tls)) => {
-                            serve_conn(tls, &builder, shared, info, token, idle_timeout).await
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
-                        }
-                        Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
-                    }
+        let permit = match limit.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => break,
+            Err(TryAcquireError::NoPermits) => {
+                // At max_connections: make room by closing the connection idle longest, then
+                // wait for its slot (if none is idle, for any; the kernel's backlog holds the
+                // clients behind this one meanwhile).
+                if !cx.registry.reclaim_idlest(crate::clock::now_millis()) {
+                    tracing::debug!("max_connections reached and no connection is idle");
                 }
-                None => {
-                    let mut first = [0u8; 1];
-                    // Shutdown does not wait for a client that has sent nothing yet.
-                    let peeked = tokio::select! {
-                        biased;
-                        r = tokio::time::timeout(header_timeout, stream.peek(&mut first)) => r,
-                        _ = token.cancelled() => return,
-                    };
-                    match peeked {
-                        Ok(Ok(n)) if n > 0 => {
-                            serve_conn(stream, &builder, shared, info, token, idle_timeout).await
-                        }
-                        _ => {}
-                    }
+                tokio::select! {
+                    _ = cx.token.cancelled() => break,
+                    p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
                 }
             }
+        };
+        // Read from the running config for each connection: a reload applies to the
+        // connections accepted after it.
+        let limits = {
+            let snapshot = cx.shared.snapshot();
+            let server = &snapshot.config.server;
+            Limits {
+                header: server.header_read_timeout,
+                idle: server.idle_timeout,
+                linger_bytes: server.max_request_body.saturating_add(io::LINGER_SLACK),
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (cx, acceptor) = (cx.clone(), acceptor.clone());
+        connections.spawn(async move {
+            let _permit = permit;
+            serve_client(stream, peer, acceptor, cx, limits).await;
         });
     }
     drop(listener);
     // The running config's value: a reload may have changed it since start.
-    let drain = shared.snapshot().config.server.drain_timeout;
+    let drain = cx.shared.snapshot().config.server.drain_timeout;
     // The connections saw the same token and are closing gracefully.
     connections.close();
     if tokio::time::timeout(drain, connections.wait())

@@ -1,0 +1,248 @@
+//! One client connection from accept to close.
+//!
+//! Opening: the TLS handshake, then the first bytes (which decide the protocol, see
+//! [`super::preface`]), each within `header_read_timeout`; a client that sends nothing is cut
+//! then. Serving: hyper runs the connection over a [`Watched`] socket, and one periodic check
+//! per connection applies [`verdict`]: a request head that started `header_read_timeout` ago and
+//! is still not complete cuts the connection; no request in progress for `idle_timeout` closes
+//! it gracefully (HTTP/2 `GOAWAY`, HTTP/1.1 close), so keep-alive idleness follows
+//! `idle_timeout`. hyper's own header timer is off: it also ran between keep-alive requests (so
+//! idle connections closed at `header_read_timeout`) and cost a boxed timer per request.
+//! Shutdown and a newcomer at `max_connections` ([`Activity::reclaimed`]) close it gracefully
+//! too.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http_body::{Body, Frame, SizeHint};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use super::io::{Watched, LINGER_TIME, PREFIX_LEN};
+use super::preface::{sniff, Opening, BAD_PREFACE_ANSWER};
+use crate::clock::now_millis;
+use crate::conn::{verdict, Active, Activity, ConnInfo, Registry, Verdict};
+use crate::proxy;
+use crate::snapshot::Shared;
+
+/// What every connection of an accept loop shares.
+#[derive(Clone)]
+pub(super) struct ConnCx {
+    pub shared: Arc<Shared>,
+    pub builder: Arc<auto::Builder<TokioExecutor>>,
+    pub token: CancellationToken,
+    pub registry: Arc<Registry>,
+}
+
+/// The running config's limits for one connection, read when it was accepted.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    /// `header_read_timeout`.
+    pub header: Duration,
+    /// `idle_timeout`.
+    pub idle: Duration,
+    /// What a lingering close may discard: `max_request_body` plus some slack.
+    pub linger_bytes: u64,
+}
+
+/// Serves one accepted client connection (TLS with `acceptor`) until it closes.
+pub(super) async fn serve_client(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: Option<TlsAcceptor>,
+    cx: ConnCx,
+    limits: Limits,
+) {
+    let activity = Arc::new(Activity::default());
+    let _registered = cx.registry.register(activity.clone());
+    let info = ConnInfo::new(peer, acceptor.is_some());
+    let Some(acceptor) = acceptor else {
+        return open(stream, false, &cx, info, activity, limits).await;
+    };
+    // Shutdown, or a newcomer at the connection limit, does not wait for a handshake.
+    let handshake = tokio::select! {
+        biased;
+        _ = cx.token.cancelled() => return,
+        _ = activity.reclaimed() => return,
+        r = tokio::time::timeout(limits.header, acceptor.accept(stream)) => r,
+    };
+    match handshake {
+        Ok(Ok(tls)) => {
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+            open(tls, h2, &cx, info, activity, limits).await;
+        }
+        Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+    }
+}
+
+/// Reads the first bytes within `header_read_timeout`, then serves the protocol they name,
+/// or answers a bad HTTP/2 preface.
+async fn open<I>(
+    mut io: I,
+    h2_negotiated: bool,
+    cx: &ConnCx,
+    info: ConnInfo,
+    activity: Arc<Activity>,
+    limits: Limits,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = info.peer;
+    let mut first = [0u8; PREFIX_LEN];
+    let sniffed = tokio::select! {
+        biased;
+        _ = cx.token.cancelled() => return,
+        _ = activity.reclaimed() => return,
+        r = tokio::time::timeout(limits.header, sniff(&mut io, &mut first, h2_negotiated)) => r,
+    };
+    let (opening, n) = match sniffed {
+        Ok(Ok(sniffed)) => sniffed,
+        Ok(Err(e)) => return tracing::debug!(peer = %peer, error = %e, "client read failed"),
+        Err(_) => {
+            return tracing::debug!(peer = %peer, "nothing received within header_read_timeout")
+        }
+    };
+    let http1 = opening == Opening::Http1;
+    let mut io = Watched::new(
+        io,
+        &first[..n],
+        activity.clone(),
+        http1,
+        limits.linger_bytes,
+    );
+    match opening {
+        Opening::Closed => {}
+        Opening::BadPreface => {
+            tracing::debug!(peer = %peer, "invalid HTTP/2 connection preface: GOAWAY");
+            // Written, then closed with lingering, so that the GOAWAY is read rather than
+            // lost to a reset; bounded like any lingering close.
+            let _ = tokio::time::timeout(LINGER_TIME, async {
+                io.write_all(&BAD_PREFACE_ANSWER).await?;
+                io.shutdown().await
+            })
+            .await;
+        }
+        Opening::Http1 | Opening::Http2 => {
+            if http1 {
+                // The sniffed bytes began the first request head.
+                activity.bytes_arrived(now_millis);
+            }
+            serve(io, cx, info, activity, limits).await;
+        }
+    }
+}
+
+/// Runs hyper on the connection until it ends, applying [`verdict`] a few times per timeout.
+async fn serve<I>(
+    io: Watched<I>,
+    cx: &ConnCx,
+    info: ConnInfo,
+    activity: Arc<Activity>,
+    limits: Limits,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = info.peer;
+    let service = {
+        let (activity, shared) = (activity.clone(), cx.shared.clone());
+        service_fn(move |req| {
+            // In progress from the call until the response body has been sent.
+            let active = activity.begin();
+            let serving = proxy::serve(shared.clone(), info.clone(), req);
+            async move {
+                let resp = serving.await?;
+                Ok::<_, Infallible>(resp.map(|body| Tracked {
+                    body,
+                    _active: active,
+                }))
+            }
+        })
+    };
+    let conn = cx.builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    // A few checks per timeout: a head is cut, an idle connection closed, between 1 and 1.25
+    // timeouts; one timer per connection, none per request.
+    let period = (limits.header.min(limits.idle) / 4)
+        .clamp(Duration::from_millis(1), Duration::from_secs(3600));
+    let mut check = tokio::time::interval(period);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let (header_ms, idle_ms) = (millis(limits.header), millis(limits.idle));
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            // The connection first: a request already in the socket when shutdown begins is
+            // read and served before the graceful close.
+            biased;
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
+                }
+                return;
+            }
+            _ = cx.token.cancelled(), if !closing => {
+                if activity.is_idle() {
+                    activity.close_as_idle();
+                }
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = activity.reclaimed(), if !closing => {
+                tracing::debug!(peer = %peer, "idle client connection closed to admit a new one (max_connections)");
+                activity.close_as_idle();
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = check.tick() => match verdict(activity.observe(), now_millis(), header_ms, idle_ms) {
+                Verdict::Keep => {}
+                Verdict::CloseIdle if closing => {}
+                Verdict::CloseIdle => {
+                    tracing::debug!(peer = %peer, "idle client connection closed");
+                    activity.close_as_idle();
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                Verdict::CutHead => {
+                    tracing::debug!(peer = %peer, "request head not complete within header_read_timeout; connection cut");
+                    return;
+                }
+            },
+        }
+    }
+}
+
+/// A response body that keeps its request in progress until it has been sent (or dropped).
+struct Tracked<B> {
+    body: B,
+    _active: Active,
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
