@@ -122,61 +122,131 @@ pub struct Running {
     proxy: server::ProxyThreads,
     admin_addr: SocketAddr,
 }
-
 /// Starts syncgate with `config`: proxy threads of its own, and the control plane (probers,
-/// admin API, file watcher) on the current tokio runtime. Every backend starts `pending`.
+/// admin API, file watcher) on the current tokio runtime. Every backend starts `pending`. An
+/// address another process listens on is an error ([`StartOptions::takeover`] shares it).
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    start_with(config, StartOptions::default()).await
+}
+
+/// How [`start_with`] starts syncgate.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartOptions {
+    /// Start beside a running syncgate on the same listen addresses (`syncgate run
+    /// --takeover`): bind them shared, probe the backends, and listen only once every pool has
+    /// a ready backend (or [`TAKEOVER_WAIT`] has passed), so that the new instance takes no
+    /// client it could only answer `503`. The operator then stops the old instance, which
+    /// drains.
+    pub takeover: bool,
+}
+
+/// How long a takeover waits for every pool to have a ready backend before it listens anyway.
+pub const TAKEOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// [`start`] with options.
+pub async fn start_with(config: Config, options: StartOptions) -> Result<Running, StartError> {
+    let mode = if options.takeover {
+        server::Bind::Takeover
+    } else {
+        server::Bind::Exclusive
+    };
     let server_cfg = config.server.clone();
-    let admin_addr = config.admin.listen;
     let path = config.source.clone();
     // Read as the config was: bounded, and never blocking on a FIFO.
     let file_bytes = path.as_deref().and_then(|p| Config::read(p).ok());
-    let admin_listener = tokio::net::TcpListener::bind(admin_addr)
-        .await
-        .map_err(|source| StartError::Admin {
-            addr: admin_addr,
-            source,
-        })?;
+    let admin_error = |addr, source| StartError::Admin { addr, source };
+    let admin_listener = server::bind_admin(config.admin.listen, mode).map_err(|e| match e {
+        server::ServerError::Bind { addr, source } => admin_error(addr, source),
+        other => StartError::Server(other),
+    })?;
     let admin_addr = admin_listener
         .local_addr()
-        .map_err(|source| StartError::Admin {
-            addr: admin_addr,
-            source,
-        })?;
+        .map_err(|e| admin_error(config.admin.listen, e))?;
+    let admin_listener = tokio::net::TcpListener::from_std(admin_listener)
+        .map_err(|e| admin_error(admin_addr, e))?;
     let certs = match &config.server.tls {
         Some(t) => Some(tls::CertStore::load(&t.cert, &t.key)?),
         None => None,
     };
     let tls_config = certs.as_ref().map(|c| c.server_config()).transpose()?;
+    let bound = server::bind(&server_cfg, mode)?;
     let shared = Shared::new(config);
     let token = CancellationToken::new();
-    let proxy = server::start(&server_cfg, tls_config, shared.clone(), token.child_token())?;
     let control = Control::new(
-        shared,
+        shared.clone(),
         path.clone(),
         file_bytes.as_deref(),
         certs,
-        token,
+        token.clone(),
         TaskTracker::new(),
     );
-    if let Some(p) = &path {
-        reload::watch(control.clone(), p)?;
+    let started = async {
+        if let Some(p) = &path {
+            reload::watch(control.clone(), p)?;
+        }
+        control
+            .tasks()
+            .spawn(admin::serve(admin_listener, control.clone()));
+        tracing::info!(listen = %admin_addr, "admin listening");
+        if options.takeover {
+            await_ready_pools(&shared, TAKEOVER_WAIT).await;
+        }
+        Ok::<_, StartError>(bound.start(
+            &server_cfg,
+            tls_config,
+            shared.clone(),
+            token.child_token(),
+        )?)
     }
-    control
-        .tasks()
-        .spawn(admin::serve(admin_listener, control.clone()));
+    .await;
+    let proxy = match started {
+        Ok(proxy) => proxy,
+        Err(e) => {
+            // Nothing may outlive a failed start: probers, the watcher, the admin listener.
+            token.cancel();
+            control.tasks().close();
+            control.tasks().wait().await;
+            return Err(e);
+        }
+    };
     for addr in &proxy.addrs {
         tracing::info!(listen = %addr, "proxy listening");
     }
     for addr in &proxy.tls_addrs {
         tracing::info!(listen = %addr, "proxy listening (TLS)");
     }
-    tracing::info!(listen = %admin_addr, "admin listening");
     Ok(Running {
         control,
         proxy,
         admin_addr,
     })
+}
+
+/// Waits until every pool has a ready backend, or `limit` has passed (then says which pools
+/// have none: the instance listens anyway, as the one it replaces could not serve them either).
+async fn await_ready_pools(shared: &Shared, limit: std::time::Duration) {
+    let unready = || -> Vec<String> {
+        let snapshot = shared.snapshot();
+        snapshot
+            .pools
+            .iter()
+            .filter(|p| !p.backends.iter().any(|b| b.is_routable()))
+            .map(|p| p.name.to_string())
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + limit;
+    tracing::info!("takeover: listening once every pool has a ready backend");
+    loop {
+        let pools = unready();
+        if pools.is_empty() {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(pools = ?pools, waited = ?limit, "takeover: pools without a ready backend; listening anyway");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 impl Running {

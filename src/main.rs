@@ -44,6 +44,11 @@ enum Command {
         /// The TOML config file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Start beside a running syncgate on the same listen addresses (restarts and
+        /// upgrades without a failed request): listen once every pool has a ready backend,
+        /// then stop the old instance. Without it, an address in use is an error.
+        #[arg(long)]
+        takeover: bool,
     },
     /// Validate a config file (exit 0), or print every error (exit 1).
     Check {
@@ -107,7 +112,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print_all(&out);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { config } => {
+        Command::Run { config, takeover } => {
             init_tracing(cli.log_format, "info");
             let cfg = match Config::load(&config) {
                 Ok(c) => c,
@@ -116,7 +121,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::FAILURE);
                 }
             };
-            control_runtime()?.block_on(daemon(cfg))?;
+            let options = syncgate::StartOptions { takeover };
+            control_runtime()?.block_on(daemon(cfg, options))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { duration } => {
@@ -227,14 +233,17 @@ fn print_all(bytes: &[u8]) {
     let _ = std::io::Write::write_all(&mut std::io::stdout(), bytes);
 }
 
-async fn daemon(cfg: Config) -> anyhow::Result<()> {
+async fn daemon(cfg: Config, options: syncgate::StartOptions) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     // Handlers first: once systemd hears READY=1 it may send SIGHUP or SIGTERM at once, and
     // a signal without a handler would kill the process.
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let running = syncgate::start(cfg).await.context("starting syncgate")?;
+    let running = syncgate::start_with(cfg, options)
+        .await
+        .context("starting syncgate")?;
+    // With --takeover, only now that the listeners listen (every pool has a ready backend).
     notify_systemd(SystemdState::Ready);
     loop {
         tokio::select! {
