@@ -57,6 +57,10 @@ use crate::snapshot::{Pool, Shared};
 
 /// Request bodies larger than this are answered `413`.
 pub const MAX_BODY: usize = 64 * 1024;
+/// A body declared over [`MAX_BODY`] is read and discarded up to this many bytes ...
+const DISCARD_MAX: usize = 1024 * 1024;
+/// ... or for this long, before the 413.
+const DISCARD_TIME: Duration = Duration::from_secs(2);
 /// A client must send its request headers within this.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open connections may finish their exchange after shutdown begins.
@@ -593,7 +597,25 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
-        return Err(too_large());
+        // A client that sends its whole body before reading the answer gets a reset instead
+        // of the 413 when the connection closes with its body unread: read and discard up to
+        // a bound first (as nginx's lingering close), and close after the answer.
+        let mut body = req.into_body();
+        let discard = async {
+            let mut seen = 0usize;
+            while let Some(Ok(frame)) = body.frame().await {
+                seen += frame.data_ref().map_or(0, Bytes::len);
+                if seen > DISCARD_MAX {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DISCARD_TIME, discard).await;
+        let mut answer = too_large();
+        answer
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Err(answer);
     }
     match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),

@@ -1058,6 +1058,29 @@ async fn bodies_over_64_kib_are_413() {
     // The drain did not happen.
     assert_ne!(backend(&c, &running, "w1").await["state"], "draining");
 
+    // A declared length over the limit, the whole body sent before reading: the client still
+    // reads its 413 (the body is discarded, not left unread under a closing connection).
+    // A small send buffer: the body cannot all sit in kernel buffers, so the client's write
+    // waits for the server to read it.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_send_buffer_size(16 * 1024).expect("SO_SNDBUF");
+    let mut stream = socket.connect(running.admin_addr()).await.expect("connect");
+    let body = vec![b'z'; 900 * 1024];
+    let mut request = format!(
+        "POST /api/reload HTTP/1.1\r\nhost: localhost\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    stream
+        .write_all(&request)
+        .await
+        .expect("the whole body is taken");
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await;
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+
     // A small body is fine.
     let answer = send(
         &c,
