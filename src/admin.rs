@@ -8,7 +8,7 @@
 //! |---|---|
 //! | `GET /` | self-contained HTML status page, refreshing itself every second |
 //! | `GET /healthz` | 200 while the process runs |
-//! | `GET /readyz` | 200 when every pool has a ready backend, else 503 |
+//! | `GET /readyz` | 200 while this instance serves, 503 once it is shutting down (never pool health) |
 //! | `GET /api/backends` | every backend of every pool with its state, probe and counters |
 //! | `GET /api/config` | generation, sha256, loaded_at and the last reload error |
 //! | `GET /api/events[?since=N]` | the state-transition log, newest last |
@@ -47,9 +47,12 @@ use subtle::ConstantTimeEq;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Backend, State};
+use std::sync::atomic::Ordering;
+
+use crate::backend::{Backend, BackendInfo, State};
 use crate::clock::rfc3339;
 use crate::config::ConfigError;
+use crate::metrics::{GuardOutcome, PoolStats};
 use crate::reload::Control;
 use crate::snapshot::{Pool, Shared};
 
@@ -77,8 +80,11 @@ const ENABLED: &str = "enabled by operator";
 /// Serves the admin API on `listener` until the control token is cancelled. Each connection
 /// runs as a task on `control.tasks()`; on cancellation the accept loop stops and open
 /// connections finish their current exchange (for at most a short grace period).
-pub async fn serve(listener: TcpListener, control: Arc<Control>) {
-    let admin = Arc::new(Admin::new(control.clone()));
+///
+/// `stopping` is cancelled when the instance begins to shut down (before the control token,
+/// which is cancelled only after the proxy drained): `/readyz` answers 503 from then on.
+pub async fn serve(listener: TcpListener, control: Arc<Control>, stopping: CancellationToken) {
+    let admin = Arc::new(Admin::new(control.clone(), stopping));
     let token = control.token().clone();
     loop {
         let accepted = tokio::select! {
@@ -222,13 +228,19 @@ impl Endpoint {
 struct Admin {
     control: Arc<Control>,
     registry: Registry,
+    /// Cancelled when shutdown begins (see [`serve`]).
+    stopping: CancellationToken,
 }
 
 impl Admin {
-    fn new(control: Arc<Control>) -> Admin {
+    fn new(control: Arc<Control>, stopping: CancellationToken) -> Admin {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(prometheus::Collector::new(control.shared.clone())));
-        Admin { control, registry }
+        Admin {
+            control,
+            registry,
+            stopping,
+        }
     }
 
     fn shared(&self) -> &Arc<Shared> {
@@ -311,25 +323,35 @@ impl Admin {
             && constant_time_eq(presented.trim_ascii(), expected.0.as_bytes())
     }
 
-    /// `GET /readyz`.
+    /// `GET /readyz`: whether this instance can serve. The admin API is served only once the
+    /// config is loaded and the listeners are bound (see `crate::start`), so that leaves
+    /// shutdown. Pool health is shown for people but never changes the status: an outer load
+    /// balancer that dropped every syncgate instance whenever a pool had no ready worker would
+    /// turn syncgate's `503` with `Retry-After` into refused connections.
     fn readyz(&self) -> Response<Full<Bytes>> {
         let snapshot = self.shared().snapshot();
-        let mut pools = Map::new();
-        let mut all_ready = true;
-        for pool in &snapshot.pools {
-            let ready = pool.backends.iter().filter(|b| b.is_routable()).count();
-            all_ready &= ready > 0;
-            pools.insert(
-                pool.name.to_string(),
-                json!({"ready": ready, "backends": pool.backends.len()}),
-            );
-        }
-        let status = if all_ready {
-            StatusCode::OK
+        let pools: Map<String, Value> = snapshot
+            .pools
+            .iter()
+            .map(|pool| {
+                let ready = pool.backends.iter().filter(|b| b.is_routable()).count();
+                let entry = json!({"ready": ready, "backends": pool.backends.len()});
+                (pool.name.to_string(), entry)
+            })
+            .collect();
+        let stopping = self.stopping.is_cancelled();
+        let (status, state) = if stopping {
+            (StatusCode::SERVICE_UNAVAILABLE, "shutting_down")
         } else {
-            StatusCode::SERVICE_UNAVAILABLE
+            (StatusCode::OK, "serving")
         };
-        json_response(status, &json!({"ready": all_ready, "pools": pools}))
+        let body = json!({
+            "ready": !stopping,
+            "status": state,
+            "generation": snapshot.generation,
+            "pools": pools,
+        });
+        json_response(status, &body)
     }
 
     /// `GET /metrics`: OpenMetrics when the scraper asks for it (Prometheus does), else the
@@ -365,12 +387,19 @@ impl Admin {
                 .iter()
                 .map(|b| {
                     shown.insert(b.id);
-                    backend_json(b)
+                    backend_json(b, pool.slow_start)
                 })
                 .collect();
             let ready = pool.backends.iter().filter(|b| b.is_routable()).count();
             let discover = self.control.discovery().status(&pool.name);
-            let mut entry = json!({"ready": ready, "backends": backends, "discover": discover});
+            let mut entry = json!({
+                "ready": ready,
+                "backends": backends,
+                "discover": discover,
+                "contract": pool.probe.contract.as_str(),
+                "slow_start_ms": duration_ms(pool.slow_start),
+                "stats": pool_stats_json(&pool.stats),
+            });
             if let (Some(map), Value::Object(fleet)) = (entry.as_object_mut(), fleet_json(pool)) {
                 map.extend(fleet);
             }
@@ -388,7 +417,7 @@ impl Admin {
                 .entry(b.pool.to_string())
                 .or_insert_with(|| json!({"ready": 0, "backends": [], "discover": []}));
             if let Some(list) = entry.get_mut("backends").and_then(Value::as_array_mut) {
-                list.push(backend_json(&b));
+                list.push(backend_json(&b, Duration::ZERO));
             }
         }
         json!({"generation": snapshot.generation, "pools": pools})
@@ -490,7 +519,7 @@ impl Admin {
                 &shared.events,
             ),
         };
-        let mut body = backend_json(backend);
+        let mut body = backend_json(backend, p.slow_start);
         if let Some(obj) = body.as_object_mut() {
             obj.insert("pool".into(), Value::from(pool));
             obj.insert("changed".into(), Value::from(changed));
@@ -564,8 +593,9 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>
     }
 }
 
-/// One backend as the admin API shows it.
-fn backend_json(b: &Backend) -> Value {
+/// One backend as the admin API shows it; `slow_start` is its pool's (for the effective
+/// weight).
+fn backend_json(b: &Backend, slow_start: Duration) -> Value {
     // State read under the info lock, which every transition holds: state and reason agree.
     let (state, info) = {
         let info = b.info();
@@ -595,11 +625,82 @@ fn backend_json(b: &Backend) -> Value {
             (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
         }),
         "last_probe_ok": info.last_probe_ok,
+        "last_probe_at": info.last_probe_at.map(rfc3339),
+        "key_sync_at": info.key_sync_at.map(rfc3339),
+        "key_sync_stale": key_sync_stale(&info),
+        "effective_weight": effective_weight(b, state, slow_start),
+        "contradicted": b.outlier.contradicted(),
         "requests": requests,
         "errors": errors,
         "answers": by_class,
-        "connect_failures": b.connect_failures.load(std::sync::atomic::Ordering::Relaxed),
+        "connect_failures": b.connect_failures.load(Ordering::Relaxed),
         "removed": b.is_removed(),
+    })
+}
+
+/// Whether a backend's key-sync report is older than its last probe: that probe brought no
+/// report (connect refused, timeout, a body that is no report), so the report shown describes
+/// the worker as it was, not as it is. Pure.
+fn key_sync_stale(info: &BackendInfo) -> bool {
+    match (info.key_sync, info.key_sync_at, info.last_probe_at) {
+        (Some(_), Some(reported), Some(probed)) => reported < probed,
+        _ => false,
+    }
+}
+
+/// The weight the balancer gives the backend now: its configured weight scaled by the
+/// slow-start ramp, 0 when it gets no traffic. Thousandths, as the balancer counts.
+fn effective_weight(b: &Backend, state: State, slow_start: Duration) -> f64 {
+    if state != State::Ready {
+        return 0.0;
+    }
+    b.effective_weight(slow_start, crate::clock::now_millis()) as f64 / 1000.0
+}
+
+/// Whole milliseconds of `d`, saturating.
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A pool's counters since start, for the status page to turn into rates (differences
+/// between two reads): answers by class, the latency histogram, 503s for want of a ready
+/// backend, retries and the guard's outcomes.
+fn pool_stats_json(stats: &PoolStats) -> Value {
+    let answers: Map<String, Value> = stats
+        .answers
+        .snapshot()
+        .iter()
+        .map(|(class, n)| (class.to_string(), Value::from(*n)))
+        .collect();
+    let (sum, count, buckets) = stats.latency.snapshot();
+    let bounds: Vec<f64> = buckets
+        .iter()
+        .map(|(le, _)| *le)
+        .filter(|le| le.is_finite())
+        .collect();
+    let counts: Vec<u64> = buckets.iter().map(|(_, n)| *n).collect();
+    let guard: Map<String, Value> = GuardOutcome::ALL
+        .iter()
+        .zip(&stats.guard_outcomes)
+        .map(|(o, n)| {
+            (
+                o.as_str().to_string(),
+                Value::from(n.load(Ordering::Relaxed)),
+            )
+        })
+        .collect();
+    json!({
+        "answers": answers,
+        "latency": {
+            "count": count,
+            "sum_seconds": sum,
+            "bounds": bounds,
+            "counts": counts,
+        },
+        "no_ready_backend": stats.no_ready.load(Ordering::Relaxed),
+        "retries": stats.retries.load(Ordering::Relaxed),
+        "retries_refused": stats.retries_refused.load(Ordering::Relaxed),
+        "guard": guard,
     })
 }
 

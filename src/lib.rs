@@ -33,7 +33,8 @@
 //!   `discover` (DNS sources of backends: one resolving task each, reporting to the control
 //!   plane) and `reload` (hot reload, prober lifecycle, config identity, and the one lock
 //!   under which reloads and DNS changes install snapshots).
-//! - admin: the admin HTTP API, status page, Prometheus metrics, operator actions.
+//! - admin: the admin HTTP API, status page, Prometheus metrics, operator actions, and
+//!   `/readyz`, which describes this instance (serving or shutting down), not its pools.
 //!
 //! [`demo`] (the `syncgate demo` scenario and its simulated workers, which the tests and
 //! benchmarks use too) stands beside them and uses only the public API. [`start`] wires
@@ -114,6 +115,10 @@ pub enum StartError {
 pub struct Running {
     control: Arc<Control>,
     proxy: server::ProxyThreads,
+    /// Stops the proxy threads (a child of the control token, cancelled first on shutdown).
+    proxy_token: CancellationToken,
+    /// Cancelled when shutdown begins: from then on `/readyz` answers 503.
+    stopping: CancellationToken,
     admin_addr: SocketAddr,
 }
 
@@ -146,7 +151,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let tls_config = certs.as_ref().map(|c| c.server_config()).transpose()?;
     let shared = Shared::new(config);
     let token = CancellationToken::new();
-    let proxy = server::start(&server_cfg, tls_config, shared.clone(), token.child_token())?;
+    let proxy_token = token.child_token();
+    let proxy = server::start(&server_cfg, tls_config, shared.clone(), proxy_token.clone())?;
     let control = Control::new(
         shared,
         path.clone(),
@@ -158,9 +164,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     if let Some(p) = &path {
         reload::watch(control.clone(), p)?;
     }
-    control
-        .tasks()
-        .spawn(admin::serve(admin_listener, control.clone()));
+    // The admin API is served from here on, so `/readyz` never sees an instance whose config
+    // is not loaded or whose listeners are not bound.
+    let stopping = CancellationToken::new();
+    control.tasks().spawn(admin::serve(
+        admin_listener,
+        control.clone(),
+        stopping.clone(),
+    ));
     for addr in &proxy.addrs {
         tracing::info!(listen = %addr, "proxy listening");
     }
@@ -171,6 +182,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     Ok(Running {
         control,
         proxy,
+        proxy_token,
+        stopping,
         admin_addr,
     })
 }
@@ -203,11 +216,17 @@ impl Running {
 
     /// Stops accepting, lets in-flight requests finish within `drain_timeout`, stops every
     /// task. Returns when all is done.
+    ///
+    /// The control plane outlives the drain: while in-flight requests finish, the probers keep
+    /// the backends' states current and the admin API keeps answering, `/readyz` with 503 so
+    /// that an outer load balancer sends nothing new.
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
+        self.stopping.cancel();
+        self.proxy_token.cancel();
+        self.proxy.join().await;
         self.control.token().cancel();
         self.control.tasks().close();
-        self.proxy.join().await;
         self.control.tasks().wait().await;
         tracing::info!("stopped");
     }
