@@ -1340,8 +1340,12 @@ async fn status_page_is_self_contained_html() {
     for needle in [
         "/api/backends",
         "/api/events",
+        "/api/config",
         "data-backend",
         "data-state",
+        "data-alarm",
+        "data-action",
+        "sessionStorage",
         "setInterval",
     ] {
         assert!(html.contains(needle), "{needle}");
