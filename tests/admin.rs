@@ -658,6 +658,64 @@ async fn a_key_report_the_last_probe_did_not_renew_is_marked_stale() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contradicted_401s_are_counted_for_the_backend_and_its_pool() {
+    let (w1, w2) = (synced_worker().await, synced_worker().await);
+    let running = start(&config_text(&[("w1", w1.addr()), ("w2", w2.addr())], "")).await;
+    let c = client();
+    wait_state(&c, &running, "w1", "ready").await;
+    wait_state(&c, &running, "w2", "ready").await;
+    // w2 loses its keys while its probe keeps claiming a complete sync: its 401s are
+    // contradicted by w1 and answered from there.
+    w2.forget_keys();
+    wait_until("a contradiction", || async {
+        assert_eq!(push(&c, &running, 3).await.status, StatusCode::OK);
+        backend(&c, &running, "w2").await["contradicted"]
+            .as_u64()
+            .is_some_and(|n| n > 0)
+    })
+    .await;
+    let all = get(&c, &running, "/api/backends").await.json();
+    let pool = &all["pools"]["push"];
+    let w2_count = backend(&c, &running, "w2").await["contradicted"]
+        .as_u64()
+        .unwrap_or(0);
+    assert_eq!(backend(&c, &running, "w1").await["contradicted"], 0);
+    assert!(
+        pool["stats"]["guard"]["contradicted"]
+            .as_u64()
+            .is_some_and(|n| n >= 1 && n <= w2_count),
+        "{pool}"
+    );
+
+    running.shutdown().await;
+    w1.stop().await;
+    w2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn effective_weight_ramps_up_during_slow_start() {
+    let w = synced_worker().await;
+    let text = config_text(&[("w1", w.addr())], "").replace(
+        "[pools.push]\nslow_start = \"0s\"",
+        "[pools.push]\nslow_start = \"60s\"",
+    );
+    assert!(text.contains("slow_start = \"60s\""));
+    let running = start(&text).await;
+    let c = client();
+    wait_state(&c, &running, "w1", "ready").await;
+    let b = backend(&c, &running, "w1").await;
+    let effective = b["effective_weight"].as_f64().expect("effective_weight");
+    // Just admitted into a 60 s ramp: from 1% of the weight, well below the whole of it.
+    assert!((0.01..0.2).contains(&effective), "{b}");
+    assert_eq!(b["weight"], 1);
+    let pool = get(&c, &running, "/api/backends").await.json();
+    assert_eq!(pool["pools"]["push"]["slow_start_ms"], 60_000);
+
+    running.shutdown().await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_are_sequenced_and_followed_with_since() {
     let (w1, w2) = (synced_worker().await, synced_worker().await);
     let running = start(&config_text(&[("w1", w1.addr()), ("w2", w2.addr())], "")).await;
