@@ -110,6 +110,11 @@ pub struct BackendInfo {
     pub last_probe_latency: Option<Duration>,
     /// Whether the last probe passed.
     pub last_probe_ok: Option<bool>,
+    /// When the last probe finished.
+    pub last_probe_at: Option<SystemTime>,
+    /// When `key_sync` was reported. Older than `last_probe_at` when the last probe brought no
+    /// report (connect refused, timeout, a body that is no report): `key_sync` is then stale.
+    pub key_sync_at: Option<SystemTime>,
 }
 
 /// One backend: immutable identity plus shared runtime state.
@@ -181,6 +186,8 @@ impl Backend {
                 key_sync: None,
                 last_probe_latency: None,
                 last_probe_ok: None,
+                last_probe_at: None,
+                key_sync_at: None,
             }),
         }
     }

@@ -86,6 +86,8 @@ pub struct OutlierCounters {
     connect_failures: Streak,
     server_errors: Streak,
     contradictions: Mutex<ContradictionWindow>,
+    /// Guarded answers of this backend that a peer contradicted, ever (for the admin API).
+    contradicted: AtomicU64,
 }
 
 impl OutlierCounters {
@@ -119,6 +121,17 @@ impl OutlierCounters {
             w.clear();
         }
         hit
+    }
+
+    /// Counts a guarded answer that a peer contradicted (the charge itself is
+    /// [`OutlierCounters::contradiction`]).
+    pub fn count_contradicted(&self) {
+        self.contradicted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Guarded answers that a peer contradicted so far.
+    pub fn contradicted(&self) -> u64 {
+        self.contradicted.load(Ordering::Relaxed)
     }
 
     /// Ends the failure runs (on admission: see `Backend::transition`).

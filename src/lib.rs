@@ -36,7 +36,8 @@
 //!   `discover` (DNS sources of backends: one resolving task each, reporting to the control
 //!   plane) and `reload` (hot reload, prober lifecycle, config identity, and the one lock
 //!   under which reloads and DNS changes install snapshots).
-//! - admin: the admin HTTP API, status page, Prometheus metrics, operator actions.
+//! - admin: the admin HTTP API, status page, Prometheus metrics, operator actions, and
+//!   `/readyz`, which describes this instance (serving or shutting down), not its pools.
 //!
 //! [`demo`] (the `syncgate demo` scenario and its simulated workers, which the tests and
 //! benchmarks use too) stands beside them and uses only the public API. [`start`] wires
@@ -120,6 +121,10 @@ pub enum StartError {
 pub struct Running {
     control: Arc<Control>,
     proxy: server::ProxyThreads,
+    /// Stops the proxy threads (a child of the control token, cancelled first on shutdown).
+    proxy_token: CancellationToken,
+    /// What `/readyz` reports; `Stopping` from the moment shutdown begins.
+    phase: Arc<admin::Lifecycle>,
     admin_addr: SocketAddr,
 }
 /// Starts syncgate with `config`: proxy threads of its own, and the control plane (probers,
@@ -172,6 +177,10 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     let bound = server::bind(&server_cfg, mode)?;
     let shared = Shared::new(config);
     let token = CancellationToken::new();
+    let proxy_token = token.child_token();
+    // What `/readyz` reports: starting until the listeners listen (a takeover waits for its
+    // pools first), serving, then stopping from the moment shutdown begins.
+    let phase = Arc::new(admin::Lifecycle::default());
     let control = Control::new(
         shared.clone(),
         path.clone(),
@@ -186,7 +195,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         }
         control
             .tasks()
-            .spawn(admin::serve(admin_listener, control.clone()));
+            .spawn(admin::serve(admin_listener, control.clone(), phase.clone()));
         tracing::info!(listen = %admin_addr, "admin listening");
         if options.takeover {
             await_ready_pools(&shared, TAKEOVER_WAIT).await;
@@ -195,7 +204,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
             &server_cfg,
             tls_config,
             shared.clone(),
-            token.child_token(),
+            proxy_token.clone(),
         )?)
     }
     .await;
@@ -209,6 +218,8 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
             return Err(e);
         }
     };
+    // Listening: from here on `/readyz` says this instance serves.
+    phase.set(admin::Phase::Serving);
     for addr in &proxy.addrs {
         tracing::info!(listen = %addr, "proxy listening");
     }
@@ -218,6 +229,8 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     Ok(Running {
         control,
         proxy,
+        proxy_token,
+        phase,
         admin_addr,
     })
 }
@@ -277,11 +290,17 @@ impl Running {
 
     /// Stops accepting, lets in-flight requests finish within `drain_timeout`, stops every
     /// task. Returns when all is done.
+    ///
+    /// The control plane outlives the drain: while in-flight requests finish, the probers keep
+    /// the backends' states current and the admin API keeps answering, `/readyz` with 503 so
+    /// that an outer load balancer sends nothing new.
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
+        self.phase.set(admin::Phase::Stopping);
+        self.proxy_token.cancel();
+        self.proxy.join().await;
         self.control.token().cancel();
         self.control.tasks().close();
-        self.proxy.join().await;
         self.control.tasks().wait().await;
         tracing::info!("stopped");
     }

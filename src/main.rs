@@ -56,9 +56,10 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Replay the late-joining-worker outage against simulated workers.
+    /// Replay the late-joining-worker outage twice, side by side: behind an ordinary health
+    /// check and behind syncgate's gate and guard. Exits 1 if a 401 gets through syncgate.
     Demo {
-        /// How long the load runs, e.g. "20s".
+        /// How long the load runs, e.g. "20s"; the timeline scales with it.
         #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
@@ -126,11 +127,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { duration } => {
-            init_tracing(cli.log_format, "warn");
-            let opts = syncgate::demo::DemoOptions {
-                duration,
-                ..Default::default()
-            };
+            // The demo tells its own story on stdout; syncgate's warnings (every contradicted
+            // 401 is one) would bury it. RUST_LOG still turns them on.
+            init_tracing(cli.log_format, "error");
+            let opts = syncgate::demo::DemoOptions::for_duration(duration);
             let report = control_runtime()?.block_on(syncgate::demo::run(opts))?;
             Ok(if report.unauthorized() == 0 {
                 ExitCode::SUCCESS

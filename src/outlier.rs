@@ -73,6 +73,7 @@ pub fn charge(shared: &Shared, pool: &Pool, backend: &Backend, charge: Charge) {
     );
     match charge {
         Charge::Contradicted => {
+            backend.outlier.count_contradicted();
             tracing::warn!(pool = %pool.name, backend = %backend.name, "guarded answer contradicted by a peer");
             if eject
                 && backend.transition(

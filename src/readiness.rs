@@ -357,10 +357,13 @@ pub async fn run_prober(backend: Arc<Backend>, shared: Arc<Shared>, token: Cance
             // below matches the state it describes even if the guard or an operator moved the
             // backend while the probe was in flight.
             let state = backend.state();
+            let now = std::time::SystemTime::now();
             info.last_probe_latency = Some(latency);
             info.last_probe_ok = Some(ok);
+            info.last_probe_at = Some(now);
             if report.is_some() {
                 info.key_sync = report;
+                info.key_sync_at = Some(now);
             }
             match (&verdict, transition) {
                 // A failure reason is shown while the backend is out, or when it is about to be

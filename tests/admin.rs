@@ -425,49 +425,107 @@ async fn drain_of_unknown_pool_or_backend_is_404() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readyz_is_503_until_every_pool_has_a_ready_backend() {
+async fn readyz_is_200_while_a_pool_has_no_ready_backend_and_shows_pool_health() {
     let w = unsynced_worker().await;
     let running = start(&config_text(&[("w1", w.addr())], "")).await;
     let c = client();
 
-    let not_ready = get(&c, &running, "/readyz").await;
-    assert_eq!(not_ready.status, StatusCode::SERVICE_UNAVAILABLE);
-    let body = not_ready.json();
-    assert_eq!(body["ready"], false);
+    // Pool health is shown but never changes the status: syncgate itself serves, and clients
+    // get its designed 503 with Retry-After, counted as "no ready backend".
+    let answer = get(&c, &running, "/readyz").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let body = answer.json();
+    assert_eq!(body["ready"], true);
+    assert_eq!(body["status"], "serving");
+    assert_eq!(body["generation"], 1);
     assert_eq!(body["pools"]["push"]["ready"], 0);
     assert_eq!(body["pools"]["push"]["backends"], 1);
 
-    // Clients get a 503 too, counted as "no ready backend".
     let (_, before) = scrape(&c, &running).await;
-    assert_eq!(
-        push(&c, &running, 1).await.status,
-        StatusCode::SERVICE_UNAVAILABLE
-    );
+    let refused = push(&c, &running, 1).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(!refused.header("retry-after").is_empty());
     let (_, after) = scrape(&c, &running).await;
     let no_ready = |s: &[Sample]| value(s, "syncgate_no_ready_backend_total", &[("pool", "push")]);
     assert_eq!(no_ready(&after) - no_ready(&before), 1.0);
 
-    // Still pending after several failed probes.
+    // Still 200 after failed probes have given their reason.
     wait_until("a failed probe with its reason", || async {
         let b = backend(&c, &running, "w1").await;
         b["last_probe_ok"] == false && b["reason"].as_str().unwrap_or("").contains("503")
     })
     .await;
-    assert_eq!(
-        get(&c, &running, "/readyz").await.status,
-        StatusCode::SERVICE_UNAVAILABLE
-    );
+    assert_eq!(get(&c, &running, "/readyz").await.status, StatusCode::OK);
 
     w.set_synced();
-    wait_until("readyz 200", || async {
-        get(&c, &running, "/readyz").await.status == StatusCode::OK
+    wait_until("the pool's count follows", || async {
+        get(&c, &running, "/readyz").await.json()["pools"]["push"]["ready"] == 1
     })
     .await;
-    let body = get(&c, &running, "/readyz").await.json();
-    assert_eq!(body["ready"], true);
-    assert_eq!(body["pools"]["push"]["ready"], 1);
 
     running.shutdown().await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_while_shutdown_drains_in_flight_requests() {
+    let w = synced_worker().await;
+    let running = start(&config_text(&[("w1", w.addr())], "")).await;
+    let c = client();
+    wait_state(&c, &running, "w1", "ready").await;
+    let admin = running.admin_addr();
+    let readyz = |c: HttpClient| async move {
+        send(
+            &c,
+            "GET",
+            format!("http://{admin}/readyz"),
+            &[],
+            Bytes::new(),
+        )
+        .await
+    };
+    assert_eq!(readyz(c.clone()).await.status, StatusCode::OK);
+
+    // A request in flight keeps the drain going (drain_timeout is 3 s) while we look.
+    w.set_delay(Duration::from_millis(1500));
+    let slow = {
+        let (c, url) = (
+            c.clone(),
+            format!("http://{}/v1/batch", running.proxy_addrs()[0]),
+        );
+        tokio::spawn(async move {
+            send(
+                &c,
+                "POST",
+                url,
+                &[("authorization", "Bearer key-1")],
+                Bytes::new(),
+            )
+            .await
+        })
+    };
+    wait_until("the slow request in flight", || async {
+        backend(&c, &running, "w1").await["in_flight"] == 1
+    })
+    .await;
+    let shutdown = tokio::spawn(running.shutdown());
+
+    wait_until("readyz 503 during the drain", || async {
+        readyz(c.clone()).await.status == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    let body = readyz(c.clone()).await.json();
+    assert_eq!(body["ready"], false);
+    assert_eq!(body["status"], "shutting_down");
+    assert!(!slow.is_finished(), "the drain was still running");
+
+    // The drain finishes the request, then the instance stops.
+    let slow = slow.await.expect("slow request task");
+    assert_eq!(slow.status, StatusCode::OK);
+    tokio::time::timeout(WAIT, shutdown)
+        .await
+        .expect("shutdown finishes")
+        .expect("shutdown task");
     w.stop().await;
 }
 
@@ -515,6 +573,13 @@ async fn backends_json_has_every_field() {
         .as_f64()
         .is_some_and(|ms| ms >= 0.0));
     assert_eq!(b1["last_probe_ok"], true);
+    for at in ["last_probe_at", "key_sync_at"] {
+        let at = b1[at].as_str().unwrap_or_else(|| panic!("{at} in {b1}"));
+        humantime::parse_rfc3339(at).expect("RFC 3339");
+    }
+    assert_eq!(b1["key_sync_stale"], false);
+    assert_eq!(b1["effective_weight"], 1.0, "slow_start = 0s: full weight");
+    assert_eq!(b1["contradicted"], 0);
     assert_eq!(b1["requests"], 3);
     assert_eq!(b1["errors"], 0);
     assert_eq!(b1["answers"]["2xx"], 3);
@@ -528,10 +593,126 @@ async fn backends_json_has_every_field() {
         "a 503 report is still shown"
     );
     assert_eq!(b2["requests"], 0);
+    assert_eq!(b2["key_sync_stale"], false, "the 503 brought this report");
+    assert_eq!(b2["effective_weight"], 0.0, "pending: no traffic");
+
+    assert_eq!(pool["contract"], "key-sync");
+    assert_eq!(pool["slow_start_ms"], 0);
+    let stats = &pool["stats"];
+    assert!(
+        stats["answers"]["2xx"].as_u64().is_some_and(|n| n >= 3),
+        "{stats}"
+    );
+    let latency = &stats["latency"];
+    let bounds = latency["bounds"].as_array().expect("bounds");
+    let counts = latency["counts"].as_array().expect("counts");
+    assert_eq!(counts.len(), bounds.len() + 1, "the last count is +Inf");
+    assert_eq!(counts.last(), Some(&latency["count"]));
+    assert!(latency["sum_seconds"].as_f64().is_some_and(|s| s > 0.0));
+    assert_eq!(stats["no_ready_backend"], 0);
+    assert_eq!(stats["retries"], 0);
+    assert_eq!(stats["retries_refused"], 0);
+    assert_eq!(stats["guard"]["contradicted"], 0);
 
     running.shutdown().await;
     w1.stop().await;
     w2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_report_the_last_probe_did_not_renew_is_marked_stale() {
+    let (w1, w2) = (synced_worker().await, synced_worker().await);
+    let running = start(&config_text(&[("w1", w1.addr()), ("w2", w2.addr())], "")).await;
+    let c = client();
+    wait_state(&c, &running, "w2", "ready").await;
+    let fresh = backend(&c, &running, "w2").await;
+    assert_eq!(fresh["key_sync_stale"], false);
+
+    // w2 goes away: its probes are refused, and its last report is kept but marked stale.
+    w2.stop().await;
+    wait_until("w2's report marked stale", || async {
+        backend(&c, &running, "w2").await["key_sync_stale"] == true
+    })
+    .await;
+    let stale = backend(&c, &running, "w2").await;
+    assert_eq!(stale["last_probe_ok"], false);
+    assert_eq!(
+        stale["key_sync"], fresh["key_sync"],
+        "the old report is still shown"
+    );
+    let at = |b: &Value, field: &str| {
+        humantime::parse_rfc3339(b[field].as_str().expect(field)).expect("RFC 3339")
+    };
+    assert!(
+        at(&stale, "key_sync_at") < at(&stale, "last_probe_at"),
+        "{stale}"
+    );
+    assert!(
+        stale["reason"].as_str().unwrap_or("").contains("refused"),
+        "{stale}"
+    );
+    assert_eq!(backend(&c, &running, "w1").await["key_sync_stale"], false);
+
+    running.shutdown().await;
+    w1.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contradicted_401s_are_counted_for_the_backend_and_its_pool() {
+    let (w1, w2) = (synced_worker().await, synced_worker().await);
+    let running = start(&config_text(&[("w1", w1.addr()), ("w2", w2.addr())], "")).await;
+    let c = client();
+    wait_state(&c, &running, "w1", "ready").await;
+    wait_state(&c, &running, "w2", "ready").await;
+    // w2 loses its keys while its probe keeps claiming a complete sync: its 401s are
+    // contradicted by w1 and answered from there.
+    w2.forget_keys();
+    wait_until("a contradiction", || async {
+        assert_eq!(push(&c, &running, 3).await.status, StatusCode::OK);
+        backend(&c, &running, "w2").await["contradicted"]
+            .as_u64()
+            .is_some_and(|n| n > 0)
+    })
+    .await;
+    let all = get(&c, &running, "/api/backends").await.json();
+    let pool = &all["pools"]["push"];
+    let w2_count = backend(&c, &running, "w2").await["contradicted"]
+        .as_u64()
+        .unwrap_or(0);
+    assert_eq!(backend(&c, &running, "w1").await["contradicted"], 0);
+    assert!(
+        pool["stats"]["guard"]["contradicted"]
+            .as_u64()
+            .is_some_and(|n| n >= 1 && n <= w2_count),
+        "{pool}"
+    );
+
+    running.shutdown().await;
+    w1.stop().await;
+    w2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn effective_weight_ramps_up_during_slow_start() {
+    let w = synced_worker().await;
+    let text = config_text(&[("w1", w.addr())], "").replace(
+        "[pools.push]\nslow_start = \"0s\"",
+        "[pools.push]\nslow_start = \"60s\"",
+    );
+    assert!(text.contains("slow_start = \"60s\""));
+    let running = start(&text).await;
+    let c = client();
+    wait_state(&c, &running, "w1", "ready").await;
+    let b = backend(&c, &running, "w1").await;
+    let effective = b["effective_weight"].as_f64().expect("effective_weight");
+    // Just admitted into a 60 s ramp: from 1% of the weight, well below the whole of it.
+    assert!((0.01..0.2).contains(&effective), "{b}");
+    assert_eq!(b["weight"], 1);
+    let pool = get(&c, &running, "/api/backends").await.json();
+    assert_eq!(pool["pools"]["push"]["slow_start_ms"], 60_000);
+
+    running.shutdown().await;
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1302,8 +1483,12 @@ async fn status_page_is_self_contained_html() {
     for needle in [
         "/api/backends",
         "/api/events",
+        "/api/config",
         "data-backend",
         "data-state",
+        "data-alarm",
+        "data-action",
+        "sessionStorage",
         "setInterval",
     ] {
         assert!(html.contains(needle), "{needle}");

@@ -237,22 +237,81 @@ async fn run_reloads_on_sighup_and_stops_cleanly_on_sigterm() {
     assert_eq!(status.code(), Some(0));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_lets_no_401_through_and_admits_the_late_worker() {
-    let report = syncgate::demo::run(syncgate::demo::DemoOptions {
-        duration: Duration::from_secs(5),
-        clients: 4,
-        late_join_after: Duration::from_millis(500),
-        late_sync_takes: Duration::from_millis(1500),
-        verbose: false,
-    })
-    .await
-    .unwrap();
-    assert!(report.requests > 100, "{report:?}");
-    assert_eq!(report.unauthorized(), 0, "{report:?}");
-    assert!(report.late_worker_admitted, "{report:?}");
+#[test]
+fn the_demo_shows_401s_reaching_clients_behind_a_health_check_and_none_behind_syncgate() {
+    let out = Command::new(BIN)
+        .args(["demo", "--duration", "8s"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The table: a label, then the ordinary run's value, then syncgate's, columns separated by
+    // two spaces or more.
+    let row = |label: &str| -> (String, String) {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(label) && l[label.len()..].starts_with("  "))
+            .unwrap_or_else(|| panic!("no row {label:?} in:\n{stdout}"));
+        let cells: Vec<&str> = line[label.len()..]
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        assert_eq!(cells.len(), 2, "{line:?}");
+        (cells[0].to_owned(), cells[1].to_owned())
+    };
+    let count = |s: &str| s.parse::<u64>().unwrap_or_else(|e| panic!("{s:?}: {e}"));
+    let header = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("ordinary") && l.contains("syncgate"))
+        .unwrap_or_else(|| panic!("no table header in:\n{stdout}"));
     assert!(
-        report.by_worker.get("worker-new").copied().unwrap_or(0) > 0,
-        "{report:?}"
+        header.find("ordinary") < header.find("syncgate"),
+        "{header}"
+    );
+
+    let (ordinary, gated) = row("requests");
+    assert!(count(&ordinary) > 200 && count(&gated) > 200, "{stdout}");
+    // Behind an ordinary health check the late worker's 401s reach clients; through syncgate none.
+    let (ordinary, gated) = row("401s that reached clients");
+    assert!(count(&ordinary) > 0, "{stdout}");
+    assert_eq!(count(&gated), 0, "{stdout}");
+    let (ordinary, gated) = row("- from worker-new");
+    assert!(count(&ordinary) > 0, "{stdout}");
+    assert_eq!(count(&gated), 0, "{stdout}");
+    // The load started with both pools ready: no cold-start 503s in either run.
+    let (ordinary, _) = row("503s that reached clients");
+    assert_eq!(count(&ordinary), 0, "{stdout}");
+    assert!(
+        !stdout.contains("- no ready backend"),
+        "cold-start 503s in:\n{stdout}"
+    );
+    // syncgate admitted the late worker later (after its sync), and still used it.
+    let admitted = |s: &str| -> f64 {
+        s.trim_end_matches(" s")
+            .parse()
+            .unwrap_or_else(|e| panic!("{s:?}: {e}\n{stdout}"))
+    };
+    let (ordinary, gated) = row("worker-new admitted at");
+    assert!(admitted(&ordinary) < admitted(&gated), "{stdout}");
+    let (_, gated_answers) = row("answered by worker-new");
+    assert!(count(&gated_answers) > 0, "{stdout}");
+    // The second opinion: worker-2's 401s were contradicted, and it was taken out.
+    let (ordinary, gated) = row("401s contradicted by a second worker");
+    assert_eq!(ordinary, "no guard");
+    assert!(count(&gated) > 0, "{stdout}");
+    let (ordinary, gated) = row("worker-2 taken out of rotation");
+    assert_eq!(count(&ordinary), 0, "{stdout}");
+    assert!(count(&gated) > 0, "{stdout}");
+    // During the sync, the joining worker's key count as the probes report it.
+    assert!(
+        stdout.contains("worker-new key sync, as syncgate's probes see it: "),
+        "{stdout}"
     );
 }
