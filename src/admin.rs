@@ -275,7 +275,7 @@ struct Admin {
 impl Admin {
     fn new(control: Arc<Control>, phase: Arc<Lifecycle>) -> Admin {
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(prometheus::Collector::new(control.shared.clone())));
+        registry.register_collector(Box::new(prometheus::Collector::new(control.clone())));
         Admin {
             control,
             registry,

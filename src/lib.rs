@@ -10,7 +10,8 @@
 //!
 //! - Leaves, which use nothing but other leaves: `clock` (monotonic milliseconds, RFC 3339),
 //!   `host` (a host without its port), `events` (the bounded log of state transitions),
-//!   `metrics` (counters and histograms as atomics), `counters` (outlier streaks, the
+//!   `metrics` (counters and histograms as atomics; the process's own figures from `/proc`),
+//!   `counters` (outlier streaks, the
 //!   contradiction window, the retry budget), `conn` (a client connection's facts and
 //!   activity, what the server does about it, and the registry the connection limit reclaims
 //!   idle connections from), `tls` (the served certificate, hot-swappable), `systemd`,
@@ -33,12 +34,14 @@
 //!   (reclaiming idle connections), protocol sniffing (a bad HTTP/2 preface gets `GOAWAY`),
 //!   header and idle timeouts, lingering close, graceful shutdown.
 //! - control: `readiness` (the key-sync contract, fleet checks, rise/fall gate, prober task),
-//!   `discover` (DNS sources of backends: one resolving task each, reporting to the control
+//!   `availability` (one log line and event when a pool loses its last ready backend, and
+//!   when it has one again), `discover` (DNS sources of backends: one resolving task each, reporting to the control
 //!   plane) and `reload` (hot reload, prober lifecycle, config identity, and the one lock
 //!   under which reloads and DNS changes install snapshots).
 //! - admin: the admin HTTP API, status page, Prometheus metrics, operator actions, and
 //!   `/readyz`, which describes this instance (serving or shutting down), not its pools.
 //!
+//! [`logging`] sets up syncgate's own log (text or flattened JSON on stderr) for `main.rs`.
 //! [`demo`] (the `syncgate demo` scenario and its simulated workers, which the tests and
 //! benchmarks use too) stands beside them and uses only the public API. [`start`] wires
 //! everything together; `main.rs` is only the command line.
@@ -47,6 +50,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod availability;
 mod backend;
 mod balance;
 mod body;
@@ -61,6 +65,7 @@ mod events;
 mod files;
 mod fleet;
 mod host;
+pub mod logging;
 mod memory;
 mod metrics;
 mod outlier;

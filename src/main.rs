@@ -73,15 +73,11 @@ enum Command {
 }
 
 fn init_tracing(format: LogFormat, default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let format = match format {
+        LogFormat::Text => syncgate::logging::LogFormat::Text,
+        LogFormat::Json => syncgate::logging::LogFormat::Json,
+    };
+    syncgate::logging::init(format, default);
 }
 
 fn main() -> ExitCode {

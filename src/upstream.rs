@@ -311,6 +311,11 @@ impl Body for Pooled {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.in_flight.backend().metrics.received(data.len());
+                }
+            }
             Poll::Ready(None) => this.done = true,
             Poll::Ready(Some(Err(_))) => this.conn = None,
             _ => {}

@@ -62,16 +62,23 @@ async fn route_and_forward(
     req: Request<Incoming>,
     request_id: &HeaderValue,
 ) -> Response<RespBody> {
+    let started = Instant::now();
     let routed = {
         let host = request_host(&req);
         snapshot.route(host.as_deref().unwrap_or(""), req.uri().path())
     };
     let Some(pool) = routed else {
+        shared
+            .metrics
+            .unrouted
+            .record(StatusCode::NOT_FOUND, started.elapsed());
         return error(StatusCode::NOT_FOUND, "no route", request_id);
     };
     let server = &snapshot.config.server;
     if let Some(len) = content_length(req.headers()) {
         if len > server.max_request_body {
+            pool.stats
+                .record(StatusCode::PAYLOAD_TOO_LARGE, started.elapsed());
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request body too large",
@@ -79,7 +86,8 @@ async fn route_and_forward(
             );
         }
     }
-    let started = Instant::now();
+    // Dropped unanswered when the client goes away: a client abort.
+    let answering = pool.stats.answering();
     let deadline = clock::deadline(
         tokio::time::Instant::from_std(started),
         server.request_timeout,
@@ -90,10 +98,12 @@ async fn route_and_forward(
     };
     let forwarding = forward(shared, pool, conn, req, limits, request_id);
     let result = tokio::time::timeout_at(deadline, forwarding).await;
+    answering.answered();
     let resp = match result {
         Ok(resp) => resp,
         Err(_) => {
-            tracing::warn!(pool = %pool.name, request_id = ?request_id, "upstream timeout");
+            pool.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(pool = %pool.name, request_id = request_id.to_str().unwrap_or(""), "upstream timeout");
             error(StatusCode::GATEWAY_TIMEOUT, "upstream timeout", request_id)
         }
     };

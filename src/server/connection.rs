@@ -64,6 +64,7 @@ pub(super) async fn serve_client(
 ) {
     let activity = Arc::new(Activity::default());
     let _registered = cx.registry.register(activity.clone());
+    let _open = cx.shared.metrics.connections.opened();
     let info = ConnInfo::new(peer, acceptor.is_some());
     let Some(acceptor) = acceptor else {
         return open(stream, false, &cx, info, activity, limits).await;
