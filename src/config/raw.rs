@@ -36,7 +36,16 @@ pub(super) struct Server {
     pub max_connections: Option<Spanned<i64>>,
     pub drain_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
+    pub access_log: Option<Spanned<AccessLog>>,
     pub tls: Option<Spanned<Tls>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AccessLog {
+    pub enabled: Option<Spanned<bool>>,
+    pub path: Option<Spanned<String>>,
+    pub format: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -18,6 +18,7 @@ use super::limits::{self, DurationRange};
 use super::syntax::parse_size;
 use super::{raw, Config, ConfigError, HostLookup};
 
+mod access_log;
 mod admin;
 mod backends;
 mod discover;

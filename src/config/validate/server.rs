@@ -94,6 +94,7 @@ impl Validator<'_> {
                     Zero::Rejected,
                 )
                 .unwrap_or(secs(75)),
+            access_log: self.access_log(s.access_log.as_ref()),
             tls,
         };
         (server, listeners)
