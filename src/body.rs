@@ -4,6 +4,8 @@
 //! form (`Full`) is a cheap `Bytes` clone.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -36,6 +38,8 @@ pub enum ReqBody {
         remaining: u64,
         /// The limit, for the error message.
         limit: u64,
+        /// Counts the bytes read from `inner`, for the access log.
+        counted: Option<Arc<AtomicU64>>,
     },
 }
 
@@ -50,14 +54,21 @@ impl ReqBody {
         ReqBody::Full(if bytes.is_empty() { None } else { Some(bytes) })
     }
 
-    /// A streamed body limited to `limit` bytes in all, of which `prefix` was already read.
-    pub fn stream(prefix: Option<Bytes>, inner: Incoming, limit: u64) -> ReqBody {
+    /// A streamed body limited to `limit` bytes in all, of which `prefix` was already read;
+    /// the bytes read from `inner` from now on are added to `counted`.
+    pub fn stream(
+        prefix: Option<Bytes>,
+        inner: Incoming,
+        limit: u64,
+        counted: Option<Arc<AtomicU64>>,
+    ) -> ReqBody {
         let used = prefix.as_ref().map_or(0, |p| p.len() as u64);
         ReqBody::Stream {
             prefix,
             inner,
             remaining: limit.saturating_sub(used),
             limit,
+            counted,
         }
     }
 
@@ -85,6 +96,7 @@ impl Body for ReqBody {
                 inner,
                 remaining,
                 limit,
+                counted,
             } => {
                 if let Some(p) = prefix.take() {
                     return Poll::Ready(Some(Ok(Frame::data(p))));
@@ -97,6 +109,9 @@ impl Body for ReqBody {
                                 return Poll::Ready(Some(Err(BodyError::TooLarge(*limit))));
                             }
                             *remaining -= len;
+                            if let Some(c) = counted {
+                                c.fetch_add(len, Ordering::Relaxed);
+                            }
                         }
                         Poll::Ready(Some(Ok(frame)))
                     }

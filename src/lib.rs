@@ -19,7 +19,9 @@
 //!   `memory` (credential fingerprints and the fixed-size tables the guard keeps them in).
 //! - config: raw TOML → validated [`Config`], every error with file:line:col.
 //! - state: `backend`, identity + shared atomic state + the one readiness predicate
-//!   ([`Backend::is_routable`]); `body`, the request body on its way upstream.
+//!   ([`Backend::is_routable`]); `body`, the request body on its way upstream;
+//!   `access_log`, one line per request (an entry the server begins and the proxy's hooks
+//!   fill in, per-thread buffers, a writer thread).
 //! - selection: `balance`, p2c, smooth weighted round robin and consistent hashing, generic
 //!   over what it selects ([`Balancer`]), no I/O, no config types.
 //! - upstream: per-thread pooled HTTP/1.1 connections (plain or TLS) to the workers.
@@ -49,6 +51,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod access_log;
 mod admin;
 mod availability;
 mod backend;
@@ -119,6 +122,9 @@ pub enum StartError {
     /// The TLS certificate or key did not load.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The access log file could not be opened.
+    #[error(transparent)]
+    AccessLog(#[from] access_log::AccessLogError),
 }
 
 /// A running syncgate: proxy threads, admin listener, probers, reloader.
@@ -181,6 +187,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     let tls_config = certs.as_ref().map(|c| c.server_config()).transpose()?;
     let bound = server::bind(&server_cfg, mode)?;
     let shared = Shared::new(config);
+    shared.access_log.start(&server_cfg.access_log)?;
     let token = CancellationToken::new();
     let proxy_token = token.child_token();
     // What `/readyz` reports: starting until the listeners listen (a takeover waits for its
@@ -293,6 +300,12 @@ impl Running {
         &self.control
     }
 
+    /// Reopens the access log file by its path (what `SIGUSR1` does, after logrotate renamed
+    /// it); the lines from then on go to the new file.
+    pub fn reopen_access_log(&self) {
+        self.control.shared.access_log.reopen();
+    }
+
     /// Stops accepting, lets in-flight requests finish within `drain_timeout`, stops every
     /// task. Returns when all is done.
     ///
@@ -304,6 +317,8 @@ impl Running {
         self.phase.set(admin::Phase::Stopping);
         self.proxy_token.cancel();
         self.proxy.join().await;
+        // Every proxy thread has handed its last lines over as it ended.
+        self.control.shared.access_log.close().await;
         self.control.token().cancel();
         self.control.tasks().close();
         self.control.tasks().wait().await;

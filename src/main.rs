@@ -236,6 +236,8 @@ async fn daemon(cfg: Config, options: syncgate::StartOptions) -> anyhow::Result<
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    // logrotate's `postrotate` sends SIGUSR1 once it has renamed the access log.
+    let mut usr1 = signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?;
     let running = syncgate::start_with(cfg, options)
         .await
         .context("starting syncgate")?;
@@ -251,6 +253,10 @@ async fn daemon(cfg: Config, options: syncgate::StartOptions) -> anyhow::Result<
                 // also tells systemd RELOADING=1 / READY=1. Not awaited: SIGTERM and the next
                 // SIGHUP are heard while it runs.
                 running.control().spawn_reload("signal");
+            }
+            _ = usr1.recv() => {
+                tracing::info!(signal = "SIGUSR1", "reopening the access log");
+                running.reopen_access_log();
             }
         }
     }

@@ -462,6 +462,10 @@ impl Control {
             installed
         };
         let (snapshot, removed) = (&installed.snapshot, &installed.removed);
+        // A new path or format applies to the requests that complete from now on.
+        self.shared
+            .access_log
+            .configure(&snapshot.config.server.access_log);
         self.shared
             .metrics
             .reloads_ok

@@ -15,6 +15,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::{HeaderName, StatusCode};
 
+use crate::access_log::AccessLog;
 use crate::backend::{Backend, State};
 use crate::balance::{Algorithm, Balancer, Endpoint, PickContext};
 use crate::config::{Balance, Config, GuardConfig, HostMatch, PoolConfig, ProbeConfig};
@@ -240,6 +241,8 @@ pub struct Shared {
     pub events: EventLog,
     /// Process-wide counters (probes, reloads, ejections); per-pool ones are in the pools.
     pub metrics: Metrics,
+    /// The access log: on/off and format as the proxy threads read them, its writer.
+    pub access_log: AccessLog,
 }
 
 impl Shared {
@@ -254,6 +257,7 @@ impl Shared {
             pools,
             events: EventLog::new(1000),
             metrics: Metrics::default(),
+            access_log: AccessLog::default(),
         })
     }
 

@@ -142,7 +142,8 @@ where
     }
 }
 
-/// Config text: one pool `push` over `backends`, fast probes, and `admin_extra` lines in
+/// Config text: one pool `push` over `backends`, fast probes, the access log off (no line per
+/// request in the test output), and `admin_extra` lines in
 /// `[admin]` (e.g. a token file).
 fn config_text(backends: &[(&str, SocketAddr)], admin_extra: &str) -> String {
     let mut s = format!(
@@ -151,6 +152,9 @@ listen = ["127.0.0.1:0"]
 worker_threads = 1
 request_timeout = "4s"
 drain_timeout = "3s"
+
+[server.access_log]
+enabled = false
 
 [admin]
 listen = "127.0.0.1:0"

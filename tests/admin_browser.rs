@@ -351,6 +351,7 @@ async fn http_get_json(url: &str) -> Value {
 fn config_text(pools: &[(&str, &[(&str, SocketAddr)])], admin_extra: &str) -> String {
     let mut s = format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\nworker_threads = 1\n\n\
+         [server.access_log]\nenabled = false\n\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n{admin_extra}\n"
     );
     for (pool, backends) in pools {

@@ -29,7 +29,8 @@
 //! - Process: `syncgate_client_connections`, `syncgate_client_connections_max`,
 //!   `syncgate_client_connections_opened_total`, `syncgate_config_reloads_total{result}`,
 //!   `syncgate_config_generation`, `syncgate_config_last_reload_success_timestamp_seconds`,
-//!   `syncgate_config_last_reload_successful`, `syncgate_build_info{version,commit}`, and the
+//!   `syncgate_config_last_reload_successful`, `syncgate_access_log_dropped_total`,
+//!   `syncgate_build_info{version,commit}`, and the
 //!   standard `process_*` families (CPU, memory, file descriptors, start time)
 //! - Discovery: `syncgate_backends{pool,source}`,
 //!   `syncgate_discovery_resolutions_total{pool,source,result}`,
@@ -593,6 +594,16 @@ impl prometheus_client::collector::Collector for Collector {
                 ),
             ],
         )?;
+        {
+            let mut family = e.encode_descriptor(
+                "syncgate_access_log_dropped",
+                "Access log lines dropped: the writer fell behind (its queue was full) or a write failed.",
+                None,
+                MetricType::Counter,
+            )?;
+            family
+                .encode_counter::<NoLabelSet, u64, u64>(&self.shared.access_log.dropped(), None)?;
+        }
         {
             let mut family = e.encode_descriptor(
                 "syncgate_config_generation",

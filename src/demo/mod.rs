@@ -178,8 +178,11 @@ impl Run {
         // Reserve worker-new's port now (it is in the config from the start, as the new
         // machine was), but start it only later: until then its probes find nothing listening.
         let late_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        // The demo tells its story on stdout; an access log line per request on stderr
+        // would bury it.
         let mut toml = format!(
             "[server]\nlisten = [\"127.0.0.1:0\"]\nworker_threads = 1\n\n\
+             [server.access_log]\nenabled = false\n\n\
              [admin]\nlisten = \"127.0.0.1:0\"\n\n\
              [pools.push]\nbalance = \"p2c\"\nslow_start = \"1s\"\n\n{}",
             check.pool_settings()

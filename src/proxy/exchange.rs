@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use super::headers::strip_hop_by_hop;
 use super::response::RespBody;
 use super::Cx;
+use crate::access_log;
 use crate::backend::{Backend, InFlight};
 use crate::body::{BodyError, ReqBody};
 use crate::outlier;
@@ -190,6 +191,7 @@ pub(super) async fn exchange(
         // large to buffer counts what was read before it was sent.
         let body_len = http_body::Body::size_hint(req.body()).lower();
         let sent_at = std::time::Instant::now();
+        access_log::attempt();
         let attempt = upstream::send(backend, pool.tls.as_ref(), req).await;
         match &attempt {
             Attempt::Answered(..) => {
@@ -202,6 +204,7 @@ pub(super) async fn exchange(
         let gave = record(cx, phase, backend, &attempt);
         let back = match (phase.next(gave), attempt) {
             (Next::Take, Attempt::Answered(resp, conn)) => {
+                access_log::answered(in_flight.backend(), sent_at);
                 let answer = Upstream {
                     resp,
                     conn,

@@ -23,6 +23,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use crate::access_log;
 use crate::balance::Balancer;
 use crate::body::ReqBody;
 use crate::clock;
@@ -47,6 +48,7 @@ pub async fn serve(
         None => {
             let id = new_request_id();
             req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+            access_log::request_id(&id);
             id
         }
     };
@@ -222,6 +224,7 @@ async fn dispatch(cx: &Cx<'_>, req: Request<ReqBody>) -> Response<RespBody> {
     // Boxed: rare, and large enough to bloat every request's future.
     let (resp, outcome) = Box::pin(guard::second_opinion(cx, first, replay, tried)).await;
     pool.stats.guard_outcome(outcome);
+    access_log::guard(outcome);
     resp
 }
 
@@ -274,7 +277,12 @@ async fn read_body(
         return Ok(ReqBody::empty());
     }
     if content_length(headers).is_some_and(|len| len > replay_limit) {
-        return Ok(ReqBody::stream(None, body, max_body));
+        return Ok(ReqBody::stream(
+            None,
+            body,
+            max_body,
+            access_log::body_streamed(),
+        ));
     }
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut total: u64 = 0;
@@ -285,12 +293,19 @@ async fn read_body(
             continue;
         };
         total += data.len() as u64;
+        access_log::body_read(data.len());
         if total > max_body {
             return Err(StatusCode::PAYLOAD_TOO_LARGE);
         }
         chunks.push(data);
         if total > replay_limit {
-            return Ok(ReqBody::stream(Some(concat(chunks)), body, max_body));
+            let streamed = access_log::body_streamed();
+            return Ok(ReqBody::stream(
+                Some(concat(chunks)),
+                body,
+                max_body,
+                streamed,
+            ));
         }
     }
     Ok(ReqBody::full(concat(chunks)))

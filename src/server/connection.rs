@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::io::{Watched, LINGER_TIME, PREFIX_LEN};
 use super::preface::{sniff, Opening, BAD_PREFACE_ANSWER};
+use crate::access_log;
 use crate::clock::now_millis;
 use crate::conn::{verdict, Active, Activity, ConnInfo, Registry, Verdict};
 use crate::proxy;
@@ -171,18 +172,28 @@ async fn serve<I>(
         service_fn(move |req| {
             // In progress from the call until the response body has been sent.
             let active = activity.begin();
+            // While the access log is off, this branch is all a request pays for it.
+            let entry = shared
+                .access_log
+                .is_enabled()
+                .then(|| access_log::Entry::begin(&req, peer));
             let serving = proxy::serve(shared.clone(), info.clone(), req);
             let shutdown = http1.then(|| token.clone());
             async move {
-                let mut resp = serving.await?;
+                let (resp, mut log) = access_log::recording(entry, serving).await;
+                let mut resp = resp?;
                 if shutdown.is_some_and(|t| t.is_cancelled()) {
                     // Shutting down: the last response of this HTTP/1.1 connection (hyper
                     // closes it once written).
                     resp.headers_mut()
                         .insert(http::header::CONNECTION, CLOSE.clone());
                 }
+                if let Some(entry) = &mut log {
+                    entry.responded(resp.status(), resp.body().is_end_stream());
+                }
                 Ok::<_, Infallible>(resp.map(|body| Tracked {
                     body,
+                    log,
                     _active: active,
                 }))
             }
@@ -264,9 +275,11 @@ async fn serve<I>(
 
 static CLOSE: http::HeaderValue = http::HeaderValue::from_static("close");
 
-/// A response body that keeps its request in progress until it has been sent (or dropped).
+/// A response body that keeps its request in progress until it has been sent (or dropped),
+/// and carries its access log entry, whose line is written when it drops.
 struct Tracked<B> {
     body: B,
+    log: Option<access_log::Entry>,
     _active: Active,
 }
 
@@ -278,7 +291,12 @@ impl<B: Body + Unpin> Body for Tracked<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Some(entry) = &mut this.log {
+            entry.sent(&polled, this.body.is_end_stream());
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

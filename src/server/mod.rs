@@ -31,6 +31,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access_log;
 use crate::config::ServerConfig;
 use crate::conn::Registry;
 use crate::snapshot::Shared;
@@ -263,6 +264,9 @@ fn spawn_threads(
         let handle = std::thread::Builder::new()
             .name(format!("syncgate-proxy-{i}"))
             .spawn(move || {
+                // This thread's access log lines are handed over when the guard drops: after
+                // the runtime, whose connections cut at the drain deadline write lines too.
+                let _access_log = shared.access_log.bind_thread();
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -339,6 +343,15 @@ async fn thread_main(
             }
         })
     };
+    // Lines wait in this thread's buffer at most this long.
+    let flusher = tokio::spawn(async {
+        let mut tick = tokio::time::interval(access_log::FLUSH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            access_log::flush_thread();
+        }
+    });
     let mut loops = Vec::new();
     for (l, acceptor) in listeners {
         let listener = match TcpListener::from_std(l.into()) {
@@ -367,6 +380,7 @@ async fn thread_main(
         let _ = l.await;
     }
     let _ = sweeper.await;
+    flusher.abort();
 }
 
 /// hyper's connection builder. HTTP/1.1 runs without hyper's header timer (see

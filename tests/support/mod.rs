@@ -55,8 +55,13 @@ where
     }
 }
 
-/// A config with one pool `push` over `backends` (`(name, addr)`), fast probes, and `extra`
-/// TOML appended to the pool table (e.g. `retries = 1`).
+/// What [`pool_config`] says of the access log: off, so that test output is not a line per
+/// request. Tests of the access log replace it.
+pub const ACCESS_LOG_OFF: &str = "[server.access_log]\nenabled = false\n";
+
+/// A config with one pool `push` over `backends` (`(name, addr)`), fast probes, the access
+/// log off ([`ACCESS_LOG_OFF`]), and `extra` TOML appended to the pool table (e.g.
+/// `retries = 1`).
 pub fn pool_config(backends: &[(&str, SocketAddr)], pool_extra: &str, probe_extra: &str) -> String {
     // Fast probe defaults; a key given in `probe_extra` replaces its default.
     let mut probe: Vec<String> = [
@@ -85,6 +90,7 @@ drain_timeout = "3s"
 [admin]
 listen = "127.0.0.1:0"
 
+{ACCESS_LOG_OFF}
 [pools.push]
 slow_start = "0s"
 {pool_extra}

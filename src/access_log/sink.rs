@@ -1,0 +1,723 @@
+//! Where access log lines go: a buffer per proxy thread, a bounded channel, one writer thread.
+//!
+//! A proxy thread formats each line at the end of its own buffer (no lock, no allocation but
+//! the buffer's, once per batch) and hands the buffer to the writer when it holds
+//! [`FLUSH_BYTES`], every [`FLUSH_EVERY`] (the server's flush task), and when the thread ends.
+//! The hand-over is `try_send` on a channel of [`QUEUE`] batches: when the writer falls behind
+//! (a slow disk, a blocked stderr pipe) the batch is dropped and its lines counted
+//! (`syncgate_access_log_dropped_total`); a request never waits for the log. The writer thread
+//! does every `write(2)`, one per batch, and every `open(2)`.
+//!
+//! A reload that changes the log (path, format, on/off) starts a new *epoch*. A thread never
+//! mixes epochs in one batch, and the writer keeps the previous destination open for
+//! [`GRACE`], so that lines formatted before the reload, still in the threads' buffers, end in
+//! the old file in the old format, and those formatted after it in the new one. `SIGUSR1`
+//! ([`AccessLog::reopen`]) reopens the file by its path (after logrotate renamed it).
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::io::{self, Write as _};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::format::{self, Clock, Line};
+use crate::config::{AccessLogConfig, AccessLogFormat, AccessLogTarget};
+
+/// A thread hands its buffer to the writer once it holds this many bytes.
+const FLUSH_BYTES: usize = 64 * 1024;
+/// ... or this long after the last hand-over, whatever it holds (the server's flush task).
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Batches waiting for the writer, at most (up to 4 MiB): more are dropped and counted.
+const QUEUE: usize = 64;
+/// After a reload changed the destination, the old one stays open this long for the lines
+/// formatted before the reload (threads hand theirs over within [`FLUSH_EVERY`]).
+const GRACE: Duration = Duration::from_secs(1);
+/// Shutdown waits this long at most for the writer to write what is queued.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// The access log of one running syncgate: what the proxy threads read per request (on/off,
+/// format), the channel to the writer, and the counter of dropped lines. Lives in
+/// [`crate::snapshot::Shared`]; idle (off, no thread) until [`AccessLog::start`].
+#[derive(Debug)]
+pub struct AccessLog {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Read once per request: the only access-log work a request does while the log is off.
+    enabled: AtomicBool,
+    /// The epoch (above) and the format of its lines, in one word so that a thread never
+    /// reads one without the other: `epoch << 8 | format`.
+    settings: AtomicU64,
+    tx: SyncSender<Msg>,
+    /// The writer's end, until [`AccessLog::start`] gives it to the writer thread.
+    rx: Mutex<Option<Receiver<Msg>>>,
+    state: Arc<WriterState>,
+    /// The config applied last: a reload that leaves it unchanged changes nothing.
+    applied: Mutex<Option<AccessLogConfig>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// What the control plane tells the writer, and what both count.
+#[derive(Debug, Default)]
+struct WriterState {
+    pending: Mutex<Pending>,
+    /// Lines lost: the queue was full, or a write failed.
+    dropped: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    /// Switch to this destination (None: the log is off) from this epoch on.
+    switch: Option<(u64, Option<AccessLogTarget>)>,
+    /// Reopen the file by its path.
+    reopen: bool,
+    /// Write what is queued and end.
+    closing: bool,
+}
+
+#[derive(Debug)]
+enum Msg {
+    Lines(Batch),
+    /// Look at [`Pending`].
+    Wake,
+}
+
+#[derive(Debug, Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    lines: u64,
+    epoch: u64,
+}
+
+/// Why the access log could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessLogError {
+    /// The file could not be opened for append.
+    #[error("cannot open the access log {path}: {source}")]
+    Open {
+        /// The configured path.
+        path: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The writer thread could not be started.
+    #[error("cannot start the access log writer: {0}")]
+    Thread(io::Error),
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Default for AccessLog {
+    fn default() -> Self {
+        AccessLog::with_queue(QUEUE)
+    }
+}
+
+impl AccessLog {
+    /// An access log whose writer takes `queue` batches at most.
+    fn with_queue(queue: usize) -> AccessLog {
+        let (tx, rx) = mpsc::sync_channel(queue);
+        AccessLog {
+            inner: Arc::new(Inner {
+                enabled: AtomicBool::new(false),
+                settings: AtomicU64::new(0),
+                tx,
+                rx: Mutex::new(Some(rx)),
+                state: Arc::default(),
+                applied: Mutex::new(None),
+                writer: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Opens the destination of `config` (when enabled) and starts the writer thread. An
+    /// error leaves the log off.
+    pub fn start(&self, config: &AccessLogConfig) -> Result<(), AccessLogError> {
+        let Some(rx) = lock(&self.inner.rx).take() else {
+            return Ok(());
+        };
+        let wanted = config.enabled.then(|| config.target.clone());
+        let dest = match &wanted {
+            Some(target) => Some(Dest::open(target).map_err(|source| AccessLogError::Open {
+                path: target_name(target),
+                source,
+            })?),
+            None => None,
+        };
+        let mut output = Output {
+            epoch: 1,
+            wanted: wanted.clone(),
+            open: wanted,
+            dest,
+            previous: None,
+            failing: false,
+        };
+        let state = self.inner.state.clone();
+        let handle = std::thread::Builder::new()
+            .name("syncgate-access-log".into())
+            .spawn(move || output.run(&rx, &state))
+            .map_err(AccessLogError::Thread)?;
+        *lock(&self.inner.writer) = Some(handle);
+        *lock(&self.inner.applied) = Some(config.clone());
+        self.publish(1, config);
+        Ok(())
+    }
+
+    /// Applies a reloaded `config`: nothing when it is unchanged; else a new epoch, whose
+    /// lines the writer sends to the new destination (the old file is closed once the lines
+    /// formatted before have reached it).
+    pub fn configure(&self, config: &AccessLogConfig) {
+        let mut applied = lock(&self.inner.applied);
+        let Some(before) = applied.as_ref() else {
+            // Not started: nothing runs that could use it.
+            return;
+        };
+        if before == config {
+            return;
+        }
+        let epoch = (self.inner.settings.load(Ordering::Acquire) >> 8) + 1;
+        // The writer learns of the switch before any thread can write a line of the new epoch.
+        lock(&self.inner.state.pending).switch =
+            Some((epoch, config.enabled.then(|| config.target.clone())));
+        self.publish(epoch, config);
+        *applied = Some(config.clone());
+        self.wake();
+    }
+
+    /// Reopens the file by its path (`SIGUSR1`, after logrotate renamed it); also retries a
+    /// file that a reload could not open. Nothing for stderr.
+    pub fn reopen(&self) {
+        lock(&self.inner.state.pending).reopen = true;
+        self.wake();
+    }
+
+    /// Writes what the threads handed over, closes the file and ends the writer (waiting
+    /// [`CLOSE_WAIT`] at most). Call once the proxy threads have ended: each hands its last
+    /// lines over as it ends.
+    pub async fn close(&self) {
+        lock(&self.inner.state.pending).closing = true;
+        self.inner.enabled.store(false, Ordering::Release);
+        self.wake();
+        let Some(writer) = lock(&self.inner.writer).take() else {
+            return;
+        };
+        let joined = tokio::task::spawn_blocking(move || writer.join());
+        if tokio::time::timeout(CLOSE_WAIT, joined).await.is_err() {
+            tracing::warn!(waited = ?CLOSE_WAIT, "the access log writer did not finish; lines still queued are lost");
+        }
+    }
+
+    /// Whether requests are logged now. One atomic load: what a request pays when the log is
+    /// off.
+    #[inline]
+    pub fn is_enabled(&self) -> bool {
+        self.inner.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Lines dropped since start: the writer fell behind, or a write failed.
+    pub fn dropped(&self) -> u64 {
+        self.inner.state.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Makes this log the calling thread's (a proxy thread's) until the returned guard drops,
+    /// which hands the thread's last lines over.
+    pub fn bind_thread(&self) -> ThreadGuard {
+        let _ = THREAD.try_with(|t| {
+            if let Ok(mut t) = t.try_borrow_mut() {
+                t.flush();
+                t.log = Some(self.inner.clone());
+            }
+        });
+        ThreadGuard {
+            _not_send: std::marker::PhantomData,
+        }
+    }
+
+    fn publish(&self, epoch: u64, config: &AccessLogConfig) {
+        let format = match config.format {
+            AccessLogFormat::Text => 0,
+            AccessLogFormat::Json => 1,
+        };
+        self.inner
+            .settings
+            .store(epoch << 8 | format, Ordering::Release);
+        self.inner.enabled.store(config.enabled, Ordering::Release);
+    }
+
+    fn wake(&self) {
+        // A full queue means a busy writer, which looks at `Pending` after its current batch.
+        let _ = self.inner.tx.try_send(Msg::Wake);
+    }
+}
+
+/// Keeps a proxy thread's access log bound; dropping it hands the thread's last lines over.
+#[derive(Debug)]
+pub struct ThreadGuard {
+    /// Bound to the thread it was made on.
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for ThreadGuard {
+    fn drop(&mut self) {
+        let _ = THREAD.try_with(|t| {
+            if let Ok(mut t) = t.try_borrow_mut() {
+                t.flush();
+                t.log = None;
+            }
+        });
+    }
+}
+
+thread_local! {
+    static THREAD: RefCell<ThreadBuf> = const {
+        RefCell::new(ThreadBuf {
+            log: None,
+            batch: Batch { bytes: Vec::new(), lines: 0, epoch: 0 },
+            clock: Clock::new(),
+        })
+    };
+}
+
+/// A proxy thread's lines not handed over yet.
+struct ThreadBuf {
+    log: Option<Arc<Inner>>,
+    batch: Batch,
+    clock: Clock,
+}
+
+impl ThreadBuf {
+    fn push(&mut self, line: &Line<'_>) {
+        let Some(log) = self.log.as_deref() else {
+            return;
+        };
+        let settings = log.settings.load(Ordering::Acquire);
+        let epoch = settings >> 8;
+        if self.batch.epoch != epoch {
+            hand_over(log, &mut self.batch);
+            self.batch.epoch = epoch;
+        }
+        let format = if settings & 0xff == 1 {
+            AccessLogFormat::Json
+        } else {
+            AccessLogFormat::Text
+        };
+        if self.batch.bytes.capacity() == 0 {
+            self.batch.bytes.reserve(FLUSH_BYTES + 1024);
+        }
+        format::write(&mut self.batch.bytes, format, line, &mut self.clock);
+        self.batch.lines += 1;
+        if self.batch.bytes.len() >= FLUSH_BYTES {
+            hand_over(log, &mut self.batch);
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Some(log) = self.log.as_deref() {
+            hand_over(log, &mut self.batch);
+        }
+    }
+}
+
+/// Sends `batch`'s lines to the writer, or drops and counts them when its queue is full.
+fn hand_over(log: &Inner, batch: &mut Batch) {
+    if batch.lines == 0 {
+        return;
+    }
+    let full = Batch {
+        bytes: std::mem::take(&mut batch.bytes),
+        lines: std::mem::take(&mut batch.lines),
+        epoch: batch.epoch,
+    };
+    match log.tx.try_send(Msg::Lines(full)) {
+        Ok(()) => {}
+        Err(TrySendError::Full(msg) | TrySendError::Disconnected(msg)) => {
+            if let Msg::Lines(mut lost) = msg {
+                log.state.dropped.fetch_add(lost.lines, Ordering::Relaxed);
+                // The buffer is kept for the next lines: no allocation while dropping.
+                lost.bytes.clear();
+                batch.bytes = lost.bytes;
+            }
+        }
+    }
+}
+
+/// Writes `line` into the calling thread's buffer (nothing on a thread without a log).
+pub(super) fn emit(line: &Line<'_>) {
+    let _ = THREAD.try_with(|t| {
+        if let Ok(mut t) = t.try_borrow_mut() {
+            t.push(line);
+        }
+    });
+}
+
+/// Hands the calling thread's lines to the writer (the server calls it every
+/// [`FLUSH_EVERY`]).
+pub fn flush_thread() {
+    let _ = THREAD.try_with(|t| {
+        if let Ok(mut t) = t.try_borrow_mut() {
+            t.flush();
+        }
+    });
+}
+
+fn target_name(target: &AccessLogTarget) -> String {
+    match target {
+        AccessLogTarget::Stderr => "-".to_owned(),
+        AccessLogTarget::File(p) => p.display().to_string(),
+    }
+}
+
+/// An open destination.
+#[derive(Debug)]
+enum Dest {
+    Stderr,
+    File(File),
+}
+
+impl Dest {
+    fn open(target: &AccessLogTarget) -> io::Result<Dest> {
+        match target {
+            AccessLogTarget::Stderr => Ok(Dest::Stderr),
+            AccessLogTarget::File(path) => open_file(path).map(Dest::File),
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            // Locked like syncgate's own log lines, so that neither splits the other's.
+            Dest::Stderr => io::stderr().lock().write_all(bytes),
+            Dest::File(f) => f.write_all(bytes),
+        }
+    }
+}
+
+/// Opens `path` for append, creating it (mode 0640: lines name clients) if absent. A FIFO or
+/// device put there after validation is refused: `O_NONBLOCK` keeps a FIFO without a reader
+/// from blocking the open, and the opened file must be a regular one.
+fn open_file(path: &Path) -> io::Result<File> {
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "is not a regular file",
+        ));
+    }
+    Ok(file)
+}
+
+/// The writer thread's state.
+struct Output {
+    /// The newest epoch the writer knows of.
+    epoch: u64,
+    /// The destination the config names (None: the log is off).
+    wanted: Option<AccessLogTarget>,
+    /// What `dest` is: `wanted`, unless opening it failed.
+    open: Option<AccessLogTarget>,
+    dest: Option<Dest>,
+    /// The destination before the last switch, for older epochs' lines, until its deadline.
+    previous: Option<(Dest, Instant)>,
+    /// The last write failed (logged once, until one succeeds again).
+    failing: bool,
+}
+
+impl Output {
+    fn run(&mut self, rx: &Receiver<Msg>, state: &WriterState) {
+        loop {
+            let msg = match self.previous.as_ref().map(|p| p.1) {
+                Some(until) => {
+                    match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                        Ok(msg) => Some(msg),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                None => match rx.recv() {
+                    Ok(msg) => Some(msg),
+                    Err(_) => break,
+                },
+            };
+            // Before the batch: a batch of a new epoch is only sent once its switch is here.
+            let closing = self.apply(state);
+            if let Some(Msg::Lines(batch)) = msg {
+                self.write(&batch, state);
+            }
+            if self
+                .previous
+                .as_ref()
+                .is_some_and(|p| Instant::now() >= p.1)
+            {
+                self.previous = None;
+            }
+            if closing {
+                while let Ok(msg) = rx.try_recv() {
+                    if let Msg::Lines(batch) = msg {
+                        self.write(&batch, state);
+                    }
+                }
+                break;
+            }
+        }
+    }
+
+    /// Applies what the control plane asked for; whether to end.
+    fn apply(&mut self, state: &WriterState) -> bool {
+        let (switch, reopen, closing) = {
+            let mut p = lock(&state.pending);
+            (p.switch.take(), std::mem::take(&mut p.reopen), p.closing)
+        };
+        if let Some((epoch, target)) = switch {
+            self.switch(epoch, target);
+        }
+        if reopen {
+            self.reopen();
+        }
+        closing
+    }
+
+    fn switch(&mut self, epoch: u64, target: Option<AccessLogTarget>) {
+        self.epoch = epoch;
+        self.wanted = target;
+        if self.wanted == self.open {
+            // The same destination (the format changed, say): nothing to reopen.
+            return;
+        }
+        let dest = match self.wanted.as_ref().map(Dest::open).transpose() {
+            Ok(dest) => dest,
+            Err(e) => {
+                let path = self.wanted.as_ref().map(target_name).unwrap_or_default();
+                tracing::error!(path, error = %e, "cannot open the new access log; lines keep going to the old one (SIGUSR1 tries again)");
+                return;
+            }
+        };
+        let old = std::mem::replace(&mut self.dest, dest);
+        self.previous = old.map(|d| (d, Instant::now() + GRACE));
+        self.open = self.wanted.clone();
+        match &self.open {
+            Some(target) => {
+                tracing::info!(path = target_name(target), "access log now written here")
+            }
+            None => tracing::info!("access log off"),
+        }
+    }
+
+    fn reopen(&mut self) {
+        let Some(target @ AccessLogTarget::File(_)) = self.wanted.clone() else {
+            return;
+        };
+        match Dest::open(&target) {
+            Ok(dest) => {
+                // The old file (renamed by logrotate) is closed here.
+                self.dest = Some(dest);
+                self.open = Some(target.clone());
+                tracing::info!(path = target_name(&target), "access log reopened");
+            }
+            Err(e) => {
+                tracing::error!(path = target_name(&target), error = %e, "cannot reopen the access log; lines keep going to the file open before");
+            }
+        }
+    }
+
+    fn write(&mut self, batch: &Batch, state: &WriterState) {
+        let older = batch.epoch < self.epoch;
+        let dest = match (&mut self.previous, older) {
+            (Some((previous, _)), true) => Some(previous),
+            _ => self.dest.as_mut(),
+        };
+        // None: the log was turned off (and the grace has passed): lines of before are let go.
+        let Some(dest) = dest else {
+            return;
+        };
+        match dest.write(&batch.bytes) {
+            Ok(()) if self.failing => {
+                self.failing = false;
+                tracing::info!("access log writes again");
+            }
+            Ok(()) => {}
+            Err(e) => {
+                state.dropped.fetch_add(batch.lines, Ordering::Relaxed);
+                if !self.failing {
+                    self.failing = true;
+                    tracing::error!(error = %e, "access log write failed; lines are dropped and counted until a write succeeds");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line() -> Line<'static> {
+        Line {
+            time: std::time::SystemTime::now(),
+            client: "127.0.0.1:1".parse().expect("addr"),
+            method: "GET",
+            path: b"/",
+            version: http::Version::HTTP_11,
+            status: 200,
+            bytes_in: 0,
+            bytes_out: 0,
+            duration: Duration::ZERO,
+            upstream: None,
+            backend: None,
+            guard: None,
+            retries: 0,
+            request_id: None,
+            aborted: false,
+        }
+    }
+
+    fn config(target: AccessLogTarget, format: AccessLogFormat) -> AccessLogConfig {
+        AccessLogConfig {
+            enabled: true,
+            target,
+            format,
+        }
+    }
+
+    /// Runs `f` on a thread of its own (thread-local buffers), bound to `log`.
+    fn on_a_thread(log: &AccessLog, f: impl FnOnce() + Send + 'static) {
+        let inner = log.inner.clone();
+        std::thread::spawn(move || {
+            let _bound = AccessLog { inner }.bind_thread();
+            f();
+        })
+        .join()
+        .expect("thread");
+    }
+
+    #[test]
+    fn a_writer_that_cannot_keep_up_costs_lines_counted_never_a_wait() {
+        // One batch fits in the queue, and nothing takes it: a writer stuck in `write(2)`.
+        let log = AccessLog::with_queue(1);
+        log.inner.enabled.store(true, Ordering::Release);
+        log.inner.settings.store(1 << 8, Ordering::Release);
+        on_a_thread(&log, || {
+            for _ in 0..100 {
+                emit(&line());
+                flush_thread();
+            }
+        });
+        // The first batch waits in the queue; the 99 after it found the queue full. Each
+        // `try_send` returned at once: this test would hang otherwise.
+        assert_eq!(log.dropped(), 99);
+    }
+
+    #[test]
+    fn lines_reach_the_file_at_shutdown_and_a_reopen_follows_a_rename() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("access.log");
+        let log = AccessLog::default();
+        log.start(&config(
+            AccessLogTarget::File(path.clone()),
+            AccessLogFormat::Text,
+        ))
+        .expect("starts");
+        on_a_thread(&log, || emit(&line()));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .is_empty()
+        {
+            assert!(Instant::now() < deadline, "the first line was not written");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let rotated = dir.path().join("access.log.1");
+        std::fs::rename(&path, &rotated).expect("rename");
+        log.reopen();
+        let wait_for_new_file = Instant::now() + Duration::from_secs(5);
+        while !path.exists() {
+            assert!(Instant::now() < wait_for_new_file, "not reopened");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        on_a_thread(&log, || {
+            emit(&line());
+            emit(&line());
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(log.close());
+        let count = |p: &Path| std::fs::read_to_string(p).expect("read").lines().count();
+        assert_eq!(count(&rotated), 1, "the renamed file keeps what it had");
+        assert_eq!(
+            count(&path),
+            2,
+            "written to the new file, all of it by shutdown"
+        );
+        assert_eq!(log.dropped(), 0);
+    }
+
+    #[test]
+    fn lines_of_before_a_reload_stay_in_the_old_file_in_the_old_format() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (old, new) = (dir.path().join("old.log"), dir.path().join("new.log"));
+        let log = AccessLog::default();
+        log.start(&config(
+            AccessLogTarget::File(old.clone()),
+            AccessLogFormat::Text,
+        ))
+        .expect("starts");
+        let (inner, new_path) = (log.inner.clone(), new.clone());
+        std::thread::spawn(move || {
+            let log = AccessLog { inner };
+            let _bound = log.bind_thread();
+            // Buffered, not handed over yet, when the reload comes.
+            emit(&line());
+            log.configure(&config(
+                AccessLogTarget::File(new_path),
+                AccessLogFormat::Json,
+            ));
+            emit(&line());
+        })
+        .join()
+        .expect("thread");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(log.close());
+        let old_text = std::fs::read_to_string(&old).expect("old");
+        let new_text = std::fs::read_to_string(&new).expect("new");
+        assert_eq!(old_text.lines().count(), 1, "{old_text}");
+        assert!(old_text.contains("\"GET / HTTP/1.1\""), "{old_text}");
+        assert_eq!(new_text.lines().count(), 1, "{new_text}");
+        assert!(new_text.starts_with("{\"time\""), "{new_text}");
+    }
+
+    #[test]
+    fn an_unchanged_config_changes_nothing_and_a_changed_one_starts_an_epoch() {
+        let log = AccessLog::default();
+        let cfg = AccessLogConfig {
+            enabled: false,
+            target: AccessLogTarget::Stderr,
+            format: AccessLogFormat::Text,
+        };
+        log.start(&cfg).expect("starts");
+        assert!(!log.is_enabled());
+        let epoch = log.inner.settings.load(Ordering::Acquire) >> 8;
+        log.configure(&cfg);
+        assert_eq!(log.inner.settings.load(Ordering::Acquire) >> 8, epoch);
+        log.configure(&AccessLogConfig {
+            enabled: true,
+            ..cfg
+        });
+        assert!(log.is_enabled());
+        assert_eq!(log.inner.settings.load(Ordering::Acquire) >> 8, epoch + 1);
+    }
+}
