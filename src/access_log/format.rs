@@ -10,7 +10,7 @@
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use http::Version;
 
@@ -20,11 +20,11 @@ use crate::metrics::GuardOutcome;
 /// What one line says.
 #[derive(Debug, Clone)]
 pub(super) struct Line<'a> {
-    /// When the line was written (the response completed, or the client went away).
-    pub time: SystemTime,
+    /// When the response completed (or the client went away), since the Unix epoch.
+    pub time: Duration,
     /// The client's address and port.
     pub client: SocketAddr,
-    pub method: &'a str,
+    pub method: &'a [u8],
     /// The request's path, without its query string (push APIs carry keys there).
     pub path: &'a [u8],
     pub version: Version,
@@ -39,7 +39,7 @@ pub(super) struct Line<'a> {
     /// From sending to the backend that answered until its answer's head arrived.
     pub upstream: Option<Duration>,
     /// `(pool, backend)` whose answer the client got; None for syncgate's own answers.
-    pub backend: Option<(&'a str, &'a str)>,
+    pub backend: Option<(&'a [u8], &'a [u8])>,
     /// The guard's outcome, when the answer was a guarded status.
     pub guard: Option<GuardOutcome>,
     /// Attempts after the first: connect retries and second-opinion replays.
@@ -66,16 +66,17 @@ impl Clock {
         }
     }
 
-    fn write(&mut self, out: &mut Vec<u8>, time: SystemTime) {
-        let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    fn write(&mut self, out: &mut Vec<u8>, since: Duration) {
         let second = since.as_secs();
         if self.second != Some(second) {
             // `2026-01-02T03:04:05Z`: 20 bytes for any year of four digits.
             let mut text = [0u8; 32];
             let mut cursor = &mut text[..];
-            let whole = UNIX_EPOCH + Duration::from_secs(second);
+            let Some(whole) = UNIX_EPOCH.checked_add(Duration::from_secs(second)) else {
+                return out.push(b'-');
+            };
             if write!(cursor, "{}", humantime::format_rfc3339_seconds(whole)).is_err() {
-                return out.extend_from_slice(b"-");
+                return out.push(b'-');
             }
             self.prefix[..19].copy_from_slice(&text[..19]);
             self.prefix[19] = b'.';
@@ -106,7 +107,7 @@ fn text(out: &mut Vec<u8>, l: &Line<'_>, clock: &mut Clock) {
     out.push(b' ');
     addr(out, l.client);
     out.extend_from_slice(b" \"");
-    text_escaped(out, l.method.as_bytes());
+    text_escaped(out, l.method);
     out.push(b' ');
     if l.path.is_empty() {
         out.push(b'-');
@@ -116,7 +117,7 @@ fn text(out: &mut Vec<u8>, l: &Line<'_>, clock: &mut Clock) {
     out.push(b' ');
     out.extend_from_slice(version(l.version).as_bytes());
     out.extend_from_slice(b"\" ");
-    number(out, u64::from(l.status));
+    three_digits(out, u64::from(l.status));
     out.push(b' ');
     number(out, l.bytes_in);
     out.push(b' ');
@@ -132,10 +133,12 @@ fn text(out: &mut Vec<u8>, l: &Line<'_>, clock: &mut Clock) {
         millis(out, d);
     }
     if let Some((pool, backend)) = l.backend {
+        // Names are `[A-Za-z0-9_.-]` (config validation) or such a name and an address
+        // (discovery): nothing to escape.
         out.extend_from_slice(b" pool=");
-        text_escaped(out, pool.as_bytes());
+        put(out, pool);
         out.extend_from_slice(b" backend=");
-        text_escaped(out, backend.as_bytes());
+        put(out, backend);
     }
     if let Some(g) = l.guard {
         out.extend_from_slice(b" guard=");
@@ -157,13 +160,13 @@ fn json(out: &mut Vec<u8>, l: &Line<'_>, clock: &mut Clock) {
     out.extend_from_slice(b"\",\"client\":\"");
     addr(out, l.client);
     out.extend_from_slice(b"\",\"method\":\"");
-    json_escaped(out, l.method.as_bytes());
+    json_escaped(out, l.method);
     out.extend_from_slice(b"\",\"path\":\"");
     json_escaped(out, l.path);
     out.extend_from_slice(b"\",\"version\":\"");
     out.extend_from_slice(version(l.version).as_bytes());
     out.extend_from_slice(b"\",\"status\":");
-    number(out, u64::from(l.status));
+    three_digits(out, u64::from(l.status));
     out.extend_from_slice(b",\"bytes_in\":");
     number(out, l.bytes_in);
     out.extend_from_slice(b",\"bytes_out\":");
@@ -175,10 +178,11 @@ fn json(out: &mut Vec<u8>, l: &Line<'_>, clock: &mut Clock) {
         millis(out, d);
     }
     if let Some((pool, backend)) = l.backend {
+        // Names need no escaping (see `text`).
         out.extend_from_slice(b",\"pool\":\"");
-        json_escaped(out, pool.as_bytes());
+        put(out, pool);
         out.extend_from_slice(b"\",\"backend\":\"");
-        json_escaped(out, backend.as_bytes());
+        put(out, backend);
         out.push(b'"');
     }
     if let Some(g) = l.guard {
@@ -211,21 +215,78 @@ fn version(v: Version) -> &'static str {
     }
 }
 
+/// `0` to `255` as text: (length, digits).
+const OCTETS: [(u8, [u8; 3]); 256] = {
+    let mut t = [(0u8, [0u8; 3]); 256];
+    let mut n = 0;
+    while n < 256 {
+        let d = [
+            b'0' + (n / 100) as u8,
+            b'0' + (n / 10 % 10) as u8,
+            b'0' + (n % 10) as u8,
+        ];
+        t[n] = if n >= 100 {
+            (3, d)
+        } else if n >= 10 {
+            (2, [d[1], d[2], 0])
+        } else {
+            (1, [d[2], 0, 0])
+        };
+        n += 1;
+    }
+    t
+};
+
+/// `IP:port`, `[IPv6]:port`. IPv4 (the common case) without `fmt`'s machinery.
 fn addr(out: &mut Vec<u8>, a: SocketAddr) {
-    // `Vec<u8>` as `io::Write` cannot fail.
-    let _ = write!(out, "{a}");
+    match a {
+        SocketAddr::V4(v4) => {
+            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                let (len, digits) = OCTETS[usize::from(octet)];
+                out.extend_from_slice(&digits[..usize::from(len)]);
+            }
+            out.push(b':');
+            number(out, u64::from(v4.port()));
+        }
+        // `Vec<u8>` as `io::Write` cannot fail.
+        SocketAddr::V6(_) => {
+            let _ = write!(out, "{a}");
+        }
+    }
 }
 
 fn number(out: &mut Vec<u8>, n: u64) {
-    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    if n < 10 {
+        return out.push(b'0' + n as u8);
+    }
+    put(out, itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// Appends `bytes`: a piece of a few bytes (a number, a port) with a loop kept inline, a
+/// longer one with `memcpy`.
+#[inline]
+fn put(out: &mut Vec<u8>, bytes: &[u8]) {
+    if bytes.len() <= 8 {
+        out.extend(bytes.iter().copied());
+    } else {
+        out.extend_from_slice(bytes);
+    }
 }
 
 /// Milliseconds with three decimals (microsecond resolution): `2.841`.
 fn millis(out: &mut Vec<u8>, d: Duration) {
-    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-    number(out, micros / 1000);
+    let micros = d.subsec_micros();
+    number(
+        out,
+        d.as_secs()
+            .saturating_mul(1000)
+            .saturating_add(u64::from(micros / 1000)),
+    );
     out.push(b'.');
-    three_digits(out, micros % 1000);
+    three_digits(out, u64::from(micros % 1000));
 }
 
 /// `n` (below 1000) as three digits.
@@ -241,12 +302,50 @@ fn three_digits(out: &mut Vec<u8>, n: u64) {
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 fn text_safe(b: u8) -> bool {
-    matches!(b, 0x21..=0x7e) && b != b'"' && b != b'\\'
+    PLAIN[0][usize::from(b)]
+}
+
+/// Bytes written as they are: printable ASCII but `"` and `\\` (text also escapes a space,
+/// which would split the line's fields; JSON does not need to).
+const PLAIN: [[bool; 256]; 2] = {
+    let mut t = [[false; 256]; 2];
+    let mut b = 0x20;
+    while b <= 0x7e {
+        if b != b'"' as usize && b != b'\\' as usize {
+            t[0][b] = b != 0x20;
+            t[1][b] = true;
+        }
+        b += 1;
+    }
+    t
+};
+
+/// Whether none of `bytes` is to be escaped (as nearly every line's bytes): eight bytes at a
+/// time with word arithmetic, the rest one table lookup a byte. `table` is one of [`PLAIN`],
+/// whose first entry escapes a space and whose second does not.
+fn all_plain(bytes: &[u8], table: &[bool; 256]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // Some byte of `x` (all below 0x80) is below `n`.
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH != 0;
+    // Some byte of `x` (all below 0x80) is `b`.
+    let has = |x: u64, b: u8| below(x ^ (ONES * u64::from(b)), 1);
+    let lowest = if table[0x20] { 0x20 } else { 0x21 };
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(word);
+        let x = u64::from_le_bytes(w);
+        if x & HIGH != 0 || below(x, lowest) || has(x, 0x7f) || has(x, b'"') || has(x, b'\\') {
+            return false;
+        }
+    }
+    words.remainder().iter().all(|&b| table[usize::from(b)])
 }
 
 fn text_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
-    if bytes.iter().all(|&b| text_safe(b)) {
-        return out.extend_from_slice(bytes);
+    if all_plain(bytes, &PLAIN[0]) {
+        return put(out, bytes);
     }
     for &b in bytes {
         if text_safe(b) {
@@ -263,12 +362,12 @@ fn text_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 fn json_safe(b: u8) -> bool {
-    matches!(b, 0x20..=0x7e) && b != b'"' && b != b'\\'
+    PLAIN[1][usize::from(b)]
 }
 
 fn json_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
-    if bytes.iter().all(|&b| json_safe(b)) {
-        return out.extend_from_slice(bytes);
+    if all_plain(bytes, &PLAIN[1]) {
+        return put(out, bytes);
     }
     for &b in bytes {
         match b {
@@ -291,15 +390,15 @@ fn json_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
 mod tests {
     use super::*;
 
-    fn at(unix_millis: u64) -> SystemTime {
-        UNIX_EPOCH + Duration::from_millis(unix_millis)
+    fn at(unix_millis: u64) -> Duration {
+        Duration::from_millis(unix_millis)
     }
 
     fn full() -> Line<'static> {
         Line {
             time: at(1_767_323_045_678),
             client: "10.0.0.7:51234".parse().expect("addr"),
-            method: "POST",
+            method: b"POST",
             path: b"/v1/batch",
             version: Version::HTTP_11,
             status: 200,
@@ -307,7 +406,7 @@ mod tests {
             bytes_out: 17,
             duration: Duration::from_micros(2841),
             upstream: Some(Duration::from_micros(2511)),
-            backend: Some(("push", "worker-1")),
+            backend: Some((b"push", b"worker-1")),
             guard: Some(GuardOutcome::Contradicted),
             retries: 1,
             request_id: Some(b"4bf92f35"),
@@ -318,7 +417,7 @@ mod tests {
     fn local() -> Line<'static> {
         Line {
             path: b"/nowhere",
-            method: "GET",
+            method: b"GET",
             status: 404,
             bytes_in: 0,
             bytes_out: 48,
@@ -402,7 +501,7 @@ mod tests {
     #[test]
     fn client_bytes_cannot_split_forge_or_colour_a_line() {
         let hostile = Line {
-            method: "GE\"T",
+            method: b"GE\"T",
             path: b"/a b\"c\\d\x1b[31m\n\xff",
             request_id: Some(b"id\" x=\"1\r\n2026-01-01 forged"),
             ..local()
@@ -428,6 +527,23 @@ mod tests {
     }
 
     #[test]
+    fn the_word_at_a_time_check_agrees_with_the_byte_table_for_every_byte_anywhere() {
+        for table in &PLAIN {
+            for b in 0..=255u8 {
+                for at in 0..17 {
+                    let mut bytes = vec![b'a'; 17];
+                    bytes[at] = b;
+                    assert_eq!(
+                        all_plain(&bytes, table),
+                        table[usize::from(b)],
+                        "byte {b:#x} at {at}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn times_render_milliseconds_and_follow_the_clock_across_seconds() {
         let mut clock = Clock::new();
         let mut out = Vec::new();
@@ -443,7 +559,7 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_path_and_ipv6_clients_are_written_plainly() {
+    fn an_empty_path_and_every_kind_of_client_address_are_written_plainly() {
         let l = Line {
             path: b"",
             client: "[2001:db8::1]:443".parse().expect("addr"),
@@ -454,10 +570,19 @@ mod tests {
             text.contains(" [2001:db8::1]:443 \"GET - HTTP/1.1\" "),
             "{text}"
         );
+        for client in ["0.0.0.0:0", "255.255.255.255:65535", "192.168.10.1:8080"] {
+            let l = Line {
+                client: client.parse().expect("addr"),
+                ..local()
+            };
+            let text = line(AccessLogFormat::Text, &l);
+            assert!(text.contains(&format!("Z {client} \"")), "{text}");
+        }
         let huge = Line {
             duration: Duration::MAX,
             ..local()
         };
-        assert!(line(AccessLogFormat::Text, &huge).contains(" 18446744073709551.615 "));
+        // Saturated, never a panic.
+        assert!(line(AccessLogFormat::Text, &huge).contains(" 18446744073709551615.999 "));
     }
 }

@@ -1,18 +1,20 @@
 //! Where access log lines go: a buffer per proxy thread, a bounded channel, one writer thread.
 //!
-//! A proxy thread formats each line at the end of its own buffer (no lock, no allocation but
-//! the buffer's, once per batch) and hands the buffer to the writer when it holds
-//! [`FLUSH_BYTES`], every [`FLUSH_EVERY`] (the server's flush task), and when the thread ends.
-//! The hand-over is `try_send` on a channel of [`QUEUE`] batches: when the writer falls behind
-//! (a slow disk, a blocked stderr pipe) the batch is dropped and its lines counted
-//! (`syncgate_access_log_dropped_total`); a request never waits for the log. The writer thread
-//! does every `write(2)`, one per batch, and every `open(2)`.
+//! A proxy thread writes each line as a binary [`record`](mod@super::record) at the end of its own
+//! buffer (no lock; no allocation once the buffer is its own again, see [`BUFFER_BYTES`]) and
+//! hands what it holds to the writer at [`FLUSH_BYTES`], every [`FLUSH_EVERY`] (the server's
+//! flush task), and when the thread ends. The hand-over is `try_send` on a channel of
+//! [`QUEUE`] batches: when the writer falls behind (a slow disk, a blocked stderr pipe) the
+//! batch is dropped and its lines counted (`syncgate_access_log_dropped_total`); a request
+//! never waits for the log. The writer thread formats the lines, a batch at a time, and does
+//! every `write(2)` (one per batch) and every `open(2)`.
 //!
 //! A reload that changes the log (path, format, on/off) starts a new *epoch*. A thread never
-//! mixes epochs in one batch, and the writer keeps the previous destination open for
-//! [`GRACE`], so that lines formatted before the reload, still in the threads' buffers, end in
-//! the old file in the old format, and those formatted after it in the new one. `SIGUSR1`
-//! ([`AccessLog::reopen`]) reopens the file by its path (after logrotate renamed it).
+//! mixes epochs in one batch, and the writer keeps the previous destination and format for
+//! [`GRACE`], so that the lines of requests completed before the reload, still in the threads'
+//! buffers, end in the old file in the old format, and the later ones in the new file in the
+//! new format. `SIGUSR1` ([`AccessLog::reopen`]) reopens the file by its path (after
+//! logrotate renamed it).
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -20,19 +22,31 @@ use std::io::{self, Write as _};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
 
 use super::format::{self, Clock, Line};
+use super::record;
 use crate::config::{AccessLogConfig, AccessLogFormat, AccessLogTarget};
 
-/// A thread hands its buffer to the writer once it holds this many bytes.
-const FLUSH_BYTES: usize = 64 * 1024;
+/// A thread hands its lines to the writer once they fill this many bytes.
+const FLUSH_BYTES: usize = 32 * 1024;
+/// A thread's buffer: the batches handed over are slices of it, and once the writer has
+/// written them all the thread takes it back whole (`BytesMut::reserve` reclaims a buffer no
+/// one else holds), so that a steady stream of lines costs no allocation. Several batches
+/// long, so that the writer (which takes batches every [`WRITER_TICK`]) is usually done with
+/// them when the thread comes back to its start.
+const BUFFER_BYTES: usize = 256 * 1024;
 /// ... or this long after the last hand-over, whatever it holds (the server's flush task).
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
-/// Batches waiting for the writer, at most (up to 4 MiB): more are dropped and counted.
+/// Batches waiting for the writer, at most (up to 4 MiB, some 200 ms of lines at 100,000
+/// requests/s): more are dropped and counted.
 const QUEUE: usize = 64;
+/// While batches keep coming, the writer takes them this often (see [`Output::run`]).
+const WRITER_TICK: Duration = Duration::from_millis(20);
 /// After a reload changed the destination, the old one stays open this long for the lines
 /// formatted before the reload (threads hand theirs over within [`FLUSH_EVERY`]).
 const GRACE: Duration = Duration::from_secs(1);
@@ -51,9 +65,8 @@ pub struct AccessLog {
 struct Inner {
     /// Read once per request: the only access-log work a request does while the log is off.
     enabled: AtomicBool,
-    /// The epoch (above) and the format of its lines, in one word so that a thread never
-    /// reads one without the other: `epoch << 8 | format`.
-    settings: AtomicU64,
+    /// The epoch (see the module's doc) of the lines written from now on.
+    epoch: AtomicU64,
     tx: SyncSender<Msg>,
     /// The writer's end, until [`AccessLog::start`] gives it to the writer thread.
     rx: Mutex<Option<Receiver<Msg>>>,
@@ -73,8 +86,8 @@ struct WriterState {
 
 #[derive(Debug, Default)]
 struct Pending {
-    /// Switch to this destination (None: the log is off) from this epoch on.
-    switch: Option<(u64, Option<AccessLogTarget>)>,
+    /// Switch to this destination (None: the log is off) and format from this epoch on.
+    switch: Option<(u64, Option<AccessLogTarget>, AccessLogFormat)>,
     /// Reopen the file by its path.
     reopen: bool,
     /// Write what is queued and end.
@@ -88,9 +101,18 @@ enum Msg {
     Wake,
 }
 
-#[derive(Debug, Default)]
+/// Lines handed to the writer.
+#[derive(Debug)]
 struct Batch {
-    bytes: Vec<u8>,
+    bytes: Bytes,
+    lines: u64,
+    epoch: u64,
+}
+
+/// Lines being written by a thread, not handed over yet.
+#[derive(Debug, Default)]
+struct Filling {
+    bytes: BytesMut,
     lines: u64,
     epoch: u64,
 }
@@ -128,7 +150,7 @@ impl AccessLog {
         AccessLog {
             inner: Arc::new(Inner {
                 enabled: AtomicBool::new(false),
-                settings: AtomicU64::new(0),
+                epoch: AtomicU64::new(0),
                 tx,
                 rx: Mutex::new(Some(rx)),
                 state: Arc::default(),
@@ -157,8 +179,11 @@ impl AccessLog {
             wanted: wanted.clone(),
             open: wanted,
             dest,
+            format: config.format,
             previous: None,
             failing: false,
+            clock: Clock::new(),
+            text: Vec::new(),
         };
         let state = self.inner.state.clone();
         let handle = std::thread::Builder::new()
@@ -183,10 +208,13 @@ impl AccessLog {
         if before == config {
             return;
         }
-        let epoch = (self.inner.settings.load(Ordering::Acquire) >> 8) + 1;
+        let epoch = self.inner.epoch.load(Ordering::Acquire) + 1;
         // The writer learns of the switch before any thread can write a line of the new epoch.
-        lock(&self.inner.state.pending).switch =
-            Some((epoch, config.enabled.then(|| config.target.clone())));
+        lock(&self.inner.state.pending).switch = Some((
+            epoch,
+            config.enabled.then(|| config.target.clone()),
+            config.format,
+        ));
         self.publish(epoch, config);
         *applied = Some(config.clone());
         self.wake();
@@ -242,13 +270,7 @@ impl AccessLog {
     }
 
     fn publish(&self, epoch: u64, config: &AccessLogConfig) {
-        let format = match config.format {
-            AccessLogFormat::Text => 0,
-            AccessLogFormat::Json => 1,
-        };
-        self.inner
-            .settings
-            .store(epoch << 8 | format, Ordering::Release);
+        self.inner.epoch.store(epoch, Ordering::Release);
         self.inner.enabled.store(config.enabled, Ordering::Release);
     }
 
@@ -277,42 +299,70 @@ impl Drop for ThreadGuard {
 }
 
 thread_local! {
-    static THREAD: RefCell<ThreadBuf> = const {
-        RefCell::new(ThreadBuf {
-            log: None,
-            batch: Batch { bytes: Vec::new(), lines: 0, epoch: 0 },
-            clock: Clock::new(),
-        })
-    };
+    static THREAD: RefCell<ThreadBuf> = RefCell::new(ThreadBuf {
+        log: None,
+        batch: Filling::default(),
+        record: Vec::new(),
+        anchor: None,
+    });
 }
+
+/// How long one reading of the wall clock dates the lines of a thread (see
+/// [`ThreadBuf::wall_time`]).
+const ANCHOR_FOR: Duration = Duration::from_secs(1);
 
 /// A proxy thread's lines not handed over yet.
 struct ThreadBuf {
     log: Option<Arc<Inner>>,
-    batch: Batch,
-    clock: Clock,
+    batch: Filling,
+    /// The record being written (its capacity kept from record to record).
+    record: Vec<u8>,
+    /// A monotonic instant and the wall-clock time (since the Unix epoch) read with it.
+    anchor: Option<(Instant, Duration)>,
 }
 
 impl ThreadBuf {
+    /// The wall-clock time of `at`, since the Unix epoch: the anchor's plus the monotonic time
+    /// since, so that a line costs no clock reading of its own. The anchor is read again once
+    /// it is [`ANCHOR_FOR`] old: a step of the wall clock (NTP, an operator) shows within a
+    /// second.
+    fn wall_time(&mut self, at: Instant) -> Duration {
+        if let Some((instant, wall)) = self.anchor {
+            let dated = match at.checked_duration_since(instant) {
+                Some(after) if after < ANCHOR_FOR => wall.checked_add(after),
+                Some(_) => None,
+                None => wall.checked_sub(instant.saturating_duration_since(at)),
+            };
+            if let Some(time) = dated {
+                return time;
+            }
+        }
+        let instant = Instant::now();
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        self.anchor = Some((instant, wall));
+        wall.saturating_sub(instant.saturating_duration_since(at))
+    }
+
     fn push(&mut self, line: &Line<'_>) {
         let Some(log) = self.log.as_deref() else {
             return;
         };
-        let settings = log.settings.load(Ordering::Acquire);
-        let epoch = settings >> 8;
+        let epoch = log.epoch.load(Ordering::Acquire);
         if self.batch.epoch != epoch {
             hand_over(log, &mut self.batch);
             self.batch.epoch = epoch;
         }
-        let format = if settings & 0xff == 1 {
-            AccessLogFormat::Json
-        } else {
-            AccessLogFormat::Text
-        };
-        if self.batch.bytes.capacity() == 0 {
-            self.batch.bytes.reserve(FLUSH_BYTES + 1024);
+        // Encoded where pushing a byte is cheapest, then copied once.
+        self.record.clear();
+        record::encode(&mut self.record, line);
+        if self.batch.bytes.capacity() - self.batch.bytes.len() < self.record.len() {
+            self.batch
+                .bytes
+                .reserve(BUFFER_BYTES.max(self.record.len()));
         }
-        format::write(&mut self.batch.bytes, format, line, &mut self.clock);
+        self.batch.bytes.extend_from_slice(&self.record);
         self.batch.lines += 1;
         if self.batch.bytes.len() >= FLUSH_BYTES {
             hand_over(log, &mut self.batch);
@@ -326,34 +376,37 @@ impl ThreadBuf {
     }
 }
 
-/// Sends `batch`'s lines to the writer, or drops and counts them when its queue is full.
-fn hand_over(log: &Inner, batch: &mut Batch) {
-    if batch.lines == 0 {
+/// Sends the lines of `filling` to the writer, or drops and counts them when its queue is
+/// full.
+fn hand_over(log: &Inner, filling: &mut Filling) {
+    if filling.lines == 0 {
         return;
     }
-    let full = Batch {
-        bytes: std::mem::take(&mut batch.bytes),
-        lines: std::mem::take(&mut batch.lines),
-        epoch: batch.epoch,
+    let batch = Batch {
+        bytes: filling.bytes.split().freeze(),
+        lines: std::mem::take(&mut filling.lines),
+        epoch: filling.epoch,
     };
-    match log.tx.try_send(Msg::Lines(full)) {
-        Ok(()) => {}
-        Err(TrySendError::Full(msg) | TrySendError::Disconnected(msg)) => {
-            if let Msg::Lines(mut lost) = msg {
-                log.state.dropped.fetch_add(lost.lines, Ordering::Relaxed);
-                // The buffer is kept for the next lines: no allocation while dropping.
-                lost.bytes.clear();
-                batch.bytes = lost.bytes;
-            }
+    if let Err(TrySendError::Full(msg) | TrySendError::Disconnected(msg)) =
+        log.tx.try_send(Msg::Lines(batch))
+    {
+        if let Msg::Lines(lost) = msg {
+            // Dropped here: its part of the buffer is free for the next lines.
+            log.state.dropped.fetch_add(lost.lines, Ordering::Relaxed);
         }
     }
 }
 
-/// Writes `line` into the calling thread's buffer (nothing on a thread without a log).
-pub(super) fn emit(line: &Line<'_>) {
+/// Writes the line `build` makes for a request that ended at `end` (given the wall-clock time
+/// of `end`, since the Unix epoch) into the calling thread's buffer; nothing on a thread
+/// without a log.
+pub(super) fn emit<'a>(end: Instant, build: impl FnOnce(Duration) -> Line<'a>) {
     let _ = THREAD.try_with(|t| {
         if let Ok(mut t) = t.try_borrow_mut() {
-            t.push(line);
+            if t.log.is_some() {
+                let time = t.wall_time(end);
+                t.push(&build(time));
+            }
         }
     });
 }
@@ -427,47 +480,77 @@ struct Output {
     /// What `dest` is: `wanted`, unless opening it failed.
     open: Option<AccessLogTarget>,
     dest: Option<Dest>,
-    /// The destination before the last switch, for older epochs' lines, until its deadline.
-    previous: Option<(Dest, Instant)>,
+    /// The format of the current epoch's lines.
+    format: AccessLogFormat,
+    /// What older epochs' lines still get for a moment after a switch.
+    previous: Option<Previous>,
     /// The last write failed (logged once, until one succeeds again).
     failing: bool,
+    clock: Clock,
+    /// A batch's lines as text (its capacity kept from batch to batch).
+    text: Vec<u8>,
+}
+
+/// The destination and format before the last switch.
+struct Previous {
+    /// None: the destination did not change (only the format, or opening the new one failed).
+    dest: Option<Dest>,
+    format: AccessLogFormat,
+    until: Instant,
 }
 
 impl Output {
+    /// Writes batches until closed. While batches keep coming it takes what the queue holds
+    /// every [`WRITER_TICK`], so that senders never have to wake it (a wake-up is a futex call
+    /// and, on a busy core, two context switches per batch); it blocks, to be woken by the
+    /// next batch, only once a look found the queue empty.
     fn run(&mut self, rx: &Receiver<Msg>, state: &WriterState) {
+        let mut busy = false;
         loop {
-            let msg = match self.previous.as_ref().map(|p| p.1) {
-                Some(until) => {
-                    match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-                        Ok(msg) => Some(msg),
-                        Err(RecvTimeoutError::Timeout) => None,
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    }
-                }
-                None => match rx.recv() {
+            let first = if busy {
+                std::thread::sleep(WRITER_TICK);
+                None
+            } else {
+                let waited = match self.previous.as_ref().map(|p| p.until) {
+                    Some(until) => rx
+                        .recv_timeout(until.saturating_duration_since(Instant::now()))
+                        .map_err(|e| e == RecvTimeoutError::Disconnected),
+                    None => rx.recv().map_err(|_| true),
+                };
+                match waited {
                     Ok(msg) => Some(msg),
-                    Err(_) => break,
-                },
+                    Err(false) => None,
+                    Err(true) => return,
+                }
             };
-            // Before the batch: a batch of a new epoch is only sent once its switch is here.
-            let closing = self.apply(state);
-            if let Some(Msg::Lines(batch)) = msg {
-                self.write(&batch, state);
+            let mut closing = self.apply(state);
+            let mut taken = 0u32;
+            let mut msg = first;
+            loop {
+                if let Some(Msg::Lines(batch)) = msg.take() {
+                    taken += 1;
+                    // Sent after its switch was asked for, which may have come after `apply`.
+                    if batch.epoch > self.epoch {
+                        closing |= self.apply(state);
+                    }
+                    self.write(&batch, state);
+                }
+                match rx.try_recv() {
+                    Ok(next) => msg = Some(next),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return,
+                }
             }
+            busy = taken > 0;
             if self
                 .previous
                 .as_ref()
-                .is_some_and(|p| Instant::now() >= p.1)
+                .is_some_and(|p| Instant::now() >= p.until)
             {
                 self.previous = None;
             }
             if closing {
-                while let Ok(msg) = rx.try_recv() {
-                    if let Msg::Lines(batch) = msg {
-                        self.write(&batch, state);
-                    }
-                }
-                break;
+                return;
             }
         }
     }
@@ -478,8 +561,8 @@ impl Output {
             let mut p = lock(&state.pending);
             (p.switch.take(), std::mem::take(&mut p.reopen), p.closing)
         };
-        if let Some((epoch, target)) = switch {
-            self.switch(epoch, target);
+        if let Some((epoch, target, format)) = switch {
+            self.switch(epoch, target, format);
         }
         if reopen {
             self.reopen();
@@ -487,30 +570,36 @@ impl Output {
         closing
     }
 
-    fn switch(&mut self, epoch: u64, target: Option<AccessLogTarget>) {
+    fn switch(&mut self, epoch: u64, target: Option<AccessLogTarget>, format: AccessLogFormat) {
         self.epoch = epoch;
         self.wanted = target;
-        if self.wanted == self.open {
-            // The same destination (the format changed, say): nothing to reopen.
-            return;
-        }
-        let dest = match self.wanted.as_ref().map(Dest::open).transpose() {
-            Ok(dest) => dest,
-            Err(e) => {
-                let path = self.wanted.as_ref().map(target_name).unwrap_or_default();
-                tracing::error!(path, error = %e, "cannot open the new access log; lines keep going to the old one (SIGUSR1 tries again)");
-                return;
-            }
+        let mut previous = Previous {
+            dest: None,
+            format: std::mem::replace(&mut self.format, format),
+            until: Instant::now() + GRACE,
         };
-        let old = std::mem::replace(&mut self.dest, dest);
-        self.previous = old.map(|d| (d, Instant::now() + GRACE));
-        self.open = self.wanted.clone();
-        match &self.open {
-            Some(target) => {
-                tracing::info!(path = target_name(target), "access log now written here")
+        if self.wanted != self.open {
+            match self.wanted.as_ref().map(Dest::open).transpose() {
+                Ok(dest) => {
+                    previous.dest = std::mem::replace(&mut self.dest, dest);
+                    self.open = self.wanted.clone();
+                    match &self.open {
+                        Some(target) => {
+                            tracing::info!(
+                                path = target_name(target),
+                                "access log now written here"
+                            )
+                        }
+                        None => tracing::info!("access log off"),
+                    }
+                }
+                Err(e) => {
+                    let path = self.wanted.as_ref().map(target_name).unwrap_or_default();
+                    tracing::error!(path, error = %e, "cannot open the new access log; lines keep going to the old one (SIGUSR1 tries again)");
+                }
             }
-            None => tracing::info!("access log off"),
         }
+        self.previous = Some(previous);
     }
 
     fn reopen(&mut self) {
@@ -530,17 +619,25 @@ impl Output {
         }
     }
 
+    /// Formats `batch`'s lines and writes them: to the previous destination and in its format
+    /// when they were recorded before the last switch and it is still kept.
     fn write(&mut self, batch: &Batch, state: &WriterState) {
         let older = batch.epoch < self.epoch;
-        let dest = match (&mut self.previous, older) {
-            (Some((previous, _)), true) => Some(previous),
-            _ => self.dest.as_mut(),
+        let (dest, format) = match (&mut self.previous, older) {
+            (Some(p), true) => (p.dest.as_mut().or(self.dest.as_mut()), p.format),
+            _ => (self.dest.as_mut(), self.format),
         };
         // None: the log was turned off (and the grace has passed): lines of before are let go.
         let Some(dest) = dest else {
             return;
         };
-        match dest.write(&batch.bytes) {
+        self.text.clear();
+        let mut rest = &batch.bytes[..];
+        while let Some((line, after)) = record::decode(rest) {
+            format::write(&mut self.text, format, &line, &mut self.clock);
+            rest = after;
+        }
+        match dest.write(&self.text) {
             Ok(()) if self.failing => {
                 self.failing = false;
                 tracing::info!("access log writes again");
@@ -563,9 +660,9 @@ mod tests {
 
     fn line() -> Line<'static> {
         Line {
-            time: std::time::SystemTime::now(),
+            time: Duration::ZERO,
             client: "127.0.0.1:1".parse().expect("addr"),
-            method: "GET",
+            method: b"GET",
             path: b"/",
             version: http::Version::HTTP_11,
             status: 200,
@@ -605,10 +702,10 @@ mod tests {
         // One batch fits in the queue, and nothing takes it: a writer stuck in `write(2)`.
         let log = AccessLog::with_queue(1);
         log.inner.enabled.store(true, Ordering::Release);
-        log.inner.settings.store(1 << 8, Ordering::Release);
+        log.inner.epoch.store(1, Ordering::Release);
         on_a_thread(&log, || {
             for _ in 0..100 {
-                emit(&line());
+                emit(Instant::now(), |_| line());
                 flush_thread();
             }
         });
@@ -627,7 +724,7 @@ mod tests {
             AccessLogFormat::Text,
         ))
         .expect("starts");
-        on_a_thread(&log, || emit(&line()));
+        on_a_thread(&log, || emit(Instant::now(), |_| line()));
         let deadline = Instant::now() + Duration::from_secs(5);
         while std::fs::read_to_string(&path)
             .unwrap_or_default()
@@ -645,8 +742,8 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         on_a_thread(&log, || {
-            emit(&line());
-            emit(&line());
+            emit(Instant::now(), |_| line());
+            emit(Instant::now(), |_| line());
         });
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -678,12 +775,12 @@ mod tests {
             let log = AccessLog { inner };
             let _bound = log.bind_thread();
             // Buffered, not handed over yet, when the reload comes.
-            emit(&line());
+            emit(Instant::now(), |_| line());
             log.configure(&config(
                 AccessLogTarget::File(new_path),
                 AccessLogFormat::Json,
             ));
-            emit(&line());
+            emit(Instant::now(), |_| line());
         })
         .join()
         .expect("thread");
@@ -710,14 +807,14 @@ mod tests {
         };
         log.start(&cfg).expect("starts");
         assert!(!log.is_enabled());
-        let epoch = log.inner.settings.load(Ordering::Acquire) >> 8;
+        let epoch = log.inner.epoch.load(Ordering::Acquire);
         log.configure(&cfg);
-        assert_eq!(log.inner.settings.load(Ordering::Acquire) >> 8, epoch);
+        assert_eq!(log.inner.epoch.load(Ordering::Acquire), epoch);
         log.configure(&AccessLogConfig {
             enabled: true,
             ..cfg
         });
         assert!(log.is_enabled());
-        assert_eq!(log.inner.settings.load(Ordering::Acquire) >> 8, epoch + 1);
+        assert_eq!(log.inner.epoch.load(Ordering::Acquire), epoch + 1);
     }
 }

@@ -193,9 +193,10 @@ pub(super) async fn exchange(
         let sent_at = std::time::Instant::now();
         access_log::attempt();
         let attempt = upstream::send(backend, pool.tls.as_ref(), req).await;
+        let took = sent_at.elapsed();
         match &attempt {
             Attempt::Answered(..) => {
-                backend.metrics.upstream_latency.observe(sent_at.elapsed());
+                backend.metrics.upstream_latency.observe(took);
                 backend.metrics.sent(body_len);
             }
             Attempt::Failed(_) => backend.metrics.sent(body_len),
@@ -204,7 +205,7 @@ pub(super) async fn exchange(
         let gave = record(cx, phase, backend, &attempt);
         let back = match (phase.next(gave), attempt) {
             (Next::Take, Attempt::Answered(resp, conn)) => {
-                access_log::answered(in_flight.backend(), sent_at);
+                access_log::answered(in_flight.backend(), took);
                 let answer = Upstream {
                     resp,
                     conn,

@@ -48,10 +48,10 @@ pub async fn serve(
         None => {
             let id = new_request_id();
             req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
-            access_log::request_id(&id);
             id
         }
     };
+    access_log::request_id(&request_id);
     let mut resp = route_and_forward(&shared, &snapshot, &conn, req, &request_id).await;
     resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
     Ok(resp)

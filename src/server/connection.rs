@@ -177,10 +177,11 @@ async fn serve<I>(
                 .access_log
                 .is_enabled()
                 .then(|| access_log::Entry::begin(&req, peer));
-            let serving = proxy::serve(shared.clone(), info.clone(), req);
+            let serving =
+                access_log::recording(entry, proxy::serve(shared.clone(), info.clone(), req));
             let shutdown = http1.then(|| token.clone());
             async move {
-                let (resp, mut log) = access_log::recording(entry, serving).await;
+                let (resp, mut log) = serving.await;
                 let mut resp = resp?;
                 if shutdown.is_some_and(|t| t.is_cancelled()) {
                     // Shutting down: the last response of this HTTP/1.1 connection (hyper
