@@ -3,6 +3,8 @@
 # DESIGN.md's performance notes measure it: each proxy pinned to core 0, the backend and wrk
 # on core 1, wrk -c64 keep-alive, small GET answers. Prints requests/s, latency, and CPU µs
 # per request (user+sys of the proxy process over the run), and each proxy's ratio to nginx.
+# Access logs are off in every proxy (nginx's access_log off, syncgate's [server.access_log]
+# enabled = false); benches/access_log.sh measures what they cost.
 #
 #   bash benches/compare.sh [seconds]      (default 10; installs nginx, haproxy, wrk if missing)
 #
@@ -65,6 +67,8 @@ cat >"$work/syncgate.toml" <<CONF
 [server]
 listen = ["127.0.0.1:18083"]
 worker_threads = 1
+[server.access_log]
+enabled = false
 [admin]
 listen = "127.0.0.1:0"
 [pools.push]

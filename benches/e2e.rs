@@ -117,9 +117,12 @@ fn worker_thread() -> SocketAddr {
     rx.recv().unwrap()
 }
 
+/// The config of a measurement: syncgate's defaults but for the access log, off (a line per
+/// request on stderr would bury the figures; benches/access_log.sh measures its cost).
 fn config(backends: &[SocketAddr], guard: &str) -> String {
     let mut s = format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nworker_threads = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworker_threads = 1\n[server.access_log]\nenabled = false\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
          [pools.push]\nslow_start = \"0s\"\n[pools.push.probe]\ninterval = \"100ms\"\ntimeout = \"90ms\"\nrise = 1\n\
          [pools.push.guard]\n{guard}\n"
     );

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# What the access log costs (issue 14): syncgate with its access log off, on to a file on disk,
+# and on to stderr sent to /dev/null, measured as benches/compare.sh measures (each proxy pinned
+# to core 0, the backend and wrk on core 1, wrk -c64 keep-alive, small GET answers); nginx with
+# its access log off and on to a file on the same disk, for reference. Every variant runs once
+# per round, back to back, in an order that rotates from round to round; a round's ratios
+# (on/off) compare runs seconds apart, so that the load of a shared machine, which drifts over
+# minutes, cancels out of them. Prints each run, each variant's median requests/s and CPU µs
+# per request, and the median of the rounds' ratios on/off.
+#
+#   bash benches/access_log.sh [seconds per run] [rounds]   (defaults: 4 s, 15 rounds)
+#
+# Uses fixed loopback ports 18090-18098 (this is a benchmark, not a test). The log files go to
+# target/access-log-bench/ (the disk, not a tmpfs) and are deleted at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-4}
+ROUNDS=${2:-15}
+need=()
+for t in nginx wrk curl; do command -v "$t" >/dev/null || need+=("$t"); done
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cargo build --release --quiet
+work=$(mktemp -d)
+logs=$PWD/target/access-log-bench
+mkdir -p "$logs"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work" "$logs"; }
+trap cleanup EXIT
+
+# Backend: nginx answering a tiny body and the key-sync readiness report.
+cat >"$work/backend.conf" <<CONF
+daemon off; worker_processes 1; pid $work/backend.pid; error_log /dev/null;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:18090;
+    location = /ready { default_type application/json; return 200 '{"key_sync":{"complete":true,"generation":1,"keys":1}}'; }
+    location / { return 200 'ok'; } } }
+CONF
+taskset -c 1 nginx -c "$work/backend.conf" & pids+=($!)
+
+# nginx as the proxy, its access log off or on (its default: the combined format, a write(2)
+# per request).
+nginx_proxy() { # name port access_log
+  cat >"$work/$1.conf" <<CONF
+daemon off; worker_processes 1; pid $work/$1.pid; error_log /dev/null;
+events { worker_connections 4096; }
+http { access_log $3; keepalive_requests 1000000;
+  upstream workers { server 127.0.0.1:18090; keepalive 128; }
+  server { listen 127.0.0.1:$2;
+    location / { proxy_pass http://workers; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } } }
+CONF
+  taskset -c 0 nginx -c "$work/$1.conf" & pids+=($!)
+}
+nginx_proxy nginx-off 18094 off
+nginx_proxy nginx-file 18095 "$logs/nginx.log"
+
+# syncgate with its default config but for the access log; stderr (its own log, and the access
+# log where path = "-") goes to /dev/null.
+syncgate() { # name port admin-port access-log-table
+  cat >"$work/$1.toml" <<CONF
+[server]
+listen = ["127.0.0.1:$2"]
+worker_threads = 1
+[server.access_log]
+$4
+[admin]
+listen = "127.0.0.1:$3"
+[pools.push]
+slow_start = "0s"
+[pools.push.probe]
+interval = "1s"
+rise = 1
+[[pools.push.backends]]
+name = "w1"
+addr = "127.0.0.1:18090"
+CONF
+  RUST_LOG=warn taskset -c 0 ./target/release/syncgate run --config "$work/$1.toml" 2>/dev/null & pids+=($!)
+  eval "pid_$(echo "$1" | tr - _)=$!"
+}
+syncgate sg-off 18091 18096 'enabled = false'
+syncgate sg-file 18092 18097 "path = \"$logs/syncgate.log\""
+syncgate sg-null 18093 18098 'path = "-"'
+sleep 2
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+tick=$(getconf CLK_TCK)
+proxy_pid() {
+  case "$1" in
+    nginx-*) pgrep -P "$(cat "$work/$1.pid")" | head -1 ;;
+    sg-off) echo "$pid_sg_off" ;;
+    sg-file) echo "$pid_sg_file" ;;
+    sg-null) echo "$pid_sg_null" ;;
+  esac
+}
+declare -A port=([sg-off]=18091 [sg-file]=18092 [sg-null]=18093 [nginx-off]=18094 [nginx-file]=18095)
+variants=(sg-off sg-file sg-null nginx-off nginx-file)
+
+for v in "${variants[@]}"; do   # warm-up
+  taskset -c 1 wrk -t1 -c64 -d2s "http://127.0.0.1:${port[$v]}/" >/dev/null
+done
+printf "%-6s %-11s %10s %12s\n" round variant "req/s" "CPU µs/req"
+for r in $(seq 1 "$ROUNDS"); do
+  n=${#variants[@]}
+  for i in $(seq 0 $((n - 1))); do
+    v=${variants[$(((i + r) % n))]}
+    pid=$(proxy_pid "$v")
+    before=$(cpu_ticks "$pid")
+    out=$(taskset -c 1 wrk -t1 -c64 -d"${SECS}s" "http://127.0.0.1:${port[$v]}/")
+    after=$(cpu_ticks "$pid")
+    reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    cpu=$(awk -v t=$((after - before)) -v hz="$tick" -v n="$reqs" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}')
+    printf "%-6s %-11s %10s %12s\n" "$r" "$v" "$rps" "$cpu"
+    echo "$rps" >>"$work/$v.rps"
+    echo "$cpu" >>"$work/$v.cpu"
+    declare "rps_${v//-/_}=$rps" "cpu_${v//-/_}=$cpu"
+  done
+  # This round's ratios on/off.
+  for pair in sg-file:sg-off sg-null:sg-off nginx-file:nginx-off; do
+    on=${pair%%:*} off=${pair##*:}
+    rps_on=rps_${on//-/_} rps_off=rps_${off//-/_} cpu_on=cpu_${on//-/_} cpu_off=cpu_${off//-/_}
+    awk -v a="${!rps_on}" -v b="${!rps_off}" 'BEGIN {print a / b}' >>"$work/$on.rps-ratio"
+    awk -v a="${!cpu_on}" -v b="${!cpu_off}" 'BEGIN {print a / b}' >>"$work/$on.cpu-ratio"
+  done
+done
+
+median() { sort -n "$1" | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+echo
+printf "%-11s %12s %14s\n" variant "median req/s" "median CPU µs"
+for v in "${variants[@]}"; do
+  printf "%-11s %12s %14s\n" "$v" "$(median "$work/$v.rps")" "$(median "$work/$v.cpu")"
+done
+echo
+echo "median of the rounds' ratios (on/off):"
+for pair in sg-file:sg-off sg-null:sg-off nginx-file:nginx-off; do
+  on=${pair%%:*}
+  printf "%-22s throughput %.3f  CPU per request %.3f\n" "${pair/:/\/}" \
+    "$(median "$work/$on.rps-ratio")" "$(median "$work/$on.cpu-ratio")"
+done
+dropped=$(curl -s http://127.0.0.1:18097/metrics | awk '$1 == "syncgate_access_log_dropped_total" {print $2}')
+echo "sg-file: $(wc -l <"$logs/syncgate.log") lines in its file, ${dropped:-?} dropped"
