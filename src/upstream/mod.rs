@@ -1,17 +1,27 @@
-//! Upstream HTTP/1.1 connections to the workers, pooled per proxy thread.
+//! Upstream HTTP/1.1 connections to the workers, pooled per proxy thread, driven in the
+//! request's own task.
 //!
 //! Each proxy thread runs its own single-threaded runtime, so the idle-connection pool is a
 //! `thread_local!` map keyed by backend id: no lock, no cross-thread wake-up (DESIGN.md,
 //! "Performance notes"). The `RefCell` is only ever borrowed synchronously, never across an
 //! `.await`, so a future that did migrate threads would merely use the other thread's pool.
 //!
+//! A request writes itself to the connection and reads its answer in its own task
+//! (`conn.rs`, with the protocol in `codec.rs`): no connection task, no channel between the
+//! two, no wake-up of another task per request. The answer body ([`Pooled`]) reads from the
+//! connection as the client takes it, and puts the connection back in the pool the moment the
+//! body is complete.
+//!
 //! A pooled connection is reused only under the TLS setup it was opened with (plain TCP, or
 //! one CA and server name): a reload that changes a pool's `upstream_tls` never sends a
 //! request over a connection that the new settings would not have made.
 //!
-//! Sending uses `try_send_request`, which hands the request back when it was not written to
-//! the connection. That makes "reset before any byte was sent" a retryable connect failure
-//! even for streamed bodies: the body is still untouched in the returned request.
+//! A request that could not be written at all comes back ([`Attempt::NotSent`]): a
+//! connection reset before any byte was sent is a retryable connect failure even for
+//! streamed bodies, since the body is still untouched in the returned request.
+
+mod codec;
+mod conn;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -23,14 +33,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use crate::backend::{Backend, InFlight};
 use crate::body::ReqBody;
+pub use conn::UpstreamError;
+use conn::{Conn, Decoder, Failed, Stream};
 
 /// Idle connections older than this are closed: shorter than common worker keep-alive
 /// timeouts (Go 90 s, nginx 75 s, Node 5 s is the outlier), so a pooled connection is rarely
@@ -42,14 +51,14 @@ const MAX_IDLE_PER_BACKEND: usize = 128;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct Idle {
-    conn: Conn,
+    conn: Tagged,
     since: Instant,
 }
 
-/// An upstream HTTP/1.1 connection and the transport it was opened with.
+/// An upstream connection and the transport it was opened with.
 #[derive(Debug)]
-pub struct Conn {
-    send: SendRequest<ReqBody>,
+struct Tagged {
+    conn: Conn,
     /// 0: plain TCP; otherwise the pool's [`UpstreamTls::fingerprint`] at connect time.
     transport: u64,
 }
@@ -83,44 +92,56 @@ pub enum ConnectError {
     /// The TLS handshake with the worker failed.
     #[error("TLS handshake failed: {0}")]
     Tls(std::io::Error),
-    /// The HTTP/1.1 handshake failed.
-    #[error("handshake failed: {0}")]
-    Handshake(hyper::Error),
-    /// The connection closed before the request was written.
+    /// The connection failed before a byte of the request was written.
     #[error("connection reset before the request was sent: {0}")]
-    NotSent(hyper::Error),
+    NotSent(std::io::Error),
 }
 
 /// The outcome of one attempt on one backend.
 pub enum Attempt {
-    /// The worker answered (headers received).
-    Answered(Response<Incoming>, Conn),
+    /// The worker answered (headers received); the body reads from the connection.
+    Answered(Response<Answer>),
     /// Nothing reached the worker; the request comes back for a retry elsewhere.
     NotSent(Request<ReqBody>, ConnectError),
     /// The request was (at least partly) sent and then failed: not retryable.
-    Failed(hyper::Error),
+    Failed(UpstreamError),
 }
 
-fn checkout(backend: &Backend, transport: u64) -> Option<SendRequest<ReqBody>> {
+/// A worker's answer body, not yet read, on its connection.
+#[derive(Debug)]
+pub struct Answer {
+    conn: Tagged,
+    decoder: Decoder,
+    keep_alive: bool,
+}
+
+impl Answer {
+    /// Whether the body is known to be empty.
+    pub fn is_end_stream(&self) -> bool {
+        self.decoder.is_done()
+    }
+}
+
+fn checkout(backend: &Backend, transport: u64) -> Option<Tagged> {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         let entry = pool.get_mut(&backend.id)?;
-        while let Some(idle) = entry.idle.pop() {
+        while let Some(mut idle) = entry.idle.pop() {
             // A connection of another transport (before a reload changed `upstream_tls`) is
-            // dropped, and with it closed.
+            // dropped, and with it closed; so is one the worker closed or wrote to unasked.
             if idle.conn.transport == transport
                 && idle.since.elapsed() < IDLE_TIMEOUT
-                && idle.conn.send.is_ready()
+                && idle.conn.conn.is_usable()
             {
-                return Some(idle.conn.send);
+                return Some(idle.conn);
             }
         }
         None
     })
 }
 
-fn checkin(backend: &Arc<Backend>, conn: Conn) {
-    if backend.is_removed() || conn.send.is_closed() {
+fn checkin(backend: &Arc<Backend>, conn: Tagged) {
+    if backend.is_removed() {
         return;
     }
     POOL.with(|pool| {
@@ -149,7 +170,7 @@ pub fn sweep() {
             }
             entry
                 .idle
-                .retain(|i| i.since.elapsed() < IDLE_TIMEOUT && !i.conn.send.is_closed());
+                .retain_mut(|i| i.since.elapsed() < IDLE_TIMEOUT && i.conn.conn.is_usable());
             !entry.idle.is_empty()
         });
     });
@@ -189,17 +210,8 @@ impl UpstreamTls {
     }
 }
 
-/// Opens a new HTTP/1.1 connection to `backend` (over TLS with `tls`); used by the proxy and
-/// the prober alike.
-pub async fn open<B>(
-    backend: &Backend,
-    tls: Option<&UpstreamTls>,
-) -> Result<SendRequest<B>, ConnectError>
-where
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+/// Opens a new HTTP/1.1 connection to `backend` (over TLS with `tls`).
+async fn open(backend: &Backend, tls: Option<&UpstreamTls>) -> Result<Conn, ConnectError> {
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr)).await
     {
         Err(_) => return Err(ConnectError::Timeout),
@@ -211,7 +223,7 @@ where
     };
     let _ = stream.set_nodelay(true);
     match tls {
-        None => handshake(stream).await,
+        None => Ok(Conn::new(Stream::Plain(stream))),
         Some(tls) => {
             let name = tls
                 .server_name
@@ -221,30 +233,10 @@ where
             match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
                 Err(_) => Err(ConnectError::Timeout),
                 Ok(Err(e)) => Err(ConnectError::Tls(e)),
-                Ok(Ok(s)) => handshake(s).await,
+                Ok(Ok(s)) => Ok(Conn::new(Stream::Tls(Box::new(s)))),
             }
         }
     }
-}
-
-async fn handshake<I, B>(io: I) -> Result<SendRequest<B>, ConnectError>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(ConnectError::Handshake)?;
-    // The connection task ends when every `SendRequest` handle is dropped and the connection
-    // is idle, or when the worker closes it.
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "upstream connection ended with an error");
-        }
-    });
-    Ok(send)
 }
 
 /// Sends `req` to `backend` on a pooled connection, or a new one. A pooled connection that
@@ -253,99 +245,140 @@ where
 pub async fn send(backend: &Backend, tls: Option<&UpstreamTls>, req: Request<ReqBody>) -> Attempt {
     let mut req = req;
     let transport = transport(tls);
-    if let Some(mut send) = checkout(backend, transport) {
-        match send.try_send_request(req).await {
-            Ok(resp) => return Attempt::Answered(resp, Conn { send, transport }),
-            Err(mut e) => match e.take_message() {
-                Some(back) => req = back,
-                None => return Attempt::Failed(e.into_error()),
-            },
+    if let Some(conn) = checkout(backend, transport) {
+        match exchange(conn, req).await {
+            Ok(resp) => return Attempt::Answered(resp),
+            Err(Failed::NotSent(back, _)) => req = *back,
+            Err(Failed::Broken(e)) => return Attempt::Failed(e),
         }
     }
     // Boxed: a new connection is rare with pooling, and the connect/TLS future is large; kept
     // inline it would make every request's future (moved around by hyper) several KiB bigger.
-    let mut send = match Box::pin(open(backend, tls)).await {
-        Ok(s) => s,
+    let conn = match Box::pin(open(backend, tls)).await {
+        Ok(conn) => Tagged { conn, transport },
         Err(e) => return Attempt::NotSent(req, e),
     };
-    match send.try_send_request(req).await {
-        Ok(resp) => Attempt::Answered(resp, Conn { send, transport }),
-        Err(mut e) => match e.take_message() {
-            Some(back) => Attempt::NotSent(back, ConnectError::NotSent(e.into_error())),
-            None => Attempt::Failed(e.into_error()),
-        },
+    match exchange(conn, req).await {
+        Ok(resp) => Attempt::Answered(resp),
+        Err(Failed::NotSent(back, e)) => Attempt::NotSent(*back, ConnectError::NotSent(e)),
+        Err(Failed::Broken(e)) => Attempt::Failed(e),
     }
 }
 
+/// One request on `conn`: the answer with its body still on the connection.
+async fn exchange(mut conn: Tagged, req: Request<ReqBody>) -> Result<Response<Answer>, Failed> {
+    let head = conn.conn.exchange(req).await?;
+    let mut resp = Response::new(Answer {
+        conn,
+        decoder: Decoder::new(head.framing),
+        keep_alive: head.keep_alive,
+    });
+    *resp.status_mut() = head.status;
+    *resp.headers_mut() = head.headers;
+    Ok(resp)
+}
+
+/// Sends `req` over a new connection to `backend` and reads the answer whole (at most `limit`
+/// bytes of body); the connection closes after it. For probes: a dead worker must show up as
+/// `connect refused`, not hide behind a pooled connection.
+pub async fn fetch(
+    backend: &Backend,
+    tls: Option<&UpstreamTls>,
+    req: Request<ReqBody>,
+    limit: usize,
+) -> Result<(http::StatusCode, Bytes), String> {
+    let mut conn = open(backend, tls).await.map_err(|e| e.to_string())?;
+    let head = match conn.exchange(req).await {
+        Ok(head) => head,
+        Err(Failed::NotSent(_, e)) => return Err(format!("probe failed: {e}")),
+        Err(Failed::Broken(e)) => return Err(format!("probe failed: {e}")),
+    };
+    let body = conn::read_to_end(&mut conn, Decoder::new(head.framing), limit)
+        .await
+        .map_err(|e| format!("probe body failed: {e}"))?;
+    Ok((head.status, body))
+}
+
 /// A worker's response body. Holds the request's in-flight count until it is finished, and
-/// returns the connection to this thread's pool when the body was read to the end (a body
+/// returns the connection to this thread's pool the moment the body is complete (a body
 /// dropped half-read leaves the connection unusable, so it is closed instead).
 #[derive(Debug)]
 pub struct Pooled {
-    inner: Incoming,
-    conn: Option<Conn>,
+    answer: Option<Answer>,
+    /// Read to its end (the connection went back to the pool, or closed).
     done: bool,
     in_flight: InFlight,
 }
 
 impl Pooled {
-    /// Wraps a response body.
-    pub fn new(inner: Incoming, conn: Conn, in_flight: InFlight) -> Pooled {
-        Pooled {
-            inner,
-            conn: Some(conn),
+    /// Wraps an answer's body; an empty one gives its connection back at once.
+    pub fn new(answer: Answer, in_flight: InFlight) -> Pooled {
+        let mut pooled = Pooled {
+            answer: Some(answer),
             done: false,
             in_flight,
+        };
+        if pooled.answer.as_ref().is_some_and(Answer::is_end_stream) {
+            pooled.finish();
+        }
+        pooled
+    }
+
+    /// The body is complete: its connection goes back to the pool when it may carry another
+    /// request.
+    fn finish(&mut self) {
+        self.done = true;
+        if let Some(answer) = self.answer.take() {
+            if answer.keep_alive {
+                checkin(self.in_flight.backend(), answer.conn);
+            }
         }
     }
 }
 
 impl Body for Pooled {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => this.done = true,
-            Poll::Ready(Some(Err(_))) => this.conn = None,
-            _ => {}
+        let Some(answer) = this.answer.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = answer.decoder.poll_data(&mut answer.conn.conn, cx);
+        match polled {
+            Poll::Ready(Some(Ok(data))) => {
+                if answer.decoder.is_done() {
+                    this.finish();
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Poll::Ready(None) => {
+                this.finish();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                // The connection is out of step: closed, not pooled.
+                this.answer = None;
+                this.done = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Pending => Poll::Pending,
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.done
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        if !(self.done || self.inner.is_end_stream()) {
-            return;
-        }
-        let Some(mut conn) = self.conn.take() else {
-            return;
-        };
-        let backend = self.in_flight.backend().clone();
-        if conn.send.is_ready() {
-            checkin(&backend, conn);
-        } else if !conn.send.is_closed() {
-            // The connection task has not yet seen the end of the exchange; it will be ready
-            // in a moment. Only then may it be reused.
-            tokio::spawn(async move {
-                if conn.send.ready().await.is_ok() {
-                    checkin(&backend, conn);
-                }
-            });
+        match self.answer.as_ref().and_then(|a| a.decoder.exact()) {
+            Some(n) => SizeHint::with_exact(n),
+            None if self.done => SizeHint::with_exact(0),
+            None => SizeHint::default(),
         }
     }
 }
