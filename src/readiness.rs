@@ -18,7 +18,7 @@ use crate::body::ReqBody;
 use crate::config::{Contract, ProbeConfig};
 use crate::fleet::{Mark, Probed, Reference};
 use crate::snapshot::Shared;
-use crate::upstream::{self, UpstreamTls};
+use crate::upstream::{self, HeadWriter, Outgoing, UpstreamTls};
 
 /// Probe answers larger than this are a failure (a readiness report is a few hundred bytes).
 const MAX_PROBE_BODY: usize = 64 * 1024;
@@ -280,12 +280,11 @@ async fn fetch(
     cfg: &ProbeConfig,
     tls: Option<&UpstreamTls>,
 ) -> Result<(u16, Bytes), String> {
-    let req = http::Request::get(cfg.path.as_str())
-        .header(http::header::HOST, backend.authority.as_str())
-        .header(http::header::ACCEPT, "application/json")
-        .header(http::header::USER_AGENT, "syncgate-probe")
-        .body(ReqBody::empty())
-        .map_err(|e| format!("bad probe request: {e}"))?;
+    let mut head = HeadWriter::new(&http::Method::GET, &cfg.path);
+    head.header(b"host", backend.authority.as_str().as_bytes());
+    head.header(b"accept", b"application/json");
+    head.header(b"user-agent", b"syncgate-probe");
+    let req = Outgoing::new(head, false, false, ReqBody::empty());
     let (status, body) = upstream::fetch(backend, tls, req, MAX_PROBE_BODY).await?;
     Ok((status.as_u16(), body))
 }

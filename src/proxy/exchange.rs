@@ -7,15 +7,15 @@
 
 use std::sync::Arc;
 
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Response, StatusCode};
 
 use super::response::RespBody;
 use super::Cx;
 use crate::backend::{Backend, InFlight};
-use crate::body::{BodyError, ReqBody};
+use crate::body::BodyError;
 use crate::outlier;
 use crate::snapshot::Pool;
-use crate::upstream::{self, Answer, Attempt, ConnectError, Pooled, UpstreamError};
+use crate::upstream::{self, Answer, Attempt, ConnectError, Outgoing, Pooled, UpstreamError};
 
 /// Which attempts a request is making.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,16 +167,16 @@ pub(super) enum Unanswered {
 pub(super) async fn exchange(
     cx: &Cx<'_>,
     phase: Phase,
-    mut req: Request<ReqBody>,
+    mut req: Outgoing,
     tried: &mut Tried,
-) -> Result<(Upstream, Option<Request<ReqBody>>), Unanswered> {
+) -> Result<(Upstream, Option<Outgoing>), Unanswered> {
     let pool = cx.pool;
     loop {
         let Some(backend) = pool.pick(cx.hash_key, &tried.exclude) else {
             return Err(Unanswered::NoBackend);
         };
         let copy = if phase.keeps_copy(pool) {
-            clone_request(&req)
+            req.replayable()
         } else {
             None
         };
@@ -256,17 +256,6 @@ pub(super) fn is_too_large(err: &UpstreamError) -> bool {
         source = e.source();
     }
     false
-}
-
-/// A copy of a request whose body was kept in memory (cheap: the body is a shared `Bytes`).
-fn clone_request(req: &Request<ReqBody>) -> Option<Request<ReqBody>> {
-    let body = req.body().replayable()?;
-    let mut copy = Request::new(body);
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    Some(copy)
 }
 
 #[cfg(test)]

@@ -158,7 +158,7 @@ async fn serve<I>(
         service_fn(move |req| {
             // In progress from the call until the response body has been sent.
             let active = activity.begin();
-            let serving = proxy::serve(shared.clone(), info.clone(), req);
+            let serving = proxy::serve(&shared, &info, req);
             async move {
                 let resp = serving.await?;
                 Ok::<_, Infallible>(resp.map(|body| Tracked {

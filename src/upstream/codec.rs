@@ -11,6 +11,8 @@
 //! without `Connection: close` (or HTTP/1.0 with `Connection: keep-alive`) and its body was
 //! framed. Answer trailers are read and dropped.
 
+use std::mem::MaybeUninit;
+
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
@@ -43,48 +45,69 @@ pub enum ParseError {
 /// How the request's body is framed on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReqFraming {
-    /// No body: the headers go as they are (a client's `Content-Length: 0` stays).
-    Empty,
-    /// `Content-Length: n`, replacing whatever the client sent.
+    /// No body (`Content-Length: 0` when the client sent a length).
+    Empty {
+        /// The client sent a `Content-Length`.
+        said_length: bool,
+    },
+    /// `Content-Length: n`.
     Length(u64),
     /// `Transfer-Encoding: chunked`.
     Chunked,
 }
 
-/// Appends the request head (request line, headers, the framing header, blank line) to `out`.
-/// `path` is the request target in origin form. The framing headers of `headers` are left
-/// out when `framing` sets its own.
-pub fn encode_head(
-    method: &Method,
-    path: &str,
-    headers: &HeaderMap,
-    framing: ReqFraming,
-    out: &mut Vec<u8>,
-) {
-    out.extend_from_slice(method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(path.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    let own_framing = framing != ReqFraming::Empty;
-    for (name, value) in headers {
-        if own_framing && (name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING) {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+/// A request head being written: the request line, then header fields; [`HeadWriter::finish`]
+/// adds the framing header and ends it. The caller leaves out the framing headers it got.
+#[derive(Debug)]
+pub struct HeadWriter {
+    buf: Vec<u8>,
+}
+
+impl HeadWriter {
+    /// A head with its request line; `target` in origin form.
+    pub fn new(method: &Method, target: &str) -> HeadWriter {
+        let mut buf = Vec::with_capacity(512);
+        buf.extend_from_slice(method.as_str().as_bytes());
+        buf.push(b' ');
+        buf.extend_from_slice(target.as_bytes());
+        buf.extend_from_slice(b" HTTP/1.1\r\n");
+        HeadWriter { buf }
     }
-    match framing {
-        ReqFraming::Empty => {}
-        ReqFraming::Length(n) => {
-            out.extend_from_slice(b"content-length: ");
-            push_decimal(out, n);
-            out.extend_from_slice(b"\r\n");
-        }
-        ReqFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+
+    /// Appends a header field.
+    pub fn header(&mut self, name: &[u8], value: &[u8]) {
+        self.buf.extend_from_slice(name);
+        self.buf.extend_from_slice(b": ");
+        self.buf.extend_from_slice(value);
+        self.buf.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"\r\n");
+
+    /// Appends to the value of the field written last (its CRLF moves behind).
+    pub fn extend_value(&mut self, more: &[u8]) {
+        self.buf.truncate(self.buf.len().saturating_sub(2));
+        self.buf.extend_from_slice(more);
+        self.buf.extend_from_slice(b"\r\n");
+    }
+
+    /// The whole head, with the framing header.
+    pub fn finish(mut self, framing: ReqFraming) -> Bytes {
+        match framing {
+            ReqFraming::Empty { said_length: false } => {}
+            ReqFraming::Empty { said_length: true } => {
+                self.buf.extend_from_slice(b"content-length: 0\r\n")
+            }
+            ReqFraming::Length(n) => {
+                self.buf.extend_from_slice(b"content-length: ");
+                push_decimal(&mut self.buf, n);
+                self.buf.extend_from_slice(b"\r\n");
+            }
+            ReqFraming::Chunked => self
+                .buf
+                .extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        }
+        self.buf.extend_from_slice(b"\r\n");
+        Bytes::from(self.buf)
+    }
 }
 
 fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
@@ -146,12 +169,18 @@ pub enum Parsed {
     Final(Head),
 }
 
-/// Parses the answer head at the start of `buf` (the answer to a `method` request), and
-/// consumes it when complete. Header values share the buffer's memory.
-pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, ParseError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut fields);
-    let len = match resp.parse(buf) {
+/// Parses the answer head at the start of `buf` (the answer to a `HEAD` request with
+/// `head_request`), and consumes it when complete. Header values share the buffer's memory.
+pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, ParseError> {
+    // Uninitialised: zeroing 100 fields per answer would cost more than parsing them.
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut fields,
+    );
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => return Err(ParseError::TooLarge),
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
@@ -178,24 +207,26 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, ParseEr
     // Offsets of the fields within the head, so that names and values can be read from it
     // once it is split off the buffer (the values then share its memory).
     let base = buf.as_ptr() as usize;
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let count = resp.headers.len();
-    for (span, field) in spans.iter_mut().zip(resp.headers.iter()) {
-        let name = field.name.as_ptr() as usize - base;
-        let value = field.value.as_ptr() as usize - base;
-        *span = (
-            name,
-            name + field.name.len(),
-            value,
-            value + field.value.len(),
-        );
-    }
+    let spans: Vec<(usize, usize, usize, usize)> = resp
+        .headers
+        .iter()
+        .map(|field| {
+            let name = field.name.as_ptr() as usize - base;
+            let value = field.value.as_ptr() as usize - base;
+            (
+                name,
+                name + field.name.len(),
+                value,
+                value + field.value.len(),
+            )
+        })
+        .collect();
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    let mut headers = HeaderMap::with_capacity(spans.len());
     let mut conn = Connection::default();
     let mut lengths: Option<u64> = None;
     let mut chunked = None;
-    for &(name_from, name_to, from, to) in &spans[..count] {
+    for &(name_from, name_to, from, to) in &spans {
         let name = HeaderName::from_bytes(&head[name_from..name_to])
             .map_err(|_| ParseError::Head("header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(from..to))
@@ -225,9 +256,8 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, ParseEr
     if conn.named_other {
         conn.remove_named(&mut headers);
     }
-    let no_body = *method == Method::HEAD
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
+    let no_body =
+        head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let framing = if no_body {
         Framing::Empty
     } else {
@@ -498,10 +528,10 @@ fn chunk_size(line: &[u8]) -> Result<u64, ParseError> {
 mod tests {
     use super::*;
 
-    fn head(raw: &str, method: &Method) -> Result<Head, ParseError> {
+    fn head(raw: &str, head_request: bool) -> Result<Head, ParseError> {
         let mut buf = BytesMut::from(raw);
         loop {
-            match parse_head(&mut buf, method)? {
+            match parse_head(&mut buf, head_request)? {
                 Parsed::Final(h) => return Ok(h),
                 Parsed::Interim => continue,
                 Parsed::Partial => panic!("partial: {raw:?}"),
@@ -510,29 +540,32 @@ mod tests {
     }
 
     #[test]
-    fn a_request_head_carries_its_own_framing_and_no_other() {
-        let mut h = HeaderMap::new();
-        h.insert(header::HOST, HeaderValue::from_static("w1"));
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+    fn a_request_head_ends_with_its_framing() {
+        let head = |framing| {
+            let mut w = HeadWriter::new(&Method::POST, "/a?b");
+            w.header(b"host", b"w1");
+            w.header(b"x-forwarded-for", b"1.1.1.1");
+            w.extend_value(b", 2.2.2.2");
+            w.finish(framing)
+        };
+        let start = "POST /a?b HTTP/1.1\r\nhost: w1\r\nx-forwarded-for: 1.1.1.1, 2.2.2.2\r\n";
+        assert_eq!(
+            head(ReqFraming::Length(12)),
+            format!("{start}content-length: 12\r\n\r\n")
+        );
+        assert_eq!(
+            head(ReqFraming::Chunked),
+            format!("{start}transfer-encoding: chunked\r\n\r\n")
+        );
+        assert_eq!(
+            head(ReqFraming::Empty { said_length: false }),
+            format!("{start}\r\n")
+        );
+        assert_eq!(
+            head(ReqFraming::Empty { said_length: true }),
+            format!("{start}content-length: 0\r\n\r\n")
+        );
         let mut out = Vec::new();
-        encode_head(&Method::POST, "/a?b", &h, ReqFraming::Length(12), &mut out);
-        assert_eq!(
-            out,
-            b"POST /a?b HTTP/1.1\r\nhost: w1\r\ncontent-length: 12\r\n\r\n"
-        );
-        out.clear();
-        encode_head(&Method::POST, "/", &h, ReqFraming::Chunked, &mut out);
-        assert_eq!(
-            out,
-            b"POST / HTTP/1.1\r\nhost: w1\r\ntransfer-encoding: chunked\r\n\r\n"
-        );
-        out.clear();
-        encode_head(&Method::GET, "/", &h, ReqFraming::Empty, &mut out);
-        assert_eq!(
-            out,
-            b"GET / HTTP/1.1\r\nhost: w1\r\ncontent-length: 99\r\n\r\n"
-        );
-        out.clear();
         push_decimal(&mut out, u64::MAX);
         assert_eq!(out, u64::MAX.to_string().as_bytes());
         assert_eq!(&chunk_line(255)[..], b"ff\r\n");
@@ -542,7 +575,7 @@ mod tests {
     fn an_answer_head_is_parsed_and_its_hop_by_hop_headers_dropped() {
         let h = head(
             "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-Kept: a\r\nX-Kept: b\r\n\r\nok",
-            &Method::GET,
+            false,
         )
         .unwrap();
         assert_eq!(h.status, StatusCode::OK);
@@ -558,73 +591,68 @@ mod tests {
         let cases = [
             (
                 "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
-                Method::HEAD,
+                true,
                 Framing::Empty,
                 true,
             ),
             (
                 "HTTP/1.1 204 No Content\r\n\r\n",
-                Method::GET,
+                false,
                 Framing::Empty,
                 true,
             ),
             (
                 "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
-                Method::GET,
+                false,
                 Framing::Empty,
                 true,
             ),
             (
                 "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
-                Method::GET,
+                false,
                 Framing::Empty,
                 true,
             ),
             (
                 "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
-                Method::GET,
+                false,
                 Framing::Chunked,
                 true,
             ),
             (
                 "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
-                Method::GET,
+                false,
                 Framing::Close,
                 false,
             ),
-            (
-                "HTTP/1.1 200 OK\r\n\r\n",
-                Method::GET,
-                Framing::Close,
-                false,
-            ),
+            ("HTTP/1.1 200 OK\r\n\r\n", false, Framing::Close, false),
             (
                 "HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\nConnection: close\r\n\r\n",
-                Method::GET,
+                false,
                 Framing::Length(3),
                 false,
             ),
             (
                 "HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\n",
-                Method::GET,
+                false,
                 Framing::Length(3),
                 false,
             ),
             (
                 "HTTP/1.0 200 OK\r\nContent-Length: 3\r\nConnection: Keep-Alive\r\n\r\n",
-                Method::GET,
+                false,
                 Framing::Length(3),
                 true,
             ),
             (
                 "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-                Method::GET,
+                false,
                 Framing::Close,
                 false,
             ),
         ];
-        for (raw, method, framing, keep_alive) in cases {
-            let h = head(raw, &method).unwrap();
+        for (raw, head_request, framing, keep_alive) in cases {
+            let h = head(raw, head_request).unwrap();
             assert_eq!((h.framing, h.keep_alive), (framing, keep_alive), "{raw:?}");
             if raw.contains("chunked") {
                 assert!(!h.headers.contains_key(header::CONTENT_LENGTH), "{raw:?}");
@@ -637,17 +665,14 @@ mod tests {
         let mut buf = BytesMut::from(
             "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
         );
-        assert!(matches!(
-            parse_head(&mut buf, &Method::POST),
-            Ok(Parsed::Interim)
-        ));
-        let Ok(Parsed::Final(h)) = parse_head(&mut buf, &Method::POST) else {
+        assert!(matches!(parse_head(&mut buf, false), Ok(Parsed::Interim)));
+        let Ok(Parsed::Final(h)) = parse_head(&mut buf, false) else {
             panic!("final answer expected");
         };
         assert_eq!(h.status, StatusCode::CREATED);
         assert!(buf.is_empty());
         let mut up = BytesMut::from("HTTP/1.1 101 Switching Protocols\r\n\r\n");
-        assert!(parse_head(&mut up, &Method::GET).is_err());
+        assert!(parse_head(&mut up, false).is_err());
     }
 
     #[test]
@@ -662,17 +687,17 @@ mod tests {
             "SMTP ready\r\n\r\n",
         ] {
             let mut buf = BytesMut::from(raw);
-            assert!(parse_head(&mut buf, &Method::GET).is_err(), "{raw:?}");
+            assert!(parse_head(&mut buf, false).is_err(), "{raw:?}");
         }
         let mut partial = BytesMut::from("HTTP/1.1 200 OK\r\nContent-Le");
         assert!(matches!(
-            parse_head(&mut partial, &Method::GET),
+            parse_head(&mut partial, false),
             Ok(Parsed::Partial)
         ));
         let mut huge = BytesMut::from("HTTP/1.1 200 OK\r\n");
         huge.extend_from_slice(&vec![b'a'; MAX_HEAD]);
         assert_eq!(
-            parse_head(&mut huge, &Method::GET).unwrap_err(),
+            parse_head(&mut huge, false).unwrap_err(),
             ParseError::TooLarge
         );
         let many: String = (0..MAX_HEADERS + 1)
@@ -680,7 +705,7 @@ mod tests {
             .collect();
         let mut buf = BytesMut::from(format!("HTTP/1.1 200 OK\r\n{many}\r\n").as_str());
         assert_eq!(
-            parse_head(&mut buf, &Method::GET).unwrap_err(),
+            parse_head(&mut buf, false).unwrap_err(),
             ParseError::TooLarge
         );
     }

@@ -12,16 +12,14 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::{Method, Request};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_util::io::poll_read_buf;
 
-use super::codec::{
-    self, chunk_line, encode_head, Chunked, Decoded, Framing, Head, Parsed, ReqFraming,
-};
+use super::codec::{self, chunk_line, Chunked, Decoded, Framing, Head, Parsed, ReqFraming};
+use super::Outgoing;
 use crate::body::{BodyError, ReqBody};
 
 /// Room kept free in the read buffer before a read.
@@ -114,41 +112,36 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// An upstream HTTP/1.1 connection between exchanges: the socket, what was read past the last
-/// answer (nothing, on a connection fit for reuse), and the buffer request heads are written
-/// into.
+/// An upstream HTTP/1.1 connection between exchanges: the socket, and what was read past
+/// the last answer (nothing, on a connection fit for reuse).
 #[derive(Debug)]
 pub struct Conn {
     io: Stream,
     rbuf: BytesMut,
-    wbuf: Vec<u8>,
 }
 
 /// How an exchange failed.
 #[derive(Debug)]
 pub enum Failed {
     /// Not a byte of the request reached the socket: the request comes back untouched.
-    NotSent(Box<Request<ReqBody>>, io::Error),
+    NotSent(Outgoing, io::Error),
     /// The exchange broke after (part of) the request was sent.
     Broken(UpstreamError),
 }
 
-/// What is written of the request body.
+/// What is being written of the request.
 enum Out {
-    /// The head (in `wbuf`) from this offset, then this in-memory body from its offset.
-    Head {
-        at: usize,
-        body: Option<Bytes>,
-        body_at: usize,
-    },
-    /// The head is out; the body streams from the request (`chunked` or with its length).
-    Streaming { chunked: bool, left: Option<u64> },
+    /// The head, then an in-memory body, from this offset into both.
+    Head { at: usize },
+    /// The head is out; the body streams from the request, chunked or with this many bytes
+    /// left.
+    Streaming { left: Option<u64> },
     /// Pieces of a streamed body (a chunk's size line, data and CRLF; or the last chunk)
     /// from an offset; then streaming goes on (`then`) or the request is complete.
     Pieces {
-        pieces: [Bytes; 3],
+        pieces: Box<[Bytes; 3]>,
         at: usize,
-        then: Option<(bool, Option<u64>)>,
+        then: Option<Option<u64>>,
     },
     /// Everything is written.
     Done,
@@ -160,7 +153,6 @@ impl Conn {
         Conn {
             io,
             rbuf: BytesMut::new(),
-            wbuf: Vec::new(),
         }
     }
 
@@ -182,27 +174,8 @@ impl Conn {
 
     /// Sends `req` and reads the answer's head. `Failed::NotSent` gives the request back when
     /// not a byte of it was written (a dead pooled connection: the request may go elsewhere).
-    pub async fn exchange(&mut self, req: Request<ReqBody>) -> Result<Head, Failed> {
-        let mut req = req;
-        let method = req.method().clone();
-        let framing = framing(&req);
-        self.wbuf.clear();
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        encode_head(&method, path, req.headers(), framing, &mut self.wbuf);
-        let body = match (framing, req.body()) {
-            (ReqFraming::Length(_), ReqBody::Full(b)) => b.clone(),
-            _ => None,
-        };
-        let streaming = match (framing, req.body()) {
-            (ReqFraming::Chunked, _) => Some((true, None)),
-            (ReqFraming::Length(n), ReqBody::Stream { .. }) => Some((false, Some(n))),
-            _ => None,
-        };
-        let mut out = Out::Head {
-            at: 0,
-            body,
-            body_at: 0,
-        };
+    pub async fn exchange(&mut self, mut req: Outgoing) -> Result<Head, Failed> {
+        let mut out = Out::Head { at: 0 };
         let mut sent = false;
         let mut complete = false;
         // A write that failed once something was sent: the worker may have answered and
@@ -212,7 +185,7 @@ impl Conn {
             // Write what can be written, then look for the answer: the worker may answer
             // early, and must not wait for a body it does not read.
             if !complete {
-                match self.poll_send(cx, &mut out, streaming, req.body_mut(), &mut sent) {
+                match self.poll_send(cx, &mut out, &mut req, &mut sent) {
                     Poll::Ready(Ok(())) => complete = true,
                     Poll::Ready(Err(e)) if !sent => return Poll::Ready(Err(Err(e))),
                     Poll::Ready(Err(e @ UpstreamError::Body(_))) => return Poll::Ready(Err(Ok(e))),
@@ -226,7 +199,7 @@ impl Conn {
             if !sent {
                 return Poll::Pending;
             }
-            match ready!(self.poll_head(cx, &method)) {
+            match ready!(self.poll_head(cx, req.head_request)) {
                 Ok(head) => Poll::Ready(Ok(head)),
                 Err(e) => Poll::Ready(Err(Ok(write_failed.take().unwrap_or(e)))),
             }
@@ -241,7 +214,7 @@ impl Conn {
                 Ok(head)
             }
             Err(Ok(e)) => Err(Failed::Broken(e)),
-            Err(Err(UpstreamError::Io(e))) => Err(Failed::NotSent(Box::new(req), e)),
+            Err(Err(UpstreamError::Io(e))) => Err(Failed::NotSent(req, e)),
             Err(Err(e)) => Err(Failed::Broken(e)),
         }
     }
@@ -251,39 +224,40 @@ impl Conn {
         &mut self,
         cx: &mut Context<'_>,
         out: &mut Out,
-        streaming: Option<(bool, Option<u64>)>,
-        body: &mut ReqBody,
+        req: &mut Outgoing,
         sent: &mut bool,
     ) -> Poll<Result<(), UpstreamError>> {
         loop {
             match out {
                 Out::Done => return Poll::Ready(Ok(())),
-                Out::Head {
-                    at,
-                    body: mem,
-                    body_at,
-                } => {
-                    let head = &self.wbuf[*at..];
-                    let rest = mem.as_ref().map_or(&[][..], |b| &b[*body_at..]);
-                    if head.is_empty() && rest.is_empty() {
-                        *out = match streaming {
-                            Some((chunked, left)) => Out::Streaming { chunked, left },
-                            None => Out::Done,
+                Out::Head { at } => {
+                    let head = req.head.get(*at..).unwrap_or_default();
+                    let body = match &req.body {
+                        ReqBody::Full(Some(b)) => b.get(at.saturating_sub(req.head.len())..),
+                        _ => None,
+                    }
+                    .unwrap_or_default();
+                    if head.is_empty() && body.is_empty() {
+                        *out = match (req.framing, &req.body) {
+                            (ReqFraming::Chunked, _) => Out::Streaming { left: None },
+                            (ReqFraming::Length(n), ReqBody::Stream { .. }) => {
+                                Out::Streaming { left: Some(n) }
+                            }
+                            _ => Out::Done,
                         };
                         continue;
                     }
-                    let slices = [IoSlice::new(head), IoSlice::new(rest)];
+                    let slices = [IoSlice::new(head), IoSlice::new(body)];
                     let n = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices))?;
                     if n == 0 {
                         return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
                     }
                     *sent = true;
-                    let from_head = n.min(head.len());
-                    *at += from_head;
-                    *body_at += n - from_head;
+                    *at += n;
                 }
-                Out::Streaming { chunked, left } => {
-                    let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
+                Out::Streaming { left } => {
+                    let frame = ready!(Pin::new(&mut req.body).poll_frame(cx));
+                    let chunked = left.is_none();
                     let data = match frame {
                         Some(Ok(frame)) => match frame.into_data() {
                             Ok(data) if data.is_empty() => continue,
@@ -295,10 +269,10 @@ impl Conn {
                         None if left.is_some_and(|l| l > 0) => {
                             return Poll::Ready(Err(UpstreamError::ShortBody))
                         }
-                        None if *chunked => {
+                        None if chunked => {
                             let last = Bytes::from_static(b"0\r\n\r\n");
                             *out = Out::Pieces {
-                                pieces: [last, Bytes::new(), Bytes::new()],
+                                pieces: Box::new([last, Bytes::new(), Bytes::new()]),
                                 at: 0,
                                 then: None,
                             };
@@ -317,15 +291,15 @@ impl Conn {
                         }
                         *l -= len;
                     }
-                    let pieces = if *chunked {
+                    let pieces = if chunked {
                         [chunk_line(data.len()), data, Bytes::from_static(b"\r\n")]
                     } else {
                         [data, Bytes::new(), Bytes::new()]
                     };
                     *out = Out::Pieces {
-                        pieces,
+                        pieces: Box::new(pieces),
                         at: 0,
-                        then: Some((*chunked, *left)),
+                        then: Some(*left),
                     };
                 }
                 Out::Pieces { pieces, at, then } => {
@@ -349,7 +323,7 @@ impl Conn {
                         *at += n;
                     }
                     *out = match *then {
-                        Some((chunked, left)) => Out::Streaming { chunked, left },
+                        Some(left) => Out::Streaming { left },
                         None => Out::Done,
                     };
                 }
@@ -361,11 +335,11 @@ impl Conn {
     fn poll_head(
         &mut self,
         cx: &mut Context<'_>,
-        method: &Method,
+        head_request: bool,
     ) -> Poll<Result<Head, UpstreamError>> {
         loop {
             if !self.rbuf.is_empty() {
-                match codec::parse_head(&mut self.rbuf, method)? {
+                match codec::parse_head(&mut self.rbuf, head_request)? {
                     Parsed::Final(head) => return Poll::Ready(Ok(head)),
                     Parsed::Interim => continue,
                     Parsed::Partial => {}
@@ -383,21 +357,6 @@ impl Conn {
             self.rbuf.reserve(READ_CHUNK);
         }
         poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)
-    }
-}
-
-/// How the request's body goes: with its known length, chunked, or none.
-fn framing(req: &Request<ReqBody>) -> ReqFraming {
-    let body = req.body();
-    if body.is_end_stream() {
-        return ReqFraming::Empty;
-    }
-    match body {
-        ReqBody::Full(b) => ReqFraming::Length(b.as_ref().map_or(0, |b| b.len() as u64)),
-        ReqBody::Stream { .. } => match body.size_hint().exact() {
-            Some(n) => ReqFraming::Length(n),
-            None => ReqFraming::Chunked,
-        },
     }
 }
 

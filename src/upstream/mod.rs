@@ -31,13 +31,14 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use crate::backend::{Backend, InFlight};
 use crate::body::ReqBody;
+pub use codec::{HeadWriter, ReqFraming};
 pub use conn::UpstreamError;
 use conn::{Conn, Decoder, Failed, Stream};
 
@@ -97,12 +98,57 @@ pub enum ConnectError {
     NotSent(std::io::Error),
 }
 
+/// A request as it goes to a worker: its head, encoded once (a retry or a replay sends the same
+/// bytes), and its body.
+#[derive(Debug)]
+pub struct Outgoing {
+    head: Bytes,
+    framing: ReqFraming,
+    /// A `HEAD` request: the answer has no body whatever its head says.
+    head_request: bool,
+    body: ReqBody,
+}
+
+impl Outgoing {
+    /// The request `head` (without framing) with `body`; `said_length`: the client sent a
+    /// `Content-Length` (kept as `0` for an empty body).
+    pub fn new(head: HeadWriter, head_request: bool, said_length: bool, body: ReqBody) -> Outgoing {
+        let framing = if http_body::Body::is_end_stream(&body) {
+            ReqFraming::Empty { said_length }
+        } else {
+            match &body {
+                ReqBody::Full(b) => ReqFraming::Length(b.as_ref().map_or(0, |b| b.len() as u64)),
+                ReqBody::Stream { .. } => match http_body::Body::size_hint(&body).exact() {
+                    Some(n) => ReqFraming::Length(n),
+                    None => ReqFraming::Chunked,
+                },
+            }
+        };
+        Outgoing {
+            head: head.finish(framing),
+            framing,
+            head_request,
+            body,
+        }
+    }
+
+    /// A copy to send again, when the body was kept in memory (cheap: shared bytes).
+    pub fn replayable(&self) -> Option<Outgoing> {
+        Some(Outgoing {
+            head: self.head.clone(),
+            framing: self.framing,
+            head_request: self.head_request,
+            body: self.body.replayable()?,
+        })
+    }
+}
+
 /// The outcome of one attempt on one backend.
 pub enum Attempt {
     /// The worker answered (headers received); the body reads from the connection.
     Answered(Response<Answer>),
     /// Nothing reached the worker; the request comes back for a retry elsewhere.
-    NotSent(Request<ReqBody>, ConnectError),
+    NotSent(Outgoing, ConnectError),
     /// The request was (at least partly) sent and then failed: not retryable.
     Failed(UpstreamError),
 }
@@ -242,13 +288,12 @@ async fn open(backend: &Backend, tls: Option<&UpstreamTls>) -> Result<Conn, Conn
 /// Sends `req` to `backend` on a pooled connection, or a new one. A pooled connection that
 /// turns out to be dead before the request was written is replaced by a fresh one once: the
 /// worker is not at fault for an idle connection it closed.
-pub async fn send(backend: &Backend, tls: Option<&UpstreamTls>, req: Request<ReqBody>) -> Attempt {
-    let mut req = req;
+pub async fn send(backend: &Backend, tls: Option<&UpstreamTls>, mut req: Outgoing) -> Attempt {
     let transport = transport(tls);
     if let Some(conn) = checkout(backend, transport) {
         match exchange(conn, req).await {
             Ok(resp) => return Attempt::Answered(resp),
-            Err(Failed::NotSent(back, _)) => req = *back,
+            Err(Failed::NotSent(back, _)) => req = back,
             Err(Failed::Broken(e)) => return Attempt::Failed(e),
         }
     }
@@ -260,13 +305,13 @@ pub async fn send(backend: &Backend, tls: Option<&UpstreamTls>, req: Request<Req
     };
     match exchange(conn, req).await {
         Ok(resp) => Attempt::Answered(resp),
-        Err(Failed::NotSent(back, e)) => Attempt::NotSent(*back, ConnectError::NotSent(e)),
+        Err(Failed::NotSent(back, e)) => Attempt::NotSent(back, ConnectError::NotSent(e)),
         Err(Failed::Broken(e)) => Attempt::Failed(e),
     }
 }
 
 /// One request on `conn`: the answer with its body still on the connection.
-async fn exchange(mut conn: Tagged, req: Request<ReqBody>) -> Result<Response<Answer>, Failed> {
+async fn exchange(mut conn: Tagged, req: Outgoing) -> Result<Response<Answer>, Failed> {
     let head = conn.conn.exchange(req).await?;
     let mut resp = Response::new(Answer {
         conn,
@@ -284,7 +329,7 @@ async fn exchange(mut conn: Tagged, req: Request<ReqBody>) -> Result<Response<An
 pub async fn fetch(
     backend: &Backend,
     tls: Option<&UpstreamTls>,
-    req: Request<ReqBody>,
+    req: Outgoing,
     limit: usize,
 ) -> Result<(http::StatusCode, Bytes), String> {
     let mut conn = open(backend, tls).await.map_err(|e| e.to_string())?;
