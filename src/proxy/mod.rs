@@ -60,7 +60,7 @@ pub fn serve(
     async move {
         let mut resp = match prepared {
             Ok(prepared) => prepared.run(&shared, body, &request_id).await,
-            Err(resp) => resp,
+            Err((status, why)) => error(status, why, &request_id),
         };
         resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
         Ok(resp)
@@ -83,30 +83,27 @@ struct Prepared {
     started: Instant,
 }
 
-/// Routes the request and checks what its head says; an answer when it goes no further.
+/// Routes the request and checks what its head says; the status and reason of the local
+/// answer when it goes no further.
 fn prepare(
     shared: &Shared,
     conn: &ConnInfo,
     parts: &Parts,
     request_id: &HeaderValue,
     generated_id: bool,
-) -> Result<Prepared, Response<RespBody>> {
+) -> Result<Prepared, (StatusCode, &'static str)> {
     let snapshot = shared.snapshot();
     let routed = {
         let host = request_host(&parts.uri, &parts.headers);
         snapshot.route(host.as_deref().unwrap_or(""), parts.uri.path())
     };
     let Some(pool) = routed else {
-        return Err(error(StatusCode::NOT_FOUND, "no route", request_id));
+        return Err((StatusCode::NOT_FOUND, "no route"));
     };
     let server = &snapshot.config.server;
     let content_length = content_length(&parts.headers);
     if content_length.is_some_and(|len| len > server.max_request_body) {
-        return Err(error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request body too large",
-            request_id,
-        ));
+        return Err((StatusCode::PAYLOAD_TOO_LARGE, "request body too large"));
     }
     let started = Instant::now();
     let limits = Limits {
