@@ -8,7 +8,7 @@
 //! |---|---|
 //! | `GET /` | self-contained HTML status page, refreshing itself every second |
 //! | `GET /healthz` | 200 while the process runs |
-//! | `GET /readyz` | 200 when every pool has a ready backend, else 503 |
+//! | `GET /readyz` | 200 while this instance serves, 503 once it is shutting down (never pool health) |
 //! | `GET /api/backends` | every backend of every pool with its state, probe and counters |
 //! | `GET /api/config` | generation, sha256, loaded_at and the last reload error |
 //! | `GET /api/events[?since=N]` | the state-transition log, newest last |
@@ -49,14 +49,21 @@ use subtle::ConstantTimeEq;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Backend, State};
+use std::sync::atomic::Ordering;
+
+use crate::backend::{Backend, BackendInfo, State};
 use crate::clock::rfc3339;
 use crate::config::ConfigError;
+use crate::metrics::{GuardOutcome, PoolStats};
 use crate::reload::Control;
 use crate::snapshot::{Pool, Shared};
 
 /// Request bodies larger than this are answered `413`.
 pub const MAX_BODY: usize = 64 * 1024;
+/// A body declared over [`MAX_BODY`] is read and discarded up to this many bytes ...
+const DISCARD_MAX: usize = 1024 * 1024;
+/// ... or for this long, before the 413.
+const DISCARD_TIME: Duration = Duration::from_secs(2);
 /// A client must send its request headers within this.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open connections may finish their exchange after shutdown begins.
@@ -76,11 +83,48 @@ const DRAINED_IDLE: &str = "drained by operator, idle";
 /// Reason recorded when an operator enables a backend.
 const ENABLED: &str = "enabled by operator";
 
+/// Where a running instance is in its life, as `/readyz` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// Config loaded, listeners not listening yet (a `--takeover` start waits for its pools).
+    Starting = 0,
+    /// Listening and serving.
+    Serving = 1,
+    /// Shutting down: no new connections, requests in flight finish.
+    Stopping = 2,
+}
+
+/// The current [`Phase`], shared by `crate::start` (which moves it) and the admin API.
+#[derive(Debug, Default)]
+pub struct Lifecycle(std::sync::atomic::AtomicU8);
+
+impl Lifecycle {
+    /// The current phase.
+    pub fn get(&self) -> Phase {
+        match self.0.load(std::sync::atomic::Ordering::Acquire) {
+            0 => Phase::Starting,
+            1 => Phase::Serving,
+            _ => Phase::Stopping,
+        }
+    }
+
+    /// Moves to `phase`.
+    pub fn set(&self, phase: Phase) {
+        self.0
+            .store(phase as u8, std::sync::atomic::Ordering::Release);
+    }
+}
+
 /// Serves the admin API on `listener` until the control token is cancelled. Each connection
 /// runs as a task on `control.tasks()`; on cancellation the accept loop stops and open
 /// connections finish their current exchange (for at most a short grace period).
-pub async fn serve(listener: TcpListener, control: Arc<Control>) {
-    let admin = Arc::new(Admin::new(control.clone()));
+///
+/// `phase` says whether the instance serves (`/readyz`): it is [`Phase::Starting`] until the
+/// proxy listeners listen, and [`Phase::Stopping`] from the moment shutdown begins (before the
+/// control token, which is cancelled only after the proxy drained).
+pub async fn serve(listener: TcpListener, control: Arc<Control>, phase: Arc<Lifecycle>) {
+    let admin = Arc::new(Admin::new(control.clone(), phase));
     let token = control.token().clone();
     loop {
         let accepted = tokio::select! {
@@ -224,13 +268,19 @@ impl Endpoint {
 struct Admin {
     control: Arc<Control>,
     registry: Registry,
+    /// Cancelled when shutdown begins (see [`serve`]).
+    phase: Arc<Lifecycle>,
 }
 
 impl Admin {
-    fn new(control: Arc<Control>) -> Admin {
+    fn new(control: Arc<Control>, phase: Arc<Lifecycle>) -> Admin {
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(prometheus::Collector::new(control.shared.clone())));
-        Admin { control, registry }
+        registry.register_collector(Box::new(prometheus::Collector::new(control.clone())));
+        Admin {
+            control,
+            registry,
+            phase,
+        }
     }
 
     fn shared(&self) -> &Arc<Shared> {
@@ -322,25 +372,36 @@ impl Admin {
             && constant_time_eq(presented.trim_ascii(), expected.0.as_bytes())
     }
 
-    /// `GET /readyz`.
+    /// `GET /readyz`: whether this instance can serve: its config is loaded (the admin API is
+    /// served only then), its listeners listen (a `--takeover` start waits for its pools
+    /// first), and it is not shutting down. Pool health is shown for people but never changes
+    /// the status: an outer load
+    /// balancer that dropped every syncgate instance whenever a pool had no ready worker would
+    /// turn syncgate's `503` with `Retry-After` into refused connections.
     fn readyz(&self) -> Response<Full<Bytes>> {
         let snapshot = self.shared().snapshot();
-        let mut pools = Map::new();
-        let mut all_ready = true;
-        for pool in &snapshot.pools {
-            let ready = pool.backends.iter().filter(|b| b.is_routable()).count();
-            all_ready &= ready > 0;
-            pools.insert(
-                pool.name.to_string(),
-                json!({"ready": ready, "backends": pool.backends.len()}),
-            );
-        }
-        let status = if all_ready {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
+        let pools: Map<String, Value> = snapshot
+            .pools
+            .iter()
+            .map(|pool| {
+                let ready = pool.backends.iter().filter(|b| b.is_routable()).count();
+                let entry = json!({"ready": ready, "backends": pool.backends.len()});
+                (pool.name.to_string(), entry)
+            })
+            .collect();
+        let phase = self.phase.get();
+        let (status, state) = match phase {
+            Phase::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting"),
+            Phase::Serving => (StatusCode::OK, "serving"),
+            Phase::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
         };
-        json_response(status, &json!({"ready": all_ready, "pools": pools}))
+        let body = json!({
+            "ready": phase == Phase::Serving,
+            "status": state,
+            "generation": snapshot.generation,
+            "pools": pools,
+        });
+        json_response(status, &body)
     }
 
     /// `GET /metrics`: OpenMetrics when the scraper asks for it (Prometheus does), else the
@@ -376,12 +437,19 @@ impl Admin {
                 .iter()
                 .map(|b| {
                     shown.insert(b.id);
-                    backend_json(b)
+                    backend_json(b, pool.slow_start)
                 })
                 .collect();
             let ready = pool.backends.iter().filter(|b| b.is_routable()).count();
             let discover = self.control.discovery().status(&pool.name);
-            let mut entry = json!({"ready": ready, "backends": backends, "discover": discover});
+            let mut entry = json!({
+                "ready": ready,
+                "backends": backends,
+                "discover": discover,
+                "contract": pool.probe.contract.as_str(),
+                "slow_start_ms": duration_ms(pool.slow_start),
+                "stats": pool_stats_json(&pool.stats),
+            });
             if let (Some(map), Value::Object(fleet)) = (entry.as_object_mut(), fleet_json(pool)) {
                 map.extend(fleet);
             }
@@ -399,7 +467,7 @@ impl Admin {
                 .entry(b.pool.to_string())
                 .or_insert_with(|| json!({"ready": 0, "backends": [], "discover": []}));
             if let Some(list) = entry.get_mut("backends").and_then(Value::as_array_mut) {
-                list.push(backend_json(&b));
+                list.push(backend_json(&b, Duration::ZERO));
             }
         }
         json!({"generation": snapshot.generation, "pools": pools})
@@ -507,7 +575,7 @@ impl Admin {
                 &shared.events,
             ),
         };
-        let mut body = backend_json(backend);
+        let mut body = backend_json(backend, p.slow_start);
         if let Some(obj) = body.as_object_mut() {
             obj.insert("pool".into(), Value::from(pool));
             obj.insert("changed".into(), Value::from(changed));
@@ -593,7 +661,25 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
-        return Err(too_large());
+        // A client that sends its whole body before reading the answer gets a reset instead
+        // of the 413 when the connection closes with its body unread: read and discard up to
+        // a bound first (as nginx's lingering close), and close after the answer.
+        let mut body = req.into_body();
+        let discard = async {
+            let mut seen = 0usize;
+            while let Some(Ok(frame)) = body.frame().await {
+                seen += frame.data_ref().map_or(0, Bytes::len);
+                if seen > DISCARD_MAX {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DISCARD_TIME, discard).await;
+        let mut answer = too_large();
+        answer
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Err(answer);
     }
     match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
@@ -605,8 +691,9 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>
     }
 }
 
-/// One backend as the admin API shows it.
-fn backend_json(b: &Backend) -> Value {
+/// One backend as the admin API shows it; `slow_start` is its pool's (for the effective
+/// weight).
+fn backend_json(b: &Backend, slow_start: Duration) -> Value {
     // State read under the info lock, which every transition holds: state and reason agree.
     let (state, info) = {
         let info = b.info();
@@ -636,11 +723,82 @@ fn backend_json(b: &Backend) -> Value {
             (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
         }),
         "last_probe_ok": info.last_probe_ok,
+        "last_probe_at": info.last_probe_at.map(rfc3339),
+        "key_sync_at": info.key_sync_at.map(rfc3339),
+        "key_sync_stale": key_sync_stale(&info),
+        "effective_weight": effective_weight(b, state, slow_start),
+        "contradicted": b.outlier.contradicted(),
         "requests": requests,
         "errors": errors,
         "answers": by_class,
-        "connect_failures": b.connect_failures.load(std::sync::atomic::Ordering::Relaxed),
+        "connect_failures": b.connect_failures.load(Ordering::Relaxed),
         "removed": b.is_removed(),
+    })
+}
+
+/// Whether a backend's key-sync report is older than its last probe: that probe brought no
+/// report (connect refused, timeout, a body that is no report), so the report shown describes
+/// the worker as it was, not as it is. Pure.
+fn key_sync_stale(info: &BackendInfo) -> bool {
+    match (info.key_sync, info.key_sync_at, info.last_probe_at) {
+        (Some(_), Some(reported), Some(probed)) => reported < probed,
+        _ => false,
+    }
+}
+
+/// The weight the balancer gives the backend now: its configured weight scaled by the
+/// slow-start ramp, 0 when it gets no traffic. Thousandths, as the balancer counts.
+fn effective_weight(b: &Backend, state: State, slow_start: Duration) -> f64 {
+    if state != State::Ready {
+        return 0.0;
+    }
+    b.effective_weight(slow_start, crate::clock::now_millis()) as f64 / 1000.0
+}
+
+/// Whole milliseconds of `d`, saturating.
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A pool's counters since start, for the status page to turn into rates (differences
+/// between two reads): answers by class, the latency histogram, 503s for want of a ready
+/// backend, retries and the guard's outcomes.
+fn pool_stats_json(stats: &PoolStats) -> Value {
+    let answers: Map<String, Value> = stats
+        .answers
+        .snapshot()
+        .iter()
+        .map(|(class, n)| (class.to_string(), Value::from(*n)))
+        .collect();
+    let (sum, count, buckets) = stats.latency.snapshot();
+    let bounds: Vec<f64> = buckets
+        .iter()
+        .map(|(le, _)| *le)
+        .filter(|le| le.is_finite())
+        .collect();
+    let counts: Vec<u64> = buckets.iter().map(|(_, n)| *n).collect();
+    let guard: Map<String, Value> = GuardOutcome::ALL
+        .iter()
+        .zip(&stats.guard_outcomes)
+        .map(|(o, n)| {
+            (
+                o.as_str().to_string(),
+                Value::from(n.load(Ordering::Relaxed)),
+            )
+        })
+        .collect();
+    json!({
+        "answers": answers,
+        "latency": {
+            "count": count,
+            "sum_seconds": sum,
+            "bounds": bounds,
+            "counts": counts,
+        },
+        "no_ready_backend": stats.no_ready.load(Ordering::Relaxed),
+        "retries": stats.retries.load(Ordering::Relaxed),
+        "retries_refused": stats.retries_refused.load(Ordering::Relaxed),
+        "guard": guard,
     })
 }
 

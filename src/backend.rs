@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use crate::clock::now_millis;
 use crate::counters::OutlierCounters;
 use crate::events::EventLog;
-use crate::metrics::StatusCounters;
+use crate::metrics::{BackendMetrics, StatusCounters};
 
 /// The lifecycle state of a backend (DESIGN.md, "Backend states").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -110,6 +110,11 @@ pub struct BackendInfo {
     pub last_probe_latency: Option<Duration>,
     /// Whether the last probe passed.
     pub last_probe_ok: Option<bool>,
+    /// When the last probe finished.
+    pub last_probe_at: Option<SystemTime>,
+    /// When `key_sync` was reported. Older than `last_probe_at` when the last probe brought no
+    /// report (connect refused, timeout, a body that is no report): `key_sync` is then stale.
+    pub key_sync_at: Option<SystemTime>,
 }
 
 /// One backend: immutable identity plus shared runtime state.
@@ -140,6 +145,9 @@ pub struct Backend {
     pub connect_failures: AtomicU64,
     /// Passive outlier-detection counters.
     pub outlier: OutlierCounters,
+    /// Probes, ejections, upstream latency and body bytes (they leave `/metrics` with the
+    /// backend).
+    pub metrics: BackendMetrics,
     info: Mutex<BackendInfo>,
 }
 
@@ -175,12 +183,15 @@ impl Backend {
             answers: StatusCounters::default(),
             connect_failures: AtomicU64::new(0),
             outlier: OutlierCounters::default(),
+            metrics: BackendMetrics::default(),
             info: Mutex::new(BackendInfo {
                 reason: "configured".into(),
                 since: SystemTime::now(),
                 key_sync: None,
                 last_probe_latency: None,
                 last_probe_ok: None,
+                last_probe_at: None,
+                key_sync_at: None,
             }),
         }
     }
@@ -242,15 +253,28 @@ impl Backend {
                     TRANSITIONS.fetch_add(1, Ordering::AcqRel);
                     info.reason = reason.to_string();
                     info.since = SystemTime::now();
-                    tracing::info!(
-                        pool = %self.pool,
-                        backend = %self.name,
-                        addr = %self.addr,
-                        from = %cur_state,
-                        to = %to,
-                        reason = %reason,
-                        "backend state changed"
-                    );
+                    // An ejection takes capacity away: operators alert on it.
+                    if to == State::Ejected {
+                        tracing::warn!(
+                            pool = %self.pool,
+                            backend = %self.name,
+                            addr = %self.addr,
+                            from = %cur_state,
+                            to = %to,
+                            reason = %reason,
+                            "backend state changed"
+                        );
+                    } else {
+                        tracing::info!(
+                            pool = %self.pool,
+                            backend = %self.name,
+                            addr = %self.addr,
+                            from = %cur_state,
+                            to = %to,
+                            reason = %reason,
+                            "backend state changed"
+                        );
+                    }
                     events.record(
                         &self.pool,
                         &self.name,

@@ -86,6 +86,8 @@ pub struct OutlierCounters {
     connect_failures: Streak,
     server_errors: Streak,
     contradictions: Mutex<ContradictionWindow>,
+    /// Guarded answers of this backend that a peer contradicted, ever (for the admin API).
+    contradicted: AtomicU64,
 }
 
 impl OutlierCounters {
@@ -119,6 +121,17 @@ impl OutlierCounters {
             w.clear();
         }
         hit
+    }
+
+    /// Counts a guarded answer that a peer contradicted (the charge itself is
+    /// [`OutlierCounters::contradiction`]).
+    pub fn count_contradicted(&self) {
+        self.contradicted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Guarded answers that a peer contradicted so far.
+    pub fn contradicted(&self) -> u64 {
+        self.contradicted.load(Ordering::Relaxed)
     }
 
     /// Ends the failure runs (on admission: see `Backend::transition`).
@@ -186,6 +199,29 @@ impl BudgetLedger {
         min_per_sec: u32,
         window: Duration,
     ) -> bool {
+        let (allowed, retries) = self.allowance(now_sec, ratio, min_per_sec, window);
+        if (retries + 1) as f64 > allowed {
+            return false;
+        }
+        self.slot(now_sec).retries.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// How many more retries the budget allows now (what `try_withdraw` would grant in a row).
+    pub fn remaining(&self, now_sec: u64, ratio: f64, min_per_sec: u32, window: Duration) -> u64 {
+        let (allowed, retries) = self.allowance(now_sec, ratio, min_per_sec, window);
+        // Float to integer casts saturate; a negative room is 0.
+        (allowed - retries as f64).floor().max(0.0) as u64
+    }
+
+    /// `(retries allowed, retries taken)` over the window ending at `now_sec`.
+    fn allowance(
+        &self,
+        now_sec: u64,
+        ratio: f64,
+        min_per_sec: u32,
+        window: Duration,
+    ) -> (f64, u64) {
         let window_secs = window.as_secs().clamp(1, BUDGET_SLOTS as u64 - 1);
         let (mut requests, mut retries) = (0u64, 0u64);
         for s in &self.slots {
@@ -196,11 +232,7 @@ impl BudgetLedger {
             }
         }
         let allowed = ratio * requests as f64 + f64::from(min_per_sec) * window_secs as f64;
-        if (retries + 1) as f64 > allowed {
-            return false;
-        }
-        self.slot(now_sec).retries.fetch_add(1, Ordering::Relaxed);
-        true
+        (allowed, retries)
     }
 }
 
@@ -236,6 +268,12 @@ impl RetryBudget {
     #[inline]
     pub fn deposit(&self) {
         self.ledger.deposit(now_secs());
+    }
+
+    /// Retries and replays the budget allows now (the `syncgate_retry_budget_remaining` gauge).
+    pub fn remaining(&self) -> u64 {
+        self.ledger
+            .remaining(now_secs(), self.ratio, self.min_per_sec, self.window)
     }
 
     /// Takes one retry or replay from the budget if it allows one.
@@ -291,10 +329,12 @@ mod tests {
             b.deposit(1000);
         }
         // 20% of 100 requests + 0 minimum = 20 retries.
+        assert_eq!(b.remaining(1000, 0.2, 0, win), 20);
         let granted = (0..50)
             .filter(|_| b.try_withdraw(1000, 0.2, 0, win))
             .count();
         assert_eq!(granted, 20);
+        assert_eq!(b.remaining(1000, 0.2, 0, win), 0);
         // The minimum alone: 1 per second over 10 s.
         let b = BudgetLedger::default();
         let granted = (0..50)

@@ -9,6 +9,8 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use serde::Serialize;
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
 
 use crate::clock::rfc3339;
 
@@ -36,6 +38,8 @@ pub struct Event {
 pub struct EventLog {
     capacity: usize,
     inner: Mutex<(u64, VecDeque<Event>)>,
+    /// Woken after each event (see [`EventLog::recorded`]).
+    recorded: Notify,
 }
 
 impl EventLog {
@@ -44,6 +48,7 @@ impl EventLog {
         EventLog {
             capacity: capacity.max(1),
             inner: Mutex::new((0, VecDeque::with_capacity(capacity.min(4096)))),
+            recorded: Notify::new(),
         }
     }
 
@@ -72,6 +77,15 @@ impl EventLog {
             to,
             reason: reason.to_string(),
         });
+        drop(guard);
+        self.recorded.notify_waiters();
+    }
+
+    /// Completes after the next event is recorded. A waiter that must not miss an event
+    /// recorded between its last look and its wait enables the future (`Notified::enable`)
+    /// before it looks.
+    pub fn recorded(&self) -> Notified<'_> {
+        self.recorded.notified()
     }
 
     /// Events with `seq > since`, oldest first.

@@ -10,7 +10,8 @@
 //!
 //! - Leaves, which use nothing but other leaves: `clock` (monotonic milliseconds, RFC 3339),
 //!   `host` (a host without its port), `events` (the bounded log of state transitions),
-//!   `metrics` (counters and histograms as atomics), `counters` (outlier streaks, the
+//!   `metrics` (counters and histograms as atomics; the process's own figures from `/proc`),
+//!   `counters` (outlier streaks, the
 //!   contradiction window, the retry budget), `conn` (a client connection's facts and
 //!   activity, what the server does about it, and the registry the connection limit reclaims
 //!   idle connections from), `tls` (the served certificate, hot-swappable), `systemd`,
@@ -33,11 +34,14 @@
 //!   (reclaiming idle connections), protocol sniffing (a bad HTTP/2 preface gets `GOAWAY`),
 //!   header and idle timeouts, lingering close, graceful shutdown.
 //! - control: `readiness` (the key-sync contract, fleet checks, rise/fall gate, prober task),
-//!   `discover` (DNS sources of backends: one resolving task each, reporting to the control
+//!   `availability` (one log line and event when a pool loses its last ready backend, and
+//!   when it has one again), `discover` (DNS sources of backends: one resolving task each, reporting to the control
 //!   plane) and `reload` (hot reload, prober lifecycle, config identity, and the one lock
 //!   under which reloads and DNS changes install snapshots).
-//! - admin: the admin HTTP API, status page, Prometheus metrics, operator actions.
+//! - admin: the admin HTTP API, status page, Prometheus metrics, operator actions, and
+//!   `/readyz`, which describes this instance (serving or shutting down), not its pools.
 //!
+//! [`logging`] sets up syncgate's own log (text or flattened JSON on stderr) for `main.rs`.
 //! [`demo`] (the `syncgate demo` scenario and its simulated workers, which the tests and
 //! benchmarks use too) stands beside them and uses only the public API. [`start`] wires
 //! everything together; `main.rs` is only the command line.
@@ -46,6 +50,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod availability;
 mod backend;
 mod balance;
 mod body;
@@ -60,6 +65,7 @@ mod events;
 mod files;
 mod fleet;
 mod host;
+pub mod logging;
 mod memory;
 mod metrics;
 mod outlier;
@@ -120,63 +126,145 @@ pub enum StartError {
 pub struct Running {
     control: Arc<Control>,
     proxy: server::ProxyThreads,
+    /// Stops the proxy threads (a child of the control token, cancelled first on shutdown).
+    proxy_token: CancellationToken,
+    /// What `/readyz` reports; `Stopping` from the moment shutdown begins.
+    phase: Arc<admin::Lifecycle>,
     admin_addr: SocketAddr,
 }
-
 /// Starts syncgate with `config`: proxy threads of its own, and the control plane (probers,
-/// admin API, file watcher) on the current tokio runtime. Every backend starts `pending`.
+/// admin API, file watcher) on the current tokio runtime. Every backend starts `pending`. An
+/// address another process listens on is an error ([`StartOptions::takeover`] shares it).
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    start_with(config, StartOptions::default()).await
+}
+
+/// How [`start_with`] starts syncgate.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartOptions {
+    /// Start beside a running syncgate on the same listen addresses (`syncgate run
+    /// --takeover`): bind them shared, probe the backends, and listen only once every pool has
+    /// a ready backend (or [`TAKEOVER_WAIT`] has passed), so that the new instance takes no
+    /// client it could only answer `503`. The operator then stops the old instance, which
+    /// drains.
+    pub takeover: bool,
+}
+
+/// How long a takeover waits for every pool to have a ready backend before it listens anyway.
+pub const TAKEOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// [`start`] with options.
+pub async fn start_with(config: Config, options: StartOptions) -> Result<Running, StartError> {
+    let mode = if options.takeover {
+        server::Bind::Takeover
+    } else {
+        server::Bind::Exclusive
+    };
     let server_cfg = config.server.clone();
-    let admin_addr = config.admin.listen;
     let path = config.source.clone();
     // Read as the config was: bounded, and never blocking on a FIFO.
     let file_bytes = path.as_deref().and_then(|p| Config::read(p).ok());
-    let admin_listener = tokio::net::TcpListener::bind(admin_addr)
-        .await
-        .map_err(|source| StartError::Admin {
-            addr: admin_addr,
-            source,
-        })?;
+    let admin_error = |addr, source| StartError::Admin { addr, source };
+    let admin_listener = server::bind_admin(config.admin.listen, mode).map_err(|e| match e {
+        server::ServerError::Bind { addr, source } => admin_error(addr, source),
+        other => StartError::Server(other),
+    })?;
     let admin_addr = admin_listener
         .local_addr()
-        .map_err(|source| StartError::Admin {
-            addr: admin_addr,
-            source,
-        })?;
+        .map_err(|e| admin_error(config.admin.listen, e))?;
+    let admin_listener = tokio::net::TcpListener::from_std(admin_listener)
+        .map_err(|e| admin_error(admin_addr, e))?;
     let certs = match &config.server.tls {
         Some(t) => Some(tls::CertStore::load(&t.cert, &t.key)?),
         None => None,
     };
     let tls_config = certs.as_ref().map(|c| c.server_config()).transpose()?;
+    let bound = server::bind(&server_cfg, mode)?;
     let shared = Shared::new(config);
     let token = CancellationToken::new();
-    let proxy = server::start(&server_cfg, tls_config, shared.clone(), token.child_token())?;
+    let proxy_token = token.child_token();
+    // What `/readyz` reports: starting until the listeners listen (a takeover waits for its
+    // pools first), serving, then stopping from the moment shutdown begins.
+    let phase = Arc::new(admin::Lifecycle::default());
     let control = Control::new(
-        shared,
+        shared.clone(),
         path.clone(),
         file_bytes.as_deref(),
         certs,
-        token,
+        token.clone(),
         TaskTracker::new(),
     );
-    if let Some(p) = &path {
-        reload::watch(control.clone(), p)?;
+    let started = async {
+        if let Some(p) = &path {
+            reload::watch(control.clone(), p)?;
+        }
+        control
+            .tasks()
+            .spawn(admin::serve(admin_listener, control.clone(), phase.clone()));
+        tracing::info!(listen = %admin_addr, "admin listening");
+        if options.takeover {
+            await_ready_pools(&shared, TAKEOVER_WAIT).await;
+        }
+        Ok::<_, StartError>(bound.start(
+            &server_cfg,
+            tls_config,
+            shared.clone(),
+            proxy_token.clone(),
+        )?)
     }
-    control
-        .tasks()
-        .spawn(admin::serve(admin_listener, control.clone()));
+    .await;
+    let proxy = match started {
+        Ok(proxy) => proxy,
+        Err(e) => {
+            // Nothing may outlive a failed start: probers, the watcher, the admin listener.
+            token.cancel();
+            control.tasks().close();
+            control.tasks().wait().await;
+            return Err(e);
+        }
+    };
+    // Listening: from here on `/readyz` says this instance serves.
+    phase.set(admin::Phase::Serving);
     for addr in &proxy.addrs {
         tracing::info!(listen = %addr, "proxy listening");
     }
     for addr in &proxy.tls_addrs {
         tracing::info!(listen = %addr, "proxy listening (TLS)");
     }
-    tracing::info!(listen = %admin_addr, "admin listening");
     Ok(Running {
         control,
         proxy,
+        proxy_token,
+        phase,
         admin_addr,
     })
+}
+
+/// Waits until every pool has a ready backend, or `limit` has passed (then says which pools
+/// have none: the instance listens anyway, as the one it replaces could not serve them either).
+async fn await_ready_pools(shared: &Shared, limit: std::time::Duration) {
+    let unready = || -> Vec<String> {
+        let snapshot = shared.snapshot();
+        snapshot
+            .pools
+            .iter()
+            .filter(|p| !p.backends.iter().any(|b| b.is_routable()))
+            .map(|p| p.name.to_string())
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + limit;
+    tracing::info!("takeover: listening once every pool has a ready backend");
+    loop {
+        let pools = unready();
+        if pools.is_empty() {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(pools = ?pools, waited = ?limit, "takeover: pools without a ready backend; listening anyway");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 impl Running {
@@ -207,11 +295,17 @@ impl Running {
 
     /// Stops accepting, lets in-flight requests finish within `drain_timeout`, stops every
     /// task. Returns when all is done.
+    ///
+    /// The control plane outlives the drain: while in-flight requests finish, the probers keep
+    /// the backends' states current and the admin API keeps answering, `/readyz` with 503 so
+    /// that an outer load balancer sends nothing new.
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
+        self.phase.set(admin::Phase::Stopping);
+        self.proxy_token.cancel();
+        self.proxy.join().await;
         self.control.token().cancel();
         self.control.tasks().close();
-        self.proxy.join().await;
         self.control.tasks().wait().await;
         tracing::info!("stopped");
     }

@@ -44,6 +44,11 @@ enum Command {
         /// The TOML config file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Start beside a running syncgate on the same listen addresses (restarts and
+        /// upgrades without a failed request): listen once every pool has a ready backend,
+        /// then stop the old instance. Without it, an address in use is an error.
+        #[arg(long)]
+        takeover: bool,
     },
     /// Validate a config file (exit 0), or print every error (exit 1).
     Check {
@@ -51,9 +56,10 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Replay the late-joining-worker outage against simulated workers.
+    /// Replay the late-joining-worker outage twice, side by side: behind an ordinary health
+    /// check and behind syncgate's gate and guard. Exits 1 if a 401 gets through syncgate.
     Demo {
-        /// How long the load runs, e.g. "20s".
+        /// How long the load runs, e.g. "20s"; the timeline scales with it.
         #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
@@ -67,15 +73,11 @@ enum Command {
 }
 
 fn init_tracing(format: LogFormat, default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let format = match format {
+        LogFormat::Text => syncgate::logging::LogFormat::Text,
+        LogFormat::Json => syncgate::logging::LogFormat::Json,
+    };
+    syncgate::logging::init(format, default);
 }
 
 fn main() -> ExitCode {
@@ -107,7 +109,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print_all(&out);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { config } => {
+        Command::Run { config, takeover } => {
             init_tracing(cli.log_format, "info");
             let cfg = match Config::load(&config) {
                 Ok(c) => c,
@@ -116,15 +118,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::FAILURE);
                 }
             };
-            control_runtime()?.block_on(daemon(cfg))?;
+            let options = syncgate::StartOptions { takeover };
+            control_runtime()?.block_on(daemon(cfg, options))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { duration } => {
-            init_tracing(cli.log_format, "warn");
-            let opts = syncgate::demo::DemoOptions {
-                duration,
-                ..Default::default()
-            };
+            // The demo tells its own story on stdout; syncgate's warnings (every contradicted
+            // 401 is one) would bury it. RUST_LOG still turns them on.
+            init_tracing(cli.log_format, "error");
+            let opts = syncgate::demo::DemoOptions::for_duration(duration);
             let report = control_runtime()?.block_on(syncgate::demo::run(opts))?;
             Ok(if report.unauthorized() == 0 {
                 ExitCode::SUCCESS
@@ -227,14 +229,17 @@ fn print_all(bytes: &[u8]) {
     let _ = std::io::Write::write_all(&mut std::io::stdout(), bytes);
 }
 
-async fn daemon(cfg: Config) -> anyhow::Result<()> {
+async fn daemon(cfg: Config, options: syncgate::StartOptions) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     // Handlers first: once systemd hears READY=1 it may send SIGHUP or SIGTERM at once, and
     // a signal without a handler would kill the process.
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let running = syncgate::start(cfg).await.context("starting syncgate")?;
+    let running = syncgate::start_with(cfg, options)
+        .await
+        .context("starting syncgate")?;
+    // With --takeover, only now that the listeners listen (every pool has a ready backend).
     notify_systemd(SystemdState::Ready);
     loop {
         tokio::select! {

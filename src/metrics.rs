@@ -1,11 +1,18 @@
-//! Counters and histograms, kept as plain atomics so the request path takes no lock.
+//! Counters and histograms, kept as plain atomics so the request path takes no lock and
+//! allocates nothing for them.
 //!
-//! Per-backend counters live in [`crate::backend::Backend`], per-pool ones in [`PoolStats`]
-//! (kept by pool name across reloads, see [`crate::snapshot::Shared`]), process-wide ones in
-//! [`Metrics`]. The admin endpoint
-//! renders all of them in the Prometheus text format at scrape time.
+//! Per-backend ones live in [`crate::backend::Backend`] ([`BackendMetrics`], and its answer
+//! counters), per-pool ones in [`PoolStats`] (kept by pool name across reloads, see
+//! [`crate::snapshot::Shared`]), process-wide ones in [`Metrics`]; [`process`] reads the
+//! process's own resource use from `/proc`. The admin endpoint renders all of them in the
+//! Prometheus text format at scrape time.
 
-use std::collections::{BTreeMap, HashMap};
+mod backend;
+pub mod process;
+
+pub use backend::{BackendMetrics, EjectionCause};
+
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -39,9 +46,12 @@ impl StatusCounters {
     }
 }
 
-/// Histogram bucket upper bounds, seconds.
-pub const LATENCY_BUCKETS: [f64; 12] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+/// Histogram bucket upper bounds, seconds. They reach well past the default
+/// `request_timeout` (30 s), so that requests answered `504` land in a bucket of their own
+/// rather than only in `+Inf`; a `request_timeout` above 300 s puts its timeouts in `+Inf`.
+pub const LATENCY_BUCKETS: [f64; 18] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0, 300.0,
 ];
 
 /// A fixed-bucket latency histogram of atomics.
@@ -57,13 +67,12 @@ impl Histogram {
     /// Records one observation.
     pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        let idx = LATENCY_BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(LATENCY_BUCKETS.len());
+        // The first bound at or above `secs` (the +Inf slot past the last): the buckets are
+        // sorted.
+        let idx = LATENCY_BUCKETS.partition_point(|b| *b < secs);
         self.buckets[idx].fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -163,6 +172,10 @@ pub struct PoolStats {
     pub retries: AtomicU64,
     /// Connect-failure retries the retry budget refused (the client got `502`).
     pub retries_refused: AtomicU64,
+    /// Requests answered `504` because `request_timeout` passed.
+    pub timeouts: AtomicU64,
+    /// Requests whose client went away before their answer was ready.
+    pub client_aborts: AtomicU64,
 }
 
 impl PoolStats {
@@ -170,6 +183,16 @@ impl PoolStats {
     pub fn record(&self, status: StatusCode, elapsed: Duration) {
         self.answers.record(Some(status.as_u16()));
         self.latency.observe(elapsed);
+    }
+
+    /// A request being answered: counted as a client abort if it is dropped before
+    /// [`Answering::answered`] (hyper drops a request's future when its client goes away).
+    #[inline]
+    pub fn answering(&self) -> Answering<'_> {
+        Answering {
+            stats: self,
+            done: false,
+        }
     }
 
     /// Counts a guard outcome.
@@ -182,19 +205,75 @@ impl PoolStats {
     }
 }
 
+/// A request of a pool on its way to an answer (see [`PoolStats::answering`]).
+#[derive(Debug)]
+pub struct Answering<'a> {
+    stats: &'a PoolStats,
+    done: bool,
+}
+
+impl Answering<'_> {
+    /// The answer is ready: not an abort.
+    #[inline]
+    pub fn answered(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.stats.client_aborts.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Client connections: open now, and opened since start.
+#[derive(Debug, Default)]
+pub struct Connections {
+    open: AtomicU64,
+    opened: AtomicU64,
+}
+
+impl Connections {
+    /// Counts a client connection open until the returned value drops.
+    pub fn opened(&self) -> OpenConnection<'_> {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(self)
+    }
+
+    /// `(open now, opened since start)`.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.open.load(Ordering::Relaxed),
+            self.opened.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// An open client connection (see [`Connections::opened`]).
+#[derive(Debug)]
+pub struct OpenConnection<'a>(&'a Connections);
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Process-wide counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// Probes that passed.
-    pub probes_ok: AtomicU64,
-    /// Probes that failed.
-    pub probes_failed: AtomicU64,
     /// Config reloads that succeeded.
     pub reloads_ok: AtomicU64,
     /// Config reloads that failed (the old config stayed).
     pub reloads_failed: AtomicU64,
-    /// Ejections by reason label.
-    ejections: Mutex<HashMap<&'static str, u64>>,
+    /// Requests that matched no route (answered `404`): the `pool=""` series of the request
+    /// families.
+    pub unrouted: PoolStats,
+    /// Client connections.
+    pub connections: Connections,
     /// Discovery resolutions by pool, source and result (kept after a source leaves).
     resolutions: Mutex<BTreeMap<ResolutionKey, u64>>,
     /// How long discover sources took to resolve (every resolution, failed ones too).
@@ -207,22 +286,6 @@ pub struct Metrics {
 pub type ResolutionKey = (String, String, &'static str);
 
 impl Metrics {
-    /// Counts one probe.
-    pub fn probe(&self, ok: bool) {
-        let c = if ok {
-            &self.probes_ok
-        } else {
-            &self.probes_failed
-        };
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts an ejection (rare; a lock is fine).
-    pub fn ejection(&self, reason: &'static str) {
-        let mut m = self.ejections.lock().unwrap_or_else(|e| e.into_inner());
-        *m.entry(reason).or_default() += 1;
-    }
-
     /// Counts one resolution of a discover source (every `interval` per source: a lock is
     /// fine).
     pub fn resolution(&self, pool: &str, source: &str, result: &'static str) {
@@ -236,14 +299,6 @@ impl Metrics {
         let m = self.resolutions.lock().unwrap_or_else(|e| e.into_inner());
         m.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
-
-    /// Ejections by reason.
-    pub fn ejections(&self) -> Vec<(&'static str, u64)> {
-        let m = self.ejections.lock().unwrap_or_else(|e| e.into_inner());
-        let mut v: Vec<_> = m.iter().map(|(k, v)| (*k, *v)).collect();
-        v.sort();
-        v
-    }
 }
 
 #[cfg(test)]
@@ -256,12 +311,43 @@ mod tests {
         h.observe(Duration::from_micros(100));
         h.observe(Duration::from_millis(3));
         h.observe(Duration::from_secs(10));
+        h.observe(Duration::from_secs(45));
+        h.observe(Duration::from_secs(3600));
         let (sum, count, buckets) = h.snapshot();
-        assert_eq!(count, 3);
-        assert!((sum - 10.0031).abs() < 1e-6);
+        assert_eq!(count, 5);
+        assert!((sum - 3655.0031).abs() < 1e-6);
         assert_eq!(buckets[0], (0.0005, 1));
         assert_eq!(buckets[3], (0.005, 2));
-        assert_eq!(buckets.last().unwrap().1, 3);
+        // A bound is inclusive: 10 s lands in the 10 s bucket.
+        assert!(buckets.contains(&(10.0, 3)));
+        assert!(buckets.contains(&(60.0, 4)));
+        assert_eq!(buckets.last().unwrap(), &(f64::INFINITY, 5));
+    }
+
+    #[test]
+    fn the_buckets_reach_past_the_default_request_timeout() {
+        let default_timeout = 30.0;
+        assert!(LATENCY_BUCKETS.iter().any(|b| *b > default_timeout));
+        assert!(LATENCY_BUCKETS.windows(2).all(|w| w[0] < w[1]), "sorted");
+    }
+
+    #[test]
+    fn a_request_dropped_before_its_answer_is_a_client_abort() {
+        let stats = PoolStats::default();
+        stats.answering().answered();
+        drop(stats.answering());
+        assert_eq!(stats.client_aborts.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn open_connections_are_counted_until_they_close() {
+        let c = Connections::default();
+        let a = c.opened();
+        let b = c.opened();
+        assert_eq!(c.counts(), (2, 2));
+        drop(a);
+        drop(b);
+        assert_eq!(c.counts(), (0, 2));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use http::StatusCode;
 
 use crate::backend::{Backend, State};
 use crate::counters::Run;
+use crate::metrics::EjectionCause;
 use crate::snapshot::{Pool, Shared};
 
 /// Counts an upstream answer: the backend's answers by class, and passive outlier detection.
@@ -73,6 +74,7 @@ pub fn charge(shared: &Shared, pool: &Pool, backend: &Backend, charge: Charge) {
     );
     match charge {
         Charge::Contradicted => {
+            backend.outlier.count_contradicted();
             tracing::warn!(pool = %pool.name, backend = %backend.name, "guarded answer contradicted by a peer");
             if eject
                 && backend.transition(
@@ -82,7 +84,7 @@ pub fn charge(shared: &Shared, pool: &Pool, backend: &Backend, charge: Charge) {
                     &shared.events,
                 )
             {
-                shared.metrics.ejection("contradicted");
+                backend.metrics.ejected(EjectionCause::Contradicted);
             }
         }
         Charge::AcceptedCredential => {
@@ -118,12 +120,12 @@ enum Outlier {
 }
 
 impl Outlier {
-    /// The `reason` label of `syncgate_ejections_total`.
-    fn label(self) -> &'static str {
+    /// The `cause` label of `syncgate_ejections_total`.
+    fn cause(self) -> EjectionCause {
         match self {
-            Outlier::ConnectFailures => "connect_failures",
-            Outlier::ServerErrors => "consecutive_5xx",
-            Outlier::AcceptedCredentials => "accepted_at_generation",
+            Outlier::ConnectFailures => EjectionCause::ConnectFailures,
+            Outlier::ServerErrors => EjectionCause::Consecutive5xx,
+            Outlier::AcceptedCredentials => EjectionCause::AcceptedAtGeneration,
         }
     }
 
@@ -189,7 +191,7 @@ fn passive_eject(
     }
     let reason = outlier.reason(threshold);
     if backend.transition(&[State::Ready], State::Ejected, &reason, &shared.events) {
-        shared.metrics.ejection(outlier.label());
+        backend.metrics.ejected(outlier.cause());
     }
 }
 

@@ -17,6 +17,7 @@ use crate::backend::{Backend, KeySync, State};
 use crate::body::ReqBody;
 use crate::config::{Contract, ProbeConfig};
 use crate::fleet::{Mark, Probed, Reference};
+use crate::metrics::EjectionCause;
 use crate::snapshot::Shared;
 use crate::upstream::{self, HeadWriter, Outgoing, UpstreamTls};
 
@@ -258,6 +259,15 @@ pub fn collapse(report: &KeySync, mark: Mark, lag: u64, ratio: f64) -> Option<St
     ))
 }
 
+/// The `cause` of an ejection the probes decided.
+fn ejection_cause(unsynced: bool, collapsed: bool) -> EjectionCause {
+    match (unsynced, collapsed) {
+        (true, _) => EjectionCause::SyncIncomplete,
+        (false, true) => EjectionCause::KeyCollapse,
+        (false, false) => EjectionCause::ProbeFailed,
+    }
+}
+
 /// When the next probe of a backend starts: `interval` after the previous one started, or when
 /// it finished if it took longer (a timeout may exceed the interval), so probes of one backend
 /// never overlap. Pure.
@@ -320,7 +330,7 @@ pub async fn run_prober(backend: Arc<Backend>, shared: Arc<Shared>, token: Cance
             Ok(Ok((status, body))) => judge(&cfg, status, &body, &fleet.reference(backend.id)),
         };
         let ok = verdict.is_ok();
-        shared.metrics.probe(ok);
+        backend.metrics.probed(ok, latency);
         let probed = match &verdict {
             Ok(()) => Probed::Passed,
             Err(f) if f.kind == FailureKind::Collapse => Probed::Collapsed(f.reason.clone()),
@@ -343,10 +353,13 @@ pub async fn run_prober(backend: Arc<Backend>, shared: Arc<Shared>, token: Cance
             // below matches the state it describes even if the guard or an operator moved the
             // backend while the probe was in flight.
             let state = backend.state();
+            let now = std::time::SystemTime::now();
             info.last_probe_latency = Some(latency);
             info.last_probe_ok = Some(ok);
+            info.last_probe_at = Some(now);
             if report.is_some() {
                 info.key_sync = report;
+                info.key_sync_at = Some(now);
             }
             match (&verdict, transition) {
                 // A failure reason is shown while the backend is out, or when it is about to be
@@ -372,7 +385,11 @@ pub async fn run_prober(backend: Arc<Backend>, shared: Arc<Shared>, token: Cance
                 // `sync incomplete (1200 keys)`); the event says it was an ejection.
                 Err(f) => f.reason.clone(),
             };
-            backend.transition(&[t.from], t.to, &reason, &shared.events);
+            if backend.transition(&[t.from], t.to, &reason, &shared.events)
+                && t.to == State::Ejected
+            {
+                backend.metrics.ejected(ejection_cause(unsynced, collapsed));
+            }
         }
         fleet.review(&backend.pool, &shared.events, refusal_hold(cfg.interval));
 

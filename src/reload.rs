@@ -193,6 +193,10 @@ impl Control {
         control
             .tasks
             .spawn(apply_resolutions(control.clone(), resolutions));
+        control.tasks.spawn(crate::availability::watch(
+            control.shared.clone(),
+            control.token.clone(),
+        ));
         control
     }
 
@@ -372,6 +376,11 @@ impl Control {
                 Ok(generation)
             }
             Loaded::Unchanged(cert) | Loaded::New(_, _, cert) => {
+                tracing::info!(
+                    trigger,
+                    generation = self.status().generation,
+                    "config unchanged"
+                );
                 // The file loads again (it holds the running config's bytes): an earlier
                 // failure no longer describes it.
                 self.status

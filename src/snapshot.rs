@@ -336,16 +336,20 @@ impl Shared {
             b.transition(&[State::Draining], State::Pending, &reason, &self.events);
         }
         for b in &built.created {
-            if let Some(source) = &b.source {
-                tracing::info!(pool = %b.pool, source = %source, backend = %b.name, addr = %b.addr, "discovered");
-                self.events.record(
-                    &b.pool,
-                    &b.name,
-                    "absent",
-                    State::Pending.as_str(),
-                    &format!("discovered (source {source})"),
-                );
-            }
+            // The first snapshot is built by `Shared::new`, not here: every backend created
+            // here joined a running syncgate, through DNS or a reload.
+            let reason = match &b.source {
+                Some(source) => {
+                    tracing::info!(pool = %b.pool, source = %source, backend = %b.name, addr = %b.addr, "discovered");
+                    format!("discovered (source {source})")
+                }
+                None => {
+                    tracing::info!(pool = %b.pool, backend = %b.name, addr = %b.addr, "backend added to config");
+                    "added to config".to_owned()
+                }
+            };
+            self.events
+                .record(&b.pool, &b.name, "absent", State::Pending.as_str(), &reason);
         }
         let mut added = built.created;
         added.extend(built.revived);

@@ -425,49 +425,107 @@ async fn drain_of_unknown_pool_or_backend_is_404() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readyz_is_503_until_every_pool_has_a_ready_backend() {
+async fn readyz_is_200_while_a_pool_has_no_ready_backend_and_shows_pool_health() {
     let w = unsynced_worker().await;
     let running = start(&config_text(&[("w1", w.addr())], "")).await;
     let c = client();
 
-    let not_ready = get(&c, &running, "/readyz").await;
-    assert_eq!(not_ready.status, StatusCode::SERVICE_UNAVAILABLE);
-    let body = not_ready.json();
-    assert_eq!(body["ready"], false);
+    // Pool health is shown but never changes the status: syncgate itself serves, and clients
+    // get its designed 503 with Retry-After, counted as "no ready backend".
+    let answer = get(&c, &running, "/readyz").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let body = answer.json();
+    assert_eq!(body["ready"], true);
+    assert_eq!(body["status"], "serving");
+    assert_eq!(body["generation"], 1);
     assert_eq!(body["pools"]["push"]["ready"], 0);
     assert_eq!(body["pools"]["push"]["backends"], 1);
 
-    // Clients get a 503 too, counted as "no ready backend".
     let (_, before) = scrape(&c, &running).await;
-    assert_eq!(
-        push(&c, &running, 1).await.status,
-        StatusCode::SERVICE_UNAVAILABLE
-    );
+    let refused = push(&c, &running, 1).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(!refused.header("retry-after").is_empty());
     let (_, after) = scrape(&c, &running).await;
     let no_ready = |s: &[Sample]| value(s, "syncgate_no_ready_backend_total", &[("pool", "push")]);
     assert_eq!(no_ready(&after) - no_ready(&before), 1.0);
 
-    // Still pending after several failed probes.
+    // Still 200 after failed probes have given their reason.
     wait_until("a failed probe with its reason", || async {
         let b = backend(&c, &running, "w1").await;
         b["last_probe_ok"] == false && b["reason"].as_str().unwrap_or("").contains("503")
     })
     .await;
-    assert_eq!(
-        get(&c, &running, "/readyz").await.status,
-        StatusCode::SERVICE_UNAVAILABLE
-    );
+    assert_eq!(get(&c, &running, "/readyz").await.status, StatusCode::OK);
 
     w.set_synced();
-    wait_until("readyz 200", || async {
-        get(&c, &running, "/readyz").await.status == StatusCode::OK
+    wait_until("the pool's count follows", || async {
+        get(&c, &running, "/readyz").await.json()["pools"]["push"]["ready"] == 1
     })
     .await;
-    let body = get(&c, &running, "/readyz").await.json();
-    assert_eq!(body["ready"], true);
-    assert_eq!(body["pools"]["push"]["ready"], 1);
 
     running.shutdown().await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_while_shutdown_drains_in_flight_requests() {
+    let w = synced_worker().await;
+    let running = start(&config_text(&[("w1", w.addr())], "")).await;
+    let c = client();
+    wait_state(&c, &running, "w1", "ready").await;
+    let admin = running.admin_addr();
+    let readyz = |c: HttpClient| async move {
+        send(
+            &c,
+            "GET",
+            format!("http://{admin}/readyz"),
+            &[],
+            Bytes::new(),
+        )
+        .await
+    };
+    assert_eq!(readyz(c.clone()).await.status, StatusCode::OK);
+
+    // A request in flight keeps the drain going (drain_timeout is 3 s) while we look.
+    w.set_delay(Duration::from_millis(1500));
+    let slow = {
+        let (c, url) = (
+            c.clone(),
+            format!("http://{}/v1/batch", running.proxy_addrs()[0]),
+        );
+        tokio::spawn(async move {
+            send(
+                &c,
+                "POST",
+                url,
+                &[("authorization", "Bearer key-1")],
+                Bytes::new(),
+            )
+            .await
+        })
+    };
+    wait_until("the slow request in flight", || async {
+        backend(&c, &running, "w1").await["in_flight"] == 1
+    })
+    .await;
+    let shutdown = tokio::spawn(running.shutdown());
+
+    wait_until("readyz 503 during the drain", || async {
+        readyz(c.clone()).await.status == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    let body = readyz(c.clone()).await.json();
+    assert_eq!(body["ready"], false);
+    assert_eq!(body["status"], "shutting_down");
+    assert!(!slow.is_finished(), "the drain was still running");
+
+    // The drain finishes the request, then the instance stops.
+    let slow = slow.await.expect("slow request task");
+    assert_eq!(slow.status, StatusCode::OK);
+    tokio::time::timeout(WAIT, shutdown)
+        .await
+        .expect("shutdown finishes")
+        .expect("shutdown task");
     w.stop().await;
 }
 
@@ -515,6 +573,13 @@ async fn backends_json_has_every_field() {
         .as_f64()
         .is_some_and(|ms| ms >= 0.0));
     assert_eq!(b1["last_probe_ok"], true);
+    for at in ["last_probe_at", "key_sync_at"] {
+        let at = b1[at].as_str().unwrap_or_else(|| panic!("{at} in {b1}"));
+        humantime::parse_rfc3339(at).expect("RFC 3339");
+    }
+    assert_eq!(b1["key_sync_stale"], false);
+    assert_eq!(b1["effective_weight"], 1.0, "slow_start = 0s: full weight");
+    assert_eq!(b1["contradicted"], 0);
     assert_eq!(b1["requests"], 3);
     assert_eq!(b1["errors"], 0);
     assert_eq!(b1["answers"]["2xx"], 3);
@@ -528,10 +593,126 @@ async fn backends_json_has_every_field() {
         "a 503 report is still shown"
     );
     assert_eq!(b2["requests"], 0);
+    assert_eq!(b2["key_sync_stale"], false, "the 503 brought this report");
+    assert_eq!(b2["effective_weight"], 0.0, "pending: no traffic");
+
+    assert_eq!(pool["contract"], "key-sync");
+    assert_eq!(pool["slow_start_ms"], 0);
+    let stats = &pool["stats"];
+    assert!(
+        stats["answers"]["2xx"].as_u64().is_some_and(|n| n >= 3),
+        "{stats}"
+    );
+    let latency = &stats["latency"];
+    let bounds = latency["bounds"].as_array().expect("bounds");
+    let counts = latency["counts"].as_array().expect("counts");
+    assert_eq!(counts.len(), bounds.len() + 1, "the last count is +Inf");
+    assert_eq!(counts.last(), Some(&latency["count"]));
+    assert!(latency["sum_seconds"].as_f64().is_some_and(|s| s > 0.0));
+    assert_eq!(stats["no_ready_backend"], 0);
+    assert_eq!(stats["retries"], 0);
+    assert_eq!(stats["retries_refused"], 0);
+    assert_eq!(stats["guard"]["contradicted"], 0);
 
     running.shutdown().await;
     w1.stop().await;
     w2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_report_the_last_probe_did_not_renew_is_marked_stale() {
+    let (w1, w2) = (synced_worker().await, synced_worker().await);
+    let running = start(&config_text(&[("w1", w1.addr()), ("w2", w2.addr())], "")).await;
+    let c = client();
+    wait_state(&c, &running, "w2", "ready").await;
+    let fresh = backend(&c, &running, "w2").await;
+    assert_eq!(fresh["key_sync_stale"], false);
+
+    // w2 goes away: its probes are refused, and its last report is kept but marked stale.
+    w2.stop().await;
+    wait_until("w2's report marked stale", || async {
+        backend(&c, &running, "w2").await["key_sync_stale"] == true
+    })
+    .await;
+    let stale = backend(&c, &running, "w2").await;
+    assert_eq!(stale["last_probe_ok"], false);
+    assert_eq!(
+        stale["key_sync"], fresh["key_sync"],
+        "the old report is still shown"
+    );
+    let at = |b: &Value, field: &str| {
+        humantime::parse_rfc3339(b[field].as_str().expect(field)).expect("RFC 3339")
+    };
+    assert!(
+        at(&stale, "key_sync_at") < at(&stale, "last_probe_at"),
+        "{stale}"
+    );
+    assert!(
+        stale["reason"].as_str().unwrap_or("").contains("refused"),
+        "{stale}"
+    );
+    assert_eq!(backend(&c, &running, "w1").await["key_sync_stale"], false);
+
+    running.shutdown().await;
+    w1.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contradicted_401s_are_counted_for_the_backend_and_its_pool() {
+    let (w1, w2) = (synced_worker().await, synced_worker().await);
+    let running = start(&config_text(&[("w1", w1.addr()), ("w2", w2.addr())], "")).await;
+    let c = client();
+    wait_state(&c, &running, "w1", "ready").await;
+    wait_state(&c, &running, "w2", "ready").await;
+    // w2 loses its keys while its probe keeps claiming a complete sync: its 401s are
+    // contradicted by w1 and answered from there.
+    w2.forget_keys();
+    wait_until("a contradiction", || async {
+        assert_eq!(push(&c, &running, 3).await.status, StatusCode::OK);
+        backend(&c, &running, "w2").await["contradicted"]
+            .as_u64()
+            .is_some_and(|n| n > 0)
+    })
+    .await;
+    let all = get(&c, &running, "/api/backends").await.json();
+    let pool = &all["pools"]["push"];
+    let w2_count = backend(&c, &running, "w2").await["contradicted"]
+        .as_u64()
+        .unwrap_or(0);
+    assert_eq!(backend(&c, &running, "w1").await["contradicted"], 0);
+    assert!(
+        pool["stats"]["guard"]["contradicted"]
+            .as_u64()
+            .is_some_and(|n| n >= 1 && n <= w2_count),
+        "{pool}"
+    );
+
+    running.shutdown().await;
+    w1.stop().await;
+    w2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn effective_weight_ramps_up_during_slow_start() {
+    let w = synced_worker().await;
+    let text = config_text(&[("w1", w.addr())], "").replace(
+        "[pools.push]\nslow_start = \"0s\"",
+        "[pools.push]\nslow_start = \"60s\"",
+    );
+    assert!(text.contains("slow_start = \"60s\""));
+    let running = start(&text).await;
+    let c = client();
+    wait_state(&c, &running, "w1", "ready").await;
+    let b = backend(&c, &running, "w1").await;
+    let effective = b["effective_weight"].as_f64().expect("effective_weight");
+    // Just admitted into a 60 s ramp: from 1% of the weight, well below the whole of it.
+    assert!((0.01..0.2).contains(&effective), "{b}");
+    assert_eq!(b["weight"], 1);
+    let pool = get(&c, &running, "/api/backends").await.json();
+    assert_eq!(pool["pools"]["push"]["slow_start_ms"], 60_000);
+
+    running.shutdown().await;
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1058,6 +1239,29 @@ async fn bodies_over_64_kib_are_413() {
     // The drain did not happen.
     assert_ne!(backend(&c, &running, "w1").await["state"], "draining");
 
+    // A declared length over the limit, the whole body sent before reading: the client still
+    // reads its 413 (the body is discarded, not left unread under a closing connection).
+    // A small send buffer: the body cannot all sit in kernel buffers, so the client's write
+    // waits for the server to read it.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_send_buffer_size(16 * 1024).expect("SO_SNDBUF");
+    let mut stream = socket.connect(running.admin_addr()).await.expect("connect");
+    let body = vec![b'z'; 900 * 1024];
+    let mut request = format!(
+        "POST /api/reload HTTP/1.1\r\nhost: localhost\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    stream
+        .write_all(&request)
+        .await
+        .expect("the whole body is taken");
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await;
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+
     // A small body is fine.
     let answer = send(
         &c,
@@ -1121,9 +1325,14 @@ async fn metrics_parse_and_count_scripted_requests() {
     );
     // A histogram keeps its type in the classic format.
     assert!(text.contains("# TYPE syncgate_request_duration_seconds histogram\n"));
-    // Every sample belongs to a family with HELP and TYPE, all named syncgate_*.
+    // Every sample belongs to a family with HELP and TYPE, all named syncgate_* (and the
+    // standard process_* families).
     for s in &before {
-        assert!(s.name.starts_with("syncgate_"), "{}", s.name);
+        assert!(
+            s.name.starts_with("syncgate_") || s.name.starts_with("process_"),
+            "{}",
+            s.name
+        );
         let family = ["_total", "_bucket", "_sum", "_count"]
             .iter()
             .find_map(|suffix| s.name.strip_suffix(suffix))
@@ -1235,7 +1444,8 @@ async fn metrics_parse_and_count_scripted_requests() {
         0.0
     );
     assert_eq!(value(&after, "syncgate_config_generation", &[]), 1.0);
-    assert!(value(&after, "syncgate_probes_total", &[("result", "ok")]) >= 1.0);
+    let w1_ok = [("pool", "push"), ("backend", "w1"), ("result", "ok")];
+    assert!(value(&after, "syncgate_probes_total", &w1_ok) >= 1.0);
     assert_eq!(
         value(&after, "syncgate_config_reloads_total", &[("result", "ok")]),
         0.0
@@ -1279,8 +1489,12 @@ async fn status_page_is_self_contained_html() {
     for needle in [
         "/api/backends",
         "/api/events",
+        "/api/config",
         "data-backend",
         "data-state",
+        "data-alarm",
+        "data-action",
+        "sessionStorage",
         "setInterval",
     ] {
         assert!(html.contains(needle), "{needle}");
@@ -1292,4 +1506,302 @@ async fn status_page_is_self_contained_html() {
 
     running.shutdown().await;
     w.stop().await;
+}
+
+/// A raw HTTP/1.1 exchange on a fresh connection to the proxy: writes `request` and reads the
+/// whole answer (the proxy closes after it, as the request says `Connection: close`).
+async fn raw(running: &Running, request: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(running.proxy_addrs()[0])
+        .await
+        .expect("connect to the proxy");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("write request");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The samples of family `name` whose labels include every pair of `labels`.
+fn matching<'s>(samples: &'s [Sample], name: &str, labels: &[(&str, &str)]) -> Vec<&'s Sample> {
+    samples
+        .iter()
+        .filter(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_every_answer_and_show_backends_connections_and_the_process() {
+    let (w1, w2) = (synced_worker().await, synced_worker().await);
+    let mut text = config_text(&[("w1", w1.addr()), ("w2", w2.addr())], "");
+    text = text.replace(
+        "request_timeout = \"4s\"",
+        "request_timeout = \"500ms\"\nmax_request_body = \"1KiB\"",
+    );
+    text.push_str("\n[[routes]]\npath_prefix = \"/v1\"\npool = \"push\"\n");
+    let running = start(&text).await;
+    let c = client();
+    wait_state(&c, &running, "w1", "ready").await;
+    wait_state(&c, &running, "w2", "ready").await;
+    let (_, before) = scrape(&c, &running).await;
+
+    for key in 1..=6 {
+        assert_eq!(push(&c, &running, key).await.status, StatusCode::OK);
+    }
+    // syncgate's own answers count too: no route (pool ""), a declared body over the limit.
+    let unrouted = raw(
+        &running,
+        "GET /elsewhere HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(unrouted.starts_with("HTTP/1.1 404"), "{unrouted}");
+    let too_large = raw(
+        &running,
+        "POST /v1/batch HTTP/1.1\r\nhost: a\r\ncontent-length: 5000\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(too_large.starts_with("HTTP/1.1 413"), "{too_large}");
+    // A timeout: both workers answer after request_timeout.
+    w1.set_delay(Duration::from_secs(2));
+    w2.set_delay(Duration::from_secs(2));
+    assert_eq!(
+        push(&c, &running, 7).await.status,
+        StatusCode::GATEWAY_TIMEOUT
+    );
+    // A client that leaves before its answer is ready.
+    let mut leaving = tokio::net::TcpStream::connect(running.proxy_addrs()[0])
+        .await
+        .expect("connect");
+    leaving
+        .write_all(b"POST /v1/batch HTTP/1.1\r\nhost: a\r\nauthorization: Bearer key-8\r\ncontent-length: 2\r\n\r\n{}")
+        .await
+        .expect("write");
+    let requests = w1.requests() + w2.requests();
+    wait_until("the leaving client's request reached a worker", || async {
+        w1.requests() + w2.requests() > requests
+    })
+    .await;
+    drop(leaving);
+    let aborts = [("pool", "push")];
+    wait_until("the abort is counted", || async {
+        let (_, now) = scrape(&c, &running).await;
+        value(&now, "syncgate_client_aborts_total", &aborts) >= 1.0
+    })
+    .await;
+    w1.set_delay(Duration::ZERO);
+    w2.set_delay(Duration::ZERO);
+
+    let (_, after) = scrape(&c, &running).await;
+    let delta = |name: &str, labels: &[(&str, &str)]| {
+        value(&after, name, labels) - value(&before, name, labels)
+    };
+    let push_pool = [("pool", "push")];
+    assert_eq!(
+        delta("syncgate_requests_total", &[("pool", ""), ("class", "4xx")]),
+        1.0,
+        "the 404 without a route"
+    );
+    assert_eq!(
+        delta("syncgate_request_duration_seconds_count", &[("pool", "")]),
+        1.0
+    );
+    assert_eq!(
+        delta(
+            "syncgate_requests_total",
+            &[("pool", "push"), ("class", "4xx")]
+        ),
+        1.0,
+        "the 413"
+    );
+    assert_eq!(
+        delta(
+            "syncgate_requests_total",
+            &[("pool", "push"), ("class", "5xx")]
+        ),
+        1.0,
+        "the 504"
+    );
+    assert_eq!(delta("syncgate_timeouts_total", &push_pool), 1.0);
+    assert_eq!(delta("syncgate_client_aborts_total", &push_pool), 1.0);
+    // Buckets reach past request_timeout's default (30 s).
+    let bounds: Vec<f64> = matching(
+        &after,
+        "syncgate_request_duration_seconds_bucket",
+        &push_pool,
+    )
+    .iter()
+    .map(|s| s.labels["le"].parse().expect("a bound"))
+    .collect();
+    assert!(bounds.contains(&60.0), "{bounds:?}");
+
+    // Per backend: upstream latency, bytes, the key-sync report.
+    let mut answered = 0.0;
+    for name in ["w1", "w2"] {
+        let b = [("pool", "push"), ("backend", name)];
+        answered += delta("syncgate_backend_latency_seconds_count", &b);
+        assert!(
+            delta("syncgate_backend_sent_bytes_total", &b) > 0.0,
+            "{name}"
+        );
+        assert!(
+            delta("syncgate_backend_received_bytes_total", &b) > 0.0,
+            "{name}"
+        );
+        assert_eq!(value(&after, "syncgate_backend_keys", &b), 1000.0);
+        assert_eq!(value(&after, "syncgate_backend_key_generation", &b), 100.0);
+        assert_eq!(value(&after, "syncgate_backend_sync_complete", &b), 1.0);
+        let ok = [("pool", "push"), ("backend", name), ("result", "ok")];
+        assert!(value(&after, "syncgate_probes_total", &ok) >= 1.0);
+        assert!(value(&after, "syncgate_probe_duration_seconds_count", &b) >= 1.0);
+        for cause in [
+            "probe_failed",
+            "sync_incomplete",
+            "key_collapse",
+            "connect_failures",
+            "consecutive_5xx",
+            "contradicted",
+            "accepted_at_generation",
+        ] {
+            let labels = [("pool", "push"), ("backend", name), ("cause", cause)];
+            assert_eq!(value(&after, "syncgate_ejections_total", &labels), 0.0);
+        }
+    }
+    // The six answered pushes: the timed-out request and the abandoned one were cut before
+    // their workers answered.
+    assert_eq!(answered, 6.0);
+    assert_eq!(
+        value(&after, "syncgate_pool_ready_generation", &push_pool),
+        100.0
+    );
+    assert_eq!(
+        value(&after, "syncgate_pool_ready_backends", &push_pool),
+        2.0
+    );
+    assert!(value(&after, "syncgate_retry_budget_remaining", &push_pool) >= 1.0);
+
+    // Connections: the client's pooled connection is open; max_connections is the default.
+    assert!(value(&after, "syncgate_client_connections", &[]) >= 1.0);
+    assert!(delta("syncgate_client_connections_opened_total", &[]) >= 3.0);
+    assert_eq!(
+        value(&after, "syncgate_client_connections_max", &[]),
+        10_000.0
+    );
+
+    // Config, build and process.
+    let loaded = value(
+        &after,
+        "syncgate_config_last_reload_success_timestamp_seconds",
+        &[],
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64();
+    assert!(loaded > now - 60.0 && loaded <= now, "{loaded} vs {now}");
+    assert_eq!(
+        value(&after, "syncgate_config_last_reload_successful", &[]),
+        1.0
+    );
+    let build = matching(&after, "syncgate_build_info", &[]);
+    assert_eq!(build.len(), 1);
+    assert_eq!(build[0].labels["version"], env!("CARGO_PKG_VERSION"));
+    assert!(!build[0].labels["commit"].is_empty());
+    assert!(value(&after, "process_cpu_seconds_total", &[]) > 0.0);
+    assert!(value(&after, "process_resident_memory_bytes", &[]) > 1e6);
+    assert!(value(&after, "process_open_fds", &[]) >= 3.0);
+    let started = value(&after, "process_start_time_seconds", &[]);
+    assert!(started > now - 3600.0 && started <= now + 1.0, "{started}");
+
+    running.shutdown().await;
+    w1.stop().await;
+    w2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ejection_decided_by_the_probes_is_counted_by_pool_backend_and_cause() {
+    let (w1, w2) = (synced_worker().await, synced_worker().await);
+    let running = start(&config_text(&[("w1", w1.addr()), ("w2", w2.addr())], "")).await;
+    let c = client();
+    wait_state(&c, &running, "w1", "ready").await;
+    wait_state(&c, &running, "w2", "ready").await;
+
+    // The probe answers 503: with fall = 1, the next probe ejects w1.
+    w1.set_probe_override(Some((503, "{}".into())));
+    wait_state(&c, &running, "w1", "ejected").await;
+    // w2 reports its sync incomplete: out at once, whatever fall says.
+    let incomplete = r#"{"key_sync": {"complete": false, "generation": 100, "keys": 10}}"#;
+    w2.set_probe_override(Some((200, incomplete.into())));
+    wait_state(&c, &running, "w2", "ejected").await;
+
+    let (_, samples) = scrape(&c, &running).await;
+    let ejections = |backend: &str, cause: &str| {
+        value(
+            &samples,
+            "syncgate_ejections_total",
+            &[("pool", "push"), ("backend", backend), ("cause", cause)],
+        )
+    };
+    assert_eq!(ejections("w1", "probe_failed"), 1.0);
+    assert_eq!(ejections("w2", "probe_failed"), 0.0);
+    assert_eq!(ejections("w2", "sync_incomplete"), 1.0);
+    let failed = [("pool", "push"), ("backend", "w1"), ("result", "failed")];
+    assert!(value(&samples, "syncgate_probes_total", &failed) >= 1.0);
+    let ok = [("pool", "push"), ("backend", "w2"), ("result", "ok")];
+    assert!(value(&samples, "syncgate_probes_total", &ok) >= 1.0);
+    assert_eq!(
+        value(
+            &samples,
+            "syncgate_pool_ready_backends",
+            &[("pool", "push")]
+        ),
+        0.0
+    );
+    assert!(matching(&samples, "syncgate_pool_ready_generation", &[]).is_empty());
+
+    running.shutdown().await;
+    w1.stop().await;
+    w2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_backend_leaves_the_metrics_once_it_is_forgotten() {
+    let (w1, w2) = (synced_worker().await, synced_worker().await);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = |backends: &[(&str, SocketAddr)]| config_text(backends, "");
+    let (running, path) =
+        start_from_file(&text(&[("w1", w1.addr()), ("w2", w2.addr())]), &dir).await;
+    let c = client();
+    wait_state(&c, &running, "w2", "ready").await;
+    let series =
+        |samples: &[Sample]| matching(samples, "syncgate_probes_total", &[("backend", "w2")]).len();
+    let (_, samples) = scrape(&c, &running).await;
+    assert_eq!(series(&samples), 2, "ok and failed");
+
+    write_atomically(&path, &text(&[("w1", w1.addr())]));
+    assert_eq!(
+        post(&c, &running, "/api/reload", None).await.status,
+        StatusCode::OK
+    );
+    // Idle, it drains at once and is forgotten: every series of it goes.
+    wait_until("w2's series are gone", || async {
+        let (text, _) = scrape(&c, &running).await;
+        !text.contains("backend=\"w2\"")
+    })
+    .await;
+    let (_, samples) = scrape(&c, &running).await;
+    assert_eq!(series(&samples), 0);
+    assert_eq!(
+        matching(&samples, "syncgate_probes_total", &[("backend", "w1")]).len(),
+        2
+    );
+
+    running.shutdown().await;
+    w1.stop().await;
+    w2.stop().await;
 }

@@ -223,7 +223,8 @@ async fn a_fleet_wide_key_loss_fails_closed_then_recovers_without_an_operator() 
         "{} 401s to keys never seen, at {rate:.0} req/s",
         t.unauthorized_unseen
     );
-    // One event when it started, one when it ended.
+    // One event when it started, one when it ended; and, as every backend was ejected, the
+    // pool's outage and recovery once each (in whichever order the two watchers saw it).
     let pool_events: Vec<_> = running
         .shared()
         .events
@@ -232,10 +233,22 @@ async fn a_fleet_wide_key_loss_fails_closed_then_recovers_without_an_operator() 
         .filter(|e| e.backend.is_empty())
         .map(|e| (e.from, e.to))
         .collect();
+    let of = |state: &str| -> Vec<(&str, &str)> {
+        pool_events
+            .iter()
+            .filter(|(from, to)| *from == state || *to == state)
+            .copied()
+            .collect()
+    };
     assert_eq!(
-        pool_events,
+        of("fail_closed"),
         vec![("serving", "fail_closed"), ("fail_closed", "serving")]
     );
+    assert_eq!(
+        of("unavailable"),
+        vec![("serving", "unavailable"), ("unavailable", "serving")]
+    );
+    assert_eq!(pool_events.len(), 4, "{pool_events:?}");
     running.shutdown().await;
 }
 

@@ -5,38 +5,35 @@
 //! [`crate::backend::Backend`]); nothing here is registered with or updated through
 //! `prometheus-client` on the request path. Every scrape reads every counter afresh.
 //!
-//! Families (one fact each, no per-key labels; see `docs/admin-api.md`):
+//! Families (one fact each, no per-key labels; every one is described in
+//! `docs/admin-api.md`). Label values come from the config and from discovery (pool, backend,
+//! discover source names) or are fixed words, never from requests, so the label sets stay
+//! bounded; a backend's series leave when it is forgotten (removed and drained, or vanished
+//! from DNS and drained).
 //!
-//! - `syncgate_requests_total{pool,class}`: client answers by status class
-//! - `syncgate_request_duration_seconds{pool}`: histogram, request arrival → response headers
-//! - `syncgate_no_ready_backend_total{pool}`: 503s answered because no backend was ready
-//! - `syncgate_retries_total{pool}`: connect-failure retries on another backend
-//! - `syncgate_retries_refused_total{pool}`: connect-failure retries the retry budget refused
-//! - `syncgate_guard_outcomes_total{pool,outcome}`: second-opinion outcomes
-//! - `syncgate_guard_memory_entries{pool,memory}`, `syncgate_guard_memory_capacity{pool,memory}`,
-//!   `syncgate_guard_memory_evictions_total{pool,memory}`: the credential memories
-//!   (`remembered`, `accepted`)
-//! - `syncgate_guard_memory_forgotten_total{pool}`: key-set generation moves that made both
-//!   memories forget
-//! - `syncgate_key_collapses_total{pool}`: probes failed by keys collapsing at an unchanged
-//!   generation
-//! - `syncgate_pool_fail_closed{pool}`: 1 while the pool fails closed (fleet-wide key loss
-//!   suspected); `syncgate_pool_fail_closed_episodes_total{pool}`: times it started
-//! - `syncgate_backend_requests_total{pool,backend,class}`: forwarded requests by answer class
-//! - `syncgate_backend_connect_failures_total{pool,backend}`
-//! - `syncgate_backend_state{pool,backend,state}`: 1 for the current state, 0 for the others
-//! - `syncgate_backend_in_flight{pool,backend}`
-//! - `syncgate_probes_total{result}`: `ok` | `failed`
-//! - `syncgate_ejections_total{reason}`
-//! - `syncgate_config_reloads_total{result}`: `ok` | `failed`
-//! - `syncgate_config_generation`
-//! - `syncgate_backends{pool,source}`: backends of the running config, by source (`static` or
-//!   a discover source's name)
-//! - `syncgate_discovery_resolutions_total{pool,source,result}`: `ok` | `empty` | `nxdomain` |
-//!   `servfail` | `timeout` | `error`
-//! - `syncgate_discovery_resolve_duration_seconds`: histogram, one resolution of a source
-//! - `syncgate_discovery_install_duration_seconds`: histogram, a changed address set from the
-//!   answer to the swapped snapshot (diff, build, swap, probers)
+//! - Per pool: `syncgate_requests_total{pool,class}` (every answer, syncgate's own included;
+//!   `pool=""` for requests no route matched), `syncgate_request_duration_seconds{pool}`,
+//!   `syncgate_no_ready_backend_total`, `syncgate_timeouts_total`,
+//!   `syncgate_client_aborts_total`, `syncgate_retries_total`, `syncgate_retries_refused_total`,
+//!   `syncgate_retry_budget_remaining`, `syncgate_guard_outcomes_total{pool,outcome}`, the
+//!   credential memories (`syncgate_guard_memory_*`), `syncgate_key_collapses_total`,
+//!   `syncgate_pool_fail_closed`, `syncgate_pool_fail_closed_episodes_total`,
+//!   `syncgate_pool_ready_backends`, `syncgate_pool_ready_generation`
+//! - Per backend (`{pool,backend}`): `syncgate_backend_requests_total{…,class}`,
+//!   `syncgate_backend_connect_failures_total`, `syncgate_backend_state{…,state}`,
+//!   `syncgate_backend_in_flight`, `syncgate_backend_latency_seconds`,
+//!   `syncgate_backend_sent_bytes_total`, `syncgate_backend_received_bytes_total`,
+//!   `syncgate_backend_keys`, `syncgate_backend_key_generation`,
+//!   `syncgate_backend_sync_complete`, `syncgate_probes_total{…,result}`,
+//!   `syncgate_probe_duration_seconds`, `syncgate_ejections_total{…,cause}`
+//! - Process: `syncgate_client_connections`, `syncgate_client_connections_max`,
+//!   `syncgate_client_connections_opened_total`, `syncgate_config_reloads_total{result}`,
+//!   `syncgate_config_generation`, `syncgate_config_last_reload_success_timestamp_seconds`,
+//!   `syncgate_config_last_reload_successful`, `syncgate_build_info{version,commit}`, and the
+//!   standard `process_*` families (CPU, memory, file descriptors, start time)
+//! - Discovery: `syncgate_backends{pool,source}`,
+//!   `syncgate_discovery_resolutions_total{pool,source,result}`,
+//!   `syncgate_discovery_resolve_duration_seconds`, `syncgate_discovery_install_duration_seconds`
 //!
 //! `prometheus-client` writes OpenMetrics; [`to_prometheus_text`] turns it into the classic
 //! Prometheus text format (version 0.0.4) for clients that do not ask for OpenMetrics.
@@ -47,25 +44,29 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, NoLabelSet,
+    DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, EncodeLabelValue, LabelValueEncoder,
+    NoLabelSet,
 };
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
 
 use crate::backend::{Backend, State};
-use crate::metrics::GuardOutcome;
+use crate::metrics::{process, GuardOutcome, Histogram, PoolStats};
+use crate::reload::Control;
 use crate::snapshot::Shared;
 
-/// Renders every syncgate metric from the shared state at scrape time.
+/// Renders every syncgate metric from the shared state and the control plane at scrape time.
 #[derive(Debug)]
 pub(super) struct Collector {
+    control: Arc<Control>,
     shared: Arc<Shared>,
 }
 
 impl Collector {
-    /// A collector reading `shared`.
-    pub(super) fn new(shared: Arc<Shared>) -> Collector {
-        Collector { shared }
+    /// A collector reading `control` and its shared state.
+    pub(super) fn new(control: Arc<Control>) -> Collector {
+        let shared = control.shared.clone();
+        Collector { control, shared }
     }
 
     /// The backends to show: the snapshot's, plus removed ones still draining whose
@@ -179,6 +180,156 @@ impl Collector {
     }
 }
 
+impl Collector {
+    /// Per pool: timeouts, client aborts, the retry budget, ready backends and the newest
+    /// generation among them.
+    fn encode_pool_health(
+        &self,
+        e: &mut DescriptorEncoder,
+        pools: &[(String, Arc<PoolStats>)],
+    ) -> Result<(), std::fmt::Error> {
+        counters(
+            e,
+            "syncgate_timeouts",
+            "Requests answered 504 because request_timeout passed before the backend answered.",
+            pools.iter().map(|(pool, stats)| {
+                (
+                    [("pool", Esc(pool))],
+                    stats.timeouts.load(Ordering::Relaxed),
+                )
+            }),
+        )?;
+        counters(
+            e,
+            "syncgate_client_aborts",
+            "Requests whose client went away before their answer was ready.",
+            pools.iter().map(|(pool, stats)| {
+                (
+                    [("pool", Esc(pool))],
+                    stats.client_aborts.load(Ordering::Relaxed),
+                )
+            }),
+        )?;
+        // Budgets and backends exist for configured pools only.
+        let snapshot = self.shared.snapshot();
+        gauges(
+            e,
+            "syncgate_retry_budget_remaining",
+            "Retries and second opinions the pool's retry budget allows now.",
+            snapshot
+                .pools
+                .iter()
+                .map(|p| ([("pool", Esc(&p.name))], p.budget.remaining())),
+        )?;
+        gauges(
+            e,
+            "syncgate_pool_ready_backends",
+            "Backends of the pool that are ready (0: clients get 503).",
+            snapshot.pools.iter().map(|p| {
+                let ready = p.backends.iter().filter(|b| b.is_routable()).count();
+                ([("pool", Esc(&p.name))], ready as u64)
+            }),
+        )?;
+        gauges(
+            e,
+            "syncgate_pool_ready_generation",
+            "The newest key-set generation among the pool's ready backends (no series while none reported one).",
+            snapshot.pools.iter().filter_map(|p| {
+                let newest = p
+                    .backends
+                    .iter()
+                    .filter(|b| b.is_routable())
+                    .filter_map(|b| b.key_sync())
+                    .map(|k| k.generation)
+                    .max()?;
+                Some(([("pool", Esc(&p.name))], newest))
+            }),
+        )
+    }
+
+    /// Client connections, build information, and the process's own figures.
+    fn encode_process(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (open, opened) = self.shared.metrics.connections.counts();
+        gauge(
+            e,
+            "syncgate_client_connections",
+            "Client connections open now.",
+            open,
+        )?;
+        gauge(
+            e,
+            "syncgate_client_connections_max",
+            "max_connections: at this many open client connections the idlest is closed to admit a new one.",
+            self.shared.snapshot().config.server.max_connections as u64,
+        )?;
+        {
+            let mut family = e.encode_descriptor(
+                "syncgate_client_connections_opened",
+                "Client connections accepted since start.",
+                None,
+                MetricType::Counter,
+            )?;
+            family.encode_counter::<NoLabelSet, u64, u64>(&opened, None)?;
+        }
+        gauges(
+            e,
+            "syncgate_build_info",
+            "Always 1; the labels name the version and the commit syncgate was built from.",
+            [(
+                [
+                    ("version", Esc(env!("CARGO_PKG_VERSION"))),
+                    ("commit", Esc(env!("SYNCGATE_COMMIT"))),
+                ],
+                1u64,
+            )],
+        )?;
+        let Some(p) = process::read() else {
+            return Ok(());
+        };
+        {
+            let mut family = e.encode_descriptor(
+                "process_cpu_seconds",
+                "User and system CPU time spent, seconds.",
+                None,
+                MetricType::Counter,
+            )?;
+            family.encode_counter::<NoLabelSet, f64, u64>(&p.cpu_seconds, None)?;
+        }
+        gauge(
+            e,
+            "process_resident_memory_bytes",
+            "Resident memory size, bytes.",
+            p.resident_bytes,
+        )?;
+        gauge(
+            e,
+            "process_virtual_memory_bytes",
+            "Virtual memory size, bytes.",
+            p.virtual_bytes,
+        )?;
+        gauge(
+            e,
+            "process_open_fds",
+            "Open file descriptors (client and backend connections included).",
+            p.open_fds,
+        )?;
+        if let Some(max) = p.max_fds {
+            gauge(
+                e,
+                "process_max_fds",
+                "The limit on open file descriptors.",
+                max,
+            )?;
+        }
+        gauge(
+            e,
+            "process_start_time_seconds",
+            "When the process started, seconds since the Unix epoch.",
+            p.start_time_seconds,
+        )
+    }
+}
+
 /// A label value escaped for the text format (`\` `"` and newlines).
 struct Esc<'a>(&'a str);
 
@@ -213,15 +364,49 @@ fn counters<L: EncodeLabelSet>(
 }
 
 /// Writes one gauge family.
-fn gauges<L: EncodeLabelSet>(
+fn gauges<L: EncodeLabelSet, V: EncodeGaugeValue>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    series: impl IntoIterator<Item = (L, u64)>,
+    series: impl IntoIterator<Item = (L, V)>,
 ) -> Result<(), std::fmt::Error> {
     let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
     for (labels, value) in series {
         family.encode_family(&labels)?.encode_gauge(&value)?;
+    }
+    Ok(())
+}
+
+/// A histogram as prometheus-client encodes it: `(sum, count, per-bucket counts)`, with
+/// `f64::MAX` for +Inf. The +Inf bucket is the count, so count and buckets always agree.
+fn encodable(histogram: &Histogram) -> (f64, u64, Vec<(f64, u64)>) {
+    let (sum, _, cumulative) = histogram.snapshot();
+    let mut previous = 0;
+    let buckets = cumulative
+        .iter()
+        .map(|&(bound, total)| {
+            let n = total.saturating_sub(previous);
+            previous = total;
+            (if bound.is_finite() { bound } else { f64::MAX }, n)
+        })
+        .collect();
+    (sum, previous, buckets)
+}
+
+/// Writes one histogram family, in seconds.
+fn histograms<'h, L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (L, &'h Histogram)>,
+) -> Result<(), std::fmt::Error> {
+    let unit = Unit::Seconds;
+    let mut family = encoder.encode_descriptor(name, help, Some(&unit), MetricType::Histogram)?;
+    for (labels, histogram) in series {
+        let (sum, count, buckets) = encodable(histogram);
+        family
+            .encode_family(&labels)?
+            .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
     }
     Ok(())
 }
@@ -231,22 +416,18 @@ fn histogram(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    histogram: &crate::metrics::Histogram,
+    histogram: &Histogram,
 ) -> Result<(), std::fmt::Error> {
     let unit = Unit::Seconds;
     let mut family = encoder.encode_descriptor(name, help, Some(&unit), MetricType::Histogram)?;
-    let (sum, _, cumulative) = histogram.snapshot();
-    // prometheus-client wants per-bucket counts and `f64::MAX` for +Inf.
-    let mut previous = 0;
-    let buckets: Vec<(f64, u64)> = cumulative
-        .iter()
-        .map(|&(bound, total)| {
-            let n = total.saturating_sub(previous);
-            previous = total;
-            (if bound.is_finite() { bound } else { f64::MAX }, n)
-        })
-        .collect();
-    family.encode_histogram::<NoLabelSet>(sum, previous, &buckets, None)
+    let (sum, count, buckets) = encodable(histogram);
+    family.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+}
+
+/// Seconds since the Unix epoch.
+fn unix_seconds(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 impl prometheus_client::collector::Collector for Collector {
@@ -255,12 +436,17 @@ impl prometheus_client::collector::Collector for Collector {
         let pools = self.shared.pool_stats();
         let backends = self.backends();
 
-        // Per pool.
+        // Per pool. Requests no route matched are the `pool=""` series of the request
+        // families (no pool is named "": validation requires a name).
+        let answered: Vec<(&str, &PoolStats)> =
+            std::iter::once(("", &self.shared.metrics.unrouted))
+                .chain(pools.iter().map(|(pool, stats)| (pool.as_str(), &**stats)))
+                .collect();
         counters(
             e,
             "syncgate_requests",
-            "Client requests answered, by pool and status class.",
-            pools.iter().flat_map(|(pool, stats)| {
+            "Client requests answered (syncgate's own answers included), by pool and status class.",
+            answered.iter().flat_map(|(pool, stats)| {
                 // Every client gets an HTTP answer: the pool has no `error` class.
                 stats
                     .answers
@@ -270,33 +456,14 @@ impl prometheus_client::collector::Collector for Collector {
                     .map(|(class, n)| ([("pool", Esc(pool)), ("class", Esc(class))], n))
             }),
         )?;
-        {
-            let unit = Unit::Seconds;
-            let mut family = e.encode_descriptor(
-                "syncgate_request_duration",
-                "Time from a client request's arrival to its response headers (upstream latency included), by pool.",
-                Some(&unit),
-                MetricType::Histogram,
-            )?;
-            for (pool, stats) in &pools {
-                let (sum, _, cumulative) = stats.latency.snapshot();
-                // prometheus-client wants per-bucket counts and `f64::MAX` for +Inf.
-                let mut previous = 0;
-                let buckets: Vec<(f64, u64)> = cumulative
-                    .iter()
-                    .map(|&(bound, total)| {
-                        let n = total.saturating_sub(previous);
-                        previous = total;
-                        (if bound.is_finite() { bound } else { f64::MAX }, n)
-                    })
-                    .collect();
-                // The +Inf bucket is the count, so count and buckets always agree.
-                let labels = [("pool", Esc(pool))];
-                family
-                    .encode_family(&labels)?
-                    .encode_histogram::<NoLabelSet>(sum, previous, &buckets, None)?;
-            }
-        }
+        histograms(
+            e,
+            "syncgate_request_duration",
+            "Time from a client request's arrival to its response headers (upstream latency included), by pool.",
+            answered
+                .iter()
+                .map(|(pool, stats)| ([("pool", Esc(pool))], &stats.latency)),
+        )?;
         counters(
             e,
             "syncgate_no_ready_backend",
@@ -344,6 +511,7 @@ impl prometheus_client::collector::Collector for Collector {
             }),
         )?;
 
+        self.encode_pool_health(e, &pools)?;
         self.encode_fleets(e)?;
 
         // Per backend.
@@ -405,28 +573,11 @@ impl prometheus_client::collector::Collector for Collector {
             }),
         )?;
 
+        encode_backend_details(e, &backends)?;
+
         // Process-wide.
         let m = &self.shared.metrics;
-        counters(
-            e,
-            "syncgate_probes",
-            "Readiness probes, by result.",
-            [
-                ([("result", Esc("ok"))], m.probes_ok.load(Ordering::Relaxed)),
-                (
-                    [("result", Esc("failed"))],
-                    m.probes_failed.load(Ordering::Relaxed),
-                ),
-            ],
-        )?;
-        counters(
-            e,
-            "syncgate_ejections",
-            "Backends taken out of rotation, by reason.",
-            m.ejections()
-                .into_iter()
-                .map(|(reason, n)| ([("reason", Esc(reason))], n)),
-        )?;
+        self.encode_process(e)?;
         counters(
             e,
             "syncgate_config_reloads",
@@ -451,6 +602,19 @@ impl prometheus_client::collector::Collector for Collector {
             )?;
             family.encode_gauge(&self.shared.snapshot().generation)?;
         }
+        let status = self.control.status();
+        gauge(
+            e,
+            "syncgate_config_last_reload_success_timestamp_seconds",
+            "When the running config was loaded (at start, or by the last reload that applied), seconds since the Unix epoch.",
+            unix_seconds(status.loaded_at),
+        )?;
+        gauge(
+            e,
+            "syncgate_config_last_reload_successful",
+            "0 while the config file on disk does not load (the last reload failed and the running config stayed), else 1.",
+            u64::from(status.last_error.is_none()),
+        )?;
 
         // Discovery.
         histogram(
@@ -498,6 +662,123 @@ impl prometheus_client::collector::Collector for Collector {
         )?;
         Ok(())
     }
+}
+
+/// Writes one gauge without labels.
+fn gauge<V: EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: V,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    family.encode_gauge(&value)
+}
+
+/// `[("pool", …), ("backend", …)]` of a backend.
+fn pool_backend(b: &Backend) -> [(&'static str, Esc<'_>); 2] {
+    [("pool", Esc(&b.pool)), ("backend", Esc(&b.name))]
+}
+
+/// The per-backend families beyond requests and states: latency, bytes, key sync, probes,
+/// ejections.
+fn encode_backend_details(
+    e: &mut DescriptorEncoder,
+    backends: &[Arc<Backend>],
+) -> Result<(), std::fmt::Error> {
+    histograms(
+        e,
+        "syncgate_backend_latency",
+        "Time from sending a request to a backend until its response headers arrived (every answered attempt, second opinions included).",
+        backends
+            .iter()
+            .map(|b| (pool_backend(b), &b.metrics.upstream_latency)),
+    )?;
+    counters(
+        e,
+        "syncgate_backend_sent_bytes",
+        "Request body bytes sent to a backend.",
+        backends
+            .iter()
+            .map(|b| (pool_backend(b), b.metrics.bytes().0)),
+    )?;
+    counters(
+        e,
+        "syncgate_backend_received_bytes",
+        "Response body bytes received from a backend.",
+        backends
+            .iter()
+            .map(|b| (pool_backend(b), b.metrics.bytes().1)),
+    )?;
+    // The key-sync report as the probes last saw it; a backend without one (not probed yet,
+    // or `contract = "status"`) has no series.
+    let reports: Vec<_> = backends
+        .iter()
+        .filter_map(|b| b.key_sync().map(|k| (b, k)))
+        .collect();
+    gauges(
+        e,
+        "syncgate_backend_keys",
+        "Active account keys the backend holds, as its last key-sync report said.",
+        reports.iter().map(|(b, k)| (pool_backend(b), k.keys)),
+    )?;
+    gauges(
+        e,
+        "syncgate_backend_key_generation",
+        "Generation of the key set the backend has loaded, as its last key-sync report said.",
+        reports.iter().map(|(b, k)| (pool_backend(b), k.generation)),
+    )?;
+    gauges(
+        e,
+        "syncgate_backend_sync_complete",
+        "1 when the backend's last key-sync report said its sync is complete, else 0.",
+        reports
+            .iter()
+            .map(|(b, k)| (pool_backend(b), u64::from(k.complete))),
+    )?;
+    counters(
+        e,
+        "syncgate_probes",
+        "Readiness probes, by pool, backend and result (ok or failed).",
+        backends.iter().flat_map(|b| {
+            let (ok, failed) = b.metrics.probes();
+            [("ok", ok), ("failed", failed)].map(|(result, n)| {
+                (
+                    [
+                        ("pool", Esc(&b.pool)),
+                        ("backend", Esc(&b.name)),
+                        ("result", Esc(result)),
+                    ],
+                    n,
+                )
+            })
+        }),
+    )?;
+    histograms(
+        e,
+        "syncgate_probe_duration",
+        "Time one readiness probe took (failed ones included; a timed-out probe counts its timeout).",
+        backends
+            .iter()
+            .map(|b| (pool_backend(b), &b.metrics.probe_duration)),
+    )?;
+    counters(
+        e,
+        "syncgate_ejections",
+        "Backends taken out of rotation (ready to ejected), by pool, backend and cause: decided by the probes or by the request path.",
+        backends.iter().flat_map(|b| {
+            b.metrics.ejections().map(|(cause, n)| {
+                (
+                    [
+                        ("pool", Esc(&b.pool)),
+                        ("backend", Esc(&b.name)),
+                        ("cause", Esc(cause.as_str())),
+                    ],
+                    n,
+                )
+            })
+        }),
+    )
 }
 
 /// OpenMetrics text as the classic Prometheus text format: counter families are named with

@@ -181,7 +181,19 @@ pub(super) async fn exchange(
             None
         };
         let in_flight = backend.start_request();
+        // Known up front for a buffered body or one with a Content-Length; a chunked body too
+        // large to buffer counts what was read before it was sent.
+        let body_len = req.body_len();
+        let sent_at = std::time::Instant::now();
         let attempt = upstream::send(backend, pool.tls.as_ref(), req).await;
+        match &attempt {
+            Attempt::Answered(..) => {
+                backend.metrics.upstream_latency.observe(sent_at.elapsed());
+                backend.metrics.sent(body_len);
+            }
+            Attempt::Failed(_) => backend.metrics.sent(body_len),
+            Attempt::NotSent(..) => {}
+        }
         let gave = record(cx, phase, backend, &attempt);
         let back = match (phase.next(gave), attempt) {
             (Next::Take, Attempt::Answered(resp)) => {
@@ -231,10 +243,10 @@ fn record(cx: &Cx<'_>, phase: Phase, backend: &Backend, attempt: &Attempt) -> Ga
                 // A body over the limit is the client's doing: answered 413, not logged.
                 Phase::Forward if is_too_large(err) => {}
                 Phase::Forward => {
-                    tracing::warn!(pool = %cx.pool.name, backend = %backend.name, error = %err, request_id = ?request_id, "upstream request failed")
+                    tracing::warn!(pool = %cx.pool.name, backend = %backend.name, error = %err, request_id = request_id.to_str().unwrap_or(""), "upstream request failed")
                 }
                 Phase::SecondOpinion => {
-                    tracing::warn!(pool = %cx.pool.name, backend = %backend.name, error = %err, request_id = ?request_id, "second opinion failed")
+                    tracing::warn!(pool = %cx.pool.name, backend = %backend.name, error = %err, request_id = request_id.to_str().unwrap_or(""), "second opinion failed")
                 }
             }
             Gave::Broken
@@ -243,7 +255,7 @@ fn record(cx: &Cx<'_>, phase: Phase, backend: &Backend, attempt: &Attempt) -> Ga
 }
 
 fn log_connect_failure(backend: &Backend, err: &ConnectError, request_id: &HeaderValue) {
-    tracing::warn!(pool = %backend.pool, backend = %backend.name, error = %err, request_id = ?request_id, "upstream connect failed");
+    tracing::warn!(pool = %backend.pool, backend = %backend.name, error = %err, request_id = request_id.to_str().unwrap_or(""), "upstream connect failed");
 }
 
 /// Whether a request broke because its body grew past `max_request_body`.

@@ -92,20 +92,26 @@ fn prepare(
     request_id: &HeaderValue,
     generated_id: bool,
 ) -> Result<Prepared, (StatusCode, &'static str)> {
+    let started = Instant::now();
     let snapshot = shared.snapshot();
     let routed = {
         let host = request_host(&parts.uri, &parts.headers);
         snapshot.route(host.as_deref().unwrap_or(""), parts.uri.path())
     };
     let Some(pool) = routed else {
+        shared
+            .metrics
+            .unrouted
+            .record(StatusCode::NOT_FOUND, started.elapsed());
         return Err((StatusCode::NOT_FOUND, "no route"));
     };
     let server = &snapshot.config.server;
     let content_length = content_length(&parts.headers);
     if content_length.is_some_and(|len| len > server.max_request_body) {
+        pool.stats
+            .record(StatusCode::PAYLOAD_TOO_LARGE, started.elapsed());
         return Err((StatusCode::PAYLOAD_TOO_LARGE, "request body too large"));
     }
-    let started = Instant::now();
     let limits = Limits {
         max_body: server.max_request_body,
         deadline: clock::deadline(
@@ -162,14 +168,18 @@ impl Prepared {
             content_length,
             body,
         };
-        let resp =
-            match tokio::time::timeout_at(limits.deadline, forward(&cx, request, &limits)).await {
-                Ok(resp) => resp,
-                Err(_) => {
-                    tracing::warn!(pool = %pool.name, request_id = ?request_id, "upstream timeout");
-                    error(StatusCode::GATEWAY_TIMEOUT, "upstream timeout", request_id)
-                }
-            };
+        // Dropped unanswered when the client goes away: a client abort.
+        let answering = pool.stats.answering();
+        let result = tokio::time::timeout_at(limits.deadline, forward(&cx, request, &limits)).await;
+        answering.answered();
+        let resp = match result {
+            Ok(resp) => resp,
+            Err(_) => {
+                pool.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(pool = %pool.name, request_id = request_id.to_str().unwrap_or(""), "upstream timeout");
+                error(StatusCode::GATEWAY_TIMEOUT, "upstream timeout", request_id)
+            }
+        };
         pool.stats.record(resp.status(), started.elapsed());
         resp
     }

@@ -64,6 +64,7 @@ pub(super) async fn serve_client(
 ) {
     let activity = Arc::new(Activity::default());
     let _registered = cx.registry.register(activity.clone());
+    let _open = cx.shared.metrics.connections.opened();
     let info = ConnInfo::new(peer, acceptor.is_some());
     let Some(acceptor) = acceptor else {
         return open(stream, false, &cx, info, activity, limits).await;
@@ -137,14 +138,26 @@ async fn open<I>(
                 // The sniffed bytes began the first request head.
                 activity.bytes_arrived(now_millis);
             }
-            serve(io, cx, info, activity, limits).await;
+            serve(io, http1, cx, info, activity, limits).await;
         }
     }
 }
 
+/// How long an HTTP/1.1 connection idle at shutdown is left open for a request already on its
+/// way (answered with `Connection: close`) before it is closed.
+const SHUTDOWN_IDLE_GRACE: Duration = Duration::from_millis(500);
+
 /// Runs hyper on the connection until it ends, applying [`verdict`] a few times per timeout.
+///
+/// At shutdown an HTTP/2 connection gets `GOAWAY` (clients retry the streams it did not take).
+/// HTTP/1.1 has no such signal: closing a keep-alive connection at once loses a request the
+/// client may be sending at that moment, a failure that no client retries for a POST. So each
+/// response from then on carries `Connection: close` (the client's next request opens a new
+/// connection, to whichever instance still listens, e.g. a `--takeover` successor), and a
+/// connection that stays idle closes after [`SHUTDOWN_IDLE_GRACE`].
 async fn serve<I>(
     io: Watched<I>,
+    http1: bool,
     cx: &ConnCx,
     info: ConnInfo,
     activity: Arc<Activity>,
@@ -154,13 +167,20 @@ async fn serve<I>(
 {
     let peer = info.peer;
     let service = {
-        let (activity, shared) = (activity.clone(), cx.shared.clone());
+        let (activity, shared, token) = (activity.clone(), cx.shared.clone(), cx.token.clone());
         service_fn(move |req| {
             // In progress from the call until the response body has been sent.
             let active = activity.begin();
             let serving = proxy::serve(&shared, &info, req);
+            let shutdown = http1.then(|| token.clone());
             async move {
-                let resp = serving.await?;
+                let mut resp = serving.await?;
+                if shutdown.is_some_and(|t| t.is_cancelled()) {
+                    // Shutting down: the last response of this HTTP/1.1 connection (hyper
+                    // closes it once written).
+                    resp.headers_mut()
+                        .insert(http::header::CONNECTION, CLOSE.clone());
+                }
                 Ok::<_, Infallible>(resp.map(|body| Tracked {
                     body,
                     _active: active,
@@ -179,6 +199,10 @@ async fn serve<I>(
     let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let (header_ms, idle_ms) = (millis(limits.header), millis(limits.idle));
     let mut closing = false;
+    // Armed at shutdown for an HTTP/1.1 connection (see the function's doc).
+    let idle_grace = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(idle_grace);
+    let mut draining = false;
     loop {
         tokio::select! {
             // The connection first: a request already in the socket when shutdown begins is
@@ -190,12 +214,29 @@ async fn serve<I>(
                 }
                 return;
             }
-            _ = cx.token.cancelled(), if !closing => {
+            _ = cx.token.cancelled(), if !closing && !draining => {
+                if http1 {
+                    draining = true;
+                    idle_grace
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + SHUTDOWN_IDLE_GRACE);
+                } else {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+            _ = idle_grace.as_mut(), if draining && !closing => {
+                // A request in progress ends the connection with its `Connection: close`
+                // answer; an idle one has had its grace.
                 if activity.is_idle() {
                     activity.close_as_idle();
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                } else {
+                    idle_grace
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + SHUTDOWN_IDLE_GRACE / 10);
                 }
-                conn.as_mut().graceful_shutdown();
-                closing = true;
             }
             _ = activity.reclaimed(), if !closing => {
                 tracing::debug!(peer = %peer, "idle client connection closed to admit a new one (max_connections)");
@@ -220,6 +261,8 @@ async fn serve<I>(
         }
     }
 }
+
+static CLOSE: http::HeaderValue = http::HeaderValue::from_static("close");
 
 /// A response body that keeps its request in progress until it has been sent (or dropped).
 struct Tracked<B> {

@@ -49,6 +49,12 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// Another process already listens on an address (and `--takeover` was not given).
+    #[error(
+        "{addr} is already in use by another process; to start beside a running syncgate on \
+         the same addresses (a restart or an upgrade), use --takeover"
+    )]
+    InUse { addr: SocketAddr },
     /// A proxy thread could not be started.
     #[error("cannot start proxy thread: {0}")]
     Thread(std::io::Error),
@@ -77,29 +83,69 @@ impl ProxyThreads {
     }
 }
 
-fn reuseport_socket(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// How the listeners are bound.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Bind {
+    /// Refuse an address another process already listens on (`SO_REUSEPORT` would otherwise
+    /// silently share it, as a second instance started by mistake would).
+    #[default]
+    Exclusive,
+    /// Share the addresses with a running syncgate (`--takeover`): the old instance keeps
+    /// serving until it is stopped, and the kernel spreads new connections over both.
+    Takeover,
+}
+
+/// Fails when another process listens on `addr`: a socket without `SO_REUSEPORT` cannot bind
+/// an address that a listening socket holds (`SO_REUSEADDR` only lets it past connections in
+/// `TIME_WAIT`). Port 0 asks for a fresh port and needs no check.
+fn ensure_free(addr: SocketAddr) -> Result<(), ServerError> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = || -> std::io::Result<()> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())
+    };
+    match probe() {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(ServerError::InUse { addr }),
+        Err(source) => Err(ServerError::Bind { addr, source }),
+        Ok(()) => Ok(()),
+    }
+}
+
+/// A socket bound to `addr` with `SO_REUSEPORT` (one per proxy thread, and a successor
+/// started with `--takeover` joins them), not yet listening: a socket that does not listen gets
+/// no connection, so a successor can bind early and listen once it is ready.
+fn reuseport_socket(addr: SocketAddr) -> std::io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    Ok(socket.into())
+    Ok(socket)
 }
 
-/// Binds `threads` sockets per address. The first socket of an address resolves port 0; the
-/// others bind the port it got.
+/// Binds `threads` sockets per address (after [`ensure_free`] unless taking over). The first
+/// socket of an address resolves port 0; the others bind the port it got.
 fn bind_all(
     addrs: &[SocketAddr],
     threads: usize,
-) -> Result<(Vec<SocketAddr>, Vec<Vec<std::net::TcpListener>>), ServerError> {
+    mode: Bind,
+) -> Result<(Vec<SocketAddr>, Vec<Vec<Socket>>), ServerError> {
     let mut bound = Vec::new();
-    let mut per_thread: Vec<Vec<std::net::TcpListener>> =
-        (0..threads).map(|_| Vec::new()).collect();
+    let mut per_thread: Vec<Vec<Socket>> = (0..threads).map(|_| Vec::new()).collect();
     for &addr in addrs {
+        if mode == Bind::Exclusive {
+            ensure_free(addr)?;
+        }
         let err = |source| ServerError::Bind { addr, source };
         let first = reuseport_socket(addr).map_err(err)?;
-        let actual = first.local_addr().map_err(err)?;
+        let actual = first
+            .local_addr()
+            .map_err(err)?
+            .as_socket()
+            .ok_or_else(|| err(std::io::ErrorKind::InvalidData.into()))?;
         bound.push(actual);
         per_thread[0].push(first);
         for sockets in per_thread.iter_mut().skip(1) {
@@ -109,53 +155,109 @@ fn bind_all(
     Ok((bound, per_thread))
 }
 
-/// A listener socket of one proxy thread, plain or TLS.
-type ThreadListener = (std::net::TcpListener, Option<TlsAcceptor>);
+/// Binds the admin listener as the proxy listeners are bound (`SO_REUSEPORT`, so that a
+/// successor started with `--takeover` can bind it too), and listens at once.
+pub fn bind_admin(addr: SocketAddr, mode: Bind) -> Result<std::net::TcpListener, ServerError> {
+    if mode == Bind::Exclusive {
+        ensure_free(addr)?;
+    }
+    let socket = reuseport_socket(addr).map_err(|source| ServerError::Bind { addr, source })?;
+    socket
+        .listen(BACKLOG)
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    Ok(socket.into())
+}
 
-/// Binds the listeners (plain, and TLS with `tls`) and starts the proxy threads. They stop
-/// accepting when `token` is cancelled, then give in-flight requests `drain_timeout` to finish.
-pub fn start(
-    cfg: &ServerConfig,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    shared: Arc<Shared>,
-    token: CancellationToken,
-) -> Result<ProxyThreads, ServerError> {
+/// The kernel's accept queue per listener socket.
+const BACKLOG: i32 = 1024;
+
+/// A listener socket of one proxy thread, plain or TLS.
+type ThreadListener = (Socket, Option<TlsAcceptor>);
+
+/// The proxy's listener sockets, bound and not yet listening: [`Bound::start`] listens and
+/// starts the proxy threads.
+#[derive(Debug)]
+pub struct Bound {
+    /// The bound plain addresses, in config order (ports resolved when the config said 0).
+    pub addrs: Vec<SocketAddr>,
+    /// The bound TLS addresses, in config order.
+    pub tls_addrs: Vec<SocketAddr>,
+    plain: Vec<Vec<Socket>>,
+    secure: Vec<Vec<Socket>>,
+}
+
+/// Binds the listeners of `cfg` (plain, and TLS when configured): `threads` sockets per
+/// address, not yet listening.
+pub fn bind(cfg: &ServerConfig, mode: Bind) -> Result<Bound, ServerError> {
     let threads = match cfg.worker_threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let (addrs, plain) = bind_all(&cfg.listen, threads)?;
-    let (tls_addrs, secure) = match (&cfg.tls, tls) {
-        (Some(t), Some(server_cfg)) => {
-            let (a, l) = bind_all(&t.listen, threads)?;
-            let acceptor = TlsAcceptor::from(server_cfg);
-            let l: Vec<Vec<ThreadListener>> = l
-                .into_iter()
-                .map(|v| v.into_iter().map(|s| (s, Some(acceptor.clone()))).collect())
-                .collect();
-            (a, l)
-        }
-        _ => (Vec::new(), (0..threads).map(|_| Vec::new()).collect()),
+    let (addrs, plain) = bind_all(&cfg.listen, threads, mode)?;
+    let (tls_addrs, secure) = match &cfg.tls {
+        Some(t) => bind_all(&t.listen, threads, mode)?,
+        None => (Vec::new(), (0..threads).map(|_| Vec::new()).collect()),
     };
-    let per_thread: Vec<Vec<ThreadListener>> = plain
-        .into_iter()
-        .zip(secure)
-        .map(
-            |(p, s): (Vec<std::net::TcpListener>, Vec<ThreadListener>)| {
-                p.into_iter().map(|l| (l, None)).chain(s).collect()
-            },
-        )
-        .collect();
+    Ok(Bound {
+        addrs,
+        tls_addrs,
+        plain,
+        secure,
+    })
+}
+
+impl Bound {
+    /// Listens on every socket and starts the proxy threads (TLS sockets with `tls`). They stop
+    /// accepting when `token` is cancelled, then give in-flight requests `drain_timeout` to
+    /// finish.
+    pub fn start(
+        self,
+        cfg: &ServerConfig,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        shared: Arc<Shared>,
+        token: CancellationToken,
+    ) -> Result<ProxyThreads, ServerError> {
+        let acceptor = tls.map(TlsAcceptor::from);
+        let mut per_thread: Vec<Vec<ThreadListener>> = Vec::new();
+        for (plain, secure) in self.plain.into_iter().zip(self.secure) {
+            let plain = plain.into_iter().map(|s| (s, None));
+            let secure = secure.into_iter().map(|s| (s, acceptor.clone()));
+            per_thread.push(plain.chain(secure).collect());
+        }
+        for (socket, _) in per_thread.iter().flatten() {
+            socket.listen(BACKLOG).map_err(|source| ServerError::Bind {
+                addr: socket
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_socket())
+                    .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+                source,
+            })?;
+        }
+        spawn_threads(cfg, per_thread, self.addrs, self.tls_addrs, shared, token)
+    }
+}
+
+/// Starts one proxy thread per element of `per_thread`, serving its listening sockets.
+fn spawn_threads(
+    cfg: &ServerConfig,
+    per_thread: Vec<Vec<ThreadListener>>,
+    addrs: Vec<SocketAddr>,
+    tls_addrs: Vec<SocketAddr>,
+    shared: Arc<Shared>,
+    token: CancellationToken,
+) -> Result<ProxyThreads, ServerError> {
     // Validation keeps max_connections far below the semaphore's limit; clamped all the same,
     // as `Semaphore::new` panics beyond it.
     let limit = Arc::new(Semaphore::new(
         cfg.max_connections.min(Semaphore::MAX_PERMITS),
     ));
     let registry = Arc::new(Registry::default());
+    let stop = Stop::new(token, per_thread.iter().map(Vec::len).sum());
     let mut handles = Vec::new();
     for (i, listeners) in per_thread.into_iter().enumerate() {
         let shared = shared.clone();
-        let token = token.clone();
+        let stop = stop.clone();
         let limit = limit.clone();
         let registry = registry.clone();
         let handle = std::thread::Builder::new()
@@ -171,7 +273,7 @@ pub fn start(
                         return;
                     }
                 };
-                rt.block_on(thread_main(listeners, shared, token, limit, registry));
+                rt.block_on(thread_main(listeners, shared, stop, limit, registry));
                 // Dropping the runtime cancels whatever outlived the drain deadline.
             })
             .map_err(ServerError::Thread)?;
@@ -184,15 +286,49 @@ pub fn start(
     })
 }
 
+/// Shutdown in two steps. `accept` (the caller's token) stops the accept loops; once every
+/// listener socket of every thread is closed, `drain` tells the connections to close
+/// gracefully. In that order, a client that reconnects after its last `Connection: close`
+/// answer can no longer land in the accept queue of a socket about to close (which would
+/// reset it): it reaches whichever instance still listens.
+#[derive(Clone)]
+struct Stop {
+    accept: CancellationToken,
+    drain: CancellationToken,
+    open_listeners: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Stop {
+    fn new(accept: CancellationToken, listeners: usize) -> Stop {
+        let drain = CancellationToken::new();
+        if listeners == 0 {
+            drain.cancel();
+        }
+        Stop {
+            accept,
+            drain,
+            open_listeners: Arc::new(std::sync::atomic::AtomicUsize::new(listeners)),
+        }
+    }
+
+    /// One listener socket is closed (or never opened); the last one starts the drain.
+    fn listener_closed(&self) {
+        use std::sync::atomic::Ordering;
+        if self.open_listeners.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.drain.cancel();
+        }
+    }
+}
+
 async fn thread_main(
     listeners: Vec<ThreadListener>,
     shared: Arc<Shared>,
-    token: CancellationToken,
+    stop: Stop,
     limit: Arc<Semaphore>,
     registry: Arc<Registry>,
 ) {
     let sweeper = {
-        let token = token.clone();
+        let token = stop.drain.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
@@ -205,17 +341,18 @@ async fn thread_main(
     };
     let mut loops = Vec::new();
     for (l, acceptor) in listeners {
-        let listener = match TcpListener::from_std(l) {
+        let listener = match TcpListener::from_std(l.into()) {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, "cannot register listener");
+                stop.listener_closed();
                 continue;
             }
         };
         let cx = ConnCx {
             shared: shared.clone(),
             builder: Arc::new(builder()),
-            token: token.clone(),
+            token: stop.drain.clone(),
             registry: registry.clone(),
         };
         loops.push(tokio::spawn(accept_loop(
@@ -223,6 +360,7 @@ async fn thread_main(
             acceptor,
             cx,
             limit.clone(),
+            stop.clone(),
         )));
     }
     for l in loops {
@@ -251,25 +389,45 @@ async fn accept_loop(
     acceptor: Option<TlsAcceptor>,
     cx: ConnCx,
     limit: Arc<Semaphore>,
+    stop: Stop,
 ) {
     // Every connection task, so that shutdown can wait for them (up to `drain_timeout`).
     let connections = TaskTracker::new();
+    let mut closing = false;
     loop {
-        let (stream, peer) = tokio::select! {
-            _ = cx.token.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+        let accepted = if closing {
+            // Stopping: what the kernel completed before now is still taken and served (it
+            // would be reset with the socket otherwise); then the socket closes.
+            match std::future::poll_fn(|c| std::task::Poll::Ready(listener.poll_accept(c))).await {
+                std::task::Poll::Ready(Ok(x)) => Some(x),
+                _ => None,
+            }
+        } else {
+            tokio::select! {
+                _ = stop.accept.cancelled() => {
+                    closing = true;
                     continue;
                 }
-            },
+                r = listener.accept() => match r {
+                    Ok(x) => Some(x),
+                    Err(e) => {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            }
+        };
+        let Some((stream, peer)) = accepted else {
+            break;
         };
         let permit = match limit.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(TryAcquireError::Closed) => break,
+            // Stopping at the limit: waiting for a slot would wait for the drain, which
+            // begins only once this socket is closed.
+            Err(TryAcquireError::NoPermits) if closing => break,
             Err(TryAcquireError::NoPermits) => {
                 // At max_connections: make room by closing the connection idle longest, then
                 // wait for its slot (if none is idle, for any; the kernel's backlog holds the
@@ -278,7 +436,7 @@ async fn accept_loop(
                     tracing::debug!("max_connections reached and no connection is idle");
                 }
                 tokio::select! {
-                    _ = cx.token.cancelled() => break,
+                    _ = stop.accept.cancelled() => break,
                     p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
                 }
             }
@@ -302,9 +460,10 @@ async fn accept_loop(
         });
     }
     drop(listener);
+    stop.listener_closed();
     // The running config's value: a reload may have changed it since start.
     let drain = cx.shared.snapshot().config.server.drain_timeout;
-    // The connections saw the same token and are closing gracefully.
+    // Once every listener is closed the connections close gracefully (see `Stop`).
     connections.close();
     if tokio::time::timeout(drain, connections.wait())
         .await

@@ -132,6 +132,12 @@ impl Outgoing {
         }
     }
 
+    /// The body's length when known before it is sent (kept in memory, or a
+    /// `Content-Length`); else what is known to come at least.
+    pub fn body_len(&self) -> u64 {
+        http_body::Body::size_hint(&self.body).lower()
+    }
+
     /// A copy to send again, when the body was kept in memory (cheap: shared bytes).
     pub fn replayable(&self) -> Option<Outgoing> {
         Some(Outgoing {
@@ -396,6 +402,7 @@ impl Body for Pooled {
         let polled = answer.decoder.poll_data(&mut answer.conn.conn, cx);
         match polled {
             Poll::Ready(Some(Ok(data))) => {
+                this.in_flight.backend().metrics.received(data.len());
                 if answer.decoder.is_done() {
                     this.finish();
                 }

@@ -18,6 +18,8 @@
 //!   be slowed ([`SimWorker::set_probe_delay`]); the most probes it served at once is counted.
 //! * The key set changes like a real account database: [`SimWorker::add_keys`] and
 //!   [`SimWorker::remove_key`] each advance the generation.
+//! * `/healthz` answers `200 {"status":"ok"}` while the worker runs, whatever its keys: what
+//!   an ordinary load balancer's health check sees (counted as a probe).
 //! * `/echo` answers `200` with a JSON description of the request it received (method, path with
 //!   query, headers, body length, HTTP version), without any key check.
 //! * Every other path is a push request: the account key is read from

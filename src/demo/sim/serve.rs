@@ -1,5 +1,5 @@
-//! The simulated worker's server side: the accept loop and the answers to probes, pushes
-//! and `/echo` (see the parent module for the behaviour).
+//! The simulated worker's server side: the accept loop and the answers to probes, health
+//! checks, pushes and `/echo` (see the parent module for the behaviour).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -23,6 +23,9 @@ use super::SimState;
 
 /// Path of the readiness probe served by a simulated worker.
 const PROBE_PATH: &str = "/ready";
+/// Path of the liveness check served by a simulated worker (what an ordinary load balancer's
+/// health check asks).
+const HEALTH_PATH: &str = "/healthz";
 /// Path of the echo endpoint served by a simulated worker.
 const ECHO_PATH: &str = "/echo";
 
@@ -111,6 +114,11 @@ async fn handle(state: &SimState, req: Request<Incoming>) -> Response<Full<Bytes
             tokio::time::sleep(delay).await;
         }
         return probe_answer(state);
+    }
+    if req.uri().path() == HEALTH_PATH {
+        // Up and answering, whatever its keys: all an ordinary health check learns.
+        state.probes.fetch_add(1, Ordering::Relaxed);
+        return respond(state, StatusCode::OK, r#"{"status":"ok"}"#.to_owned());
     }
     state.requests.fetch_add(1, Ordering::Relaxed);
     let delay = state.delay();

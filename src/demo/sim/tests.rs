@@ -395,3 +395,17 @@ async fn a_slow_probe_is_counted_while_it_is_answered() {
     assert_eq!(worker.max_concurrent_probes(), 2);
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn healthz_answers_200_whatever_the_keys_held() {
+    let worker = SimWorker::start(unsynced(10)).await.expect("start");
+    let c = client();
+    let health = get(&c, worker.addr(), "/healthz").await;
+    assert_eq!(health.status, 200);
+    assert_eq!(health.json["status"], "ok");
+    assert_eq!(get(&c, worker.addr(), "/ready").await.status, 503);
+    assert_eq!(push(&c, worker.addr(), "key-1", "{}").await.status, 401);
+    assert_eq!(worker.probes(), 2, "health checks count as probes");
+    assert_eq!(worker.requests(), 1);
+    worker.stop().await;
+}
