@@ -93,6 +93,15 @@ fn prepare(
     generated_id: bool,
 ) -> Result<Prepared, (StatusCode, &'static str)> {
     let started = Instant::now();
+    if parts.method == Method::CONNECT {
+        // Tunnels are not proxied: a worker that opened one would take the next request on
+        // its connection for tunnel bytes.
+        shared
+            .metrics
+            .unrouted
+            .record(StatusCode::METHOD_NOT_ALLOWED, started.elapsed());
+        return Err((StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not proxied"));
+    }
     let snapshot = shared.snapshot();
     let routed = {
         let host = request_host(&parts.uri, &parts.headers);

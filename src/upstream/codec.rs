@@ -246,7 +246,10 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Pars
                 if lengths.is_some_and(|l| l != n) {
                     return Err(ParseError::Framing("conflicting content-length"));
                 }
+                // Written once, as the parsed number, below: `5, 5` or a repeated field
+                // must not reach the client as is.
                 lengths = Some(n);
+                continue;
             }
             Field::HopByHop => continue,
             Field::Other => {}
@@ -270,11 +273,16 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Pars
             (None, None) => Framing::Close,
         }
     };
-    if chunked.is_some() {
-        // The length is not the body's (RFC 9112 §6.3): it must not reach the client.
-        headers.remove(header::CONTENT_LENGTH);
+    // With a transfer coding the length is not the body's (RFC 9112 §6.3): it must not reach
+    // the client.
+    if let (None, Some(n)) = (chunked, lengths) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
+    // Both a transfer coding and a length: sender and receiver may disagree on where the
+    // answer ends (RFC 9112 §6.3 says to treat it as an error): read as chunked, never reused.
+    let ambiguous = chunked.is_some() && lengths.is_some();
     let keep_alive = framing != Framing::Close
+        && !ambiguous
         && match version {
             Version::HTTP_11 => !conn.close,
             _ => conn.keep_alive && !conn.close,
@@ -617,7 +625,7 @@ mod tests {
                 "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
                 false,
                 Framing::Chunked,
-                true,
+                false,
             ),
             (
                 "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
@@ -657,6 +665,18 @@ mod tests {
             if raw.contains("chunked") {
                 assert!(!h.headers.contains_key(header::CONTENT_LENGTH), "{raw:?}");
             }
+        }
+    }
+
+    #[test]
+    fn repeated_lengths_reach_the_client_as_one_number() {
+        for raw in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+        ] {
+            let h = head(raw, false).unwrap();
+            let lengths: Vec<_> = h.headers.get_all(header::CONTENT_LENGTH).iter().collect();
+            assert_eq!(lengths, ["3"], "{raw:?}");
         }
     }
 

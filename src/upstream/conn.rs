@@ -143,7 +143,10 @@ enum Out {
         at: usize,
         then: Option<Option<u64>>,
     },
-    /// Everything is written.
+    /// Everything is written; what TLS still holds must be flushed (tokio-rustls accepts
+    /// bytes it has not written yet, and only a write or a flush sends them).
+    Flush,
+    /// Everything is written and flushed.
     Done,
 }
 
@@ -188,7 +191,11 @@ impl Conn {
                 match self.poll_send(cx, &mut out, &mut req, &mut sent) {
                     Poll::Ready(Ok(())) => complete = true,
                     Poll::Ready(Err(e)) if !sent => return Poll::Ready(Err(Err(e))),
-                    Poll::Ready(Err(e @ UpstreamError::Body(_))) => return Poll::Ready(Err(Ok(e))),
+                    // The client's body failed or broke its length: the worker waits for bytes
+                    // that will not come, so no answer is waited for.
+                    Poll::Ready(Err(e @ (UpstreamError::Body(_) | UpstreamError::ShortBody))) => {
+                        return Poll::Ready(Err(Ok(e)))
+                    }
                     Poll::Ready(Err(e)) => {
                         complete = true;
                         write_failed = Some(e);
@@ -230,6 +237,10 @@ impl Conn {
         loop {
             match out {
                 Out::Done => return Poll::Ready(Ok(())),
+                Out::Flush => {
+                    ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+                    *out = Out::Done;
+                }
                 Out::Head { at } => {
                     let head = req.head.get(*at..).unwrap_or_default();
                     let body = match &req.body {
@@ -243,7 +254,7 @@ impl Conn {
                             (ReqFraming::Length(n), ReqBody::Stream { .. }) => {
                                 Out::Streaming { left: Some(n) }
                             }
-                            _ => Out::Done,
+                            _ => Out::Flush,
                         };
                         continue;
                     }
@@ -255,8 +266,18 @@ impl Conn {
                     *sent = true;
                     *at += n;
                 }
+                // The declared length is complete: the client's end of stream may come in a
+                // later (empty) frame, or after trailers, and is not waited for.
+                Out::Streaming { left: Some(0) } => *out = Out::Flush,
                 Out::Streaming { left } => {
-                    let frame = ready!(Pin::new(&mut req.body).poll_frame(cx));
+                    let frame = match Pin::new(&mut req.body).poll_frame(cx) {
+                        Poll::Ready(frame) => frame,
+                        Poll::Pending => {
+                            // Nothing more to write for now: what TLS holds goes out meanwhile.
+                            ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+                            return Poll::Pending;
+                        }
+                    };
                     let chunked = left.is_none();
                     let data = match frame {
                         Some(Ok(frame)) => match frame.into_data() {
@@ -279,7 +300,7 @@ impl Conn {
                             continue;
                         }
                         None => {
-                            *out = Out::Done;
+                            *out = Out::Flush;
                             continue;
                         }
                     };
@@ -324,7 +345,7 @@ impl Conn {
                     }
                     *out = match *then {
                         Some(left) => Out::Streaming { left },
-                        None => Out::Done,
+                        None => Out::Flush,
                     };
                 }
             }
