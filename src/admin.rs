@@ -30,6 +30,7 @@
 
 mod prometheus;
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,6 +45,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
 use tokio::net::{TcpListener, TcpStream};
@@ -427,33 +429,31 @@ impl Admin {
 
     /// `GET /api/backends`: the snapshot's pools and backends in config order, then backends
     /// removed from the config that are still draining (`"removed": true`).
-    fn backends_json(&self) -> Value {
+    fn backends_json(&self) -> BackendsBody {
         let snapshot = self.shared().snapshot();
-        let mut pools: Map<String, Value> = Map::new();
+        let mut pools: BTreeMap<String, PoolBody> = BTreeMap::new();
         let mut shown = std::collections::HashSet::new();
         for pool in &snapshot.pools {
-            let backends: Vec<Value> = pool
+            let backends: Vec<(Arc<Backend>, Duration)> = pool
                 .backends
                 .iter()
                 .map(|b| {
                     shown.insert(b.id);
-                    backend_json(b, pool.slow_start)
+                    (b.clone(), pool.slow_start)
                 })
                 .collect();
             let ready = pool.backends.iter().filter(|b| b.is_routable()).count();
             let discover = self.control.discovery().status(&pool.name);
-            let mut entry = json!({
+            let mut fields = object(json!({
                 "ready": ready,
-                "backends": backends,
+                "backends": Value::Null,
                 "discover": discover,
                 "contract": pool.probe.contract.as_str(),
                 "slow_start_ms": duration_ms(pool.slow_start),
                 "stats": pool_stats_json(&pool.stats),
-            });
-            if let (Some(map), Value::Object(fleet)) = (entry.as_object_mut(), fleet_json(pool)) {
-                map.extend(fleet);
-            }
-            pools.insert(pool.name.to_string(), entry);
+            }));
+            fields.extend(object(fleet_json(pool)));
+            pools.insert(pool.name.to_string(), PoolBody { fields, backends });
         }
         let mut removed: Vec<Arc<Backend>> = self
             .shared()
@@ -463,14 +463,16 @@ impl Admin {
             .collect();
         removed.sort_by(|a, b| (&a.pool, &a.name, a.id).cmp(&(&b.pool, &b.name, b.id)));
         for b in removed {
-            let entry = pools
-                .entry(b.pool.to_string())
-                .or_insert_with(|| json!({"ready": 0, "backends": [], "discover": []}));
-            if let Some(list) = entry.get_mut("backends").and_then(Value::as_array_mut) {
-                list.push(backend_json(&b, Duration::ZERO));
-            }
+            let entry = pools.entry(b.pool.to_string()).or_insert_with(|| PoolBody {
+                fields: object(json!({"ready": 0, "backends": Value::Null, "discover": []})),
+                backends: Vec::new(),
+            });
+            entry.backends.push((b, Duration::ZERO));
         }
-        json!({"generation": snapshot.generation, "pools": pools})
+        BackendsBody {
+            generation: snapshot.generation,
+            pools,
+        }
     }
 
     /// `GET /api/config`. Never shows the admin token, only whether one is set.
@@ -691,6 +693,66 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>
     }
 }
 
+/// The answer of `GET /api/backends`, serialized as it is written: each backend's JSON is made
+/// just before it is written and dropped just after, so a pool of thousands of backends never
+/// has all their `Value` trees alive at once (with 3,000 backends those took 27 MB, which the
+/// allocator then kept). The bytes are those of the `Value` it replaces: the same keys, sorted.
+struct BackendsBody {
+    generation: u64,
+    pools: BTreeMap<String, PoolBody>,
+}
+
+/// One pool of [`BackendsBody`]: its fields, `backends` a placeholder that keeps its place in
+/// the key order, and the backends that go there (each with its pool's slow start).
+struct PoolBody {
+    fields: Map<String, Value>,
+    backends: Vec<(Arc<Backend>, Duration)>,
+}
+
+/// The fields of a JSON object (none for anything else).
+fn object(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+/// A pool's backends, each made into JSON only when it is written.
+struct LazyBackends<'a>(&'a [(Arc<Backend>, Duration)]);
+
+impl Serialize for BackendsBody {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry("generation", &self.generation)?;
+        map.serialize_entry("pools", &self.pools)?;
+        map.end()
+    }
+}
+
+impl Serialize for PoolBody {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.fields.len()))?;
+        for (key, value) in &self.fields {
+            if key == "backends" {
+                map.serialize_entry(key, &LazyBackends(&self.backends))?;
+            } else {
+                map.serialize_entry(key, value)?;
+            }
+        }
+        map.end()
+    }
+}
+
+impl Serialize for LazyBackends<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(
+            self.0
+                .iter()
+                .map(|(b, slow_start)| backend_json(b, *slow_start)),
+        )
+    }
+}
+
 /// One backend as the admin API shows it; `slow_start` is its pool's (for the effective
 /// weight).
 fn backend_json(b: &Backend, slow_start: Duration) -> Value {
@@ -872,7 +934,7 @@ fn status_page() -> Response<Full<Bytes>> {
 }
 
 /// A JSON answer.
-fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     let mut resp = Response::new(Full::new(Bytes::from(bytes)));
     *resp.status_mut() = status;
@@ -1045,5 +1107,36 @@ mod tests {
         assert_eq!(percent_decode("%"), None);
         assert_eq!(percent_decode("%ff"), None);
         assert_eq!(percent_decode("%+1"), None);
+    }
+
+    #[test]
+    fn the_backends_body_writes_the_bytes_of_the_value_tree_it_replaces() {
+        let backends: Vec<(Arc<Backend>, Duration)> = ["w1", "w2"]
+            .iter()
+            .map(|name| {
+                let b = Backend::new("push", name, "127.0.0.1:1".parse().unwrap(), 1);
+                (Arc::new(b), Duration::from_secs(30))
+            })
+            .collect();
+        let fields =
+            json!({"ready": 0, "backends": Value::Null, "discover": [], "stats": {"a": 1}});
+        let body = BackendsBody {
+            generation: 3,
+            pools: BTreeMap::from([(
+                "push".to_string(),
+                PoolBody {
+                    fields: object(fields),
+                    backends: backends.clone(),
+                },
+            )]),
+        };
+        let tree: Vec<Value> = backends.iter().map(|(b, s)| backend_json(b, *s)).collect();
+        let expected = json!({"generation": 3, "pools": {"push": {
+            "ready": 0, "backends": tree, "discover": [], "stats": {"a": 1},
+        }}});
+        assert_eq!(
+            serde_json::to_string(&body).unwrap(),
+            serde_json::to_string(&expected).unwrap()
+        );
     }
 }
