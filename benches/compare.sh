@@ -197,8 +197,8 @@ if bad or errors:
     sys.exit(3)
 p50, p99, p999 = (d["latencyPercentiles"][k] * 1000 for k in ("p50", "p99", "p99.9"))
 got = d["summary"]["requestsPerSec"]
-# oha falls behind its schedule when its core is saturated: then the latencies are oha's.
-behind = "  (client behind its schedule: latencies are not the proxy's)" if got < 0.95 * float(rate) else ""
+# oha falls behind its schedule when its core is saturated: then the latencies measure oha, not the proxy.
+behind = "  (client behind its schedule: latencies are not the proxy figures)" if got < 0.95 * float(rate) else ""
 print(f"{name:<9} {rate:>10} {p50:9.3f} {p99:9.3f} {p999:9.3f}  achieved {got:.0f}/s{behind}")
 ' "$name" "$rate" || invalid=1
 done
