@@ -282,7 +282,13 @@ async fn a_large_body_reaches_a_slow_tls_worker_whole() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("workers-ca.pem"), ck.cert.pem()).unwrap();
-    let text = pool_config(&[("w1", front)], "", "")
+    // Probes that tolerate a proxy thread busy encrypting megabytes (a debug build is slow):
+    // this test is about the body, not about ejection.
+    let text = pool_config(
+        &[("w1", front)],
+        "",
+        "interval = \"200ms\"\ntimeout = \"2s\"\nfall = 10",
+    )
         .replace(
             "[pools.push.probe]",
             "[pools.push.upstream_tls]\nca = \"workers-ca.pem\"\nserver_name = \"worker.internal\"\n\n[pools.push.probe]",
