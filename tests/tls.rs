@@ -206,6 +206,15 @@ async fn tls_front(worker: SocketAddr, cert_pem: &str, key_pem: &str, slow: bool
     addr
 }
 
+/// `config` with an `[pools.push.upstream_tls]` section trusting `workers-ca.pem` and
+/// expecting `server_name`.
+fn with_upstream_tls(config: String, server_name: &str) -> String {
+    config.replace(
+        "[pools.push.probe]",
+        &format!("[pools.push.upstream_tls]\nca = \"workers-ca.pem\"\nserver_name = \"{server_name}\"\n\n[pools.push.probe]"),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_are_probed_and_reached_over_tls() {
     let ws = workers(1).await;
@@ -219,12 +228,8 @@ async fn workers_are_probed_and_reached_over_tls() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("workers-ca.pem"), ck.cert.pem()).unwrap();
-    let text = |server_name: &str| {
-        pool_config(&[("w1", front)], "", "").replace(
-            "[pools.push.probe]",
-            &format!("[pools.push.upstream_tls]\nca = \"workers-ca.pem\"\nserver_name = \"{server_name}\"\n\n[pools.push.probe]"),
-        )
-    };
+    let text =
+        |server_name: &str| with_upstream_tls(pool_config(&[("w1", front)], "", ""), server_name);
     let path = dir.path().join("syncgate.toml");
     std::fs::write(&path, text("worker.internal")).unwrap();
     let running = syncgate::start(Config::load(&path).unwrap()).await.unwrap();
@@ -284,15 +289,14 @@ async fn a_large_body_reaches_a_slow_tls_worker_whole() {
     std::fs::write(dir.path().join("workers-ca.pem"), ck.cert.pem()).unwrap();
     // Probes that tolerate a proxy thread busy encrypting megabytes (a debug build is slow):
     // this test is about the body, not about ejection.
-    let text = pool_config(
-        &[("w1", front)],
-        "",
-        "interval = \"200ms\"\ntimeout = \"2s\"\nfall = 10",
-    )
-        .replace(
-            "[pools.push.probe]",
-            "[pools.push.upstream_tls]\nca = \"workers-ca.pem\"\nserver_name = \"worker.internal\"\n\n[pools.push.probe]",
-        );
+    let text = with_upstream_tls(
+        pool_config(
+            &[("w1", front)],
+            "",
+            "interval = \"200ms\"\ntimeout = \"2s\"\nfall = 10",
+        ),
+        "worker.internal",
+    );
     let path = dir.path().join("syncgate.toml");
     std::fs::write(&path, text).unwrap();
     let running = syncgate::start(Config::load(&path).unwrap()).await.unwrap();
