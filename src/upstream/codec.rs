@@ -3,13 +3,14 @@
 //! ([`Framing`], [`Chunked`]). Pure functions over byte buffers, unit-tested on their own; the
 //! socket side is `conn.rs`.
 //!
-//! What it follows (RFC 9112, as hyper's client did before): an answer to `HEAD`, a `1xx`,
+//! What it follows (RFC 9112): an answer to `HEAD`, a `1xx`,
 //! `204` and `304` have no body; `Transfer-Encoding` ending in `chunked` wins over
 //! `Content-Length`, any other transfer coding reads to the end of the connection; several
 //! `Content-Length` values must agree; without either the body runs to the end of the
 //! connection. A connection is kept for the next request only when the answer is HTTP/1.1
-//! without `Connection: close` (or HTTP/1.0 with `Connection: keep-alive`) and its body was
-//! framed. Answer trailers are read and dropped.
+//! without `Connection: close` (or HTTP/1.0 with `Connection: keep-alive`), its body was
+//! framed, and it did not carry both a transfer coding and a length. Answer trailers are read
+//! and dropped.
 
 use std::mem::MaybeUninit;
 
