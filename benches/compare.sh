@@ -1,53 +1,68 @@
 #!/usr/bin/env bash
-# CPU cost per request of syncgate against nginx and HAProxy as reverse proxies, the way
-# DESIGN.md's performance notes measure it: each proxy pinned to core 0, the backend and wrk
-# on core 1, wrk -c64 keep-alive, small GET answers. Prints requests/s, latency, and CPU µs
-# per request (user+sys of the proxy process over the run), and each proxy's ratio to nginx.
+# syncgate against nginx and HAProxy as reverse proxies, side by side in one run (figures
+# from different runs of this machine move by ±15%: compare ratios within one run).
 # Access logs are off in every proxy (nginx's access_log off, syncgate's [server.access_log]
 # enabled = false); benches/access_log.sh measures what they cost.
 #
-#   bash benches/compare.sh [seconds]      (default 10; installs nginx, haproxy, wrk if missing)
+#   bash benches/compare.sh [seconds] [rounds]   (default 10 s, 3 rounds; installs nginx,
+#                                                 haproxy, wrk, h2load and oha if missing)
 #
-# Uses fixed loopback ports 18080-18083 (this is a benchmark, not a test).
+# Sections, each proxy measured in alternating rounds (medians reported):
+#   pinned     each proxy on core 0 with one worker (syncgate worker_threads = 1), the backend
+#              and wrk -t1 -c64 keep-alive on core 1: req/s, p50/p99/p99.9, CPU µs per request
+#              (user+sys of the proxy process over the run), peak RSS.
+#   unpinned   every proxy with one worker per core (worker_threads = 0, nginx worker_processes
+#              auto, HAProxy nbthread = cores), nothing pinned, wrk -t2 -c128.
+#   rate       fixed rate at 50% of the pinned maximum (oha --latency-correction, so a stall
+#              counts for every request it delayed): p50/p99/p99.9.
+#   h2         HTTP/2 clients over cleartext (h2load -c16 -m10), pinned like the first.
+# syncgate runs with its guard (default [401, 403]) and key-sync readiness on. Any non-2xx
+# answer or socket error marks a run INVALID. Uses loopback ports 18077-18089.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
+ROUNDS=${2:-3}
+CORES=$(nproc)
 need=()
-for t in nginx haproxy wrk; do command -v "$t" >/dev/null || need+=("$t"); done
+for t in nginx haproxy wrk h2load; do command -v "$t" >/dev/null || need+=("$t"); done
 if [ ${#need[@]} -gt 0 ]; then
+  need=("${need[@]/h2load/nghttp2-client}")
   apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+command -v oha >/dev/null || cargo install --quiet --locked oha
 cargo build --release --quiet
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-# Backend: nginx answering a tiny body and the key-sync readiness report.
-cat >"$work/backend.conf" <<CONF
-daemon off; worker_processes 1; pid $work/backend.pid; error_log /dev/null;
+backend() { # port, worker_processes
+  cat >"$work/backend-$1.conf" <<CONF
+daemon off; worker_processes $2; pid $work/backend-$1.pid; error_log /dev/null;
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:18080;
+  server { listen 127.0.0.1:$1;
     location = /ready { default_type application/json; return 200 '{"key_sync":{"complete":true,"generation":1,"keys":1}}'; }
     location / { return 200 'ok'; } } }
 CONF
-taskset -c 1 nginx -c "$work/backend.conf" & pids+=($!)
-
-cat >"$work/nginx.conf" <<CONF
-daemon off; worker_processes 1; pid $work/nginx.pid; error_log /dev/null;
+  echo "$work/backend-$1.conf"
+}
+nginx_proxy() { # name, port, h2 port, backend port, workers
+  cat >"$work/$1.conf" <<CONF
+daemon off; worker_processes $5; pid $work/$1.pid; error_log /dev/null;
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 1000000;
-  upstream workers { server 127.0.0.1:18080; keepalive 128; }
-  server { listen 127.0.0.1:18081;
+  upstream workers { server 127.0.0.1:$4; keepalive 128; }
+  server { listen 127.0.0.1:$2; listen 127.0.0.1:$3 http2;
     location / { proxy_pass http://workers; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } } }
 CONF
-taskset -c 0 nginx -c "$work/nginx.conf" & pids+=($!)
-
-cat >"$work/haproxy.cfg" <<CONF
+  echo "$work/$1.conf"
+}
+haproxy_proxy() { # name, port, h2 port, backend port, threads
+  cat >"$work/$1.cfg" <<CONF
 global
-  nbthread 1
+  nbthread $5
 defaults
   mode http
   timeout connect 2s
@@ -56,17 +71,19 @@ defaults
   option forwardfor
   http-reuse always
 frontend fe
-  bind 127.0.0.1:18082
+  bind 127.0.0.1:$2
+  bind 127.0.0.1:$3 proto h2
   default_backend workers
 backend workers
-  server w1 127.0.0.1:18080
+  server w1 127.0.0.1:$4
 CONF
-taskset -c 0 haproxy -f "$work/haproxy.cfg" & pids+=($!)
-
-cat >"$work/syncgate.toml" <<CONF
+  echo "$work/$1.cfg"
+}
+syncgate_proxy() { # name, port, backend port, threads
+  cat >"$work/$1.toml" <<CONF
 [server]
-listen = ["127.0.0.1:18083"]
-worker_threads = 1
+listen = ["127.0.0.1:$2"]
+worker_threads = $4
 [server.access_log]
 enabled = false
 [admin]
@@ -78,39 +95,149 @@ interval = "1s"
 rise = 1
 [[pools.push.backends]]
 name = "w1"
-addr = "127.0.0.1:18080"
+addr = "127.0.0.1:$3"
 CONF
-RUST_LOG=warn taskset -c 0 ./target/release/syncgate run --config "$work/syncgate.toml" & pids+=($!)
-sleep 2
-
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-tick=$(getconf CLK_TCK)
-# The proxy's worker process: nginx's child, haproxy's and syncgate's own pid.
-proxy_pid() {
-  case "$1" in
-    nginx) pgrep -P "$(cat "$work/nginx.pid")" | head -1 ;;
-    haproxy) pgrep -f "haproxy -f $work/haproxy.cfg" | head -1 ;;
-    syncgate) pgrep -f "syncgate run --config $work/syncgate.toml" | head -1 ;;
-  esac
+  echo "$work/$1.toml"
 }
 
-declare -A us
-printf "%-9s %10s %9s %9s %12s\n" proxy "req/s" p50 p99 "CPU µs/req"
+# Pinned: backend on core 1, proxies on core 0. Unpinned: their own backend, all cores.
+taskset -c 1 nginx -c "$(backend 18080 1)" & pids+=($!)
+nginx -c "$(backend 18084 auto)" & pids+=($!)
+taskset -c 0 nginx -c "$(nginx_proxy nginx-pinned 18081 18085 18080 1)" & pids+=($!)
+taskset -c 0 haproxy -f "$(haproxy_proxy haproxy-pinned 18082 18086 18080 1)" & pids+=($!)
+RUST_LOG=warn taskset -c 0 ./target/release/syncgate run --config "$(syncgate_proxy syncgate-pinned 18083 18080 1)" & pids+=($!)
+nginx -c "$(nginx_proxy nginx-all 18087 18077 18084 auto)" & pids+=($!)
+haproxy -f "$(haproxy_proxy haproxy-all 18088 18078 18084 "$CORES")" & pids+=($!)
+RUST_LOG=warn ./target/release/syncgate run --config "$(syncgate_proxy syncgate-all 18089 18084 0)" & pids+=($!)
+sleep 2
+
+tick=$(getconf CLK_TCK)
+# Every process of a proxy (nginx: its workers), for CPU and RSS.
+proxy_pids() { # name-placement
+  case "$1" in
+    nginx-*) pgrep -P "$(cat "$work/$1.pid")" ;;
+    haproxy-*) pgrep -f "haproxy -f $work/$1.cfg" ;;
+    syncgate-*) pgrep -f "syncgate run --config $work/$1.toml" ;;
+  esac
+}
+cpu_ticks() { local t=0; for p in $(proxy_pids "$1"); do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
+peak_rss_kib() { local r=0; for p in $(proxy_pids "$1"); do r=$((r + $(awk '/^VmHWM/ {print $2}' "/proc/$p/status"))); done; echo $r; }
+to_ms() { # wrk's "1.23ms" / "456.00us" / "1.01s" -> ms
+  awk -v v="$1" 'BEGIN { if (v ~ /us$/) printf "%.3f", v / 1000; else if (v ~ /ms$/) printf "%.3f", v + 0; else if (v ~ /s$/) printf "%.3f", v * 1000; else print v }'
+}
+median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+invalid=0
+
+# wrk run: prints "rps p50 p99 p999 cpu_us_per_req"
+wrk_run() { # proxy-placement port wrk-args...
+  local name=$1 port=$2; shift 2
+  local before after out reqs
+  before=$(cpu_ticks "$name")
+  out=$(wrk "$@" -d"${SECS}s" --latency "http://127.0.0.1:$port/")
+  after=$(cpu_ticks "$name")
+  if echo "$out" | grep -qE "Non-2xx|Socket errors"; then
+    echo "INVALID run of $name: $(echo "$out" | grep -E "Non-2xx|Socket errors" | tr -s ' ')" >&2
+    invalid=1
+  fi
+  reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+  echo "$(echo "$out" | awk '/Requests\/sec/ {print $2}')" \
+    "$(to_ms "$(echo "$out" | awk '$1=="50%" {print $2}')")" \
+    "$(to_ms "$(echo "$out" | awk '$1=="99%" {print $2}')")" \
+    "$(to_ms "$(echo "$out" | awk '$1=="99.900%" || $1=="99.9%" {print $2}')")" \
+    "$(awk -v t=$((after - before)) -v hz="$tick" -v n="$reqs" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}')"
+}
+# A wrk Lua script that reports p99.9 as well.
+cat >"$work/p999.lua" <<'LUA'
+done = function(summary, latency, requests)
+  io.write(string.format("99.900%% %.2fus\n", latency:percentile(99.9)))
+end
+LUA
+
+section() { # title placement "ports of nginx haproxy syncgate" wrk-args...
+  local title=$1 placement=$2 ports=$3; shift 3
+  echo
+  echo "== $title"
+  printf "%-9s %10s %9s %9s %9s %11s %9s\n" proxy "req/s" "p50 ms" "p99 ms" "p99.9 ms" "CPU µs/req" "RSS MiB"
+  declare -A rows=()
+  local i j name port
+  for port in $ports; do wrk -t1 -c64 -d2s "http://127.0.0.1:$port/" >/dev/null; done # warm-up
+  for ((i = 0; i < ROUNDS; i++)); do
+    j=0
+    for name in nginx haproxy syncgate; do
+      j=$((j + 1)); port=$(echo "$ports" | cut -d' ' -f$j)
+      rows[$name]+="$(wrk_run "$name-$placement" "$port" "$@" -s "$work/p999.lua")"$'\n'
+    done
+  done
+  for name in nginx haproxy syncgate; do
+    local col vals=()
+    for col in 1 2 3 4 5; do vals+=("$(echo -n "${rows[$name]}" | awk -v c=$col 'NF {print $c}' | median)"); done
+    printf "%-9s %10.0f %9.3f %9.3f %9.3f %11.2f %9.1f\n" "$name" "${vals[@]}" "$(awk -v k="$(peak_rss_kib "$name-$placement")" 'BEGIN {print k / 1024}')"
+    eval "${title%% *}_${name}_rps=${vals[0]}; ${title%% *}_${name}_cpu=${vals[4]}"
+  done
+}
+
+wrk() { if [ -n "${WRK_PIN:-}" ]; then taskset -c "$WRK_PIN" "$(type -P wrk)" "$@"; else command wrk "$@"; fi; }
+
+WRK_PIN=1 section "pinned (proxy on core 0; backend and wrk -t1 -c64 on core 1)" pinned "18081 18082 18083" -t1 -c64
+WRK_PIN="" section "unpinned (one worker per core, $CORES cores; wrk -t2 -c128)" all "18087 18088 18089" -t2 -c128
+
+echo
+echo "== rate (50% of each proxy's pinned maximum, oha -c64 --latency-correction, pinned placement)"
+printf "%-9s %10s %9s %9s %9s\n" proxy "req/s" "p50 ms" "p99 ms" "p99.9 ms"
 for run in nginx:18081 haproxy:18082 syncgate:18083; do
   name=${run%%:*}; port=${run##*:}
-  pid=$(proxy_pid "$name")
-  taskset -c 1 wrk -t1 -c64 -d2s "http://127.0.0.1:$port/" >/dev/null   # warm-up
-  before=$(cpu_ticks "$pid")
-  out=$(taskset -c 1 wrk -t1 -c64 -d"${SECS}s" --latency "http://127.0.0.1:$port/")
-  after=$(cpu_ticks "$pid")
-  reqs=$(echo "$out" | awk '/requests in/ {print $1}')
-  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-  p50=$(echo "$out" | awk '$1=="50%" {print $2}')
-  p99=$(echo "$out" | awk '$1=="99%" {print $2}')
-  cpu=$(awk -v t=$((after - before)) -v hz="$tick" -v n="$reqs" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
-  us[$name]=$cpu
-  printf "%-9s %10s %9s %9s %12s\n" "$name" "$rps" "$p50" "$p99" "$cpu"
+  var="pinned_${name}_rps"; rate=$(awk -v r="${!var}" 'BEGIN {printf "%d", r / 2}')
+  json=$(taskset -c 1 oha --no-tui --output-format json -c 64 -q "$rate" --latency-correction -z "${SECS}s" "http://127.0.0.1:$port/")
+  echo "$json" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+name, rate = sys.argv[1], sys.argv[2]
+codes = d.get("statusCodeDistribution", {})
+# oha cuts the requests still in flight when -z ends: not an error of the proxy.
+errors = {k: v for k, v in d.get("errorDistribution", {}).items() if k != "aborted due to deadline"}
+bad = {k: v for k, v in codes.items() if not k.startswith("2")}
+if bad or errors:
+    print(f"INVALID run of {name}: statuses {bad} errors {errors}", file=sys.stderr)
+    sys.exit(3)
+p50, p99, p999 = (d["latencyPercentiles"][k] * 1000 for k in ("p50", "p99", "p99.9"))
+got = d["summary"]["requestsPerSec"]
+# oha falls behind its schedule when its core is saturated: then the latencies measure oha, not the proxy.
+behind = "  (client behind its schedule: latencies are not the proxy figures)" if got < 0.95 * float(rate) else ""
+print(f"{name:<9} {rate:>10} {p50:9.3f} {p99:9.3f} {p999:9.3f}  achieved {got:.0f}/s{behind}")
+' "$name" "$rate" || invalid=1
 done
-for name in haproxy syncgate; do
-  awk -v a="${us[$name]}" -v b="${us[nginx]}" -v n="$name" 'BEGIN {printf "%s CPU per request: %.2fx nginx\n", n, a / b}'
+
+echo
+echo "== h2 (h2load -c16 -m10 over cleartext HTTP/2, pinned placement; h2load on core 1)"
+printf "%-9s %10s %11s\n" proxy "req/s" "CPU µs/req"
+declare -A h2rows=()
+for ((i = 0; i < ROUNDS; i++)); do
+  for run in nginx:18085 haproxy:18086 syncgate:18083; do
+    name=${run%%:*}; port=${run##*:}
+    n=$((SECS * 6000))
+    before=$(cpu_ticks "$name-pinned")
+    out=$(taskset -c 1 h2load -n "$n" -c 16 -m 10 "http://127.0.0.1:$port/")
+    after=$(cpu_ticks "$name-pinned")
+    if ! echo "$out" | grep -q "$n succeeded, 0 failed, 0 errored" || ! echo "$out" | grep -q "status codes: $n 2xx"; then
+      echo "INVALID run of $name: $(echo "$out" | grep requests:)" >&2; invalid=1
+    fi
+    h2rows[$name]+="$(echo "$out" | awk '/finished in/ {print $4 + 0}' | head -1) $(awk -v t=$((after - before)) -v hz="$tick" -v n="$n" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}')"$'\n'
+  done
 done
+for name in nginx haproxy syncgate; do
+  rps=$(echo -n "${h2rows[$name]}" | awk 'NF {print $1}' | median)
+  cpu=$(echo -n "${h2rows[$name]}" | awk 'NF {print $2}' | median)
+  printf "%-9s %10.0f %11.2f\n" "$name" "$rps" "$cpu"
+  eval "h2_${name}_cpu=$cpu"
+done
+
+echo
+echo "== ratios (syncgate / the better of nginx and HAProxy)"
+ratio() { awk -v s="$1" -v a="$2" -v b="$3" -v what="$4" -v better="$5" 'BEGIN {
+  best = (better == "low") ? (a < b ? a : b) : (a > b ? a : b); printf "%-34s %.2fx\n", what, s / best }'; }
+ratio "$pinned_syncgate_cpu" "$pinned_nginx_cpu" "$pinned_haproxy_cpu" "CPU per request, pinned" low
+ratio "$pinned_syncgate_rps" "$pinned_nginx_rps" "$pinned_haproxy_rps" "throughput, pinned" high
+ratio "$unpinned_syncgate_cpu" "$unpinned_nginx_cpu" "$unpinned_haproxy_cpu" "CPU per request, unpinned" low
+ratio "$unpinned_syncgate_rps" "$unpinned_nginx_rps" "$unpinned_haproxy_rps" "throughput, unpinned" high
+awk -v s="$h2_syncgate_cpu" -v h="$h2_haproxy_cpu" 'BEGIN {printf "%-34s %.2fx\n", "CPU per request, HTTP/2 vs HAProxy", s / h}'
+if [ "$invalid" -ne 0 ]; then echo "INVALID: some run had errors or non-2xx answers (see above)"; exit 1; fi

@@ -28,8 +28,10 @@
 //! and the control plane ([`Control`]); the request path is never touched: its counters are
 //! plain atomics that a `prometheus-client` collector renders at scrape time.
 
+mod json;
 mod prometheus;
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,19 +46,20 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
+use serde::ser::Serialize;
 use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use std::sync::atomic::Ordering;
-
-use crate::backend::{Backend, BackendInfo, State};
+use crate::backend::{Backend, State};
 use crate::clock::rfc3339;
-use crate::config::ConfigError;
-use crate::metrics::{GuardOutcome, PoolStats};
 use crate::reload::Control;
-use crate::snapshot::{Pool, Shared};
+use crate::snapshot::Shared;
+use json::{
+    backend_json, duration_ms, errors_json, fleet_json, object, pool_stats_json, BackendsBody,
+    PoolBody,
+};
 
 /// Request bodies larger than this are answered `413`.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -427,33 +430,31 @@ impl Admin {
 
     /// `GET /api/backends`: the snapshot's pools and backends in config order, then backends
     /// removed from the config that are still draining (`"removed": true`).
-    fn backends_json(&self) -> Value {
+    fn backends_json(&self) -> BackendsBody {
         let snapshot = self.shared().snapshot();
-        let mut pools: Map<String, Value> = Map::new();
+        let mut pools: BTreeMap<String, PoolBody> = BTreeMap::new();
         let mut shown = std::collections::HashSet::new();
         for pool in &snapshot.pools {
-            let backends: Vec<Value> = pool
+            let backends: Vec<(Arc<Backend>, Duration)> = pool
                 .backends
                 .iter()
                 .map(|b| {
                     shown.insert(b.id);
-                    backend_json(b, pool.slow_start)
+                    (b.clone(), pool.slow_start)
                 })
                 .collect();
             let ready = pool.backends.iter().filter(|b| b.is_routable()).count();
             let discover = self.control.discovery().status(&pool.name);
-            let mut entry = json!({
+            let mut fields = object(json!({
                 "ready": ready,
-                "backends": backends,
+                "backends": Value::Null,
                 "discover": discover,
                 "contract": pool.probe.contract.as_str(),
                 "slow_start_ms": duration_ms(pool.slow_start),
                 "stats": pool_stats_json(&pool.stats),
-            });
-            if let (Some(map), Value::Object(fleet)) = (entry.as_object_mut(), fleet_json(pool)) {
-                map.extend(fleet);
-            }
-            pools.insert(pool.name.to_string(), entry);
+            }));
+            fields.extend(object(fleet_json(pool)));
+            pools.insert(pool.name.to_string(), PoolBody { fields, backends });
         }
         let mut removed: Vec<Arc<Backend>> = self
             .shared()
@@ -463,14 +464,16 @@ impl Admin {
             .collect();
         removed.sort_by(|a, b| (&a.pool, &a.name, a.id).cmp(&(&b.pool, &b.name, b.id)));
         for b in removed {
-            let entry = pools
-                .entry(b.pool.to_string())
-                .or_insert_with(|| json!({"ready": 0, "backends": [], "discover": []}));
-            if let Some(list) = entry.get_mut("backends").and_then(Value::as_array_mut) {
-                list.push(backend_json(&b, Duration::ZERO));
-            }
+            let entry = pools.entry(b.pool.to_string()).or_insert_with(|| PoolBody {
+                fields: object(json!({"ready": 0, "backends": Value::Null, "discover": []})),
+                backends: Vec::new(),
+            });
+            entry.backends.push((b, Duration::ZERO));
         }
-        json!({"generation": snapshot.generation, "pools": pools})
+        BackendsBody {
+            generation: snapshot.generation,
+            pools,
+        }
     }
 
     /// `GET /api/config`. Never shows the admin token, only whether one is set.
@@ -691,163 +694,6 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>
     }
 }
 
-/// One backend as the admin API shows it; `slow_start` is its pool's (for the effective
-/// weight).
-fn backend_json(b: &Backend, slow_start: Duration) -> Value {
-    // State read under the info lock, which every transition holds: state and reason agree.
-    let (state, info) = {
-        let info = b.info();
-        (b.state(), info.clone())
-    };
-    let answers = b.answers.snapshot();
-    let requests: u64 = answers.iter().map(|(_, n)| n).sum();
-    let errors = answers
-        .iter()
-        .find(|(class, _)| *class == "error")
-        .map_or(0, |(_, n)| *n);
-    let by_class: Map<String, Value> = answers
-        .iter()
-        .map(|(class, n)| (class.to_string(), Value::from(*n)))
-        .collect();
-    json!({
-        "name": &*b.name,
-        "addr": b.addr.to_string(),
-        "source": b.source_name(),
-        "state": state.as_str(),
-        "weight": b.weight(),
-        "in_flight": b.in_flight(),
-        "reason": info.reason,
-        "since": rfc3339(info.since),
-        "key_sync": info.key_sync,
-        "last_probe_latency_ms": info.last_probe_latency.map(|d| {
-            (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
-        }),
-        "last_probe_ok": info.last_probe_ok,
-        "last_probe_at": info.last_probe_at.map(rfc3339),
-        "key_sync_at": info.key_sync_at.map(rfc3339),
-        "key_sync_stale": key_sync_stale(&info),
-        "effective_weight": effective_weight(b, state, slow_start),
-        "contradicted": b.outlier.contradicted(),
-        "requests": requests,
-        "errors": errors,
-        "answers": by_class,
-        "connect_failures": b.connect_failures.load(Ordering::Relaxed),
-        "removed": b.is_removed(),
-    })
-}
-
-/// Whether a backend's key-sync report is older than its last probe: that probe brought no
-/// report (connect refused, timeout, a body that is no report), so the report shown describes
-/// the worker as it was, not as it is. Pure.
-fn key_sync_stale(info: &BackendInfo) -> bool {
-    match (info.key_sync, info.key_sync_at, info.last_probe_at) {
-        (Some(_), Some(reported), Some(probed)) => reported < probed,
-        _ => false,
-    }
-}
-
-/// The weight the balancer gives the backend now: its configured weight scaled by the
-/// slow-start ramp, 0 when it gets no traffic. Thousandths, as the balancer counts.
-fn effective_weight(b: &Backend, state: State, slow_start: Duration) -> f64 {
-    if state != State::Ready {
-        return 0.0;
-    }
-    b.effective_weight(slow_start, crate::clock::now_millis()) as f64 / 1000.0
-}
-
-/// Whole milliseconds of `d`, saturating.
-fn duration_ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// A pool's counters since start, for the status page to turn into rates (differences
-/// between two reads): answers by class, the latency histogram, 503s for want of a ready
-/// backend, retries and the guard's outcomes.
-fn pool_stats_json(stats: &PoolStats) -> Value {
-    let answers: Map<String, Value> = stats
-        .answers
-        .snapshot()
-        .iter()
-        .map(|(class, n)| (class.to_string(), Value::from(*n)))
-        .collect();
-    let (sum, count, buckets) = stats.latency.snapshot();
-    let bounds: Vec<f64> = buckets
-        .iter()
-        .map(|(le, _)| *le)
-        .filter(|le| le.is_finite())
-        .collect();
-    let counts: Vec<u64> = buckets.iter().map(|(_, n)| *n).collect();
-    let guard: Map<String, Value> = GuardOutcome::ALL
-        .iter()
-        .zip(&stats.guard_outcomes)
-        .map(|(o, n)| {
-            (
-                o.as_str().to_string(),
-                Value::from(n.load(Ordering::Relaxed)),
-            )
-        })
-        .collect();
-    json!({
-        "answers": answers,
-        "latency": {
-            "count": count,
-            "sum_seconds": sum,
-            "bounds": bounds,
-            "counts": counts,
-        },
-        "no_ready_backend": stats.no_ready.load(Ordering::Relaxed),
-        "retries": stats.retries.load(Ordering::Relaxed),
-        "retries_refused": stats.retries_refused.load(Ordering::Relaxed),
-        "guard": guard,
-    })
-}
-
-/// A pool's fleet facts as the admin API shows them: the key count at the newest generation,
-/// whether the pool fails closed (and why), and the guard's credential memories (sizes and
-/// counts only, never a fingerprint).
-fn fleet_json(pool: &Pool) -> Value {
-    let view = pool.fleet.view();
-    let (remembered, accepted) = pool.memory_entries();
-    let memory = |entries: usize, table: &crate::memory::Table| {
-        json!({
-            "entries": entries,
-            "capacity": table.capacity(),
-            "evictions": table.evictions(),
-        })
-    };
-    json!({
-        "key_sync": view.mark,
-        "fail_closed": view.fail_closed.map(|f| json!({
-            "reason": f.reason,
-            "since": rfc3339(f.since),
-        })),
-        "guard_memory": {
-            "remembered": memory(remembered, &pool.memories.rejected),
-            "accepted": memory(accepted, &pool.memories.accepted),
-            "forgotten": view.epoch,
-        },
-    })
-}
-
-/// Config errors as JSON (structured fields plus the `file:line:col: message` text): the first
-/// [`crate::config::limits::MAX_ERRORS_SHOWN`], and how many more there are.
-fn errors_json(errors: &[ConfigError]) -> (Vec<Value>, usize) {
-    let (shown, omitted) = crate::config::shown_errors(errors);
-    let shown = shown
-        .iter()
-        .map(|e| {
-            json!({
-                "file": e.file,
-                "line": e.line,
-                "col": e.col,
-                "message": e.message,
-                "text": e.to_string(),
-            })
-        })
-        .collect();
-    (shown, omitted)
-}
-
 /// The status page.
 fn status_page() -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from_static(STATUS_PAGE.as_bytes())));
@@ -872,7 +718,7 @@ fn status_page() -> Response<Full<Bytes>> {
 }
 
 /// A JSON answer.
-fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     let mut resp = Response::new(Full::new(Bytes::from(bytes)));
     *resp.status_mut() = status;
@@ -1045,5 +891,36 @@ mod tests {
         assert_eq!(percent_decode("%"), None);
         assert_eq!(percent_decode("%ff"), None);
         assert_eq!(percent_decode("%+1"), None);
+    }
+
+    #[test]
+    fn the_backends_body_writes_the_bytes_of_the_value_tree_it_replaces() {
+        let backends: Vec<(Arc<Backend>, Duration)> = ["w1", "w2"]
+            .iter()
+            .map(|name| {
+                let b = Backend::new("push", name, "127.0.0.1:1".parse().unwrap(), 1);
+                (Arc::new(b), Duration::from_secs(30))
+            })
+            .collect();
+        let fields =
+            json!({"ready": 0, "backends": Value::Null, "discover": [], "stats": {"a": 1}});
+        let body = BackendsBody {
+            generation: 3,
+            pools: BTreeMap::from([(
+                "push".to_string(),
+                PoolBody {
+                    fields: object(fields),
+                    backends: backends.clone(),
+                },
+            )]),
+        };
+        let tree: Vec<Value> = backends.iter().map(|(b, s)| backend_json(b, *s)).collect();
+        let expected = json!({"generation": 3, "pools": {"push": {
+            "ready": 0, "backends": tree, "discover": [], "stats": {"a": 1},
+        }}});
+        assert_eq!(
+            serde_json::to_string(&body).unwrap(),
+            serde_json::to_string(&expected).unwrap()
+        );
     }
 }

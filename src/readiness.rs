@@ -10,16 +10,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, KeySync, State};
+use crate::body::ReqBody;
 use crate::config::{Contract, ProbeConfig};
 use crate::fleet::{Mark, Probed, Reference};
 use crate::metrics::EjectionCause;
 use crate::snapshot::Shared;
-use crate::upstream::{self, UpstreamTls};
+use crate::upstream::{self, HeadWriter, Outgoing, UpstreamTls};
 
 /// Probe answers larger than this are a failure (a readiness report is a few hundred bytes).
 const MAX_PROBE_BODY: usize = 64 * 1024;
@@ -290,27 +290,13 @@ async fn fetch(
     cfg: &ProbeConfig,
     tls: Option<&UpstreamTls>,
 ) -> Result<(u16, Bytes), String> {
-    // The connection closes when `send` drops at the end of this probe.
-    let mut send = upstream::open::<Empty<Bytes>>(backend, tls)
-        .await
-        .map_err(|e| e.to_string())?;
-    let req = http::Request::get(cfg.path.as_str())
-        .header(http::header::HOST, backend.authority.as_str())
-        .header(http::header::ACCEPT, "application/json")
-        .header(http::header::USER_AGENT, "syncgate-probe")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("bad probe request: {e}"))?;
-    let resp = send
-        .send_request(req)
-        .await
-        .map_err(|e| format!("probe failed: {e}"))?;
-    let status = resp.status().as_u16();
-    let body = Limited::new(resp.into_body(), MAX_PROBE_BODY)
-        .collect()
-        .await
-        .map_err(|e| format!("probe body failed: {e}"))?
-        .to_bytes();
-    Ok((status, body))
+    let mut head = HeadWriter::new(&http::Method::GET, &cfg.path);
+    head.header(b"host", backend.authority.as_str().as_bytes());
+    head.header(b"accept", b"application/json");
+    head.header(b"user-agent", b"syncgate-probe");
+    let req = Outgoing::new(head, false, false, ReqBody::empty());
+    let (status, body) = upstream::fetch(backend, tls, req, MAX_PROBE_BODY).await?;
+    Ok((status.as_u16(), body))
 }
 
 /// Probes `backend` every `interval` until `token` is cancelled or the backend leaves the

@@ -152,6 +152,12 @@ async fn at_max_connections_the_connection_idle_longest_makes_room() {
     );
     drop(newcomer);
     drop(idle);
+    // Until the proxy has seen those close they still hold slots, and the reclaims below
+    // could go to them instead of the connections this stage means.
+    wait_until(SECS5, "the proxy saw its clients close", || async {
+        running.shared().metrics.connections.counts().0 == 0
+    })
+    .await;
 
     // Clients that connect and send nothing are idle too (after a second of silence: one that
     // just connected is about to send its request), and so are idle HTTP/2 connections.

@@ -237,7 +237,7 @@ async fn a_fleet_wide_key_loss_fails_closed_then_recovers_without_an_operator() 
         pool_events
             .iter()
             .filter(|(from, to)| *from == state || *to == state)
-            .map(|(from, to)| (*from, *to))
+            .copied()
             .collect()
     };
     assert_eq!(

@@ -676,3 +676,24 @@ pool = "v6"
     assert_eq!(ws[0].requests(), 4);
     running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_is_refused_with_405_and_reaches_no_worker() {
+    let ws = workers(1).await;
+    let named = named(&ws);
+    let running = start(&pool_config(&refs(&named), "", "")).await;
+    wait_state(&running, "w1", State::Ready).await;
+    let mut s = TcpStream::connect(running.proxy_addrs()[0]).await.unwrap();
+    s.write_all(b"CONNECT worker.example:443 HTTP/1.1\r\nHost: worker.example:443\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert_eq!(ws[0].requests(), 0);
+    running.shutdown().await;
+}

@@ -150,8 +150,9 @@ async fn https_serves_h1_and_h2_and_reloads_its_certificate() {
 }
 
 /// A TLS front for a plain worker: terminates TLS with `cert`/`key` and pipes the bytes to
-/// `worker`, so the worker is reached only over TLS.
-async fn tls_front(worker: SocketAddr, cert_pem: &str, key_pem: &str) -> SocketAddr {
+/// `worker`, so the worker is reached only over TLS. A `slow` front reads what the proxy
+/// sends 16 KiB at a time with a pause between reads, so that the proxy's writes block.
+async fn tls_front(worker: SocketAddr, cert_pem: &str, key_pem: &str, slow: bool) -> SocketAddr {
     use rustls_pki_types::pem::PemObject;
     let chain = vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()];
     let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
@@ -164,7 +165,13 @@ async fn tls_front(worker: SocketAddr, cert_pem: &str, key_pem: &str) -> SocketA
     .with_single_cert(chain, key)
     .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    if slow {
+        // A small window: the proxy's writes block instead of filling large socket buffers.
+        socket.set_recv_buffer_size(4096).unwrap();
+    }
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(64).unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
@@ -176,26 +183,53 @@ async fn tls_front(worker: SocketAddr, cert_pem: &str, key_pem: &str) -> SocketA
                 let Ok(mut plain) = TcpStream::connect(worker).await else {
                     return;
                 };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                if !slow {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                    return;
+                }
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let (mut tls_read, mut tls_write) = tokio::io::split(tls);
+                let (mut plain_read, mut plain_write) = plain.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut plain_read, &mut tls_write).await;
+                });
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n @ 1..) = tls_read.read(&mut buf).await {
+                    if plain_write.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
             });
         }
     });
     addr
 }
 
+/// `config` with an `[pools.push.upstream_tls]` section trusting `workers-ca.pem` and
+/// expecting `server_name`.
+fn with_upstream_tls(config: String, server_name: &str) -> String {
+    config.replace(
+        "[pools.push.probe]",
+        &format!("[pools.push.upstream_tls]\nca = \"workers-ca.pem\"\nserver_name = \"{server_name}\"\n\n[pools.push.probe]"),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_are_probed_and_reached_over_tls() {
     let ws = workers(1).await;
     let ck = rcgen::generate_simple_self_signed(vec!["worker.internal".to_string()]).unwrap();
-    let front = tls_front(ws[0].addr(), &ck.cert.pem(), &ck.key_pair.serialize_pem()).await;
+    let front = tls_front(
+        ws[0].addr(),
+        &ck.cert.pem(),
+        &ck.key_pair.serialize_pem(),
+        false,
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("workers-ca.pem"), ck.cert.pem()).unwrap();
-    let text = |server_name: &str| {
-        pool_config(&[("w1", front)], "", "").replace(
-            "[pools.push.probe]",
-            &format!("[pools.push.upstream_tls]\nca = \"workers-ca.pem\"\nserver_name = \"{server_name}\"\n\n[pools.push.probe]"),
-        )
-    };
+    let text =
+        |server_name: &str| with_upstream_tls(pool_config(&[("w1", front)], "", ""), server_name);
     let path = dir.path().join("syncgate.toml");
     std::fs::write(&path, text("worker.internal")).unwrap();
     let running = syncgate::start(Config::load(&path).unwrap()).await.unwrap();
@@ -234,5 +268,55 @@ async fn workers_are_probed_and_reached_over_tls() {
         "sent over a connection the new TLS settings refuse"
     );
     assert_eq!(ws[0].requests(), served);
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_body_reaches_a_slow_tls_worker_whole() {
+    // tokio-rustls takes bytes it cannot write yet; the last of them go out only with a flush
+    // (`upstream/conn.rs` flushes once the request is written). Bodies buffered whole and
+    // streamed, through a worker that reads slowly behind a small window.
+    let ws = workers(1).await;
+    let ck = rcgen::generate_simple_self_signed(vec!["worker.internal".to_string()]).unwrap();
+    let front = tls_front(
+        ws[0].addr(),
+        &ck.cert.pem(),
+        &ck.key_pair.serialize_pem(),
+        true,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("workers-ca.pem"), ck.cert.pem()).unwrap();
+    // Probes that tolerate a proxy thread busy encrypting megabytes (a debug build is slow):
+    // this test is about the body, not about ejection.
+    let text = with_upstream_tls(
+        pool_config(
+            &[("w1", front)],
+            "",
+            "interval = \"200ms\"\ntimeout = \"2s\"\nfall = 10",
+        ),
+        "worker.internal",
+    );
+    let path = dir.path().join("syncgate.toml");
+    std::fs::write(&path, text).unwrap();
+    let running = syncgate::start(Config::load(&path).unwrap()).await.unwrap();
+    wait_state(&running, "w1", State::Ready).await;
+    let c = client();
+    for len in [4 << 20, 1 << 20, 300_000] {
+        let body = Bytes::from(vec![b'x'; len]);
+        let a = send(
+            &c,
+            running.proxy_addrs()[0],
+            "POST",
+            "/v1/batch",
+            Some(1),
+            body,
+        )
+        .await
+        .unwrap();
+        assert_eq!(a.status, 200, "{len} bytes: {:?}", a.body);
+        let said = String::from_utf8_lossy(&a.body).into_owned();
+        assert!(said.contains(&format!("\"bytes\":{len}")), "{said}");
+    }
     running.shutdown().await;
 }

@@ -7,18 +7,16 @@
 
 use std::sync::Arc;
 
-use http::{HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
+use http::{HeaderValue, Response, StatusCode};
 
-use super::headers::strip_hop_by_hop;
 use super::response::RespBody;
 use super::Cx;
 use crate::access_log;
 use crate::backend::{Backend, InFlight};
-use crate::body::{BodyError, ReqBody};
+use crate::body::BodyError;
 use crate::outlier;
 use crate::snapshot::Pool;
-use crate::upstream::{self, Attempt, ConnectError, Pooled};
+use crate::upstream::{self, Answer, Attempt, ConnectError, Outgoing, Pooled, UpstreamError};
 
 /// Which attempts a request is making.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,8 +124,7 @@ impl Tried {
 
 /// A worker's answer with its connection and in-flight count.
 pub(super) struct Upstream {
-    resp: Response<Incoming>,
-    conn: upstream::Conn,
+    resp: Response<Answer>,
     in_flight: InFlight,
 }
 
@@ -142,14 +139,12 @@ impl Upstream {
         self.in_flight.backend()
     }
 
-    /// The answer for the client, its body streamed from the worker (hop-by-hop headers
-    /// removed); the connection returns to the pool once the body is read to its end.
+    /// The answer for the client, its body streamed from the worker (hop-by-hop headers were
+    /// left out when its head was read); the connection returns to the pool once the body is
+    /// read to its end.
     pub(super) fn into_response(self) -> Response<RespBody> {
-        let (mut parts, body) = self.resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        parts.version = http::Version::HTTP_11;
-        let body = Pooled::new(body, self.conn, self.in_flight);
-        Response::from_parts(parts, RespBody::Upstream(body))
+        self.resp
+            .map(|answer| RespBody::Upstream(Pooled::new(answer, self.in_flight)))
     }
 }
 
@@ -163,7 +158,7 @@ pub(super) enum Unanswered {
     /// The retry budget refused the next attempt.
     BudgetSpent,
     /// The request broke once sent (forward only: it is not sent again).
-    Broken(hyper::Error),
+    Broken(UpstreamError),
 }
 
 /// Sends `req` to a ready backend of the pool not in `tried`, and to another after each
@@ -173,23 +168,23 @@ pub(super) enum Unanswered {
 pub(super) async fn exchange(
     cx: &Cx<'_>,
     phase: Phase,
-    mut req: Request<ReqBody>,
+    mut req: Outgoing,
     tried: &mut Tried,
-) -> Result<(Upstream, Option<Request<ReqBody>>), Unanswered> {
+) -> Result<(Upstream, Option<Outgoing>), Unanswered> {
     let pool = cx.pool;
     loop {
         let Some(backend) = pool.pick(cx.hash_key, &tried.exclude) else {
             return Err(Unanswered::NoBackend);
         };
         let copy = if phase.keeps_copy(pool) {
-            clone_request(&req)
+            req.replayable()
         } else {
             None
         };
         let in_flight = backend.start_request();
         // Known up front for a buffered body or one with a Content-Length; a chunked body too
         // large to buffer counts what was read before it was sent.
-        let body_len = http_body::Body::size_hint(req.body()).lower();
+        let body_len = req.body_len();
         let sent_at = std::time::Instant::now();
         access_log::attempt();
         let attempt = upstream::send(backend, pool.tls.as_ref(), req).await;
@@ -204,20 +199,15 @@ pub(super) async fn exchange(
         }
         let gave = record(cx, phase, backend, &attempt);
         let back = match (phase.next(gave), attempt) {
-            (Next::Take, Attempt::Answered(resp, conn)) => {
+            (Next::Take, Attempt::Answered(resp)) => {
                 access_log::answered(in_flight.backend(), took);
-                let answer = Upstream {
-                    resp,
-                    conn,
-                    in_flight,
-                };
-                return Ok((answer, copy));
+                return Ok((Upstream { resp, in_flight }, copy));
             }
             (Next::Stop, Attempt::Failed(err)) => return Err(Unanswered::Broken(err)),
             (_, Attempt::NotSent(back, _)) => Some(back),
             // An answer not taken (a 5xx in a second opinion) is dropped, and its connection
             // with it: nobody reads its body.
-            (_, Attempt::Answered(..) | Attempt::Failed(_)) => None,
+            (_, Attempt::Answered(_) | Attempt::Failed(_)) => None,
         };
         if !tried.fail(backend.id, pool.retries) {
             return Err(Unanswered::Exhausted);
@@ -241,7 +231,7 @@ pub(super) async fn exchange(
 /// detection) and logs a failure; returns what it gave.
 fn record(cx: &Cx<'_>, phase: Phase, backend: &Backend, attempt: &Attempt) -> Gave {
     match attempt {
-        Attempt::Answered(resp, _) => {
+        Attempt::Answered(resp) => {
             outlier::record_answer(cx.shared, cx.pool, backend, resp.status());
             Gave::answer(cx.pool, resp.status())
         }
@@ -273,7 +263,7 @@ fn log_connect_failure(backend: &Backend, err: &ConnectError, request_id: &Heade
 }
 
 /// Whether a request broke because its body grew past `max_request_body`.
-pub(super) fn is_too_large(err: &hyper::Error) -> bool {
+pub(super) fn is_too_large(err: &UpstreamError) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
     while let Some(e) = source {
         if let Some(BodyError::TooLarge(_)) = e.downcast_ref::<BodyError>() {
@@ -282,17 +272,6 @@ pub(super) fn is_too_large(err: &hyper::Error) -> bool {
         source = e.source();
     }
     false
-}
-
-/// A copy of a request whose body was kept in memory (cheap: the body is a shared `Bytes`).
-fn clone_request(req: &Request<ReqBody>) -> Option<Request<ReqBody>> {
-    let body = req.body().replayable()?;
-    let mut copy = Request::new(body);
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    Some(copy)
 }
 
 #[cfg(test)]

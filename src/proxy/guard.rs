@@ -19,7 +19,7 @@
 //! loop as the forward path, and returns the outcome for the caller to count.
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::Response;
 use http_body_util::{BodyExt, Limited};
 
 use super::credential;
@@ -27,9 +27,9 @@ use super::exchange::{exchange, Phase, Tried, Unanswered, Upstream};
 use super::response::{retry_later, RespBody};
 use super::Cx;
 use crate::backend::Backend;
-use crate::body::ReqBody;
 use crate::metrics::GuardOutcome;
 use crate::outlier::{self, Charge};
+use crate::upstream::Outgoing;
 
 /// Guarded answers larger than this are not kept for a possible pass-through.
 const MAX_GUARDED_ANSWER: usize = 64 * 1024;
@@ -164,7 +164,7 @@ fn heard_verdict<A>(heard: Heard<A>) -> Verdict<A> {
 pub(super) async fn second_opinion(
     cx: &Cx<'_>,
     first: Upstream,
-    replay: Option<Request<ReqBody>>,
+    replay: Option<Outgoing>,
     mut tried: Tried,
 ) -> (Response<RespBody>, GuardOutcome) {
     let pool = cx.pool;

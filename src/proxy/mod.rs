@@ -1,11 +1,12 @@
 //! The hyper service: route → pick → forward → guard.
 //!
-//! One call per client request. It reads the current [`Snapshot`] once, so a request runs to
-//! its end on the config it began with, whatever reloads happen meanwhile. In the order a
-//! request meets them: [`serve`] names the request and routes it; [`forward`] reads the body
-//! within its limits and dispatches it through [`exchange`] (connect retries, budget);
-//! a guarded answer goes through [`guard`] (the second opinion); [`response`] writes what
-//! syncgate answers itself; [`headers`] rewrites the request and answer headers.
+//! One call per client request. It reads the current [`Snapshot`](crate::snapshot::Snapshot)
+//! once, so a request runs to its end on the config it began with, whatever reloads happen
+//! meanwhile. In the order a request meets them: [`serve`] names the request, routes it and
+//! writes the head that goes upstream ([`headers`]); [`forward`] reads the body within its
+//! limits and dispatches it through [`exchange`] (connect retries, budget); a guarded answer
+//! goes through [`guard`] (the second opinion); [`response`] writes what syncgate answers
+//! itself.
 
 mod credential;
 mod exchange;
@@ -13,13 +14,15 @@ mod guard;
 mod headers;
 mod response;
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
@@ -29,88 +32,170 @@ use crate::body::ReqBody;
 use crate::clock;
 use crate::conn::ConnInfo;
 use crate::memory::Fingerprint;
-use crate::snapshot::{Pool, Shared, Snapshot};
+use crate::snapshot::{Pool, Shared};
+use crate::upstream::{HeadWriter, Outgoing};
 use exchange::{exchange, is_too_large, Phase, Tried, Unanswered};
-use headers::{content_length, new_request_id, request_host, upstream_request, X_REQUEST_ID};
+use headers::{content_length, new_request_id, request_host, upstream_head, X_REQUEST_ID};
 use response::{error, no_ready_backend, RespBody};
 
 /// Serves one client request. Never fails: every problem becomes an HTTP answer.
-pub async fn serve(
-    shared: Arc<Shared>,
-    conn: ConnInfo,
-    req: Request<Incoming>,
-) -> Result<Response<RespBody>, std::convert::Infallible> {
-    let snapshot = shared.snapshot();
-    let mut req = req;
-    // The id travels upstream and back to the client, and names the request in our logs.
-    let request_id = match req.headers().get(&X_REQUEST_ID) {
-        Some(v) => v.clone(),
-        None => {
-            let id = new_request_id();
-            req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
-            id
-        }
-    };
-    access_log::request_id(&request_id);
-    let mut resp = route_and_forward(&shared, &snapshot, &conn, req, &request_id).await;
-    resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
-    Ok(resp)
-}
-
-async fn route_and_forward(
-    shared: &Shared,
-    snapshot: &Snapshot,
+///
+/// What can be decided from the request head is decided here, before the returned future
+/// exists: the route, the limits, the credential's fingerprint, the balancer's hash key, and
+/// the head that goes upstream (encoded once; the client's header map is dropped then). The
+/// future keeps only what the exchange needs, so that hyper moves a small future around.
+pub fn serve(
+    shared: &Arc<Shared>,
     conn: &ConnInfo,
     req: Request<Incoming>,
+) -> impl Future<Output = Result<Response<RespBody>, std::convert::Infallible>> + Send + 'static {
+    let (parts, body) = req.into_parts();
+    // The id travels upstream and back to the client, and names the request in our logs.
+    let (request_id, generated) = match parts.headers.get(&X_REQUEST_ID) {
+        Some(v) => (v.clone(), false),
+        None => (new_request_id(), true),
+    };
+    let prepared = prepare(shared, conn, &parts, &request_id, generated);
+    drop(parts);
+    let shared = shared.clone();
+    async move {
+        // In the future, not above: the access log's hooks see the request's entry only while
+        // the future runs.
+        access_log::request_id(&request_id);
+        let mut resp = match prepared {
+            Ok(prepared) => prepared.run(&shared, body, &request_id).await,
+            Err((status, why)) => error(status, why, &request_id),
+        };
+        resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+        Ok(resp)
+    }
+}
+
+/// What a routed request takes into its exchange.
+struct Prepared {
+    pool: Arc<Pool>,
+    /// The head that goes upstream, without its framing.
+    head: HeadWriter,
+    head_request: bool,
+    said_length: bool,
+    content_length: Option<u64>,
+    /// The balancer's hash key (with `balance = "hash"`).
+    hash_key: Option<Vec<u8>>,
+    /// The fingerprint of the request's credential, when the pool keeps memories of them.
+    credential: Option<Fingerprint>,
+    limits: Limits,
+    started: Instant,
+}
+
+/// Routes the request and checks what its head says; the status and reason of the local
+/// answer when it goes no further.
+fn prepare(
+    shared: &Shared,
+    conn: &ConnInfo,
+    parts: &Parts,
     request_id: &HeaderValue,
-) -> Response<RespBody> {
+    generated_id: bool,
+) -> Result<Prepared, (StatusCode, &'static str)> {
     let started = Instant::now();
+    if parts.method == Method::CONNECT {
+        // Tunnels are not proxied: a worker that opened one would take the next request on
+        // its connection for tunnel bytes.
+        shared
+            .metrics
+            .unrouted
+            .record(StatusCode::METHOD_NOT_ALLOWED, started.elapsed());
+        return Err((StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not proxied"));
+    }
+    let snapshot = shared.snapshot();
     let routed = {
-        let host = request_host(&req);
-        snapshot.route(host.as_deref().unwrap_or(""), req.uri().path())
+        let host = request_host(&parts.uri, &parts.headers);
+        snapshot.route(host.as_deref().unwrap_or(""), parts.uri.path())
     };
     let Some(pool) = routed else {
         shared
             .metrics
             .unrouted
             .record(StatusCode::NOT_FOUND, started.elapsed());
-        return error(StatusCode::NOT_FOUND, "no route", request_id);
+        return Err((StatusCode::NOT_FOUND, "no route"));
     };
     let server = &snapshot.config.server;
-    if let Some(len) = content_length(req.headers()) {
-        if len > server.max_request_body {
-            pool.stats
-                .record(StatusCode::PAYLOAD_TOO_LARGE, started.elapsed());
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body too large",
-                request_id,
-            );
-        }
+    let content_length = content_length(&parts.headers);
+    if content_length.is_some_and(|len| len > server.max_request_body) {
+        pool.stats
+            .record(StatusCode::PAYLOAD_TOO_LARGE, started.elapsed());
+        return Err((StatusCode::PAYLOAD_TOO_LARGE, "request body too large"));
     }
-    // Dropped unanswered when the client goes away: a client abort.
-    let answering = pool.stats.answering();
-    let deadline = clock::deadline(
-        tokio::time::Instant::from_std(started),
-        server.request_timeout,
-    );
     let limits = Limits {
         max_body: server.max_request_body,
-        deadline,
+        deadline: clock::deadline(
+            tokio::time::Instant::from_std(started),
+            server.request_timeout,
+        ),
     };
-    let forwarding = forward(shared, pool, conn, req, limits, request_id);
-    let result = tokio::time::timeout_at(deadline, forwarding).await;
-    answering.answered();
-    let resp = match result {
-        Ok(resp) => resp,
-        Err(_) => {
-            pool.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(pool = %pool.name, request_id = request_id.to_str().unwrap_or(""), "upstream timeout");
-            error(StatusCode::GATEWAY_TIMEOUT, "upstream timeout", request_id)
-        }
-    };
-    pool.stats.record(resp.status(), started.elapsed());
-    resp
+    let credential = credential::wanted(pool)
+        .then(|| credential::fingerprint(&pool.guard.memory.credential, parts))
+        .flatten();
+    Ok(Prepared {
+        head: upstream_head(parts, conn, generated_id.then_some(request_id)),
+        head_request: parts.method == Method::HEAD,
+        said_length: parts.headers.contains_key(header::CONTENT_LENGTH),
+        content_length,
+        hash_key: hash_key(pool, &parts.headers),
+        credential,
+        pool: pool.clone(),
+        limits,
+        started,
+    })
+}
+
+impl Prepared {
+    /// Forwards the request within `request_timeout` (else `504`), and counts its answer.
+    async fn run(
+        self,
+        shared: &Shared,
+        body: Incoming,
+        request_id: &HeaderValue,
+    ) -> Response<RespBody> {
+        let Prepared {
+            pool,
+            head,
+            head_request,
+            said_length,
+            content_length,
+            hash_key,
+            credential,
+            limits,
+            started,
+        } = self;
+        let cx = Cx {
+            shared,
+            pool: &pool,
+            hash_key: hash_key.as_deref(),
+            credential,
+            request_id,
+        };
+        let request = Forwarding {
+            head,
+            head_request,
+            said_length,
+            content_length,
+            body,
+        };
+        // Dropped unanswered when the client goes away: a client abort.
+        let answering = pool.stats.answering();
+        let result = tokio::time::timeout_at(limits.deadline, forward(&cx, request, &limits)).await;
+        answering.answered();
+        let resp = match result {
+            Ok(resp) => resp,
+            Err(_) => {
+                pool.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(pool = %pool.name, request_id = request_id.to_str().unwrap_or(""), "upstream timeout");
+                error(StatusCode::GATEWAY_TIMEOUT, "upstream timeout", request_id)
+            }
+        };
+        pool.stats.record(resp.status(), started.elapsed());
+        resp
+    }
 }
 
 /// What every step of one request needs.
@@ -130,41 +215,33 @@ struct Limits {
     deadline: tokio::time::Instant,
 }
 
+/// The request on its way: the upstream head, and the client's body not yet read.
+struct Forwarding {
+    head: HeadWriter,
+    head_request: bool,
+    said_length: bool,
+    content_length: Option<u64>,
+    body: Incoming,
+}
+
 /// Forwards to a ready backend, retrying connect failures on other backends, and asks a
 /// second opinion before a guarded answer (401/403) reaches the client.
-async fn forward(
-    shared: &Shared,
-    pool: &Pool,
-    conn: &ConnInfo,
-    req: Request<Incoming>,
-    limits: Limits,
-    request_id: &HeaderValue,
-) -> Response<RespBody> {
-    let hash_key = hash_key(pool, req.headers());
+async fn forward(cx: &Cx<'_>, req: Forwarding, limits: &Limits) -> Response<RespBody> {
+    let pool = cx.pool;
     pool.budget.deposit();
     // A body is read only for a pool that could take it. A client that sent `Expect:
     // 100-continue` then gets its 503 without sending the body; one that did not is answered
     // while it uploads (the server drains the rest before it closes, see `server/io.rs`).
-    if !http_body::Body::is_end_stream(req.body()) && !pool.backends.iter().any(|b| b.is_routable())
+    if !http_body::Body::is_end_stream(&req.body) && !pool.backends.iter().any(|b| b.is_routable())
     {
         return no_ready_backend(pool);
     }
-    let (parts, body) = req.into_parts();
-    let credential = credential::wanted(pool)
-        .then(|| credential::fingerprint(&pool.guard.memory.credential, &parts))
-        .flatten();
-    let cx = Cx {
-        shared,
-        pool,
-        hash_key: hash_key.as_deref(),
-        credential,
-        request_id,
-    };
-    let body = match receive_body(&cx, body, &parts.headers, &limits).await {
+    let body = match receive_body(cx, req.body, req.content_length, limits).await {
         Ok(body) => body,
         Err(resp) => return resp,
     };
-    dispatch(&cx, upstream_request(parts, body, conn)).await
+    let outgoing = Outgoing::new(req.head, req.head_request, req.said_length, body);
+    dispatch(cx, outgoing).await
 }
 
 /// The client's body within the request's limits, or the answer to a body that does not
@@ -172,13 +249,16 @@ async fn forward(
 async fn receive_body(
     cx: &Cx<'_>,
     body: Incoming,
-    headers: &HeaderMap,
+    content_length: Option<u64>,
     limits: &Limits,
 ) -> Result<ReqBody, Response<RespBody>> {
+    if http_body::Body::is_end_stream(&body) {
+        return Ok(ReqBody::empty());
+    }
     let replay_limit = cx.pool.guard.max_replay_body;
     // Same deadline as the caller's 504, polled first: a body the client has not finished
     // sending by then is the client's delay (408, like nginx's client_body_timeout).
-    let read = read_body(body, headers, replay_limit, limits.max_body);
+    let read = read_body(body, content_length, replay_limit, limits.max_body);
     match tokio::time::timeout_at(limits.deadline, read).await {
         Ok(Ok(body)) => Ok(body),
         Err(_) => {
@@ -206,7 +286,7 @@ async fn receive_body(
 /// Sends the request to a ready backend (others after connect failures) and answers the
 /// client: the worker's answer, a second opinion's outcome for a guarded one, or syncgate's
 /// own error.
-async fn dispatch(cx: &Cx<'_>, req: Request<ReqBody>) -> Response<RespBody> {
+async fn dispatch(cx: &Cx<'_>, req: Outgoing) -> Response<RespBody> {
     let pool = cx.pool;
     let mut tried = Tried::default();
     // The match ends before the second opinion is awaited, so that the exchange's result
@@ -269,14 +349,11 @@ fn unanswered_error(cx: &Cx<'_>, why: Unanswered, tried: &Tried) -> Response<Res
 /// with what was already read sent first. Errors: 413 past `max_body`, 400 for a broken body.
 async fn read_body(
     mut body: Incoming,
-    headers: &HeaderMap,
+    content_length: Option<u64>,
     replay_limit: u64,
     max_body: u64,
 ) -> Result<ReqBody, StatusCode> {
-    if http_body::Body::is_end_stream(&body) {
-        return Ok(ReqBody::empty());
-    }
-    if content_length(headers).is_some_and(|len| len > replay_limit) {
+    if content_length.is_some_and(|len| len > replay_limit) {
         return Ok(ReqBody::stream(
             None,
             body,

@@ -11,7 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 
 use crate::access_log;
 use crate::snapshot::Pool;
-use crate::upstream::Pooled;
+use crate::upstream::{Pooled, UpstreamError};
 
 /// A response body on its way to the client.
 #[derive(Debug)]
@@ -32,12 +32,12 @@ impl RespBody {
 
 impl Body for RespBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         match self.get_mut() {
             RespBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             RespBody::Upstream(p) => Pin::new(p).poll_frame(cx),

@@ -19,9 +19,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http_body::{Body, Frame, SizeHint};
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
@@ -39,7 +40,10 @@ use crate::snapshot::Shared;
 #[derive(Clone)]
 pub(super) struct ConnCx {
     pub shared: Arc<Shared>,
-    pub builder: Arc<auto::Builder<TokioExecutor>>,
+    /// hyper's HTTP/1.1 connection settings.
+    pub http1: Arc<http1::Builder>,
+    /// hyper's HTTP/2 connection settings.
+    pub http2: Arc<http2::Builder<TokioExecutor>>,
     pub token: CancellationToken,
     pub registry: Arc<Registry>,
 }
@@ -67,9 +71,24 @@ pub(super) async fn serve_client(
     let _registered = cx.registry.register(activity.clone());
     let _open = cx.shared.metrics.connections.opened();
     let info = ConnInfo::new(peer, acceptor.is_some());
-    let Some(acceptor) = acceptor else {
-        return open(stream, false, &cx, info, activity, limits).await;
-    };
+    match acceptor {
+        None => open(stream, false, &cx, info, activity, limits).await,
+        // On the heap: rustls' state would otherwise make every cleartext connection's task
+        // as large as a TLS one's.
+        Some(acceptor) => Box::pin(serve_tls(stream, acceptor, &cx, info, activity, limits)).await,
+    }
+}
+
+/// The TLS handshake within `header_read_timeout`, then [`open`].
+async fn serve_tls(
+    stream: TcpStream,
+    acceptor: TlsAcceptor,
+    cx: &ConnCx,
+    info: ConnInfo,
+    activity: Arc<Activity>,
+    limits: Limits,
+) {
+    let peer = info.peer;
     // Shutdown, or a newcomer at the connection limit, does not wait for a handshake.
     let handshake = tokio::select! {
         biased;
@@ -80,7 +99,7 @@ pub(super) async fn serve_client(
     match handshake {
         Ok(Ok(tls)) => {
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-            open(tls, h2, &cx, info, activity, limits).await;
+            open(tls, h2, cx, info, activity, limits).await;
         }
         Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
@@ -148,7 +167,11 @@ async fn open<I>(
 /// way (answered with `Connection: close`) before it is closed.
 const SHUTDOWN_IDLE_GRACE: Duration = Duration::from_millis(500);
 
-/// Runs hyper on the connection until it ends, applying [`verdict`] a few times per timeout.
+/// Runs hyper on the connection until it ends (see [`drive`]).
+///
+/// Each protocol's connection is driven in a future of its own on the heap, sized for that
+/// protocol: the connection's task then holds one pointer instead of room for the larger of
+/// hyper's HTTP/1.1 and HTTP/2 connections, which every idle keep-alive connection paid.
 ///
 /// At shutdown an HTTP/2 connection gets `GOAWAY` (clients retry the streams it did not take).
 /// HTTP/1.1 has no such signal: closing a keep-alive connection at once loses a request the
@@ -177,10 +200,12 @@ async fn serve<I>(
                 .access_log
                 .is_enabled()
                 .then(|| access_log::Entry::begin(&req, peer));
-            let serving =
-                access_log::recording(entry, proxy::serve(shared.clone(), info.clone(), req));
+            let serving = access_log::recording(entry, proxy::serve(&shared, &info, req));
             let shutdown = http1.then(|| token.clone());
-            async move {
+            // Boxed: hyper keeps room for one request future per HTTP/1.1 connection for as
+            // long as the connection lives, idle or not; a box costs that room only while a
+            // request is in progress.
+            Box::pin(async move {
                 let (resp, mut log) = serving.await;
                 let mut resp = resp?;
                 if shutdown.is_some_and(|t| t.is_cancelled()) {
@@ -197,79 +222,116 @@ async fn serve<I>(
                     log,
                     _active: active,
                 }))
-            }
+            })
         })
     };
-    let conn = cx.builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    // A few checks per timeout: a head is cut, an idle connection closed, between 1 and 1.25
-    // timeouts; one timer per connection, none per request.
-    let period = (limits.header.min(limits.idle) / 4)
-        .clamp(Duration::from_millis(1), Duration::from_secs(3600));
-    let mut check = tokio::time::interval(period);
-    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    let (header_ms, idle_ms) = (millis(limits.header), millis(limits.idle));
-    let mut closing = false;
-    // Armed at shutdown for an HTTP/1.1 connection (see the function's doc).
-    let idle_grace = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(idle_grace);
-    let mut draining = false;
-    loop {
-        tokio::select! {
-            // The connection first: a request already in the socket when shutdown begins is
-            // read and served before the graceful close.
-            biased;
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
-                }
-                return;
-            }
-            _ = cx.token.cancelled(), if !closing && !draining => {
-                if http1 {
-                    draining = true;
-                    idle_grace
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + SHUTDOWN_IDLE_GRACE);
-                } else {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-            }
-            _ = idle_grace.as_mut(), if draining && !closing => {
-                // A request in progress ends the connection with its `Connection: close`
-                // answer; an idle one has had its grace.
-                if activity.is_idle() {
-                    activity.close_as_idle();
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                } else {
-                    idle_grace
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + SHUTDOWN_IDLE_GRACE / 10);
-                }
-            }
-            _ = activity.reclaimed(), if !closing => {
-                tracing::debug!(peer = %peer, "idle client connection closed to admit a new one (max_connections)");
-                activity.close_as_idle();
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            _ = check.tick() => match verdict(activity.observe(), now_millis(), header_ms, idle_ms) {
-                Verdict::Keep => {}
-                Verdict::CloseIdle if closing => {}
-                Verdict::CloseIdle => {
-                    tracing::debug!(peer = %peer, "idle client connection closed");
-                    activity.close_as_idle();
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-                Verdict::CutHead => {
-                    tracing::debug!(peer = %peer, "request head not complete within header_read_timeout; connection cut");
+    let watch = Watch {
+        cx,
+        peer,
+        activity: activity.clone(),
+        limits,
+    };
+    if http1 {
+        let conn = cx.http1.serve_connection(TokioIo::new(io), service);
+        Box::pin(watch.drive(conn, true)).await;
+    } else {
+        let conn = cx.http2.serve_connection(TokioIo::new(io), service);
+        Box::pin(watch.drive(conn, false)).await;
+    }
+}
+
+/// What [`Watch::drive`] needs besides the connection.
+struct Watch<'a> {
+    cx: &'a ConnCx,
+    peer: SocketAddr,
+    activity: Arc<Activity>,
+    limits: Limits,
+}
+
+impl Watch<'_> {
+    /// Drives `conn` until it ends, applying [`verdict`] a few times per timeout, and closes it
+    /// gracefully at shutdown, when reclaimed, or idle.
+    async fn drive<C>(self, conn: C, http1: bool)
+    where
+        C: GracefulConnection,
+        C::Error: std::fmt::Display,
+    {
+        let Watch {
+            cx,
+            peer,
+            activity,
+            limits,
+        } = self;
+        tokio::pin!(conn);
+        // A few checks per timeout: a head is cut, an idle connection closed, between 1 and 1.25
+        // timeouts; one timer per connection, none per request.
+        let period = (limits.header.min(limits.idle) / 4)
+            .clamp(Duration::from_millis(1), Duration::from_secs(3600));
+        let mut check = tokio::time::interval(period);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let (header_ms, idle_ms) = (millis(limits.header), millis(limits.idle));
+        let mut closing = false;
+        // Armed at shutdown for an HTTP/1.1 connection (see the function's doc).
+        let idle_grace = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(idle_grace);
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                // The connection first: a request already in the socket when shutdown begins is
+                // read and served before the graceful close.
+                biased;
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
+                    }
                     return;
                 }
-            },
+                _ = cx.token.cancelled(), if !closing && !draining => {
+                    if http1 {
+                        draining = true;
+                        idle_grace
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + SHUTDOWN_IDLE_GRACE);
+                    } else {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+                _ = idle_grace.as_mut(), if draining && !closing => {
+                    // A request in progress ends the connection with its `Connection: close`
+                    // answer; an idle one has had its grace.
+                    if activity.is_idle() {
+                        activity.close_as_idle();
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    } else {
+                        idle_grace
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + SHUTDOWN_IDLE_GRACE / 10);
+                    }
+                }
+                _ = activity.reclaimed(), if !closing => {
+                    tracing::debug!(peer = %peer, "idle client connection closed to admit a new one (max_connections)");
+                    activity.close_as_idle();
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                _ = check.tick() => match verdict(activity.observe(), now_millis(), header_ms, idle_ms) {
+                    Verdict::Keep => {}
+                    Verdict::CloseIdle if closing => {}
+                    Verdict::CloseIdle => {
+                        tracing::debug!(peer = %peer, "idle client connection closed");
+                        activity.close_as_idle();
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    Verdict::CutHead => {
+                        tracing::debug!(peer = %peer, "request head not complete within header_read_timeout; connection cut");
+                        return;
+                    }
+                },
+            }
         }
     }
 }

@@ -22,8 +22,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, TryAcquireError};
@@ -364,7 +364,8 @@ async fn thread_main(
         };
         let cx = ConnCx {
             shared: shared.clone(),
-            builder: Arc::new(builder()),
+            http1: Arc::new(http1_builder()),
+            http2: Arc::new(http2_builder()),
             token: stop.drain.clone(),
             registry: registry.clone(),
         };
@@ -383,16 +384,20 @@ async fn thread_main(
     flusher.abort();
 }
 
-/// hyper's connection builder. HTTP/1.1 runs without hyper's header timer (see
-/// `connection.rs`: syncgate enforces `header_read_timeout` itself).
-fn builder() -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
+/// hyper's HTTP/1.1 settings: no header timer (see `connection.rs`: syncgate enforces
+/// `header_read_timeout` itself), heads up to [`MAX_HEAD_BYTES`].
+fn http1_builder() -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new())
         .header_read_timeout(None)
         .max_buf_size(MAX_HEAD_BYTES);
-    b.http2()
-        .timer(TokioTimer::new())
+    b
+}
+
+/// hyper's HTTP/2 settings.
+fn http2_builder() -> http2::Builder<TokioExecutor> {
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
         .max_concurrent_streams(256)
         .keep_alive_interval(Duration::from_secs(30));
     b

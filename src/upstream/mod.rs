@@ -1,0 +1,436 @@
+//! Upstream HTTP/1.1 connections to the workers, pooled per proxy thread, driven in the
+//! request's own task.
+//!
+//! Each proxy thread runs its own single-threaded runtime, so the idle-connection pool is a
+//! `thread_local!` map keyed by backend id: no lock, no cross-thread wake-up (DESIGN.md,
+//! "Performance notes"). The `RefCell` is only ever borrowed synchronously, never across an
+//! `.await`, so a future that did migrate threads would merely use the other thread's pool.
+//!
+//! A request writes itself to the connection and reads its answer in its own task
+//! (`conn.rs`, with the protocol in `codec.rs`): no connection task, no channel between the
+//! two, no wake-up of another task per request. The answer body ([`Pooled`]) reads from the
+//! connection as the client takes it, and puts the connection back in the pool the moment the
+//! body is complete.
+//!
+//! A pooled connection is reused only under the TLS setup it was opened with (plain TCP, or
+//! one CA and server name): a reload that changes a pool's `upstream_tls` never sends a
+//! request over a connection that the new settings would not have made.
+//!
+//! A request that could not be written at all comes back ([`Attempt::NotSent`]): a
+//! connection reset before any byte was sent is a retryable connect failure even for
+//! streamed bodies, since the body is still untouched in the returned request.
+
+mod codec;
+mod conn;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Response;
+use http_body::{Body, Frame, SizeHint};
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+
+use crate::backend::{Backend, InFlight};
+use crate::body::ReqBody;
+pub use codec::{HeadWriter, ReqFraming};
+pub use conn::UpstreamError;
+use conn::{Conn, Decoder, Failed, Stream};
+
+/// Idle connections older than this are closed: shorter than common worker keep-alive
+/// timeouts (Go 90 s, nginx 75 s, Node 5 s is the outlier), so a pooled connection is rarely
+/// closed by the worker under our feet, and connections to a removed backend close soon.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// Idle connections kept per backend per thread.
+const MAX_IDLE_PER_BACKEND: usize = 128;
+/// Connect timeout; the whole exchange is further bounded by `request_timeout`.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+struct Idle {
+    conn: Tagged,
+    since: Instant,
+}
+
+/// An upstream connection and the transport it was opened with.
+#[derive(Debug)]
+struct Tagged {
+    conn: Conn,
+    /// 0: plain TCP; otherwise the pool's [`UpstreamTls::fingerprint`] at connect time.
+    transport: u64,
+}
+
+/// The transport tag of a pool's TLS setting.
+fn transport(tls: Option<&UpstreamTls>) -> u64 {
+    tls.map_or(0, |t| t.fingerprint)
+}
+
+struct Entry {
+    backend: Arc<Backend>,
+    idle: Vec<Idle>,
+}
+
+thread_local! {
+    static POOL: RefCell<HashMap<u64, Entry>> = RefCell::new(HashMap::new());
+}
+
+/// Why no request could be written to a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The worker refused the connection.
+    #[error("connect refused")]
+    Refused,
+    /// The connection did not complete within the connect timeout.
+    #[error("connect timeout")]
+    Timeout,
+    /// Any other socket error while connecting.
+    #[error("connect failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The TLS handshake with the worker failed.
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+    /// The connection failed before a byte of the request was written.
+    #[error("connection reset before the request was sent: {0}")]
+    NotSent(std::io::Error),
+}
+
+/// A request as it goes to a worker: its head, encoded once (a retry or a replay sends the same
+/// bytes), and its body.
+#[derive(Debug)]
+pub struct Outgoing {
+    head: Bytes,
+    framing: ReqFraming,
+    /// A `HEAD` request: the answer has no body whatever its head says.
+    head_request: bool,
+    body: ReqBody,
+}
+
+impl Outgoing {
+    /// The request `head` (without framing) with `body`; `said_length`: the client sent a
+    /// `Content-Length` (kept as `0` for an empty body).
+    pub fn new(head: HeadWriter, head_request: bool, said_length: bool, body: ReqBody) -> Outgoing {
+        let framing = if http_body::Body::is_end_stream(&body) {
+            ReqFraming::Empty { said_length }
+        } else {
+            match &body {
+                ReqBody::Full(b) => ReqFraming::Length(b.as_ref().map_or(0, |b| b.len() as u64)),
+                ReqBody::Stream { .. } => match http_body::Body::size_hint(&body).exact() {
+                    Some(n) => ReqFraming::Length(n),
+                    None => ReqFraming::Chunked,
+                },
+            }
+        };
+        Outgoing {
+            head: head.finish(framing),
+            framing,
+            head_request,
+            body,
+        }
+    }
+
+    /// The body's length when known before it is sent (kept in memory, or a
+    /// `Content-Length`); else what is known to come at least.
+    pub fn body_len(&self) -> u64 {
+        http_body::Body::size_hint(&self.body).lower()
+    }
+
+    /// A copy to send again, when the body was kept in memory (cheap: shared bytes).
+    pub fn replayable(&self) -> Option<Outgoing> {
+        Some(Outgoing {
+            head: self.head.clone(),
+            framing: self.framing,
+            head_request: self.head_request,
+            body: self.body.replayable()?,
+        })
+    }
+}
+
+/// The outcome of one attempt on one backend.
+pub enum Attempt {
+    /// The worker answered (headers received); the body reads from the connection.
+    Answered(Response<Answer>),
+    /// Nothing reached the worker; the request comes back for a retry elsewhere.
+    NotSent(Outgoing, ConnectError),
+    /// The request was (at least partly) sent and then failed: not retryable.
+    Failed(UpstreamError),
+}
+
+/// A worker's answer body, not yet read, on its connection.
+#[derive(Debug)]
+pub struct Answer {
+    conn: Tagged,
+    decoder: Decoder,
+    keep_alive: bool,
+}
+
+impl Answer {
+    /// Whether the body is known to be empty.
+    pub fn is_end_stream(&self) -> bool {
+        self.decoder.is_done()
+    }
+}
+
+fn checkout(backend: &Backend, transport: u64) -> Option<Tagged> {
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let entry = pool.get_mut(&backend.id)?;
+        while let Some(mut idle) = entry.idle.pop() {
+            // A connection of another transport (before a reload changed `upstream_tls`) is
+            // dropped, and with it closed; so is one the worker closed or wrote to unasked.
+            if idle.conn.transport == transport
+                && idle.since.elapsed() < IDLE_TIMEOUT
+                && idle.conn.conn.is_usable()
+            {
+                return Some(idle.conn);
+            }
+        }
+        None
+    })
+}
+
+fn checkin(backend: &Arc<Backend>, conn: Tagged) {
+    if backend.is_removed() {
+        return;
+    }
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let entry = pool.entry(backend.id).or_insert_with(|| Entry {
+            backend: backend.clone(),
+            idle: Vec::new(),
+        });
+        if entry.idle.len() < MAX_IDLE_PER_BACKEND {
+            entry.idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    });
+}
+
+/// Closes idle connections that timed out or were closed by the worker, and all idle
+/// connections of backends that left the config. Run every second on every proxy thread.
+pub fn sweep() {
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        pool.retain(|_, entry| {
+            if entry.backend.is_removed() {
+                return false;
+            }
+            entry
+                .idle
+                .retain_mut(|i| i.since.elapsed() < IDLE_TIMEOUT && i.conn.conn.is_usable());
+            !entry.idle.is_empty()
+        });
+    });
+}
+
+/// TLS to the workers of a pool.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    /// Connector trusting the pool's CA.
+    pub connector: tokio_rustls::TlsConnector,
+    /// SNI and verified name; None: the backend's IP address.
+    pub server_name: Option<ServerName<'static>>,
+    /// Identity of the CA and server name, tagging the connections opened with them.
+    pub fingerprint: u64,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamTls {
+    /// From a validated `[pools.X.upstream_tls]`.
+    pub fn new(cfg: &crate::config::UpstreamTlsConfig) -> UpstreamTls {
+        UpstreamTls {
+            connector: tokio_rustls::TlsConnector::from(cfg.client.clone()),
+            // Validated as a DNS name or an IP address.
+            server_name: cfg
+                .server_name
+                .as_ref()
+                .and_then(|n| ServerName::try_from(n.clone()).ok()),
+            fingerprint: cfg.fingerprint,
+        }
+    }
+}
+
+/// Opens a new HTTP/1.1 connection to `backend` (over TLS with `tls`).
+async fn open(backend: &Backend, tls: Option<&UpstreamTls>) -> Result<Conn, ConnectError> {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr)).await
+    {
+        Err(_) => return Err(ConnectError::Timeout),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            return Err(ConnectError::Refused)
+        }
+        Ok(Err(e)) => return Err(ConnectError::Io(e)),
+        Ok(Ok(s)) => s,
+    };
+    let _ = stream.set_nodelay(true);
+    match tls {
+        None => Ok(Conn::new(Stream::Plain(stream))),
+        Some(tls) => {
+            let name = tls
+                .server_name
+                .clone()
+                .unwrap_or_else(|| ServerName::IpAddress(backend.addr.ip().into()));
+            let connecting = tls.connector.connect(name, stream);
+            match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+                Err(_) => Err(ConnectError::Timeout),
+                Ok(Err(e)) => Err(ConnectError::Tls(e)),
+                Ok(Ok(s)) => Ok(Conn::new(Stream::Tls(Box::new(s)))),
+            }
+        }
+    }
+}
+
+/// Sends `req` to `backend` on a pooled connection, or a new one. A pooled connection that
+/// turns out to be dead before the request was written is replaced by a fresh one once: the
+/// worker is not at fault for an idle connection it closed.
+pub async fn send(backend: &Backend, tls: Option<&UpstreamTls>, mut req: Outgoing) -> Attempt {
+    let transport = transport(tls);
+    if let Some(conn) = checkout(backend, transport) {
+        match exchange(conn, req).await {
+            Ok(resp) => return Attempt::Answered(resp),
+            Err(Failed::NotSent(back, _)) => req = back,
+            Err(Failed::Broken(e)) => return Attempt::Failed(e),
+        }
+    }
+    // Boxed: a new connection is rare with pooling, and the connect/TLS future is large; kept
+    // inline it would make every request's future (moved around by hyper) several KiB bigger.
+    let conn = match Box::pin(open(backend, tls)).await {
+        Ok(conn) => Tagged { conn, transport },
+        Err(e) => return Attempt::NotSent(req, e),
+    };
+    match exchange(conn, req).await {
+        Ok(resp) => Attempt::Answered(resp),
+        Err(Failed::NotSent(back, e)) => Attempt::NotSent(back, ConnectError::NotSent(e)),
+        Err(Failed::Broken(e)) => Attempt::Failed(e),
+    }
+}
+
+/// One request on `conn`: the answer with its body still on the connection.
+async fn exchange(mut conn: Tagged, req: Outgoing) -> Result<Response<Answer>, Failed> {
+    let head = conn.conn.exchange(req).await?;
+    let mut resp = Response::new(Answer {
+        conn,
+        decoder: Decoder::new(head.framing),
+        keep_alive: head.keep_alive,
+    });
+    *resp.status_mut() = head.status;
+    *resp.headers_mut() = head.headers;
+    Ok(resp)
+}
+
+/// Sends `req` over a new connection to `backend` and reads the answer whole (at most `limit`
+/// bytes of body); the connection closes after it. For probes: a dead worker must show up as
+/// `connect refused`, not hide behind a pooled connection.
+pub async fn fetch(
+    backend: &Backend,
+    tls: Option<&UpstreamTls>,
+    req: Outgoing,
+    limit: usize,
+) -> Result<(http::StatusCode, Bytes), String> {
+    let mut conn = open(backend, tls).await.map_err(|e| e.to_string())?;
+    let head = match conn.exchange(req).await {
+        Ok(head) => head,
+        Err(Failed::NotSent(_, e)) => return Err(format!("probe failed: {e}")),
+        Err(Failed::Broken(e)) => return Err(format!("probe failed: {e}")),
+    };
+    let body = conn::read_to_end(&mut conn, Decoder::new(head.framing), limit)
+        .await
+        .map_err(|e| format!("probe body failed: {e}"))?;
+    Ok((head.status, body))
+}
+
+/// A worker's response body. Holds the request's in-flight count until it is finished, and
+/// returns the connection to this thread's pool the moment the body is complete (a body
+/// dropped half-read leaves the connection unusable, so it is closed instead).
+#[derive(Debug)]
+pub struct Pooled {
+    answer: Option<Answer>,
+    /// Read to its end (the connection went back to the pool, or closed).
+    done: bool,
+    in_flight: InFlight,
+}
+
+impl Pooled {
+    /// Wraps an answer's body; an empty one gives its connection back at once.
+    pub fn new(answer: Answer, in_flight: InFlight) -> Pooled {
+        let mut pooled = Pooled {
+            answer: Some(answer),
+            done: false,
+            in_flight,
+        };
+        if pooled.answer.as_ref().is_some_and(Answer::is_end_stream) {
+            pooled.finish();
+        }
+        pooled
+    }
+
+    /// The body is complete: its connection goes back to the pool when it may carry another
+    /// request.
+    fn finish(&mut self) {
+        self.done = true;
+        if let Some(answer) = self.answer.take() {
+            if answer.keep_alive {
+                checkin(self.in_flight.backend(), answer.conn);
+            }
+        }
+    }
+}
+
+impl Body for Pooled {
+    type Data = Bytes;
+    type Error = UpstreamError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        let this = self.get_mut();
+        let Some(answer) = this.answer.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = answer.decoder.poll_data(&mut answer.conn.conn, cx);
+        match polled {
+            Poll::Ready(Some(Ok(data))) => {
+                this.in_flight.backend().metrics.received(data.len());
+                if answer.decoder.is_done() {
+                    this.finish();
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Poll::Ready(None) => {
+                this.finish();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                // The connection is out of step: closed, not pooled.
+                this.answer = None;
+                this.done = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.answer.as_ref().and_then(|a| a.decoder.exact()) {
+            Some(n) => SizeHint::with_exact(n),
+            None if self.done => SizeHint::with_exact(0),
+            None => SizeHint::default(),
+        }
+    }
+}
