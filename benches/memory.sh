@@ -2,7 +2,8 @@
 # Memory per idle keep-alive client connection: syncgate against nginx and HAProxy, each one
 # process with one worker thread. For each proxy and protocol (HTTP/1.1, and HTTP/2 with prior
 # knowledge): RSS of the proxy process idle, with N idle connections that each had one
-# request answered, and again after they closed. Prints KiB per connection.
+# request answered, and again after they closed. Prints KiB per connection. Access logs are off
+# in every proxy, as in compare.sh.
 #
 #   bash benches/memory.sh [N...]      (default: 1000 10000; installs nginx, haproxy if missing)
 #
@@ -74,6 +75,8 @@ listen = ["127.0.0.1:18095"]
 worker_threads = 1
 idle_timeout = "600s"
 max_connections = 30000
+[server.access_log]
+enabled = false
 [admin]
 listen = "127.0.0.1:0"
 [pools.push]
