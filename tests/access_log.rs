@@ -289,6 +289,38 @@ async fn syncgates_own_404_and_503_are_logged_without_a_backend() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_in_place_of_an_unconfirmed_answer_names_the_guard_and_no_backend() {
+    let ws = workers(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let names = named(&ws);
+    // w1 has lost its keys; a request sent to it first gets its 401, replayed on w2, whose
+    // 500 is no opinion: the 401 stays unconfirmed, and the client gets syncgate's 503.
+    let cfg = pool_config(&refs(&names), "balance = \"round_robin\"", "");
+    let running = started(&logging_to(&cfg, &log, "text", ""), &["w1", "w2"]).await;
+    ws[0].forget_keys();
+    ws[1].set_status_override(Some(500));
+    let proxy = running.proxy_addrs()[0];
+    let mut replaced = None;
+    for id in ["u-1", "u-2", "u-3", "u-4"] {
+        let (_, answer) = exchange(proxy, &push_head(id, 2), b"{}").await;
+        if answer.starts_with("HTTP/1.1 503") {
+            replaced = Some(id);
+            break;
+        }
+    }
+    let id = replaced.expect("a request went to w1 first and got syncgate's 503");
+    let line = line_of(&log, id).await;
+    assert!(line.contains("\" 503 "), "{line}");
+    assert!(line.contains(" guard=unconfirmed"), "{line}");
+    assert!(line.contains(" retries=1"), "{line}");
+    for absent in ["upstream_ms=", "pool=", "backend="] {
+        assert!(!line.contains(absent), "{absent} in {line}");
+    }
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_before_its_answer_is_logged_as_aborted() {
     let ws = workers(1).await;
     let dir = tempfile::tempdir().unwrap();

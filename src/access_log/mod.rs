@@ -2,19 +2,19 @@
 //! response has been sent or its client went away. The README's "Access log" section lists
 //! the fields of both formats.
 //!
-//! How a request is recorded, at little cost and without threading a parameter through the
-//! proxy:
+//! How a request is recorded, at little cost:
 //! - The server begins an [`Entry`] when a request arrives, only while the log is on (off, a
-//!   request pays one atomic load and a branch), and awaits the proxy's future through
-//!   [`recording`], which makes the entry that future's task-local value. The proxy path
-//!   records what only it knows with one-line hooks ([`answered`], [`attempt`],
-//!   [`body_read`], [`body_streamed`], [`guard`], [`local_answer`], [`request_id`]); outside
-//!   a recording they find no entry and do nothing. The entry is owned by the request's
-//!   future, in a box the thread reuses: no lock, and no allocation in the common case.
-//! - The entry then travels with the response body, which counts the bytes sent
-//!   ([`Entry::sent`]). Its line is written when it drops: after the last byte, or when the
-//!   client went away (the body, or the proxy's future, dropped unfinished: `aborted`, and
-//!   status 499 when no answer had begun).
+//!   request pays one atomic load and a branch, and carries [`Entry::off`]), and hands it to
+//!   the proxy, which owns it for the request's life and passes it down by `&mut` to the
+//!   steps that know something the line says ([`Entry::attempt`], [`Entry::answered`],
+//!   [`Entry::body_read`], ...). Explicit, not a task-local: no swap on every poll of the
+//!   request's future, no thread-local lookup per record, and the compiler sees every write.
+//!   The entry's fields are boxed, in a box the thread reuses: no lock, and no allocation in
+//!   the common case.
+//! - The proxy hands the entry back with its response, and it travels with the response
+//!   body, which counts the bytes sent ([`Entry::sent`]). Its line is written when it drops:
+//!   after the last byte, or when the client went away (the body, or the proxy's future,
+//!   dropped unfinished: `aborted`, and status 499 when no answer had begun).
 //! - [`sink`] takes the line as a compact binary [`record`](mod@record) into a per-thread
 //!   buffer and hands the buffer to a writer thread in batches; the writer formats them
 //!   ([`format`](mod@format)) and writes. A writer that falls behind costs lines, never a
@@ -23,28 +23,23 @@
 //! Nothing that could carry a credential is logged: the path is written without its query
 //! string, and no header but `x-request-id` is.
 //!
-//! What it costs, measured (docs/benchmarks.md): some 1,000 instructions on the request's
-//! thread and 1,500 on the writer's per line; formatting in the writer keeps a thousand-odd
-//! instructions of formatting code out of the proxy threads' instruction cache.
+//! What it costs, measured: docs/benchmarks.md, "The access log".
 
 mod format;
 mod record;
 mod sink;
 
 use std::cell::RefCell;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Buf;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, StatusCode, Version};
 use http_body::Frame;
-use tokio::task::futures::TaskLocalFuture;
 
 use crate::backend::Backend;
 use crate::metrics::GuardOutcome;
@@ -56,9 +51,8 @@ const CLIENT_CLOSED: u16 = 499;
 
 /// One request's line in the making, written when it drops.
 ///
-/// Boxed: it is moved into the request's task-local slot, which tokio swaps in and out of a
-/// thread-local on every poll of the proxy's future, then into the response body; a pointer
-/// moves in place of some 300 bytes each time. The box is taken from the thread's spares
+/// Boxed: it moves with the request's future and then with its response body, a pointer in
+/// place of some 400 bytes; while the log is off it is `None`. The box is taken from the thread's spares
 /// ([`SPARES`]) and goes back there once its line is written: with many requests in flight
 /// `malloc` would otherwise leave its fast per-thread cache for every one.
 #[derive(Debug)]
@@ -82,7 +76,7 @@ struct Fields {
     version: Version,
     request_id: Option<Quoted<HeaderValue>>,
     /// The backend whose answer the client gets, and how long its answer's head took.
-    answer: Option<(Arc<Backend>, Duration)>,
+    answer: Option<(Names, Duration)>,
     guard: Option<GuardOutcome>,
     /// Requests sent upstream: the first, connect retries, second-opinion replays.
     attempts: u32,
@@ -108,6 +102,56 @@ enum Quoted<T> {
 /// The longest [`Quoted::Short`]: a path, a UUID or a generated id fit.
 const SHORT: usize = 48;
 
+/// The pool and backend names of an answer: copied when they fit [`NAMES`] bytes (a config's
+/// names nearly always do), else the backend kept. Not an `Arc` clone per request: the
+/// backend's reference count is a locked read-modify-write on a line other threads write.
+#[derive(Debug)]
+enum Names {
+    Short {
+        pool: u8,
+        backend: u8,
+        bytes: [u8; NAMES],
+    },
+    Long(Arc<Backend>),
+}
+
+/// The longest pool and backend names, together, that [`Names::Short`] holds.
+const NAMES: usize = 64;
+
+impl Names {
+    fn of(backend: &Arc<Backend>) -> Names {
+        let (pool, name) = (backend.pool.as_bytes(), backend.name.as_bytes());
+        match (u8::try_from(pool.len()), u8::try_from(name.len())) {
+            (Ok(p), Ok(b)) if pool.len() + name.len() <= NAMES => {
+                let mut bytes = [0; NAMES];
+                bytes[..pool.len()].copy_from_slice(pool);
+                bytes[pool.len()..pool.len() + name.len()].copy_from_slice(name);
+                Names::Short {
+                    pool: p,
+                    backend: b,
+                    bytes,
+                }
+            }
+            _ => Names::Long(backend.clone()),
+        }
+    }
+
+    /// `(pool, backend)`.
+    fn get(&self) -> (&[u8], &[u8]) {
+        match self {
+            Names::Short {
+                pool,
+                backend,
+                bytes,
+            } => {
+                let (p, b) = (usize::from(*pool), usize::from(*backend));
+                (&bytes[..p], &bytes[p..p + b])
+            }
+            Names::Long(backend) => (backend.pool.as_bytes(), backend.name.as_bytes()),
+        }
+    }
+}
+
 impl<T> Quoted<T> {
     /// `bytes` copied if short, else `long()` kept.
     fn new(bytes: &[u8], long: impl FnOnce() -> T) -> Quoted<T> {
@@ -131,15 +175,70 @@ impl<T> Quoted<T> {
 }
 
 impl Entry {
-    /// Begins the line of `req`, from `client`.
-    pub fn begin<B>(req: &Request<B>, client: SocketAddr) -> Entry {
+    /// The entry of a request while the log is off: records nothing, writes nothing.
+    pub fn off() -> Entry {
+        Entry(None)
+    }
+
+    /// The request's `x-request-id`: the client's, or the one the proxy generated.
+    pub fn request_id(&mut self, id: &HeaderValue) {
+        if let Some(f) = self.0.as_deref_mut() {
+            f.request_id = Some(Quoted::new(id.as_bytes(), || id.clone()));
+        }
+    }
+
+    /// `n` body bytes were read from the client.
+    pub fn body_read(&mut self, n: usize) {
+        if let Some(f) = self.0.as_deref_mut() {
+            f.body_read = f.body_read.saturating_add(n as u64);
+        }
+    }
+
+    /// A counter of the body bytes that stream upstream from here on (a body too large to
+    /// buffer), when the request is recorded.
+    pub fn body_streamed(&mut self) -> Option<Arc<AtomicU64>> {
+        let f = self.0.as_deref_mut()?;
+        Some(f.streamed.get_or_insert_with(Arc::default).clone())
+    }
+
+    /// The request is sent to a backend (again).
+    pub fn attempt(&mut self) {
+        if let Some(f) = self.0.as_deref_mut() {
+            f.attempts = f.attempts.saturating_add(1);
+        }
+    }
+
+    /// `backend`'s answer, whose head came `took` after the request was sent, is the one the
+    /// client gets unless a later answer or syncgate's own replaces it.
+    pub fn answered(&mut self, backend: &Arc<Backend>, took: Duration) {
+        if let Some(f) = self.0.as_deref_mut() {
+            f.answer = Some((Names::of(backend), took));
+        }
+    }
+
+    /// syncgate answers the client itself (a `504`, a `503` in place of an unconfirmed
+    /// answer): no backend's answer reaches it.
+    pub fn local_answer(&mut self) {
+        if let Some(f) = self.0.as_deref_mut() {
+            f.answer = None;
+        }
+    }
+
+    /// The guard's outcome for a guarded answer.
+    pub fn guard(&mut self, outcome: GuardOutcome) {
+        if let Some(f) = self.0.as_deref_mut() {
+            f.guard = Some(outcome);
+        }
+    }
+
+    /// Begins the line of `req`, from `client`, which arrived at `started`.
+    pub fn begin<B>(req: &Request<B>, client: SocketAddr, started: Instant) -> Entry {
         let uri = req.uri();
         let path = Quoted::new(uri.path().as_bytes(), || {
             uri.path_and_query()
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static(""))
         });
-        let started = Instant::now();
         let spare = SPARE
             .try_with(|s| s.try_borrow_mut().ok().and_then(|mut s| s.pop()))
             .ok()
@@ -261,10 +360,7 @@ impl Fields {
             bytes_out: self.bytes_out,
             duration: end.saturating_duration_since(self.started),
             upstream: self.answer.as_ref().map(|a| a.1),
-            backend: self
-                .answer
-                .as_ref()
-                .map(|(b, _)| (b.pool.as_bytes(), b.name.as_bytes())),
+            backend: self.answer.as_ref().map(|(names, _)| names.get()),
             guard: self.guard,
             retries: self.attempts.saturating_sub(1),
             request_id: self
@@ -276,104 +372,34 @@ impl Fields {
     }
 }
 
-tokio::task_local! {
-    /// The entry of the request whose future is running (see the module's doc).
-    static RECORDING: RefCell<Entry>;
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Runs `fut` (the proxy's handling of one request) with `entry` as its task-local entry, so
-/// that the hooks below record into it; the future's output comes with the entry. Without an
-/// entry (the log is off) it is `fut` itself. Should the future be dropped unfinished (the
-/// client went away), the entry drops with it and writes its line.
-pub fn recording<F: Future>(entry: Option<Entry>, fut: F) -> Recording<F> {
-    match entry {
-        Some(entry) => Recording::On {
-            fut: RECORDING.scope(RefCell::new(entry), fut),
-        },
-        None => Recording::Off { fut },
+    fn names(pool: &str, backend: &str) -> (Names, Arc<Backend>) {
+        let b = Arc::new(Backend::new(
+            pool,
+            backend,
+            "127.0.0.1:9".parse().expect("addr"),
+            1,
+        ));
+        (Names::of(&b), b)
     }
-}
 
-pin_project_lite::pin_project! {
-    /// [`recording`]'s future. Written out rather than an `async fn`, whose state machine
-    /// would keep the proxy's future twice (its argument, and the scope built from it): the
-    /// server moves this future into place once per request, and its size is what it copies.
-    #[project = RecordingProj]
-    pub enum Recording<F> {
-        /// The log is off.
-        Off {
-            #[pin]
-            fut: F,
-        },
-        /// The entry is the future's task-local value.
-        On {
-            #[pin]
-            fut: TaskLocalFuture<RefCell<Entry>, F>,
-        },
+    #[test]
+    fn short_names_are_copied_and_long_ones_keep_the_backend() {
+        let (short, b) = names("push", "w1");
+        assert!(matches!(short, Names::Short { .. }));
+        assert_eq!(short.get(), (&b"push"[..], &b"w1"[..]));
+        assert_eq!(Arc::strong_count(&b), 1, "no reference kept");
+
+        // Exactly NAMES bytes still fit; one more does not.
+        let pool = "p".repeat(NAMES - 10);
+        let (fits, _) = names(&pool, &"b".repeat(10));
+        assert!(matches!(fits, Names::Short { .. }));
+        let (long, b) = names(&pool, &"b".repeat(11));
+        assert!(matches!(long, Names::Long(_)));
+        assert_eq!(long.get(), (pool.as_bytes(), "b".repeat(11).as_bytes()));
+        assert_eq!(Arc::strong_count(&b), 2);
     }
-}
-
-impl<F: Future> Future for Recording<F> {
-    type Output = (F::Output, Option<Entry>);
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            RecordingProj::Off { fut } => fut.poll(cx).map(|out| (out, None)),
-            RecordingProj::On { mut fut } => {
-                let out = std::task::ready!(fut.as_mut().poll(cx));
-                Poll::Ready((out, fut.take_value().map(RefCell::into_inner)))
-            }
-        }
-    }
-}
-
-/// Applies `f` to the running request's entry, if it has one.
-fn record(f: impl FnOnce(&mut Fields)) {
-    let _ = RECORDING.try_with(|entry| {
-        if let Ok(mut entry) = entry.try_borrow_mut() {
-            if let Some(fields) = entry.0.as_deref_mut() {
-                f(fields);
-            }
-        }
-    });
-}
-
-/// The request's `x-request-id`: the client's, or the one the proxy generated.
-pub fn request_id(id: &HeaderValue) {
-    record(|e| e.request_id = Some(Quoted::new(id.as_bytes(), || id.clone())));
-}
-
-/// `n` body bytes were read from the client.
-pub fn body_read(n: usize) {
-    record(|e| e.body_read = e.body_read.saturating_add(n as u64));
-}
-
-/// A counter of the body bytes that stream upstream from here on (a body too large to
-/// buffer), when the request is recorded.
-pub fn body_streamed() -> Option<Arc<AtomicU64>> {
-    let mut counter = None;
-    record(|e| counter = Some(e.streamed.get_or_insert_with(Arc::default).clone()));
-    counter
-}
-
-/// The request is sent to a backend (again).
-pub fn attempt() {
-    record(|e| e.attempts = e.attempts.saturating_add(1));
-}
-
-/// `backend`'s answer, whose head came `took` after the request was sent, is the one the
-/// client gets unless a later answer or syncgate's own replaces it.
-pub fn answered(backend: &Arc<Backend>, took: Duration) {
-    record(|e| e.answer = Some((backend.clone(), took)));
-}
-
-/// syncgate answers the client itself (an error, a `503` in place of an unconfirmed answer):
-/// no backend's answer reaches it.
-pub fn local_answer() {
-    record(|e| e.answer = None);
-}
-
-/// The guard's outcome for a guarded answer.
-pub fn guard(outcome: GuardOutcome) {
-    record(|e| e.guard = Some(outcome));
 }

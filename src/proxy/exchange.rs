@@ -11,7 +11,7 @@ use http::{HeaderValue, Response, StatusCode};
 
 use super::response::RespBody;
 use super::Cx;
-use crate::access_log;
+use crate::access_log::Entry;
 use crate::backend::{Backend, InFlight};
 use crate::body::BodyError;
 use crate::outlier;
@@ -170,6 +170,7 @@ pub(super) async fn exchange(
     phase: Phase,
     mut req: Outgoing,
     tried: &mut Tried,
+    log: &mut Entry,
 ) -> Result<(Upstream, Option<Outgoing>), Unanswered> {
     let pool = cx.pool;
     loop {
@@ -186,7 +187,7 @@ pub(super) async fn exchange(
         // large to buffer counts what was read before it was sent.
         let body_len = req.body_len();
         let sent_at = std::time::Instant::now();
-        access_log::attempt();
+        log.attempt();
         let attempt = upstream::send(backend, pool.tls.as_ref(), req).await;
         let took = sent_at.elapsed();
         match &attempt {
@@ -200,7 +201,7 @@ pub(super) async fn exchange(
         let gave = record(cx, phase, backend, &attempt);
         let back = match (phase.next(gave), attempt) {
             (Next::Take, Attempt::Answered(resp)) => {
-                access_log::answered(in_flight.backend(), took);
+                log.answered(in_flight.backend(), took);
                 return Ok((Upstream { resp, in_flight }, copy));
             }
             (Next::Stop, Attempt::Failed(err)) => return Err(Unanswered::Broken(err)),

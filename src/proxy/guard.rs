@@ -26,6 +26,7 @@ use super::credential;
 use super::exchange::{exchange, Phase, Tried, Unanswered, Upstream};
 use super::response::{retry_later, RespBody};
 use super::Cx;
+use crate::access_log::Entry;
 use crate::backend::Backend;
 use crate::metrics::GuardOutcome;
 use crate::outlier::{self, Charge};
@@ -166,6 +167,7 @@ pub(super) async fn second_opinion(
     first: Upstream,
     replay: Option<Outgoing>,
     mut tried: Tried,
+    log: &mut Entry,
 ) -> (Response<RespBody>, GuardOutcome) {
     let pool = cx.pool;
     let first_backend = first.backend().clone();
@@ -184,7 +186,7 @@ pub(super) async fn second_opinion(
     );
     let (first, replay) = match asking {
         Ok(asking) => asking,
-        Err(verdict) => return conclude(cx, verdict, &first_backend, None, status),
+        Err(verdict) => return conclude(cx, verdict, &first_backend, None, status, log),
     };
     if !pool.budget.try_spend() {
         return conclude(
@@ -193,6 +195,7 @@ pub(super) async fn second_opinion(
             &first_backend,
             None,
             status,
+            log,
         );
     }
     // Read the first answer now: its connection goes back to the pool, and it is still there
@@ -201,7 +204,7 @@ pub(super) async fn second_opinion(
     pool.stats.guard_outcome(GuardOutcome::Replayed);
     tried.leave_out(first_backend.id);
     let mut peer_backend = None;
-    let heard = match exchange(cx, Phase::SecondOpinion, replay, &mut tried).await {
+    let heard = match exchange(cx, Phase::SecondOpinion, replay, &mut tried, log).await {
         Ok((peer, _)) => {
             peer_backend = Some(peer.backend().clone());
             let peer_status = peer.status();
@@ -230,17 +233,20 @@ pub(super) async fn second_opinion(
         &first_backend,
         peer_backend.as_deref(),
         status,
+        log,
     )
 }
 
 /// The client's answer for a verdict on `first`'s guarded answer `status` (with the peer that
-/// was asked, if any), and what the verdict leaves behind: charges and memories.
+/// was asked, if any), and what the verdict leaves behind: charges and memories. A `503` in
+/// place of the answer is syncgate's own (`log` then names no backend).
 fn conclude(
     cx: &Cx<'_>,
     verdict: Verdict<Response<RespBody>>,
     first: &Backend,
     peer: Option<&Backend>,
     status: u16,
+    log: &mut Entry,
 ) -> (Response<RespBody>, GuardOutcome) {
     let pool = cx.pool;
     match verdict {
@@ -259,9 +265,11 @@ fn conclude(
             (resp, outcome)
         }
         Verdict::RetryLater(outcome, message) => {
+            log.local_answer();
             (retry_later(pool, message, cx.request_id), outcome)
         }
         Verdict::Refused { peer_agreed } => {
+            log.local_answer();
             pool.fleet.note_refusal();
             outlier::charge(cx.shared, pool, first, Charge::AcceptedCredential);
             if let Some(peer) = peer.filter(|_| peer_agreed) {

@@ -26,7 +26,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::access_log;
+use crate::access_log::Entry;
 use crate::balance::Balancer;
 use crate::body::ReqBody;
 use crate::clock;
@@ -44,30 +44,34 @@ use response::{error, no_ready_backend, RespBody};
 /// exists: the route, the limits, the credential's fingerprint, the balancer's hash key, and
 /// the head that goes upstream (encoded once; the client's header map is dropped then). The
 /// future keeps only what the exchange needs, so that hyper moves a small future around.
+/// `arrived` is when the server took the request (one clock reading for the request's
+/// timeout, its latency and its access log line). `log` is the request's access log entry
+/// ([`Entry::off`] while the log is off); it comes back with the response, or writes its
+/// line when the future is dropped unfinished.
 pub fn serve(
     shared: &Arc<Shared>,
     conn: &ConnInfo,
     req: Request<Incoming>,
-) -> impl Future<Output = Result<Response<RespBody>, std::convert::Infallible>> + Send + 'static {
+    arrived: Instant,
+    mut log: Entry,
+) -> impl Future<Output = (Response<RespBody>, Entry)> + Send + 'static {
     let (parts, body) = req.into_parts();
     // The id travels upstream and back to the client, and names the request in our logs.
     let (request_id, generated) = match parts.headers.get(&X_REQUEST_ID) {
         Some(v) => (v.clone(), false),
         None => (new_request_id(), true),
     };
-    let prepared = prepare(shared, conn, &parts, &request_id, generated);
+    let prepared = prepare(shared, conn, &parts, &request_id, generated, arrived);
     drop(parts);
     let shared = shared.clone();
+    log.request_id(&request_id);
     async move {
-        // In the future, not above: the access log's hooks see the request's entry only while
-        // the future runs.
-        access_log::request_id(&request_id);
         let mut resp = match prepared {
-            Ok(prepared) => prepared.run(&shared, body, &request_id).await,
+            Ok(prepared) => prepared.run(&shared, body, &request_id, &mut log).await,
             Err((status, why)) => error(status, why, &request_id),
         };
         resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
-        Ok(resp)
+        (resp, log)
     }
 }
 
@@ -95,8 +99,8 @@ fn prepare(
     parts: &Parts,
     request_id: &HeaderValue,
     generated_id: bool,
+    started: Instant,
 ) -> Result<Prepared, (StatusCode, &'static str)> {
-    let started = Instant::now();
     if parts.method == Method::CONNECT {
         // Tunnels are not proxied: a worker that opened one would take the next request on
         // its connection for tunnel bytes.
@@ -155,6 +159,7 @@ impl Prepared {
         shared: &Shared,
         body: Incoming,
         request_id: &HeaderValue,
+        log: &mut Entry,
     ) -> Response<RespBody> {
         let Prepared {
             pool,
@@ -183,11 +188,14 @@ impl Prepared {
         };
         // Dropped unanswered when the client goes away: a client abort.
         let answering = pool.stats.answering();
-        let result = tokio::time::timeout_at(limits.deadline, forward(&cx, request, &limits)).await;
+        let forwarding = forward(&cx, request, &limits, log);
+        let result = tokio::time::timeout_at(limits.deadline, forwarding).await;
         answering.answered();
         let resp = match result {
             Ok(resp) => resp,
             Err(_) => {
+                // A guarded answer may have been taken before its second opinion ran late.
+                log.local_answer();
                 pool.stats.timeouts.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(pool = %pool.name, request_id = request_id.to_str().unwrap_or(""), "upstream timeout");
                 error(StatusCode::GATEWAY_TIMEOUT, "upstream timeout", request_id)
@@ -226,7 +234,12 @@ struct Forwarding {
 
 /// Forwards to a ready backend, retrying connect failures on other backends, and asks a
 /// second opinion before a guarded answer (401/403) reaches the client.
-async fn forward(cx: &Cx<'_>, req: Forwarding, limits: &Limits) -> Response<RespBody> {
+async fn forward(
+    cx: &Cx<'_>,
+    req: Forwarding,
+    limits: &Limits,
+    log: &mut Entry,
+) -> Response<RespBody> {
     let pool = cx.pool;
     pool.budget.deposit();
     // A body is read only for a pool that could take it. A client that sent `Expect:
@@ -236,12 +249,12 @@ async fn forward(cx: &Cx<'_>, req: Forwarding, limits: &Limits) -> Response<Resp
     {
         return no_ready_backend(pool);
     }
-    let body = match receive_body(cx, req.body, req.content_length, limits).await {
+    let body = match receive_body(cx, req.body, req.content_length, limits, log).await {
         Ok(body) => body,
         Err(resp) => return resp,
     };
     let outgoing = Outgoing::new(req.head, req.head_request, req.said_length, body);
-    dispatch(cx, outgoing).await
+    dispatch(cx, outgoing, log).await
 }
 
 /// The client's body within the request's limits, or the answer to a body that does not
@@ -251,6 +264,7 @@ async fn receive_body(
     body: Incoming,
     content_length: Option<u64>,
     limits: &Limits,
+    log: &mut Entry,
 ) -> Result<ReqBody, Response<RespBody>> {
     if http_body::Body::is_end_stream(&body) {
         return Ok(ReqBody::empty());
@@ -258,7 +272,7 @@ async fn receive_body(
     let replay_limit = cx.pool.guard.max_replay_body;
     // Same deadline as the caller's 504, polled first: a body the client has not finished
     // sending by then is the client's delay (408, like nginx's client_body_timeout).
-    let read = read_body(body, content_length, replay_limit, limits.max_body);
+    let read = read_body(body, content_length, replay_limit, limits.max_body, log);
     match tokio::time::timeout_at(limits.deadline, read).await {
         Ok(Ok(body)) => Ok(body),
         Err(_) => {
@@ -286,12 +300,12 @@ async fn receive_body(
 /// Sends the request to a ready backend (others after connect failures) and answers the
 /// client: the worker's answer, a second opinion's outcome for a guarded one, or syncgate's
 /// own error.
-async fn dispatch(cx: &Cx<'_>, req: Outgoing) -> Response<RespBody> {
+async fn dispatch(cx: &Cx<'_>, req: Outgoing, log: &mut Entry) -> Response<RespBody> {
     let pool = cx.pool;
     let mut tried = Tried::default();
     // The match ends before the second opinion is awaited, so that the exchange's result
     // is not kept in this future meanwhile (it would make every request's future larger).
-    let (first, replay) = match exchange(cx, Phase::Forward, req, &mut tried).await {
+    let (first, replay) = match exchange(cx, Phase::Forward, req, &mut tried, log).await {
         Ok(taken) => taken,
         Err(unanswered) => return unanswered_error(cx, unanswered, &tried),
     };
@@ -302,9 +316,9 @@ async fn dispatch(cx: &Cx<'_>, req: Outgoing) -> Response<RespBody> {
         return first.into_response();
     }
     // Boxed: rare, and large enough to bloat every request's future.
-    let (resp, outcome) = Box::pin(guard::second_opinion(cx, first, replay, tried)).await;
+    let (resp, outcome) = Box::pin(guard::second_opinion(cx, first, replay, tried, log)).await;
     pool.stats.guard_outcome(outcome);
-    access_log::guard(outcome);
+    log.guard(outcome);
     resp
 }
 
@@ -352,14 +366,10 @@ async fn read_body(
     content_length: Option<u64>,
     replay_limit: u64,
     max_body: u64,
+    log: &mut Entry,
 ) -> Result<ReqBody, StatusCode> {
     if content_length.is_some_and(|len| len > replay_limit) {
-        return Ok(ReqBody::stream(
-            None,
-            body,
-            max_body,
-            access_log::body_streamed(),
-        ));
+        return Ok(ReqBody::stream(None, body, max_body, log.body_streamed()));
     }
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut total: u64 = 0;
@@ -370,13 +380,13 @@ async fn read_body(
             continue;
         };
         total += data.len() as u64;
-        access_log::body_read(data.len());
+        log.body_read(data.len());
         if total > max_body {
             return Err(StatusCode::PAYLOAD_TOO_LARGE);
         }
         chunks.push(data);
         if total > replay_limit {
-            let streamed = access_log::body_streamed();
+            let streamed = log.body_streamed();
             return Ok(ReqBody::stream(
                 Some(concat(chunks)),
                 body,

@@ -9,7 +9,6 @@ use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 
-use crate::access_log;
 use crate::snapshot::Pool;
 use crate::upstream::{Pooled, UpstreamError};
 
@@ -65,7 +64,6 @@ pub(super) fn error(
     message: &str,
     request_id: &HeaderValue,
 ) -> Response<RespBody> {
-    access_log::local_answer();
     let body = serde_json::json!({
         "error": message,
         "status": status.as_u16(),
@@ -82,7 +80,6 @@ pub(super) fn error(
 
 /// 503 for a pool without a ready backend. Never falls back to an unready one.
 pub(super) fn no_ready_backend(pool: &Pool) -> Response<RespBody> {
-    access_log::local_answer();
     pool.stats
         .no_ready
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -195,28 +195,27 @@ async fn serve<I>(
         service_fn(move |req| {
             // In progress from the call until the response body has been sent.
             let active = activity.begin();
+            let arrived = std::time::Instant::now();
             // While the access log is off, this branch is all a request pays for it.
-            let entry = shared
-                .access_log
-                .is_enabled()
-                .then(|| access_log::Entry::begin(&req, peer));
-            let serving = access_log::recording(entry, proxy::serve(&shared, &info, req));
+            let log = if shared.access_log.is_enabled() {
+                access_log::Entry::begin(&req, peer, arrived)
+            } else {
+                access_log::Entry::off()
+            };
+            let serving = proxy::serve(&shared, &info, req, arrived, log);
             let shutdown = http1.then(|| token.clone());
             // Boxed: hyper keeps room for one request future per HTTP/1.1 connection for as
             // long as the connection lives, idle or not; a box costs that room only while a
             // request is in progress.
             Box::pin(async move {
-                let (resp, mut log) = serving.await;
-                let mut resp = resp?;
+                let (mut resp, mut log) = serving.await;
                 if shutdown.is_some_and(|t| t.is_cancelled()) {
                     // Shutting down: the last response of this HTTP/1.1 connection (hyper
                     // closes it once written).
                     resp.headers_mut()
                         .insert(http::header::CONNECTION, CLOSE.clone());
                 }
-                if let Some(entry) = &mut log {
-                    entry.responded(resp.status(), resp.body().is_end_stream());
-                }
+                log.responded(resp.status(), resp.body().is_end_stream());
                 Ok::<_, Infallible>(resp.map(|body| Tracked {
                     body,
                     log,
@@ -342,7 +341,7 @@ static CLOSE: http::HeaderValue = http::HeaderValue::from_static("close");
 /// and carries its access log entry, whose line is written when it drops.
 struct Tracked<B> {
     body: B,
-    log: Option<access_log::Entry>,
+    log: access_log::Entry,
     _active: Active,
 }
 
@@ -356,9 +355,7 @@ impl<B: Body + Unpin> Body for Tracked<B> {
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.body).poll_frame(cx);
-        if let Some(entry) = &mut this.log {
-            entry.sent(&polled, this.body.is_end_stream());
-        }
+        this.log.sent(&polled, this.body.is_end_stream());
         polled
     }
 
