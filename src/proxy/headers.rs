@@ -59,8 +59,8 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
 
 /// Writes the upstream request head (without its framing, which the body decides) from the
 /// client's: origin-form target, HTTP/1.1; hop-by-hop headers and the client's framing
-/// headers left out; `Host` and `X-Forwarded-Host` set to the client's host (its `Host`, or
-/// the HTTP/2 authority), the client's IP appended to `X-Forwarded-For`,
+/// headers left out; `Host` and `X-Forwarded-Host` set to the client's host (the target's
+/// authority when it has one, else its `Host`), the client's IP appended to `X-Forwarded-For`,
 /// `X-Forwarded-Proto` set; `X-Request-Id` added when syncgate generated it (`generated_id`).
 pub(super) fn upstream_head(
     parts: &Parts,
@@ -76,12 +76,14 @@ pub(super) fn upstream_head(
         "/"
     };
     let mut head = HeadWriter::new(&parts.method, target);
-    let host = headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    // The target's authority first, as routing reads it: an absolute-form target or an HTTP/2
+    // `:authority` names the host, and a `Host` field beside it is ignored (RFC 9112 3.2.2),
+    // so that a worker never sees another host than the one its pool was routed by.
+    let host = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .or_else(|| headers.get(header::HOST).cloned());
     let named = if headers.contains_key(header::CONNECTION) {
         connection_named(headers)
     } else {
@@ -227,6 +229,31 @@ mod tests {
                 "x-forwarded-proto"
             ]
         );
+    }
+
+    #[test]
+    fn the_worker_sees_the_host_the_request_was_routed_by() {
+        // Absolute form with another Host beside it: routing reads the target's authority,
+        // and so does the worker.
+        let req = Request::get("http://a.example.com/v1/batch")
+            .header(header::HOST, "b.example.com")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            request_host(req.uri(), req.headers()).as_deref(),
+            Some("a.example.com")
+        );
+        let (line, fields) = written(req, &peer());
+        assert_eq!(line, "GET /v1/batch HTTP/1.1");
+        assert_eq!(values(&fields, "host"), ["a.example.com"]);
+        assert_eq!(values(&fields, "x-forwarded-host"), ["a.example.com"]);
+        // Origin form: the Host field names the host.
+        let req = Request::get("/v1/batch")
+            .header(header::HOST, "b.example.com:8080")
+            .body(())
+            .unwrap();
+        let (_, fields) = written(req, &peer());
+        assert_eq!(values(&fields, "host"), ["b.example.com:8080"]);
     }
 
     #[test]
