@@ -382,3 +382,64 @@ async fn a_pooled_connection_the_worker_closed_is_not_used() {
     }
     running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_body_that_stalls_is_cut_after_request_timeout_and_its_connection_closed() {
+    let worker = RawWorker::start(|seen, serial| {
+        if seen.head.contains(" /stall") {
+            // Ten bytes promised, five sent, then nothing: the connection stays open.
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello".to_vec(),
+                false,
+            )
+        } else {
+            (ok(&format!("conn {serial}")), false)
+        }
+    })
+    .await;
+    let cfg = pool_config(
+        &[("w1", worker.addr)],
+        "",
+        "contract = \"status\"\nrise = 1",
+    )
+    .replace("request_timeout = \"2s\"", "request_timeout = \"300ms\"");
+    let running = start(&cfg).await;
+    wait_state(&running, "w1", State::Ready).await;
+    let proxy = running.proxy_addrs()[0];
+
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(b"GET /stall HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut chunk = [0u8; 1024];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the stalled answer was never cut");
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.ends_with("\r\n\r\nhello"),
+        "what came before the stall: {text}"
+    );
+    assert!(took >= Duration::from_millis(250), "cut after {took:?}");
+
+    // The next request is answered whole (the stalled connection, out of step, was not put
+    // back in the pool: its five missing bytes would have been read from the next answer).
+    let c = client();
+    let a = send(&c, proxy, "GET", "/x", None, Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200);
+    assert!(a.body.starts_with(b"conn "), "{:?}", a.body);
+    running.shutdown().await;
+}

@@ -59,8 +59,8 @@ pub struct ServerConfig {
     /// must send its first byte (after its TLS handshake, bounded alike) within it; not applied
     /// between keep-alive requests. Default 10 s; 1 ms to 24 h.
     pub header_read_timeout: Duration,
-    /// Deadline for the whole upstream exchange (until response headers). Default 30 s; 1 ms
-    /// to 24 h.
+    /// Deadline for the whole upstream exchange (until response headers), and the longest wait
+    /// between two reads of the response body. Default 30 s; 1 ms to 24 h.
     pub request_timeout: Duration,
     /// Larger request bodies are answered 413. Bytes; default 8 MiB; 1 B to 1 TiB.
     pub max_request_body: u64,

@@ -6,6 +6,7 @@
 //! they take from an attempt ([`Phase::next`], pure) and which copy of the request they keep.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{HeaderValue, Response, StatusCode};
 
@@ -126,6 +127,8 @@ impl Tried {
 pub(super) struct Upstream {
     resp: Response<Answer>,
     in_flight: InFlight,
+    /// The longest wait between two reads of its body.
+    body_timeout: Duration,
 }
 
 impl Upstream {
@@ -143,8 +146,9 @@ impl Upstream {
     /// left out when its head was read); the connection returns to the pool once the body is
     /// read to its end.
     pub(super) fn into_response(self) -> Response<RespBody> {
-        self.resp
-            .map(|answer| RespBody::Upstream(Pooled::new(answer, self.in_flight)))
+        self.resp.map(|answer| {
+            RespBody::Upstream(Pooled::new(answer, self.in_flight, self.body_timeout))
+        })
     }
 }
 
@@ -202,7 +206,12 @@ pub(super) async fn exchange(
         let back = match (phase.next(gave), attempt) {
             (Next::Take, Attempt::Answered(resp)) => {
                 log.answered(in_flight.backend(), took);
-                return Ok((Upstream { resp, in_flight }, copy));
+                let answer = Upstream {
+                    resp,
+                    in_flight,
+                    body_timeout: cx.body_timeout,
+                };
+                return Ok((answer, copy));
             }
             (Next::Stop, Attempt::Failed(err)) => return Err(Unanswered::Broken(err)),
             (_, Attempt::NotSent(back, _)) => Some(back),

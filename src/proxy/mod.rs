@@ -135,6 +135,7 @@ fn prepare(
             tokio::time::Instant::from_std(started),
             server.request_timeout,
         ),
+        timeout: server.request_timeout,
     };
     let credential = credential::wanted(pool)
         .then(|| credential::fingerprint(&pool.guard.memory.credential, parts))
@@ -178,6 +179,7 @@ impl Prepared {
             hash_key: hash_key.as_deref(),
             credential,
             request_id,
+            body_timeout: limits.timeout,
         };
         let request = Forwarding {
             head,
@@ -215,12 +217,16 @@ struct Cx<'a> {
     /// The fingerprint of the request's credential, when the pool keeps memories of them.
     credential: Option<Fingerprint>,
     request_id: &'a HeaderValue,
+    /// The longest wait between two reads of an answer's body (`request_timeout`).
+    body_timeout: std::time::Duration,
 }
 
 /// The request's body limit and its `request_timeout` deadline.
 struct Limits {
     max_body: u64,
     deadline: tokio::time::Instant,
+    /// `request_timeout`, which also bounds the wait between two reads of an answer's body.
+    timeout: std::time::Duration,
 }
 
 /// The request on its way: the upstream head, and the client's body not yet read.

@@ -43,6 +43,9 @@ pub enum UpstreamError {
     /// The request body ended before its declared length.
     #[error("request body shorter than its content-length")]
     ShortBody,
+    /// The answer's body sent nothing for `request_timeout`.
+    #[error("answer body stalled: nothing read for {0:?}")]
+    Stalled(std::time::Duration),
 }
 
 /// The socket to a worker, plain or TLS.

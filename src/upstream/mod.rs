@@ -25,6 +25,7 @@ mod conn;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -359,20 +360,56 @@ pub struct Pooled {
     /// Read to its end (the connection went back to the pool, or closed).
     done: bool,
     in_flight: InFlight,
+    /// The longest wait between two reads (`request_timeout`, like nginx's
+    /// `proxy_read_timeout`): a worker that stops sending mid-body does not hold the client's
+    /// response, and its connection, for ever.
+    timeout: Duration,
+    /// Armed at the first read that has to wait, re-armed after each read that gave data.
+    /// Boxed and made only then: a body that arrives with its head (the usual small answer)
+    /// costs no timer.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Data came since the timer was armed.
+    rearm: bool,
 }
 
 impl Pooled {
-    /// Wraps an answer's body; an empty one gives its connection back at once.
-    pub fn new(answer: Answer, in_flight: InFlight) -> Pooled {
+    /// Wraps an answer's body, to be read with at most `timeout` between two reads; an empty
+    /// one gives its connection back at once.
+    pub fn new(answer: Answer, in_flight: InFlight, timeout: Duration) -> Pooled {
         let mut pooled = Pooled {
             answer: Some(answer),
             done: false,
             in_flight,
+            timeout,
+            stall: None,
+            rearm: false,
         };
         if pooled.answer.as_ref().is_some_and(Answer::is_end_stream) {
             pooled.finish();
         }
         pooled
+    }
+
+    /// A read has to wait: pending until the timer runs out, then the body fails (its
+    /// connection, out of step, is closed).
+    fn wait(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        let timeout = self.timeout;
+        let stall = self
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if std::mem::take(&mut self.rearm) {
+            stall
+                .as_mut()
+                .reset(crate::clock::deadline(tokio::time::Instant::now(), timeout));
+        }
+        if stall.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let backend = self.in_flight.backend();
+        tracing::warn!(pool = %backend.pool, backend = %backend.name, timeout = ?timeout, "answer body stalled; the response is cut");
+        self.answer = None;
+        self.done = true;
+        Poll::Ready(Some(Err(UpstreamError::Stalled(timeout))))
     }
 
     /// The body is complete: its connection goes back to the pool when it may carry another
@@ -402,6 +439,7 @@ impl Body for Pooled {
         let polled = answer.decoder.poll_data(&mut answer.conn.conn, cx);
         match polled {
             Poll::Ready(Some(Ok(data))) => {
+                this.rearm = true;
                 this.in_flight.backend().metrics.received(data.len());
                 if answer.decoder.is_done() {
                     this.finish();
@@ -418,7 +456,7 @@ impl Body for Pooled {
                 this.done = true;
                 Poll::Ready(Some(Err(e)))
             }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => this.wait(cx),
         }
     }
 
