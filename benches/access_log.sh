@@ -8,7 +8,8 @@
 # minutes, cancels out of them. Prints each run, each variant's median requests/s and CPU µs
 # per request, and the median of the rounds' ratios on/off.
 #
-#   bash benches/access_log.sh [seconds per run] [rounds]   (defaults: 4 s, 15 rounds)
+#   bash benches/access_log.sh [seconds per run] [rounds] [side-by-side rounds]
+#                                               (defaults: 4 s, 15 rounds, 7 rounds)
 #
 # Uses fixed loopback ports 18090-18098 (this is a benchmark, not a test). The log files go to
 # target/access-log-bench/ (the disk, not a tmpfs) and are deleted at the end.
@@ -16,6 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-4}
 ROUNDS=${2:-15}
+SIDE_ROUNDS=${3:-7}
 need=()
 for t in nginx wrk curl; do command -v "$t" >/dev/null || need+=("$t"); done
 if [ ${#need[@]} -gt 0 ]; then
@@ -140,5 +142,25 @@ for pair in sg-file:sg-off sg-null:sg-off nginx-file:nginx-off; do
   printf "%-22s throughput %.3f  CPU per request %.3f\n" "${pair/:/\/}" \
     "$(median "$work/$on.rps-ratio")" "$(median "$work/$on.cpu-ratio")"
 done
+# Side by side: syncgate with the log off and with it on to /dev/null, both pinned to core 0,
+# loaded at once from core 1, so that whatever else the machine does slows both alike (two
+# identical instances measure 1.00 ± 0.01 this way). The two share core 0's caches, which
+# weighs on the variant that touches more memory: a stricter measure than the rounds above.
+echo
+echo "side by side (sg-null and sg-off loaded at once), CPU per request on/off:"
+for r in $(seq 1 "$SIDE_ROUNDS"); do
+  a0=$(cpu_ticks "$pid_sg_off") b0=$(cpu_ticks "$pid_sg_null")
+  taskset -c 1 wrk -t1 -c64 -d"${SECS}s" "http://127.0.0.1:${port[sg-off]}/" >"$work/side-off.txt" &
+  w1=$!
+  taskset -c 1 wrk -t1 -c64 -d"${SECS}s" "http://127.0.0.1:${port[sg-null]}/" >"$work/side-null.txt" &
+  w2=$!
+  wait "$w1" "$w2"
+  a1=$(cpu_ticks "$pid_sg_off") b1=$(cpu_ticks "$pid_sg_null")
+  n_off=$(awk '/requests in/ {print $1}' "$work/side-off.txt")
+  n_null=$(awk '/requests in/ {print $1}' "$work/side-null.txt")
+  awk -v a=$((a1 - a0)) -v b=$((b1 - b0)) -v x="$n_off" -v y="$n_null" \
+    'BEGIN {printf "%.3f\n", (b / y) / (a / x)}' | tee -a "$work/side.ratio"
+done
+printf "median side by side: %.3f\n" "$(median "$work/side.ratio")"
 dropped=$(curl -s http://127.0.0.1:18097/metrics | awk '$1 == "syncgate_access_log_dropped_total" {print $2}')
 echo "sg-file: $(wc -l <"$logs/syncgate.log") lines in its file, ${dropped:-?} dropped"
