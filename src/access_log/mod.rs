@@ -88,6 +88,9 @@ struct Fields {
     bytes_out: u64,
     /// When the response's last byte was handed over; None until then.
     done: Option<Instant>,
+    /// When the proxy had the response's head ready (its own clock reading, reused as the
+    /// completion time of a response whose body came with its head).
+    head_at: Option<Instant>,
 }
 
 /// Bytes a line quotes from the request, copied when short (as a path and an id nearly always
@@ -259,6 +262,7 @@ impl Entry {
                 status: None,
                 bytes_out: 0,
                 done: None,
+                head_at: None,
             })));
         };
         // Field by field: a box from the spares is filled in place, not copied over whole.
@@ -274,6 +278,7 @@ impl Entry {
         f.status = None;
         f.bytes_out = 0;
         f.done = None;
+        f.head_at = None;
         Entry(Some(f))
     }
 
@@ -285,7 +290,16 @@ impl Entry {
         };
         f.status = Some(status);
         if body_done || f.method == Method::HEAD {
-            f.finish();
+            // Complete with its head, microseconds after the proxy read the clock for it.
+            let at = f.head_at.take();
+            f.finish(at);
+        }
+    }
+
+    /// The proxy has the response's head ready at `at`.
+    pub fn head_ready(&mut self, at: Instant) {
+        if let Some(f) = self.0.as_deref_mut() {
+            f.head_at = Some(at);
         }
     }
 
@@ -302,19 +316,20 @@ impl Entry {
                     f.bytes_out = f.bytes_out.saturating_add(data.remaining() as u64);
                 }
                 if end {
-                    f.finish();
+                    f.finish(None);
                 }
             }
-            Poll::Ready(None | Some(Err(_))) => f.finish(),
+            Poll::Ready(None | Some(Err(_))) => f.finish(None),
             Poll::Pending => {}
         }
     }
 }
 
 impl Fields {
-    fn finish(&mut self) {
+    /// The response is complete, at `at` (else now).
+    fn finish(&mut self, at: Option<Instant>) {
         if self.done.is_none() {
-            self.done = Some(Instant::now());
+            self.done = Some(at.unwrap_or_else(Instant::now));
         }
     }
 }

@@ -203,7 +203,10 @@ impl Prepared {
                 error(StatusCode::GATEWAY_TIMEOUT, "upstream timeout", request_id)
             }
         };
-        pool.stats.record(resp.status(), started.elapsed());
+        let now = Instant::now();
+        pool.stats
+            .record(resp.status(), now.saturating_duration_since(started));
+        log.head_ready(now);
         resp
     }
 }
