@@ -12,12 +12,14 @@
 //! too.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -202,26 +204,14 @@ async fn serve<I>(
             } else {
                 access_log::Entry::off()
             };
-            let serving = proxy::serve(&shared, &info, req, arrived, log);
-            let shutdown = http1.then(|| token.clone());
-            // Boxed: hyper keeps room for one request future per HTTP/1.1 connection for as
-            // long as the connection lives, idle or not; a box costs that room only while a
-            // request is in progress.
-            Box::pin(async move {
-                let (mut resp, mut log) = serving.await;
-                if shutdown.is_some_and(|t| t.is_cancelled()) {
-                    // Shutting down: the last response of this HTTP/1.1 connection (hyper
-                    // closes it once written).
-                    resp.headers_mut()
-                        .insert(http::header::CONNECTION, CLOSE.clone());
-                }
-                log.responded(resp.status(), resp.body().is_end_stream());
-                Ok::<_, Infallible>(resp.map(|body| Tracked {
-                    body,
-                    log,
-                    _active: active,
-                }))
-            })
+            Respond {
+                // Boxed: hyper keeps room for one request future per HTTP/1.1 connection for
+                // as long as the connection lives, idle or not; a box costs that room only
+                // while a request is in progress.
+                serving: Box::pin(proxy::serve(&shared, &info, req, arrived, log)),
+                shutdown: http1.then(|| token.clone()),
+                active: Some(active),
+            }
         })
     };
     let watch = Watch {
@@ -337,12 +327,50 @@ impl Watch<'_> {
 
 static CLOSE: http::HeaderValue = http::HeaderValue::from_static("close");
 
+/// One request's future as hyper holds it: the proxy's future, boxed, and what the response
+/// takes along. Written out rather than an `async` block, which would keep the proxy's future
+/// twice (as its capture and as the future it awaits) and copy both into its box: 5.6 KB per
+/// request where the proxy's future is 2.8 KB.
+struct Respond<F> {
+    serving: Pin<Box<F>>,
+    /// The server's token, for an HTTP/1.1 connection (see `serve`).
+    shutdown: Option<CancellationToken>,
+    /// Taken by the response (None only once the future has completed).
+    active: Option<Active>,
+}
+
+impl<F, B> Future for Respond<F>
+where
+    F: Future<Output = (Response<B>, access_log::Entry)>,
+    B: Body,
+{
+    type Output = Result<Response<Tracked<B>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let (mut resp, mut log) = std::task::ready!(this.serving.as_mut().poll(cx));
+        if this.shutdown.as_ref().is_some_and(|t| t.is_cancelled()) {
+            // Shutting down: the last response of this HTTP/1.1 connection (hyper closes it
+            // once written).
+            resp.headers_mut()
+                .insert(http::header::CONNECTION, CLOSE.clone());
+        }
+        log.responded(resp.status(), resp.body().is_end_stream());
+        let active = this.active.take();
+        Poll::Ready(Ok(resp.map(|body| Tracked {
+            body,
+            log,
+            _active: active,
+        })))
+    }
+}
+
 /// A response body that keeps its request in progress until it has been sent (or dropped),
 /// and carries its access log entry, whose line is written when it drops.
 struct Tracked<B> {
     body: B,
     log: access_log::Entry,
-    _active: Active,
+    _active: Option<Active>,
 }
 
 impl<B: Body + Unpin> Body for Tracked<B> {
