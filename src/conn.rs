@@ -58,10 +58,21 @@ pub struct Activity {
     /// Asked to close by a newcomer at `max_connections`.
     reclaimed: AtomicBool,
     reclaim: Notify,
+    /// The server's flag: it is closing its connections (shutdown). Shared by every
+    /// connection; read once per HTTP/1.1 response, so that the last one says
+    /// `Connection: close`.
+    server_draining: Arc<AtomicBool>,
 }
 
 impl Default for Activity {
     fn default() -> Self {
+        Activity::new(Arc::default())
+    }
+}
+
+impl Activity {
+    /// A new connection's activity, under the server's draining flag.
+    pub fn new(server_draining: Arc<AtomicBool>) -> Activity {
         Activity {
             in_flight: AtomicU32::new(0),
             last_ms: AtomicU64::new(now_millis()),
@@ -70,11 +81,10 @@ impl Default for Activity {
             served: AtomicBool::new(false),
             reclaimed: AtomicBool::new(false),
             reclaim: Notify::new(),
+            server_draining,
         }
     }
-}
 
-impl Activity {
     /// Marks one request in progress until the returned value drops; its head is complete.
     pub fn begin(self: &Arc<Self>) -> Active {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -155,6 +165,13 @@ impl Activity {
 /// One request in progress on a connection, until dropped.
 #[derive(Debug)]
 pub struct Active(Arc<Activity>);
+
+impl Active {
+    /// The server is closing its connections.
+    pub fn server_draining(&self) -> bool {
+        self.0.server_draining.load(Ordering::Acquire)
+    }
+}
 
 impl Drop for Active {
     fn drop(&mut self) {

@@ -600,13 +600,22 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
     let proxy = running.proxy_addrs()[0];
     wait_state(&running, "w1", State::Ready).await;
     ws[0].set_delay(Duration::from_millis(700));
-    let slow = tokio::spawn(async move { get(&client(), proxy, 1).await.status });
+    let slow = tokio::spawn(async move {
+        let a = get(&client(), proxy, 1).await;
+        (a.status, a.headers.get("connection").cloned())
+    });
     wait_until(SECS5, "request in flight", || async {
         ws[0].requests() == 1
     })
     .await;
     let shutdown = tokio::spawn(running.shutdown());
-    assert_eq!(slow.await.unwrap(), 200, "in-flight request finished");
+    let (status, connection) = slow.await.unwrap();
+    assert_eq!(status, 200, "in-flight request finished");
+    // The last answer of its HTTP/1.1 connection says so.
+    assert_eq!(
+        connection.as_ref().and_then(|v| v.to_str().ok()),
+        Some("close")
+    );
     tokio::time::timeout(SECS5, shutdown)
         .await
         .unwrap()

@@ -15,6 +15,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -47,6 +48,8 @@ pub(super) struct ConnCx {
     /// hyper's HTTP/2 connection settings.
     pub http2: Arc<http2::Builder<TokioExecutor>>,
     pub token: CancellationToken,
+    /// Set when `token` is cancelled (see `Stop` in the server).
+    pub draining: Arc<AtomicBool>,
     pub registry: Arc<Registry>,
 }
 
@@ -69,7 +72,7 @@ pub(super) async fn serve_client(
     cx: ConnCx,
     limits: Limits,
 ) {
-    let activity = Arc::new(Activity::default());
+    let activity = Arc::new(Activity::new(cx.draining.clone()));
     let _registered = cx.registry.register(activity.clone());
     let _open = cx.shared.metrics.connections.opened();
     let info = ConnInfo::new(peer, acceptor.is_some());
@@ -193,7 +196,7 @@ async fn serve<I>(
 {
     let peer = info.peer;
     let service = {
-        let (activity, shared, token) = (activity.clone(), cx.shared.clone(), cx.token.clone());
+        let (activity, shared) = (activity.clone(), cx.shared.clone());
         service_fn(move |req| {
             // In progress from the call until the response body has been sent.
             let active = activity.begin();
@@ -209,7 +212,7 @@ async fn serve<I>(
                 // as long as the connection lives, idle or not; a box costs that room only
                 // while a request is in progress.
                 serving: Box::pin(proxy::serve(&shared, &info, req, arrived, log)),
-                shutdown: http1.then(|| token.clone()),
+                http1,
                 active: Some(active),
             }
         })
@@ -333,8 +336,8 @@ static CLOSE: http::HeaderValue = http::HeaderValue::from_static("close");
 /// request where the proxy's future is 2.8 KB.
 struct Respond<F> {
     serving: Pin<Box<F>>,
-    /// The server's token, for an HTTP/1.1 connection (see `serve`).
-    shutdown: Option<CancellationToken>,
+    /// On an HTTP/1.1 connection a response sent while the server drains says it is the last.
+    http1: bool,
     /// Taken by the response (None only once the future has completed).
     active: Option<Active>,
 }
@@ -349,7 +352,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let (mut resp, mut log) = std::task::ready!(this.serving.as_mut().poll(cx));
-        if this.shutdown.as_ref().is_some_and(|t| t.is_cancelled()) {
+        if this.http1 && this.active.as_ref().is_some_and(Active::server_draining) {
             // Shutting down: the last response of this HTTP/1.1 connection (hyper closes it
             // once written).
             resp.headers_mut()

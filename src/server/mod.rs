@@ -299,18 +299,23 @@ fn spawn_threads(
 struct Stop {
     accept: CancellationToken,
     drain: CancellationToken,
+    /// Set just before `drain` is cancelled: what a response reads to know it is its
+    /// connection's last (an atomic load; the token's own check takes its lock).
+    draining: Arc<std::sync::atomic::AtomicBool>,
     open_listeners: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Stop {
     fn new(accept: CancellationToken, listeners: usize) -> Stop {
         let drain = CancellationToken::new();
+        let draining = Arc::new(std::sync::atomic::AtomicBool::new(listeners == 0));
         if listeners == 0 {
             drain.cancel();
         }
         Stop {
             accept,
             drain,
+            draining,
             open_listeners: Arc::new(std::sync::atomic::AtomicUsize::new(listeners)),
         }
     }
@@ -319,6 +324,7 @@ impl Stop {
     fn listener_closed(&self) {
         use std::sync::atomic::Ordering;
         if self.open_listeners.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.draining.store(true, Ordering::Release);
             self.drain.cancel();
         }
     }
@@ -367,6 +373,7 @@ async fn thread_main(
             http1: Arc::new(http1_builder()),
             http2: Arc::new(http2_builder()),
             token: stop.drain.clone(),
+            draining: stop.draining.clone(),
             registry: registry.clone(),
         };
         loops.push(tokio::spawn(accept_loop(
