@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use syncgate::demo::SimWorker;
 use syncgate::{Running, State};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -81,6 +82,29 @@ fn push_head(id: &str, body_len: usize) -> String {
          authorization: Bearer key-7\r\ncookie: session=SECRET-COOKIE\r\nx-request-id: {id}\r\n\
          content-length: {body_len}\r\nconnection: close\r\n\r\n"
     )
+}
+
+/// One worker and syncgate logging text to a file in the returned directory.
+async fn one_worker() -> (Vec<SimWorker>, tempfile::TempDir, PathBuf, Running) {
+    let ws = workers(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let cfg = pool_config(&[("w1", ws[0].addr())], "", "");
+    let running = started(&logging_to(&cfg, &log, "text", ""), &["w1"]).await;
+    (ws, dir, log, running)
+}
+
+/// Two workers behind round robin, w1 having lost its keys (its probe still claims them), and
+/// syncgate logging in `format` to a file in the returned directory.
+async fn w1_without_keys(format: &str) -> (Vec<SimWorker>, tempfile::TempDir, PathBuf, Running) {
+    let ws = workers(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let names = named(&ws);
+    let cfg = pool_config(&refs(&names), "balance = \"round_robin\"", "");
+    let running = started(&logging_to(&cfg, &log, format, ""), &["w1", "w2"]).await;
+    ws[0].forget_keys();
+    (ws, dir, log, running)
 }
 
 async fn started(cfg: &str, names: &[&str]) -> Running {
@@ -170,15 +194,8 @@ async fn a_text_line_names_the_request_its_answer_and_the_backend_without_creden
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_json_line_is_one_flat_object_and_names_the_guards_outcome_and_the_replay() {
-    let ws = workers(2).await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("access.json");
-    let names = named(&ws);
-    // Round robin: of two requests, exactly one goes first to w1, which has lost its keys
-    // (its probe still claims them); w2 contradicts its 401.
-    let cfg = pool_config(&refs(&names), "balance = \"round_robin\"", "");
-    let running = started(&logging_to(&cfg, &log, "json", ""), &["w1", "w2"]).await;
-    ws[0].forget_keys();
+    // Of two requests, exactly one goes first to w1; w2 contradicts its 401.
+    let (_ws, _dir, log, running) = w1_without_keys("json").await;
     let proxy = running.proxy_addrs()[0];
     for id in ["j-1", "j-2"] {
         let (_, answer) = exchange(proxy, &push_head(id, 2), b"{}").await;
@@ -290,15 +307,9 @@ async fn syncgates_own_404_and_503_are_logged_without_a_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_503_in_place_of_an_unconfirmed_answer_names_the_guard_and_no_backend() {
-    let ws = workers(2).await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("access.log");
-    let names = named(&ws);
-    // w1 has lost its keys; a request sent to it first gets its 401, replayed on w2, whose
-    // 500 is no opinion: the 401 stays unconfirmed, and the client gets syncgate's 503.
-    let cfg = pool_config(&refs(&names), "balance = \"round_robin\"", "");
-    let running = started(&logging_to(&cfg, &log, "text", ""), &["w1", "w2"]).await;
-    ws[0].forget_keys();
+    // A request sent to w1 first gets its 401, replayed on w2, whose 500 is no opinion: the
+    // 401 stays unconfirmed, and the client gets syncgate's 503.
+    let (ws, _dir, log, running) = w1_without_keys("text").await;
     ws[1].set_status_override(Some(500));
     let proxy = running.proxy_addrs()[0];
     let mut replaced = None;
@@ -322,11 +333,7 @@ async fn a_503_in_place_of_an_unconfirmed_answer_names_the_guard_and_no_backend(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_before_its_answer_is_logged_as_aborted() {
-    let ws = workers(1).await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("access.log");
-    let cfg = pool_config(&[("w1", ws[0].addr())], "", "");
-    let running = started(&logging_to(&cfg, &log, "text", ""), &["w1"]).await;
+    let (ws, _dir, log, running) = one_worker().await;
     ws[0].set_delay(Duration::from_secs(1));
     let mut leaving = TcpStream::connect(running.proxy_addrs()[0]).await.unwrap();
     leaving
@@ -356,11 +363,7 @@ async fn a_client_that_leaves_before_its_answer_is_logged_as_aborted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reopen_after_logrotate_renamed_the_file_writes_to_a_new_one() {
-    let ws = workers(1).await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("access.log");
-    let cfg = pool_config(&[("w1", ws[0].addr())], "", "");
-    let running = started(&logging_to(&cfg, &log, "text", ""), &["w1"]).await;
+    let (_ws, dir, log, running) = one_worker().await;
     let proxy = running.proxy_addrs()[0];
     exchange(proxy, &push_head("r-1", 0), b"").await;
     line_of(&log, "r-1").await;
@@ -468,11 +471,7 @@ async fn admin_metrics(admin: SocketAddr) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_writes_every_line_still_buffered() {
-    let ws = workers(1).await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("access.log");
-    let cfg = pool_config(&[("w1", ws[0].addr())], "", "");
-    let running = started(&logging_to(&cfg, &log, "text", ""), &["w1"]).await;
+    let (_ws, _dir, log, running) = one_worker().await;
     let proxy = running.proxy_addrs()[0];
     let c = client();
     for _ in 0..50 {
