@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::{CertificateDer, ServerName};
+use syncgate::demo::SimWorker;
 use syncgate::Config;
 use syncgate::State;
 use tokio::net::TcpStream;
@@ -206,6 +207,23 @@ async fn tls_front(worker: SocketAddr, cert_pem: &str, key_pem: &str, slow: bool
     addr
 }
 
+/// A worker reached through a TLS front ([`tls_front`]) whose certificate names
+/// `worker.internal`, and a directory holding that certificate as `workers-ca.pem`.
+async fn tls_worker(slow: bool) -> (Vec<SimWorker>, SocketAddr, tempfile::TempDir) {
+    let ws = workers(1).await;
+    let ck = rcgen::generate_simple_self_signed(vec!["worker.internal".to_string()]).unwrap();
+    let front = tls_front(
+        ws[0].addr(),
+        &ck.cert.pem(),
+        &ck.key_pair.serialize_pem(),
+        slow,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("workers-ca.pem"), ck.cert.pem()).unwrap();
+    (ws, front, dir)
+}
+
 /// `config` with an `[pools.push.upstream_tls]` section trusting `workers-ca.pem` and
 /// expecting `server_name`.
 fn with_upstream_tls(config: String, server_name: &str) -> String {
@@ -217,17 +235,7 @@ fn with_upstream_tls(config: String, server_name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_are_probed_and_reached_over_tls() {
-    let ws = workers(1).await;
-    let ck = rcgen::generate_simple_self_signed(vec!["worker.internal".to_string()]).unwrap();
-    let front = tls_front(
-        ws[0].addr(),
-        &ck.cert.pem(),
-        &ck.key_pair.serialize_pem(),
-        false,
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("workers-ca.pem"), ck.cert.pem()).unwrap();
+    let (ws, front, dir) = tls_worker(false).await;
     let text =
         |server_name: &str| with_upstream_tls(pool_config(&[("w1", front)], "", ""), server_name);
     let path = dir.path().join("syncgate.toml");
@@ -276,17 +284,7 @@ async fn a_large_body_reaches_a_slow_tls_worker_whole() {
     // tokio-rustls takes bytes it cannot write yet; the last of them go out only with a flush
     // (`upstream/conn.rs` flushes once the request is written). Bodies buffered whole and
     // streamed, through a worker that reads slowly behind a small window.
-    let ws = workers(1).await;
-    let ck = rcgen::generate_simple_self_signed(vec!["worker.internal".to_string()]).unwrap();
-    let front = tls_front(
-        ws[0].addr(),
-        &ck.cert.pem(),
-        &ck.key_pair.serialize_pem(),
-        true,
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("workers-ca.pem"), ck.cert.pem()).unwrap();
+    let (_ws, front, dir) = tls_worker(true).await;
     // Probes that tolerate a proxy thread busy encrypting megabytes (a debug build is slow):
     // this test is about the body, not about ejection.
     let text = with_upstream_tls(

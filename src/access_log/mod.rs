@@ -52,9 +52,9 @@ const CLIENT_CLOSED: u16 = 499;
 /// One request's line in the making, written when it drops.
 ///
 /// Boxed: it moves with the request's future and then with its response body, a pointer in
-/// place of some 400 bytes; while the log is off it is `None`. The box is taken from the thread's spares
-/// ([`SPARES`]) and goes back there once its line is written: with many requests in flight
-/// `malloc` would otherwise leave its fast per-thread cache for every one.
+/// place of some 400 bytes; while the log is off it is `None`. The box is taken from the
+/// thread's spares ([`SPARES`]) and goes back there once its line is written: with many
+/// requests in flight `malloc` would otherwise leave its fast per-thread cache for every one.
 #[derive(Debug)]
 pub struct Entry(Option<Box<Fields>>);
 
@@ -178,6 +178,13 @@ impl<T> Quoted<T> {
 }
 
 impl Entry {
+    /// Applies `f` to the fields, while the log is on.
+    fn record(&mut self, f: impl FnOnce(&mut Fields)) {
+        if let Some(fields) = self.0.as_deref_mut() {
+            f(fields);
+        }
+    }
+
     /// The entry of a request while the log is off: records nothing, writes nothing.
     pub fn off() -> Entry {
         Entry(None)
@@ -185,16 +192,12 @@ impl Entry {
 
     /// The request's `x-request-id`: the client's, or the one the proxy generated.
     pub fn request_id(&mut self, id: &HeaderValue) {
-        if let Some(f) = self.0.as_deref_mut() {
-            f.request_id = Some(Quoted::new(id.as_bytes(), || id.clone()));
-        }
+        self.record(|f| f.request_id = Some(Quoted::new(id.as_bytes(), || id.clone())));
     }
 
     /// `n` body bytes were read from the client.
     pub fn body_read(&mut self, n: usize) {
-        if let Some(f) = self.0.as_deref_mut() {
-            f.body_read = f.body_read.saturating_add(n as u64);
-        }
+        self.record(|f| f.body_read = f.body_read.saturating_add(n as u64));
     }
 
     /// A counter of the body bytes that stream upstream from here on (a body too large to
@@ -206,32 +209,24 @@ impl Entry {
 
     /// The request is sent to a backend (again).
     pub fn attempt(&mut self) {
-        if let Some(f) = self.0.as_deref_mut() {
-            f.attempts = f.attempts.saturating_add(1);
-        }
+        self.record(|f| f.attempts = f.attempts.saturating_add(1));
     }
 
     /// `backend`'s answer, whose head came `took` after the request was sent, is the one the
     /// client gets unless a later answer or syncgate's own replaces it.
     pub fn answered(&mut self, backend: &Arc<Backend>, took: Duration) {
-        if let Some(f) = self.0.as_deref_mut() {
-            f.answer = Some((Names::of(backend), took));
-        }
+        self.record(|f| f.answer = Some((Names::of(backend), took)));
     }
 
     /// syncgate answers the client itself (a `504`, a `503` in place of an unconfirmed
     /// answer): no backend's answer reaches it.
     pub fn local_answer(&mut self) {
-        if let Some(f) = self.0.as_deref_mut() {
-            f.answer = None;
-        }
+        self.record(|f| f.answer = None);
     }
 
     /// The guard's outcome for a guarded answer.
     pub fn guard(&mut self, outcome: GuardOutcome) {
-        if let Some(f) = self.0.as_deref_mut() {
-            f.guard = Some(outcome);
-        }
+        self.record(|f| f.guard = Some(outcome));
     }
 
     /// Begins the line of `req`, from `client`, which arrived at `started`.
@@ -298,9 +293,7 @@ impl Entry {
 
     /// The proxy has the response's head ready at `at`.
     pub fn head_ready(&mut self, at: Instant) {
-        if let Some(f) = self.0.as_deref_mut() {
-            f.head_at = Some(at);
-        }
+        self.record(|f| f.head_at = Some(at));
     }
 
     /// Counts what one poll of the response body gave (`end`: the body says it is complete).
