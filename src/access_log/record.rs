@@ -1,259 +1,432 @@
-//! A [`Line`] as the proxy threads hand it to the writer: a compact binary record, pure.
+//! A [`Record`]: what one line says, as the request fills it in while it runs.
 //!
-//! Why not text: formatting takes a thousand-odd instructions of its own code per line, and
-//! run once per request between the proxy's own code it evicts that code from the
-//! instruction cache; the request then pays several times the formatting's own cost. A
-//! record is a few fixed-size stores and three short copies. The writer thread decodes and
-//! formats whole batches at once, its formatting code warm for every line of a batch.
-//!
-//! Layout, little-endian: `u16` record length; `u64` time (µs since the Unix epoch),
-//! duration (µs), upstream duration (µs, `u64::MAX` when absent), body bytes in, body bytes
-//! out; `u32` retries; `u16` status; `u8` version, guard (0: none, else 1 + its index in
-//! [`GuardOutcome::ALL`]), flags (1: aborted, 2: has a request id, 4: has a backend), address
-//! family (4 or 6); 16 bytes of address; `u16` port; then the method, the path, the request
-//! id, the pool and the backend, each as a `u16` length and its bytes (cut at `u16::MAX`).
+//! The record's box itself is what travels: a request takes a box its thread has been given
+//! back, fills it in place, and at its end pushes the pointer onto its thread's batch; the
+//! writer thread reads the record, formats its [`Line`], lets go of what it held, and hands
+//! the boxes of the batch back for reuse ([`super::sink`]). No record is encoded, copied or
+//! decoded: what the request's thread pays for a line is the fields it writes and one push.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use http::Version;
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Method, Uri, Version};
 
 use super::format::Line;
+use crate::backend::Backend;
 use crate::metrics::GuardOutcome;
 
-const ABORTED: u8 = 1;
-const HAS_ID: u8 = 2;
-const HAS_BACKEND: u8 = 4;
-const NO_UPSTREAM: u64 = u64::MAX;
+/// The status logged for a request whose client went away before any answer: nginx's 499.
+const CLIENT_CLOSED: u16 = 499;
 
-/// Bytes of a record before its texts.
-const FIXED: usize = 2 + 5 * 8 + 4 + 2 + 4 + 16 + 2;
+/// One request's line in the making.
+///
+/// Every field a request writes is `Copy`: a store into the box, never a read of what the box
+/// held before. A box comes back from the writer long out of the cache, and a store to a line
+/// not in cache waits in the store buffer while the request goes on, where a read (to drop
+/// the old value) would stall it. What must be kept by reference (a path, an id or a method
+/// too long to copy, a backend with long names, a streaming counter) goes in [`Held`], which
+/// is written only then, and emptied by the writer.
+#[derive(Debug)]
+pub(super) struct Record {
+    pub(super) started: Instant,
+    pub(super) client: SocketAddr,
+    method: Short<METHOD>,
+    /// The path without its query string, which is never written (push APIs carry keys there).
+    path: Short<SHORT>,
+    pub(super) version: Version,
+    request_id: Option<Short<SHORT>>,
+    /// The backend whose answer the client gets, and how long its answer's head took.
+    answer: Option<(Names, Duration)>,
+    pub(super) guard: Option<GuardOutcome>,
+    /// Requests sent upstream: the first, connect retries, second-opinion replays.
+    pub(super) attempts: u32,
+    /// Body bytes read from the client (buffered; streamed ones are added at the end).
+    pub(super) body_read: u64,
+    /// The status sent, once the response began.
+    pub(super) status: Option<u16>,
+    pub(super) bytes_out: u64,
+    /// When the response's last byte was handed over (or the client went away); None until
+    /// then.
+    pub(super) done: Option<Instant>,
+    /// When the proxy had the response's head ready (its own clock reading, reused as the
+    /// completion time of a response whose body came with its head).
+    pub(super) head_at: Option<Instant>,
+    /// The client went away before the response was complete.
+    pub(super) aborted: bool,
+    /// Boxed apart: a record with nothing held (nearly all) is smaller by its size.
+    held: Option<Box<Held>>,
+}
 
-/// Appends `line` as one record.
-pub(super) fn encode(out: &mut Vec<u8>, line: &Line<'_>) {
-    let upstream = line
-        .upstream
-        .map_or(NO_UPSTREAM, |d| micros(d).min(NO_UPSTREAM - 1));
-    let guard = line.guard.map_or(0, |g| {
-        GuardOutcome::ALL
-            .iter()
-            .position(|x| *x == g)
-            .map_or(0, |i| i as u8 + 1)
-    });
-    let flags = (u8::from(line.aborted) * ABORTED)
-        | (u8::from(line.request_id.is_some()) * HAS_ID)
-        | (u8::from(line.backend.is_some()) * HAS_BACKEND);
-    let (family, ip) = match line.client.ip() {
-        IpAddr::V4(v4) => (4, v4.to_ipv6_mapped().octets()),
-        IpAddr::V6(v6) => (6, v6.octets()),
+/// What a record keeps by reference, in the rare case it does.
+#[derive(Debug, Default)]
+struct Held {
+    method: Option<Method>,
+    path: Option<PathAndQuery>,
+    request_id: Option<HeaderValue>,
+    backend: Option<Arc<Backend>>,
+    /// Body bytes streamed upstream (a body too large to buffer), counted as they go.
+    streamed: Option<Arc<AtomicU64>>,
+}
+
+/// Bytes a line quotes, copied: up to `N` of them, else (`len` = [`IN_HELD`]) kept in
+/// [`Held`].
+#[derive(Debug, Clone, Copy)]
+struct Short<const N: usize> {
+    len: u8,
+    bytes: [u8; N],
+}
+
+/// The length of a [`Short`] whose bytes are in [`Held`].
+const IN_HELD: u8 = u8::MAX;
+/// The longest path or id copied: a path, a UUID or a generated id fit.
+const SHORT: usize = 48;
+/// The longest method copied: every standard one fits.
+const METHOD: usize = 7;
+
+impl<const N: usize> Short<N> {
+    const EMPTY: Short<N> = Short {
+        len: 0,
+        bytes: [0; N],
     };
-    let (pool, backend) = line.backend.unwrap_or_default();
-    let texts = [
-        line.method,
-        line.path,
-        line.request_id.unwrap_or_default(),
-        pool,
-        backend,
-    ]
-    .map(|t| &t[..t.len().min(usize::from(u16::MAX))]);
-    let len = FIXED + texts.iter().map(|t| 2 + t.len()).sum::<usize>();
-    // The fixed part is put together on the stack and appended at once.
-    let mut fixed = [0u8; FIXED];
-    let mut at = 0;
-    for part in [
-        // A record longer than `u16::MAX` cannot happen (a request head is at most 64 KiB);
-        // its length would then read 0, and the writer stop at it rather than misread.
-        &u16::try_from(len).unwrap_or(0).to_le_bytes()[..],
-        &micros(line.time).to_le_bytes(),
-        &micros(line.duration).to_le_bytes(),
-        &upstream.to_le_bytes(),
-        &line.bytes_in.to_le_bytes(),
-        &line.bytes_out.to_le_bytes(),
-        &line.retries.to_le_bytes(),
-        &line.status.to_le_bytes(),
-        &[version_code(line.version), guard, flags, family],
-        &ip,
-        &line.client.port().to_le_bytes(),
-    ] {
-        fixed[at..at + part.len()].copy_from_slice(part);
-        at += part.len();
-    }
-    out.reserve(len);
-    out.extend_from_slice(&fixed);
-    for t in texts {
-        out.extend_from_slice(&(t.len() as u16).to_le_bytes());
-        out.extend_from_slice(t);
-    }
-}
 
-/// The first record of `bytes`, and the bytes after it; None at the end, or at a record
-/// that does not decode (the rest of the batch is then let go).
-pub(super) fn decode(bytes: &[u8]) -> Option<(Line<'_>, &[u8])> {
-    let len = usize::from(u16::from_le_bytes(bytes.get(..2)?.try_into().ok()?));
-    let (record, rest) = (bytes.get(..len)?, bytes.get(len..)?);
-    let mut r = Reader(record.get(2..)?);
-    let time = Duration::from_micros(r.u64()?);
-    let duration = Duration::from_micros(r.u64()?);
-    let upstream = Some(r.u64()?)
-        .filter(|u| *u != NO_UPSTREAM)
-        .map(Duration::from_micros);
-    let bytes_in = r.u64()?;
-    let bytes_out = r.u64()?;
-    let retries = u32::from_le_bytes(r.take(4)?.try_into().ok()?);
-    let status = u16::from_le_bytes(r.take(2)?.try_into().ok()?);
-    let [version, guard, flags, family] = r.take(4)?.try_into().ok()?;
-    let ip: [u8; 16] = r.take(16)?.try_into().ok()?;
-    let port = u16::from_le_bytes(r.take(2)?.try_into().ok()?);
-    let ip = match family {
-        4 => IpAddr::V4(
-            Ipv6Addr::from(ip)
-                .to_ipv4_mapped()
-                .unwrap_or(Ipv4Addr::UNSPECIFIED),
-        ),
-        _ => IpAddr::V6(Ipv6Addr::from(ip)),
+    /// `bytes` copied, if they fit.
+    fn of(bytes: &[u8]) -> Option<Short<N>> {
+        match u8::try_from(bytes.len()) {
+            Ok(len) if bytes.len() <= N && len != IN_HELD => {
+                let mut short = Short::EMPTY;
+                short.len = len;
+                short.bytes[..bytes.len()].copy_from_slice(bytes);
+                Some(short)
+            }
+            _ => None,
+        }
+    }
+
+    /// The bytes copied; `held` when they are kept there.
+    fn get<'a>(&'a self, held: impl FnOnce() -> &'a [u8]) -> &'a [u8] {
+        match self.len {
+            IN_HELD => held(),
+            len => &self.bytes[..usize::from(len)],
+        }
+    }
+
+    const HELD: Short<N> = Short {
+        len: IN_HELD,
+        bytes: [0; N],
     };
-    let method = r.text()?;
-    let path = r.text()?;
-    let request_id = r.text()?;
-    let pool = r.text()?;
-    let backend = r.text()?;
-    let line = Line {
-        time,
-        client: SocketAddr::new(ip, port),
-        method,
-        path,
-        version: version_of(version),
-        status,
-        bytes_in,
-        bytes_out,
-        duration,
-        upstream,
-        backend: (flags & HAS_BACKEND != 0).then_some((pool, backend)),
-        guard: usize::from(guard)
-            .checked_sub(1)
-            .and_then(|i| GuardOutcome::ALL.get(i).copied()),
-        retries,
-        request_id: (flags & HAS_ID != 0).then_some(request_id),
-        aborted: flags & ABORTED != 0,
-    };
-    Some((line, rest))
 }
 
-/// Microseconds, saturated.
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+/// The pool and backend names of an answer: copied when they fit [`NAMES`] bytes together (a
+/// config's names nearly always do), else the backend is kept in [`Held`]. Not an `Arc` clone
+/// per request: the backend's reference count is a locked read-modify-write on a line other
+/// threads write.
+#[derive(Debug, Clone, Copy)]
+struct Names {
+    /// [`IN_HELD`]: the names are the held backend's.
+    pool: u8,
+    backend: u8,
+    bytes: [u8; NAMES],
 }
 
-fn version_code(v: Version) -> u8 {
-    match v {
-        Version::HTTP_09 => 0,
-        Version::HTTP_10 => 1,
-        Version::HTTP_11 => 2,
-        Version::HTTP_2 => 3,
-        Version::HTTP_3 => 4,
-        _ => 255,
+/// The longest pool and backend names, together, that [`Names`] copies.
+const NAMES: usize = 64;
+
+impl Record {
+    /// A record of a request from `client` that arrived at `started`, its line still to be
+    /// filled in.
+    pub(super) fn new(
+        started: Instant,
+        client: SocketAddr,
+        method: &Method,
+        uri: &Uri,
+        version: Version,
+    ) -> Record {
+        let mut r = Record {
+            started,
+            client,
+            method: Short::EMPTY,
+            path: Short::EMPTY,
+            version,
+            request_id: None,
+            answer: None,
+            guard: None,
+            attempts: 0,
+            body_read: 0,
+            status: None,
+            bytes_out: 0,
+            done: None,
+            head_at: None,
+            aborted: false,
+            held: None,
+        };
+        r.quote(method, uri);
+        r
+    }
+
+    /// Fills a box given back (its [`Held`] emptied by [`Record::release`]) for a new request,
+    /// field by field: stores only.
+    pub(super) fn refill(
+        &mut self,
+        started: Instant,
+        client: SocketAddr,
+        method: &Method,
+        uri: &Uri,
+        version: Version,
+    ) {
+        self.started = started;
+        self.client = client;
+        self.version = version;
+        self.request_id = None;
+        self.answer = None;
+        self.guard = None;
+        self.attempts = 0;
+        self.body_read = 0;
+        self.status = None;
+        self.bytes_out = 0;
+        self.done = None;
+        self.head_at = None;
+        self.aborted = false;
+        self.quote(method, uri);
+    }
+
+    fn quote(&mut self, method: &Method, uri: &Uri) {
+        self.method = Short::of(method.as_str().as_bytes()).unwrap_or_else(|| {
+            self.held().method = Some(method.clone());
+            Short::HELD
+        });
+        self.path = Short::of(uri.path().as_bytes()).unwrap_or_else(|| {
+            self.held().path = Some(
+                uri.path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("")),
+            );
+            Short::HELD
+        });
+    }
+
+    pub(super) fn is_head(&self) -> bool {
+        self.method().eq(b"HEAD")
+    }
+
+    fn method(&self) -> &[u8] {
+        self.method.get(|| {
+            self.held
+                .as_ref()
+                .and_then(|h| h.method.as_ref())
+                .map_or(&b""[..], |m| m.as_str().as_bytes())
+        })
+    }
+
+    /// The request's `x-request-id`.
+    pub(super) fn request_id(&mut self, id: &HeaderValue) {
+        self.request_id = Some(Short::of(id.as_bytes()).unwrap_or_else(|| {
+            self.held().request_id = Some(id.clone());
+            Short::HELD
+        }));
+    }
+
+    /// `backend`'s answer, whose head came `took` after the request was sent.
+    pub(super) fn answered(&mut self, backend: &Arc<Backend>, took: Duration) {
+        let (pool, name) = (backend.pool.as_bytes(), backend.name.as_bytes());
+        let names = match (u8::try_from(pool.len()), u8::try_from(name.len())) {
+            (Ok(p), Ok(b)) if pool.len() + name.len() <= NAMES => {
+                let mut bytes = [0; NAMES];
+                bytes[..pool.len()].copy_from_slice(pool);
+                bytes[pool.len()..pool.len() + name.len()].copy_from_slice(name);
+                Names {
+                    pool: p,
+                    backend: b,
+                    bytes,
+                }
+            }
+            _ => {
+                self.held().backend = Some(backend.clone());
+                Names {
+                    pool: IN_HELD,
+                    backend: 0,
+                    bytes: [0; NAMES],
+                }
+            }
+        };
+        self.answer = Some((names, took));
+    }
+
+    /// No backend's answer reaches the client.
+    pub(super) fn local_answer(&mut self) {
+        self.answer = None;
+    }
+
+    /// A counter of the body bytes streamed upstream.
+    pub(super) fn streamed(&mut self) -> Arc<AtomicU64> {
+        self.held()
+            .streamed
+            .get_or_insert_with(Arc::default)
+            .clone()
+    }
+
+    /// `(pool, backend)` of the answer.
+    fn names(&self) -> Option<(&[u8], &[u8])> {
+        let (names, _) = self.answer.as_ref()?;
+        if names.pool == IN_HELD {
+            let b = self.held.as_ref()?.backend.as_ref()?;
+            return Some((b.pool.as_bytes(), b.name.as_bytes()));
+        }
+        let (p, b) = (usize::from(names.pool), usize::from(names.backend));
+        Some((&names.bytes[..p], &names.bytes[p..p + b]))
+    }
+
+    /// The response is complete, at `at` (else now).
+    pub(super) fn finish(&mut self, at: Option<Instant>) {
+        if self.done.is_none() {
+            self.done = Some(at.unwrap_or_else(Instant::now));
+        }
+    }
+
+    /// The request's part is over: complete (else aborted, now), and the bytes streamed
+    /// upstream counted in. What is left is for the writer to read.
+    pub(super) fn close(&mut self) {
+        if self.done.is_none() {
+            self.aborted = true;
+            self.done = Some(Instant::now());
+        }
+        if let Some(streamed) = self.held.as_mut().and_then(|h| h.streamed.take()) {
+            let n = streamed.load(Ordering::Relaxed);
+            self.body_read = self.body_read.saturating_add(n);
+        }
+    }
+
+    /// The line, at `time` (the wall-clock time of [`Record::done`], since the Unix epoch).
+    pub(super) fn line(&self, time: Duration) -> Line<'_> {
+        let end = self.done.unwrap_or(self.started);
+        Line {
+            time,
+            client: self.client,
+            method: self.method(),
+            path: self.path.get(|| {
+                self.held
+                    .as_ref()
+                    .and_then(|h| h.path.as_ref())
+                    .map_or(&b""[..], |p| p.path().as_bytes())
+            }),
+            version: self.version,
+            status: self.status.unwrap_or(CLIENT_CLOSED),
+            bytes_in: self.body_read,
+            bytes_out: self.bytes_out,
+            duration: end.saturating_duration_since(self.started),
+            upstream: self.answer.as_ref().map(|a| a.1),
+            backend: self.names(),
+            guard: self.guard,
+            retries: self.attempts.saturating_sub(1),
+            request_id: self.request_id.as_ref().map(|id| {
+                id.get(|| {
+                    self.held
+                        .as_ref()
+                        .and_then(|h| h.request_id.as_ref())
+                        .map_or(&b""[..], HeaderValue::as_bytes)
+                })
+            }),
+            aborted: self.aborted,
+        }
+    }
+
+    fn held(&mut self) -> &mut Held {
+        self.held.get_or_insert_with(Box::default)
+    }
+
+    /// Lets go of what the record holds beyond itself, once its line is written: a box kept
+    /// for reuse holds nothing.
+    pub(super) fn release(&mut self) {
+        self.held = None;
     }
 }
 
-fn version_of(code: u8) -> Version {
-    match code {
-        0 => Version::HTTP_09,
-        1 => Version::HTTP_10,
-        3 => Version::HTTP_2,
-        4 => Version::HTTP_3,
-        _ => Version::HTTP_11,
-    }
-}
-
-/// Reads a record's fields in order; None past its end.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
-        self.0 = rest;
-        Some(head)
-    }
-
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-
-    fn text(&mut self) -> Option<&'a [u8]> {
-        let len = u16::from_le_bytes(self.take(2)?.try_into().ok()?);
-        self.take(usize::from(len))
-    }
+#[cfg(test)]
+pub(super) fn sample() -> Box<Record> {
+    let mut r = Record::new(
+        Instant::now(),
+        "127.0.0.1:1".parse().expect("addr"),
+        &Method::GET,
+        &Uri::from_static("/"),
+        Version::HTTP_11,
+    );
+    r.status = Some(200);
+    r.done = Some(r.started);
+    Box::new(r)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn sample() -> Line<'static> {
-        Line {
-            time: Duration::from_micros(1_767_323_045_678_901),
-            client: "10.0.0.7:51234".parse().expect("addr"),
-            method: b"POST",
-            path: b"/v1/batch",
-            version: Version::HTTP_2,
-            status: 503,
-            bytes_in: 1532,
-            bytes_out: 17,
-            duration: Duration::from_micros(2841),
-            upstream: Some(Duration::from_micros(2511)),
-            backend: Some((b"push", b"worker-1")),
-            guard: Some(GuardOutcome::AcceptedAtGeneration),
-            retries: 3,
-            request_id: Some(b"4bf92f35"),
-            aborted: true,
-        }
-    }
-
-    fn same(a: &Line<'_>, b: &Line<'_>) {
-        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    fn backend(pool: &str, name: &str) -> Arc<Backend> {
+        Arc::new(Backend::new(
+            pool,
+            name,
+            "127.0.0.1:9".parse().expect("addr"),
+            1,
+        ))
     }
 
     #[test]
-    fn every_field_comes_back_as_it_went_in() {
-        let mut lines = vec![sample()];
-        lines.push(Line {
-            client: "[2001:db8::1]:443".parse().expect("addr"),
-            upstream: None,
-            backend: None,
-            guard: None,
-            request_id: None,
-            aborted: false,
-            path: b"",
-            version: Version::HTTP_10,
-            ..sample()
-        });
-        lines.push(Line {
-            guard: Some(GuardOutcome::Replayed),
-            request_id: Some(b""),
-            ..sample()
-        });
-        let mut bytes = Vec::new();
-        for l in &lines {
-            encode(&mut bytes, l);
-        }
-        let mut rest = &bytes[..];
-        for l in &lines {
-            let (back, after) = decode(rest).expect("a record");
-            same(&back, l);
-            rest = after;
-        }
-        assert!(rest.is_empty() && decode(rest).is_none());
+    fn short_names_are_copied_and_long_ones_keep_the_backend() {
+        let mut r = *sample();
+        let b = backend("push", "w1");
+        r.answered(&b, Duration::from_millis(1));
+        assert_eq!(r.names(), Some((&b"push"[..], &b"w1"[..])));
+        assert_eq!(Arc::strong_count(&b), 1, "no reference kept");
+
+        // Exactly NAMES bytes still fit; one more does not.
+        let pool = "p".repeat(NAMES - 10);
+        let fits = backend(&pool, &"b".repeat(10));
+        r.answered(&fits, Duration::ZERO);
+        assert_eq!(Arc::strong_count(&fits), 1);
+        let long = backend(&pool, &"b".repeat(11));
+        r.answered(&long, Duration::ZERO);
+        assert_eq!(
+            r.names(),
+            Some((pool.as_bytes(), "b".repeat(11).as_bytes()))
+        );
+        assert_eq!(Arc::strong_count(&long), 2);
+        r.release();
+        assert_eq!(Arc::strong_count(&long), 1, "let go once written");
     }
 
     #[test]
-    fn a_truncated_batch_stops_at_the_broken_record() {
-        let mut bytes = Vec::new();
-        encode(&mut bytes, &sample());
-        let one = bytes.len();
-        encode(&mut bytes, &sample());
-        assert!(decode(&bytes[one..bytes.len() - 1]).is_none());
-        assert!(decode(&bytes[..1]).is_none());
-        let (_, rest) = decode(&bytes).expect("the first");
-        assert_eq!(rest.len(), one);
+    fn long_texts_are_kept_until_written_and_a_refilled_box_holds_nothing_of_before() {
+        let long_path = format!("/{}", "a".repeat(SHORT));
+        let uri = Uri::try_from(format!("{long_path}?key=secret")).expect("uri");
+        let method = Method::from_bytes(b"PROPFIND2").expect("method");
+        let long_id = HeaderValue::from_str(&"i".repeat(SHORT + 1)).expect("id");
+        let mut r = Record::new(
+            Instant::now(),
+            "127.0.0.1:1".parse().expect("addr"),
+            &method,
+            &uri,
+            Version::HTTP_11,
+        );
+        r.request_id(&long_id);
+        r.close();
+        let line = r.line(Duration::ZERO);
+        assert_eq!(line.path, long_path.as_bytes(), "no query string");
+        assert_eq!(line.method, b"PROPFIND2");
+        assert_eq!(line.request_id, Some(long_id.as_bytes()));
+        assert!(line.aborted && line.status == CLIENT_CLOSED);
+
+        r.release();
+        r.refill(
+            Instant::now(),
+            "127.0.0.1:2".parse().expect("addr"),
+            &Method::HEAD,
+            &Uri::from_static("/x?k=v"),
+            Version::HTTP_2,
+        );
+        assert!(r.is_head());
+        let line = r.line(Duration::ZERO);
+        assert_eq!((line.method, line.path), (&b"HEAD"[..], &b"/x"[..]));
+        assert_eq!((line.request_id, line.backend), (None, None));
+        assert!(!line.aborted);
     }
 }
