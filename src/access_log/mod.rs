@@ -150,12 +150,17 @@ impl Entry {
                 if let Some(data) = frame.data_ref() {
                     f.bytes_out = f.bytes_out.saturating_add(data.remaining() as u64);
                 }
+                // The proxy's clock reading for the head is kept while the body has given
+                // all it was asked for at once: a body that ends in its first frame (as a
+                // small answer read with its head does) completes microseconds after its
+                // head, and costs no clock reading of its own.
+                let head_at = f.head_at.take();
                 if end {
-                    f.finish(None);
+                    f.finish(head_at);
                 }
             }
             Poll::Ready(None | Some(Err(_))) => f.finish(None),
-            Poll::Pending => {}
+            Poll::Pending => f.head_at = None,
         }
     }
 }
@@ -166,5 +171,55 @@ impl Drop for Entry {
             record.close();
             sink::emit(record);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn entry(head_at: Instant) -> Entry {
+        let mut e = Entry::begin(
+            &Request::new(()),
+            "127.0.0.1:1".parse().expect("addr"),
+            head_at,
+        );
+        e.head_ready(head_at);
+        e.responded(StatusCode::OK, false);
+        e
+    }
+
+    fn data(n: usize) -> Poll<Option<Result<Frame<Bytes>, ()>>> {
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; n])))))
+    }
+
+    fn done(e: &Entry) -> Option<Instant> {
+        e.0.as_ref().and_then(|r| r.done)
+    }
+
+    #[test]
+    fn a_body_ending_in_its_first_frame_completes_at_its_heads_time_and_any_other_when_it_ends() {
+        // A second ago: a completion read from the clock is told from it.
+        let head = Instant::now()
+            .checked_sub(Duration::from_secs(1))
+            .expect("an instant a second ago");
+
+        let mut whole = entry(head);
+        whole.sent(&data(2), true);
+        assert_eq!(done(&whole), Some(head));
+
+        let mut waited = entry(head);
+        waited.sent(&Poll::<Option<Result<Frame<Bytes>, ()>>>::Pending, false);
+        waited.sent(&data(2), true);
+        assert!(done(&waited).is_some_and(|d| d >= head + Duration::from_secs(1)));
+
+        let mut two_frames = entry(head);
+        two_frames.sent(&data(2), false);
+        assert_eq!(done(&two_frames), None);
+        two_frames.sent(&data(2), true);
+        assert!(done(&two_frames).is_some_and(|d| d >= head + Duration::from_secs(1)));
+        assert_eq!(two_frames.0.as_ref().map(|r| r.bytes_out), Some(4));
     }
 }

@@ -52,7 +52,8 @@ pub(super) struct Record {
     /// then.
     pub(super) done: Option<Instant>,
     /// When the proxy had the response's head ready (its own clock reading, reused as the
-    /// completion time of a response whose body came with its head).
+    /// completion time of a response whose body came with its head, or ended in its first
+    /// frame).
     pub(super) head_at: Option<Instant>,
     /// The client went away before the response was complete.
     pub(super) aborted: bool,
