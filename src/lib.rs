@@ -21,7 +21,7 @@
 //! - state: `backend`, identity + shared atomic state + the one readiness predicate
 //!   ([`Backend::is_routable`]); `body`, the request body on its way upstream;
 //!   `access_log`, one line per request (an entry the server begins and the proxy
-//!   fills in as it goes, per-thread buffers, a writer thread).
+//!   fills in as it goes, per-thread batches, a writer thread).
 //! - selection: `balance`, p2c, smooth weighted round robin and consistent hashing, generic
 //!   over what it selects ([`Balancer`]), no I/O, no config types.
 //! - upstream: per-thread pooled HTTP/1.1 connections (plain or TLS) to the workers.

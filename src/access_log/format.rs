@@ -34,7 +34,7 @@ pub(super) struct Line<'a> {
     pub bytes_in: u64,
     /// Response body bytes handed to the client's connection.
     pub bytes_out: u64,
-    /// From the request's arrival until its last byte was handed to the socket, or the abort.
+    /// From the request's arrival until its last byte was handed to hyper, or the abort.
     pub duration: Duration,
     /// From sending to the backend that answered until its answer's head arrived.
     pub upstream: Option<Duration>,

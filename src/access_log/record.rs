@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Uri, Version};
 
 use super::format::Line;
@@ -27,8 +26,8 @@ const CLIENT_CLOSED: u16 = 499;
 /// held before. A box comes back from the writer long out of the cache, and a store to a line
 /// not in cache waits in the store buffer while the request goes on, where a read (to drop
 /// the old value) would stall it. What must be kept by reference (a path, an id or a method
-/// too long to copy, a backend with long names, a streaming counter) goes in [`Held`], which
-/// is written only then, and emptied by the writer.
+/// too long to copy inline, a backend with long names, a streaming counter) goes in [`Held`],
+/// a second box written only then, and emptied by the writer.
 #[derive(Debug)]
 pub(super) struct Record {
     pub(super) started: Instant,
@@ -52,8 +51,7 @@ pub(super) struct Record {
     /// then.
     pub(super) done: Option<Instant>,
     /// When the proxy had the response's head ready (its own clock reading, reused as the
-    /// completion time of a response whose body came with its head, or ended in its first
-    /// frame).
+    /// completion time of a response whose body came with its head).
     pub(super) head_at: Option<Instant>,
     /// The client went away before the response was complete.
     pub(super) aborted: bool,
@@ -61,12 +59,14 @@ pub(super) struct Record {
     held: Option<Box<Held>>,
 }
 
-/// What a record keeps by reference, in the rare case it does.
+/// What a record keeps apart, in the rare case it does. Texts are copied, not kept by
+/// reference: a `Uri` or a `HeaderValue` is a slice of the buffer hyper read the request
+/// into, which a record waiting for the writer must not keep alive.
 #[derive(Debug, Default)]
 struct Held {
-    method: Option<Method>,
-    path: Option<PathAndQuery>,
-    request_id: Option<HeaderValue>,
+    method: Option<Box<[u8]>>,
+    path: Option<Box<[u8]>>,
+    request_id: Option<Box<[u8]>>,
     backend: Option<Arc<Backend>>,
     /// Body bytes streamed upstream (a body too large to buffer), counted as they go.
     streamed: Option<Arc<AtomicU64>>,
@@ -177,6 +177,7 @@ impl Record {
         uri: &Uri,
         version: Version,
     ) {
+        debug_assert!(self.held.is_none(), "a box given back holds nothing");
         self.started = started;
         self.client = client;
         self.version = version;
@@ -195,15 +196,11 @@ impl Record {
 
     fn quote(&mut self, method: &Method, uri: &Uri) {
         self.method = Short::of(method.as_str().as_bytes()).unwrap_or_else(|| {
-            self.held().method = Some(method.clone());
+            self.held().method = Some(method.as_str().as_bytes().into());
             Short::HELD
         });
         self.path = Short::of(uri.path().as_bytes()).unwrap_or_else(|| {
-            self.held().path = Some(
-                uri.path_and_query()
-                    .cloned()
-                    .unwrap_or_else(|| PathAndQuery::from_static("")),
-            );
+            self.held().path = Some(uri.path().as_bytes().into());
             Short::HELD
         });
     }
@@ -216,15 +213,15 @@ impl Record {
         self.method.get(|| {
             self.held
                 .as_ref()
-                .and_then(|h| h.method.as_ref())
-                .map_or(&b""[..], |m| m.as_str().as_bytes())
+                .and_then(|h| h.method.as_deref())
+                .unwrap_or_default()
         })
     }
 
     /// The request's `x-request-id`.
     pub(super) fn request_id(&mut self, id: &HeaderValue) {
         self.request_id = Some(Short::of(id.as_bytes()).unwrap_or_else(|| {
-            self.held().request_id = Some(id.clone());
+            self.held().request_id = Some(id.as_bytes().into());
             Short::HELD
         }));
     }
@@ -309,8 +306,8 @@ impl Record {
             path: self.path.get(|| {
                 self.held
                     .as_ref()
-                    .and_then(|h| h.path.as_ref())
-                    .map_or(&b""[..], |p| p.path().as_bytes())
+                    .and_then(|h| h.path.as_deref())
+                    .unwrap_or_default()
             }),
             version: self.version,
             status: self.status.unwrap_or(CLIENT_CLOSED),
@@ -325,8 +322,8 @@ impl Record {
                 id.get(|| {
                     self.held
                         .as_ref()
-                        .and_then(|h| h.request_id.as_ref())
-                        .map_or(&b""[..], HeaderValue::as_bytes)
+                        .and_then(|h| h.request_id.as_deref())
+                        .unwrap_or_default()
                 })
             }),
             aborted: self.aborted,
@@ -417,6 +414,7 @@ mod tests {
         assert!(line.aborted && line.status == CLIENT_CLOSED);
 
         r.release();
+        assert!(r.held.is_none(), "released: nothing held");
         r.refill(
             Instant::now(),
             "127.0.0.1:2".parse().expect("addr"),

@@ -44,18 +44,18 @@ use crate::config::{AccessLogConfig, AccessLogFormat, AccessLogTarget};
 
 /// A thread hands its lines to the writer once it has this many.
 const FLUSH_LINES: usize = 64;
+/// ... or this long after the last hand-over, whatever it holds (the server's flush task).
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Batches of written records whose boxes the writer keeps for the threads to reuse, at most
 /// (8,192 boxes, 2.5 MiB): more are freed.
 const GIVEN_BACK: usize = 128;
-/// ... or this long after the last hand-over, whatever it holds (the server's flush task).
-pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Batches waiting for the writer, at most (16,384 lines in 5 MiB of boxes, 160 ms of lines
 /// at 100,000 requests/s): more are dropped and counted.
 const QUEUE: usize = 256;
 /// While batches keep coming, the writer takes them this often (see [`Output::run`]).
 const WRITER_TICK: Duration = Duration::from_millis(10);
 /// After a reload changed the destination, the old one stays open this long for the lines
-/// formatted before the reload (threads hand theirs over within [`FLUSH_EVERY`]).
+/// of requests that ended before the reload (threads hand theirs over within [`FLUSH_EVERY`]).
 const GRACE: Duration = Duration::from_secs(1);
 /// Shutdown waits this long at most for the writer to write what is queued.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -200,7 +200,7 @@ impl AccessLog {
 
     /// Applies a reloaded `config`: nothing when it is unchanged; else a new epoch, whose
     /// lines the writer sends to the new destination (the old file is closed once the lines
-    /// formatted before have reached it).
+    /// of requests that ended before have reached it).
     pub fn configure(&self, config: &AccessLogConfig) {
         let mut applied = lock(&self.inner.applied);
         let Some(before) = applied.as_ref() else {

@@ -349,7 +349,7 @@ async fn thread_main(
             }
         })
     };
-    // Lines wait in this thread's buffer at most this long.
+    // Lines wait in this thread's batch at most this long.
     let flusher = tokio::spawn(async {
         let mut tick = tokio::time::interval(access_log::FLUSH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
