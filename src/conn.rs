@@ -156,6 +156,12 @@ impl Activity {
         first
     }
 
+    /// Set (before [`Activity::reclaimed`] completes) when a newcomer at `max_connections`
+    /// asked this connection to close.
+    pub fn reclaim_asked(&self) -> &AtomicBool {
+        &self.reclaimed
+    }
+
     /// Completes when a newcomer at `max_connections` asked this connection to close.
     pub async fn reclaimed(&self) {
         self.reclaim.notified().await;

@@ -16,8 +16,9 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use http::Response;
@@ -233,6 +234,48 @@ async fn serve<I>(
 }
 
 /// What [`Watch::drive`] needs besides the connection.
+/// A one-time signal whose sender sets `flag` before it fires (the drain token and the
+/// draining flag; a reclaim and its flag), polled cheaply. The connection's task is polled at
+/// least twice per request, and `tokio::select!` polls every branch each time: polling the
+/// token or a `Notify` takes a mutex every time (the drain token's is shared by every
+/// connection of every proxy thread). Once a poll has registered the task's waker with the
+/// signal, a later poll by the same task reads the flag and stops there; the signal, when it
+/// fires, wakes the task, which then sees the flag set.
+struct Signal<'a> {
+    flag: &'a AtomicBool,
+    fired: Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
+    /// The waker `fired` was last polled with.
+    waker: Option<Waker>,
+}
+
+impl<'a> Signal<'a> {
+    fn new(flag: &'a AtomicBool, fired: impl Future<Output = ()> + Send + 'a) -> Signal<'a> {
+        Signal {
+            flag,
+            fired: Box::pin(fired),
+            waker: None,
+        }
+    }
+}
+
+impl Future for Signal<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.flag.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        if self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            return Poll::Pending;
+        }
+        let polled = self.fired.as_mut().poll(cx);
+        if polled.is_pending() {
+            self.waker = Some(cx.waker().clone());
+        }
+        polled
+    }
+}
+
 struct Watch<'a> {
     cx: &'a ConnCx,
     peer: SocketAddr,
@@ -268,6 +311,8 @@ impl Watch<'_> {
         let idle_grace = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(idle_grace);
         let mut draining = false;
+        let mut drain = Signal::new(&cx.draining, cx.token.cancelled());
+        let mut reclaim = Signal::new(activity.reclaim_asked(), activity.reclaimed());
         loop {
             tokio::select! {
                 // The connection first: a request already in the socket when shutdown begins is
@@ -279,7 +324,7 @@ impl Watch<'_> {
                     }
                     return;
                 }
-                _ = cx.token.cancelled(), if !closing && !draining => {
+                _ = &mut drain, if !closing && !draining => {
                     if http1 {
                         draining = true;
                         idle_grace
@@ -303,7 +348,7 @@ impl Watch<'_> {
                             .reset(tokio::time::Instant::now() + SHUTDOWN_IDLE_GRACE / 10);
                     }
                 }
-                _ = activity.reclaimed(), if !closing => {
+                _ = &mut reclaim, if !closing => {
                     tracing::debug!(peer = %peer, "idle client connection closed to admit a new one (max_connections)");
                     activity.close_as_idle();
                     conn.as_mut().graceful_shutdown();
@@ -396,5 +441,66 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    /// A waker that counts its wake-ups.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn woken(c: &Arc<Count>) -> usize {
+        c.0.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn a_signal_wakes_the_waker_it_was_last_polled_with_and_completes_once_its_flag_is_set() {
+        let (flag, notify) = (AtomicBool::new(false), Notify::new());
+        let mut signal = Signal::new(&flag, notify.notified());
+        let (a, b) = (Arc::new(Count::default()), Arc::new(Count::default()));
+        let (wa, wb) = (Waker::from(a.clone()), Waker::from(b.clone()));
+        assert!(Pin::new(&mut signal)
+            .poll(&mut Context::from_waker(&wa))
+            .is_pending());
+        // Polled again by the same task: nothing changes, the flag is not set.
+        assert!(Pin::new(&mut signal)
+            .poll(&mut Context::from_waker(&wa))
+            .is_pending());
+        // By another waker: the signal must wake that one now.
+        assert!(Pin::new(&mut signal)
+            .poll(&mut Context::from_waker(&wb))
+            .is_pending());
+
+        // The sender's order: the flag, then the signal.
+        flag.store(true, Ordering::Release);
+        notify.notify_waiters();
+        assert_eq!((woken(&a), woken(&b)), (0, 1));
+        assert!(Pin::new(&mut signal)
+            .poll(&mut Context::from_waker(&wb))
+            .is_ready());
+    }
+
+    #[test]
+    fn a_signal_whose_flag_is_set_is_ready_at_once() {
+        let (flag, notify) = (AtomicBool::new(true), Notify::new());
+        let mut signal = Signal::new(&flag, notify.notified());
+        let w = Waker::from(Arc::new(Count::default()));
+        assert!(Pin::new(&mut signal)
+            .poll(&mut Context::from_waker(&w))
+            .is_ready());
     }
 }
