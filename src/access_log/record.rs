@@ -228,6 +228,7 @@ impl Record {
 
     /// `backend`'s answer, whose head came `took` after the request was sent.
     pub(super) fn answered(&mut self, backend: &Arc<Backend>, took: Duration) {
+        self.let_go_of_backend();
         let (pool, name) = (backend.pool.as_bytes(), backend.name.as_bytes());
         let names = match (u8::try_from(pool.len()), u8::try_from(name.len())) {
             (Ok(p), Ok(b)) if pool.len() + name.len() <= NAMES => {
@@ -254,7 +255,15 @@ impl Record {
 
     /// No backend's answer reaches the client.
     pub(super) fn local_answer(&mut self) {
+        self.let_go_of_backend();
         self.answer = None;
+    }
+
+    /// An answer replaced: the backend held for its names, if any, is let go now.
+    fn let_go_of_backend(&mut self) {
+        if let Some(held) = self.held.as_mut() {
+            held.backend = None;
+        }
     }
 
     /// A counter of the body bytes streamed upstream.
@@ -388,6 +397,17 @@ mod tests {
             Some((pool.as_bytes(), "b".repeat(11).as_bytes()))
         );
         assert_eq!(Arc::strong_count(&long), 2);
+        // A later answer replaces it: the backend is let go at once.
+        r.answered(&fits, Duration::ZERO);
+        assert_eq!(Arc::strong_count(&long), 1, "let go when replaced");
+        r.answered(&long, Duration::ZERO);
+        r.local_answer();
+        assert_eq!(
+            Arc::strong_count(&long),
+            1,
+            "let go for syncgate's own answer"
+        );
+        r.answered(&long, Duration::ZERO);
         r.release();
         assert_eq!(Arc::strong_count(&long), 1, "let go once written");
     }
