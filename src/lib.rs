@@ -9,6 +9,7 @@
 //! leaves, so nothing on the request path knows the control plane above it.
 //!
 //! - Leaves, which use nothing but other leaves: `clock` (monotonic milliseconds, RFC 3339),
+//!   `deadline` (request deadlines in a per-thread list swept by one task, no timer each),
 //!   `host` (a host without its port), `events` (the bounded log of state transitions),
 //!   `metrics` (counters and histograms as atomics; the process's own figures from `/proc`),
 //!   `counters` (outlier streaks, the
@@ -61,6 +62,7 @@ mod clock;
 mod config;
 mod conn;
 mod counters;
+mod deadline;
 pub mod demo;
 mod digest;
 mod discover;

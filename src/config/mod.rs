@@ -60,7 +60,8 @@ pub struct ServerConfig {
     /// between keep-alive requests. Default 10 s; 1 ms to 24 h.
     pub header_read_timeout: Duration,
     /// Deadline for the whole upstream exchange (until response headers), and the longest wait
-    /// between two reads of the response body. Default 30 s; 1 ms to 24 h.
+    /// between two reads of the response body. Default 30 s; 1 ms to 24 h. The exchange's
+    /// deadline is met up to 50 ms late (`crate::deadline::TICK`).
     pub request_timeout: Duration,
     /// Larger request bodies are answered 413. Bytes; default 8 MiB; 1 B to 1 TiB.
     pub max_request_body: u64,

@@ -31,6 +31,7 @@ use crate::balance::Balancer;
 use crate::body::ReqBody;
 use crate::clock;
 use crate::conn::ConnInfo;
+use crate::deadline;
 use crate::memory::Fingerprint;
 use crate::snapshot::{Pool, Shared};
 use crate::upstream::{HeadWriter, Outgoing};
@@ -199,8 +200,10 @@ impl Prepared {
         };
         // Dropped unanswered when the client goes away: a client abort.
         let answering = pool.stats.answering();
-        let forwarding = forward(&cx, request, &limits, log);
-        let result = tokio::time::timeout_at(limits.deadline, forwarding).await;
+        let result = {
+            let forwarding = std::pin::pin!(forward(&cx, request, &limits, log));
+            deadline::within(limits.deadline, forwarding).await
+        };
         answering.answered();
         let resp = match result {
             Ok(resp) => resp,
@@ -291,7 +294,7 @@ async fn receive_body(
     // Same deadline as the caller's 504, polled first: a body the client has not finished
     // sending by then is the client's delay (408, like nginx's client_body_timeout).
     let read = read_body(body, content_length, replay_limit, limits.max_body, log);
-    match tokio::time::timeout_at(limits.deadline, read).await {
+    match deadline::within(limits.deadline, std::pin::pin!(read)).await {
         Ok(Ok(body)) => Ok(body),
         Err(_) => {
             let mut resp = error(

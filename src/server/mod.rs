@@ -34,6 +34,7 @@ use tokio_util::task::TaskTracker;
 use crate::access_log;
 use crate::config::ServerConfig;
 use crate::conn::Registry;
+use crate::deadline;
 use crate::snapshot::Shared;
 use crate::upstream;
 use connection::{serve_client, ConnCx, Limits};
@@ -358,6 +359,16 @@ async fn thread_main(
             access_log::flush_thread();
         }
     });
+    // This thread's request deadlines, until its last request ends (the drain included).
+    deadline::bind_thread();
+    let deadlines = tokio::spawn(async {
+        let mut tick = tokio::time::interval(deadline::TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            deadline::sweep();
+        }
+    });
     let mut loops = Vec::new();
     for (l, acceptor) in listeners {
         let listener = match TcpListener::from_std(l.into()) {
@@ -389,6 +400,7 @@ async fn thread_main(
     }
     let _ = sweeper.await;
     flusher.abort();
+    deadlines.abort();
 }
 
 /// hyper's HTTP/1.1 settings: no header timer (see `connection.rs`: syncgate enforces

@@ -1,0 +1,275 @@
+//! Request deadlines without a timer per request.
+//!
+//! `tokio::time::timeout` adds a timer-wheel entry, under the time driver's lock, for every
+//! request that waits for its worker, and removes it when the request ends: 2.0% of the CPU
+//! of a proxied request (docs/benchmarks.md). Here a request's deadline is a slot in its
+//! proxy thread's list instead (no lock, no allocation once the list has grown), and one task
+//! per proxy thread ([`sweep`] every [`TICK`], started by the server) wakes the requests whose
+//! deadline has passed. A deadline is thus met up to one tick late.
+//!
+//! On a thread whose deadlines nobody sweeps (one that never called [`bind_thread`]), or for
+//! a future polled on another thread than the one it was listed on, [`within`] falls back to
+//! tokio's timer.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+
+/// How often a proxy thread's deadlines are swept: how late a deadline can be met.
+pub const TICK: Duration = Duration::from_millis(50);
+
+/// The deadline passed before the future completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed;
+
+thread_local! {
+    static LIST: RefCell<List> = const {
+        RefCell::new(List {
+            id: 0,
+            slots: Vec::new(),
+            free: Vec::new(),
+        })
+    };
+}
+
+/// A thread's deadlines.
+struct List {
+    /// This thread's list, once [`bind_thread`] made it one that is swept (0: not swept).
+    id: u64,
+    slots: Vec<Option<Slot>>,
+    /// Indexes of empty slots.
+    free: Vec<usize>,
+}
+
+struct Slot {
+    at: Instant,
+    /// The waker of the last poll.
+    waker: Waker,
+    expired: bool,
+}
+
+/// Makes the calling thread's deadlines ones that [`sweep`] checks: call it on a thread that
+/// then calls [`sweep`] every [`TICK`].
+pub fn bind_thread() {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    LIST.with(|l| {
+        let mut l = l.borrow_mut();
+        if l.id == 0 {
+            l.id = NEXT.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+}
+
+/// Wakes the calling thread's futures whose deadline has passed.
+pub fn sweep() {
+    let now = Instant::now();
+    let _ = LIST.try_with(|l| {
+        let Ok(mut l) = l.try_borrow_mut() else {
+            return;
+        };
+        for slot in l.slots.iter_mut().flatten() {
+            if !slot.expired && slot.at <= now {
+                slot.expired = true;
+                // Schedules the task; it is polled later, not from here.
+                slot.waker.wake_by_ref();
+            }
+        }
+    });
+}
+
+/// `fut`'s output, or [`Elapsed`] once `at` has passed (up to one [`TICK`] later) while it
+/// was not complete. Like `tokio::time::timeout_at`, the future is polled first: an output
+/// ready at the deadline is taken. Takes the future pinned where the caller keeps it: a
+/// request's future is kilobytes, and is not moved again.
+pub fn within<F: Future>(at: Instant, fut: Pin<&mut F>) -> Within<'_, F> {
+    Within {
+        fut,
+        at,
+        deadline: Registration::None,
+    }
+}
+
+/// The future of [`within`].
+pub struct Within<'a, F> {
+    fut: Pin<&'a mut F>,
+    at: Instant,
+    deadline: Registration,
+}
+
+impl<F: Future> Future for Within<'_, F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Poll::Ready(out) = this.fut.as_mut().poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        if this.deadline.poll_expired(this.at, cx) {
+            return Poll::Ready(Err(Elapsed));
+        }
+        Poll::Pending
+    }
+}
+
+/// How a waiting future's deadline is kept.
+enum Registration {
+    /// Not waited yet.
+    None,
+    /// Slot `key` of list `list`.
+    Listed { list: u64, key: usize },
+    /// tokio's timer (see the module's doc).
+    Timer(Pin<Box<Sleep>>),
+}
+
+impl Registration {
+    /// Whether the deadline has passed; else the task is woken when it does.
+    fn poll_expired(&mut self, at: Instant, cx: &mut Context<'_>) -> bool {
+        if let Registration::Listed { list, key } = *self {
+            let listed = LIST.try_with(|l| {
+                let mut l = l.try_borrow_mut().ok()?;
+                if l.id != list {
+                    return None;
+                }
+                let slot = l.slots.get_mut(key)?.as_mut()?;
+                if !slot.waker.will_wake(cx.waker()) {
+                    slot.waker = cx.waker().clone();
+                }
+                Some(slot.expired)
+            });
+            if let Ok(Some(expired)) = listed {
+                return expired;
+            }
+            // Polled on another thread: its slot stays in the first thread's list until
+            // that one's deadline (harmless), and the timer takes over.
+            *self = Registration::None;
+            return self.timer(at, cx);
+        }
+        if let Registration::Timer(sleep) = self {
+            return sleep.as_mut().poll(cx).is_ready();
+        }
+        let listed = LIST.try_with(|l| {
+            let mut l = l.try_borrow_mut().ok()?;
+            if l.id == 0 {
+                return None;
+            }
+            let slot = Slot {
+                at,
+                waker: cx.waker().clone(),
+                expired: false,
+            };
+            let key = match l.free.pop() {
+                Some(key) => {
+                    l.slots[key] = Some(slot);
+                    key
+                }
+                None => {
+                    l.slots.push(Some(slot));
+                    l.slots.len() - 1
+                }
+            };
+            Some((l.id, key))
+        });
+        match listed {
+            Ok(Some((list, key))) => {
+                *self = Registration::Listed { list, key };
+                false
+            }
+            _ => self.timer(at, cx),
+        }
+    }
+
+    fn timer(&mut self, at: Instant, cx: &mut Context<'_>) -> bool {
+        let mut sleep = Box::pin(tokio::time::sleep_until(at));
+        let expired = sleep.as_mut().poll(cx).is_ready();
+        *self = Registration::Timer(sleep);
+        expired
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Registration::Listed { list, key } = *self {
+            let _ = LIST.try_with(|l| {
+                if let Ok(mut l) = l.try_borrow_mut() {
+                    if l.id == list {
+                        if let Some(slot) = l.slots.get_mut(key) {
+                            *slot = None;
+                            l.free.push(key);
+                        }
+                    }
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::pin;
+
+    use super::*;
+
+    fn listed() -> usize {
+        LIST.with(|l| l.borrow().slots.iter().flatten().count())
+    }
+
+    #[tokio::test]
+    async fn a_swept_deadline_ends_a_waiting_future_and_frees_its_slot() {
+        bind_thread();
+        let at = Instant::now() + Duration::from_millis(20);
+        let sweeper = tokio::spawn(async {
+            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            loop {
+                tick.tick().await;
+                sweep();
+            }
+        });
+        let out = tokio::time::timeout(
+            Duration::from_secs(5),
+            within(at, pin!(std::future::pending::<()>())),
+        )
+        .await
+        .expect("the sweep ended it");
+        assert_eq!(out, Err(Elapsed));
+        assert!(Instant::now() >= at, "not before its deadline");
+        assert_eq!(listed(), 0, "the slot is freed");
+
+        // A future that completes first gives its output, and its slot back.
+        let far = Instant::now() + Duration::from_secs(3600);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let waiting = tokio::spawn(async move { within(far, pin!(rx)).await });
+        tokio::task::yield_now().await;
+        assert_eq!(listed(), 1);
+        tx.send(7).expect("send");
+        assert_eq!(waiting.await.expect("task"), Ok(Ok(7)));
+        assert_eq!(listed(), 0);
+        sweeper.abort();
+    }
+
+    #[test]
+    fn a_thread_nobody_sweeps_uses_the_timer() {
+        std::thread::spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let at = Instant::now() + Duration::from_millis(20);
+                let pending = pin!(std::future::pending::<()>());
+                let out = tokio::time::timeout(Duration::from_secs(5), within(at, pending))
+                    .await
+                    .expect("the timer ended it");
+                assert_eq!(out, Err(Elapsed));
+                assert!(Instant::now() >= at);
+                assert_eq!(listed(), 0, "nothing listed without a sweeper");
+            });
+        })
+        .join()
+        .expect("thread");
+    }
+}
