@@ -144,8 +144,9 @@ impl Registration {
             if let Ok(Some(expired)) = listed {
                 return expired;
             }
-            // Polled on another thread: its slot stays in the first thread's list until
-            // that one's deadline (harmless), and the timer takes over.
+            // Polled on another thread (not on the proxy's current-thread runtimes), or the
+            // list busy: the timer takes over, and the slot stays in its list until that
+            // thread ends (a sweep only marks it expired).
             *self = Registration::None;
             return self.timer(at, cx);
         }
@@ -197,8 +198,8 @@ impl Drop for Registration {
             let _ = LIST.try_with(|l| {
                 if let Ok(mut l) = l.try_borrow_mut() {
                     if l.id == list {
-                        if let Some(slot) = l.slots.get_mut(key) {
-                            *slot = None;
+                        // Freed once: a key on the free list twice would be shared by two.
+                        if l.slots.get_mut(key).and_then(Option::take).is_some() {
                             l.free.push(key);
                         }
                     }

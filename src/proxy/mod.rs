@@ -292,7 +292,9 @@ async fn receive_body(
     }
     let replay_limit = cx.pool.guard.max_replay_body;
     // Same deadline as the caller's 504, polled first: a body the client has not finished
-    // sending by then is the client's delay (408, like nginx's client_body_timeout).
+    // sending by then is the client's delay (408, like nginx's client_body_timeout). Both
+    // are swept alike (`deadline`); a body read that first waits after the deadline has
+    // passed ends with the caller's 504 instead.
     let read = read_body(body, content_length, replay_limit, limits.max_body, log);
     match deadline::within(limits.deadline, std::pin::pin!(read)).await {
         Ok(Ok(body)) => Ok(body),
