@@ -177,14 +177,15 @@ mod tests {
 
     use super::*;
 
-    fn entry(head_at: Instant) -> Entry {
+    /// An entry whose response began with `status` at `head_at` (`body_done`: with no body).
+    fn entry(head_at: Instant, status: StatusCode, body_done: bool) -> Entry {
         let mut e = Entry::begin(
             &Request::new(()),
             "127.0.0.1:1".parse().expect("addr"),
             head_at,
         );
         e.head_ready(head_at);
-        e.responded(StatusCode::OK, false);
+        e.responded(status, body_done);
         e
     }
 
@@ -206,11 +207,11 @@ mod tests {
 
         // Even a body that ends in its first frame: hyper may poll it long after the head
         // (HTTP/2 flow control, a write buffer to flush first).
-        let mut whole = entry(head);
+        let mut whole = entry(head, StatusCode::OK, false);
         whole.sent(&data(2), true);
         assert!(done(&whole).is_some_and(|d| d >= later));
 
-        let mut two_frames = entry(head);
+        let mut two_frames = entry(head, StatusCode::OK, false);
         two_frames.sent(&data(2), false);
         assert_eq!(done(&two_frames), None);
         two_frames.sent(&data(2), true);
@@ -218,13 +219,7 @@ mod tests {
         assert_eq!(two_frames.0.as_ref().map(|r| r.bytes_out), Some(4));
 
         // A body complete with its head completes at the proxy's reading for the head.
-        let mut empty = Entry::begin(
-            &Request::new(()),
-            "127.0.0.1:1".parse().expect("addr"),
-            head,
-        );
-        empty.head_ready(head);
-        empty.responded(StatusCode::NO_CONTENT, true);
+        let empty = entry(head, StatusCode::NO_CONTENT, true);
         assert_eq!(done(&empty), Some(head));
     }
 }

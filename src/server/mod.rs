@@ -351,24 +351,10 @@ async fn thread_main(
         })
     };
     // Lines wait in this thread's batch at most this long.
-    let flusher = tokio::spawn(async {
-        let mut tick = tokio::time::interval(access_log::FLUSH_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            access_log::flush_thread();
-        }
-    });
+    let flusher = every(access_log::FLUSH_EVERY, access_log::flush_thread);
     // This thread's request deadlines, until its last request ends (the drain included).
     deadline::bind_thread();
-    let deadlines = tokio::spawn(async {
-        let mut tick = tokio::time::interval(deadline::TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            deadline::sweep();
-        }
-    });
+    let deadlines = every(deadline::TICK, deadline::sweep);
     let mut loops = Vec::new();
     for (l, acceptor) in listeners {
         let listener = match TcpListener::from_std(l.into()) {
@@ -401,6 +387,19 @@ async fn thread_main(
     let _ = sweeper.await;
     flusher.abort();
     deadlines.abort();
+}
+
+/// Runs `f` on this thread every `period` until the returned task is aborted (ticks a busy
+/// thread missed are not made up in a burst).
+fn every(period: Duration, f: fn()) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            f();
+        }
+    })
 }
 
 /// hyper's HTTP/1.1 settings: no header timer (see `connection.rs`: syncgate enforces
