@@ -98,7 +98,7 @@ pub struct PickContext<'a> {
     pub exclude: &'a [u64],
     /// The pool's slow-start window.
     pub slow_start: Duration,
-    /// `clock::now_millis()` at the time of the pick.
+    /// The time of the pick, in `clock::now_millis()` units (read from the coarse clock).
     pub now_ms: u64,
 }
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::clock::now_secs;
+use crate::clock::coarse_secs;
 
 /// A run of consecutive failures. Pure apart from its atomic counter.
 #[derive(Debug, Default)]
@@ -267,19 +267,19 @@ impl RetryBudget {
     /// Counts one client request.
     #[inline]
     pub fn deposit(&self) {
-        self.ledger.deposit(now_secs());
+        self.ledger.deposit(coarse_secs());
     }
 
     /// Retries and replays the budget allows now (the `syncgate_retry_budget_remaining` gauge).
     pub fn remaining(&self) -> u64 {
         self.ledger
-            .remaining(now_secs(), self.ratio, self.min_per_sec, self.window)
+            .remaining(coarse_secs(), self.ratio, self.min_per_sec, self.window)
     }
 
     /// Takes one retry or replay from the budget if it allows one.
     pub fn try_spend(&self) -> bool {
         self.ledger
-            .try_withdraw(now_secs(), self.ratio, self.min_per_sec, self.window)
+            .try_withdraw(coarse_secs(), self.ratio, self.min_per_sec, self.window)
     }
 }
 

@@ -7,6 +7,9 @@
 //! per proxy thread ([`sweep`] every [`TICK`], started by the server) wakes the requests whose
 //! deadline has passed. A deadline is thus met up to one tick late.
 //!
+//! The sweep's clock reading also serves as the thread's coarse clock until the next one
+//! ([`crate::clock::coarse`]).
+//!
 //! On a thread whose deadlines nobody sweeps (one that never called [`bind_thread`]), or for
 //! a future polled on another thread than the one it was listed on, [`within`] falls back to
 //! tokio's timer.
@@ -65,9 +68,11 @@ pub fn bind_thread() {
     });
 }
 
-/// Wakes the calling thread's futures whose deadline has passed.
+/// Wakes the calling thread's futures whose deadline has passed, and sets the thread's
+/// coarse clock ([`crate::clock::coarse`]) to the reading it took for them.
 pub fn sweep() {
     let now = Instant::now();
+    crate::clock::set_coarse(Some(now.into_std()));
     let _ = LIST.try_with(|l| {
         let Ok(mut l) = l.try_borrow_mut() else {
             return;
@@ -250,6 +255,21 @@ mod tests {
         assert_eq!(waiting.await.expect("task"), Ok(Ok(7)));
         assert_eq!(listed(), 0);
         sweeper.abort();
+    }
+
+    #[test]
+    fn a_sweep_sets_its_threads_coarse_clock() {
+        let before = std::time::Instant::now();
+        sweep();
+        let swept = crate::clock::coarse();
+        assert!(swept >= before);
+        while std::time::Instant::now() == swept {}
+        assert_eq!(
+            crate::clock::coarse(),
+            swept,
+            "the sweep's reading until the next"
+        );
+        crate::clock::set_coarse(None);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-use crate::clock::now_secs;
+use crate::clock::coarse_secs;
 
 /// Slots per set: four slots of two words fill one 64-byte cache line.
 pub const WAYS: usize = 4;
@@ -66,7 +66,7 @@ impl Fingerprint {
 /// The coarse clock of the tables: seconds since the process started, from 1 (0 marks an
 /// empty slot). 32 bits last 136 years.
 pub fn coarse_now() -> u32 {
-    u32::try_from(now_secs().saturating_add(1)).unwrap_or(u32::MAX)
+    u32::try_from(coarse_secs().saturating_add(1)).unwrap_or(u32::MAX)
 }
 
 /// One set: [`WAYS`] slots of `[tag | time, tag | epoch]`.

@@ -97,7 +97,7 @@ impl Pool {
             key,
             exclude,
             slow_start: self.slow_start,
-            now_ms: crate::clock::now_millis(),
+            now_ms: crate::clock::coarse_millis(),
         };
         self.balancer
             .pick(&self.backends, &cx)

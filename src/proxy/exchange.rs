@@ -193,7 +193,9 @@ pub(super) async fn exchange(
         let sent_at = std::time::Instant::now();
         log.attempt();
         let attempt = upstream::send(backend, pool.tls.as_ref(), req).await;
-        let took = sent_at.elapsed();
+        let ended = std::time::Instant::now();
+        let took = ended.saturating_duration_since(sent_at);
+        cx.last_reading.set(ended);
         match &attempt {
             Attempt::Answered(..) => {
                 backend.metrics.upstream_latency.observe(took);

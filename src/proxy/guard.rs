@@ -200,6 +200,7 @@ pub(super) async fn second_opinion(
     }
     // Read the first answer now: its connection goes back to the pool, and it is still there
     // to pass on if the peers stop being ready before one is picked.
+    cx.last_reading.clear();
     let first = buffer(first).await;
     pool.stats.guard_outcome(GuardOutcome::Replayed);
     tried.leave_out(first_backend.id);

@@ -15,7 +15,7 @@ mod headers;
 mod response;
 
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -190,6 +190,7 @@ impl Prepared {
             credential,
             request_id,
             body_timeout: limits.timeout,
+            last_reading: LastReading::new(started),
         };
         let request = Forwarding {
             head,
@@ -205,17 +206,19 @@ impl Prepared {
             deadline::within(limits.deadline, forwarding).await
         };
         answering.answered();
-        let resp = match result {
-            Ok(resp) => resp,
+        let (resp, answered_at) = match result {
+            Ok(resp) => (resp, cx.last_reading.get()),
             Err(_) => {
                 // A guarded answer may have been taken before its second opinion ran late.
                 log.local_answer();
                 pool.stats.timeouts.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(pool = %pool.name, request_id = request_id.to_str().unwrap_or(""), "upstream timeout");
-                error(StatusCode::GATEWAY_TIMEOUT, "upstream timeout", request_id)
+                let resp = error(StatusCode::GATEWAY_TIMEOUT, "upstream timeout", request_id);
+                // The attempt in progress was cut: nothing read the clock at its end.
+                (resp, None)
             }
         };
-        let now = Instant::now();
+        let now = answered_at.unwrap_or_else(Instant::now);
         pool.stats
             .record(resp.status(), now.saturating_duration_since(started));
         log.head_ready(now);
@@ -234,6 +237,44 @@ struct Cx<'a> {
     request_id: &'a HeaderValue,
     /// The longest wait between two reads of an answer's body (`request_timeout`).
     body_timeout: std::time::Duration,
+    /// The clock reading that ended the last attempt, while nothing that takes time happened
+    /// since: when the answer is ready, without reading the clock again.
+    last_reading: LastReading,
+}
+
+/// A clock reading kept for later, or none. An atomic, not a `Cell`: the request's future
+/// holds `&Cx` across awaits and must be `Send`; only its own task touches it.
+struct LastReading {
+    /// The request's arrival; readings are kept as nanoseconds after it.
+    base: Instant,
+    /// 0: none.
+    nanos: AtomicU64,
+}
+
+impl LastReading {
+    fn new(base: Instant) -> LastReading {
+        LastReading {
+            base,
+            nanos: AtomicU64::new(0),
+        }
+    }
+
+    fn set(&self, at: Instant) {
+        let nanos = u64::try_from(at.saturating_duration_since(self.base).as_nanos());
+        self.nanos
+            .store(nanos.unwrap_or(u64::MAX).max(1), Ordering::Relaxed);
+    }
+
+    fn clear(&self) {
+        self.nanos.store(0, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Option<Instant> {
+        match self.nanos.load(Ordering::Relaxed) {
+            0 => None,
+            n => self.base.checked_add(std::time::Duration::from_nanos(n)),
+        }
+    }
 }
 
 /// The request's body limit and its `request_timeout` deadline.
@@ -449,6 +490,21 @@ fn hash_key(pool: &Pool, headers: &HeaderMap) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kept_reading_is_given_back_until_cleared() {
+        let base = Instant::now();
+        let kept = LastReading::new(base);
+        assert_eq!(kept.get(), None);
+        let at = base + std::time::Duration::from_micros(1234);
+        kept.set(at);
+        assert_eq!(kept.get(), Some(at));
+        // A reading taken at the base itself is one, not none.
+        kept.set(base);
+        assert!(kept.get().is_some_and(|t| t >= base));
+        kept.clear();
+        assert_eq!(kept.get(), None);
+    }
 
     #[test]
     fn the_request_id_answered_is_never_indexed_by_hpack() {

@@ -387,6 +387,8 @@ async fn thread_main(
     let _ = sweeper.await;
     flusher.abort();
     deadlines.abort();
+    // Nothing refreshes this thread's coarse clock any more.
+    crate::clock::set_coarse(None);
 }
 
 /// Runs `f` on this thread every `period` until the returned task is aborted (ticks a busy

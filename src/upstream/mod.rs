@@ -54,6 +54,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct Idle {
     conn: Tagged,
+    /// When it was checked in, by the coarse clock ([`crate::clock::coarse`]): its age is
+    /// known to within a deadline tick, far inside [`IDLE_TIMEOUT`]'s margin.
     since: Instant,
 }
 
@@ -179,11 +181,12 @@ fn checkout(backend: &Backend, transport: u64) -> Option<Tagged> {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         let entry = pool.get_mut(&backend.id)?;
+        let now = crate::clock::coarse();
         while let Some(mut idle) = entry.idle.pop() {
             // A connection of another transport (before a reload changed `upstream_tls`) is
             // dropped, and with it closed; so is one the worker closed or wrote to unasked.
             if idle.conn.transport == transport
-                && idle.since.elapsed() < IDLE_TIMEOUT
+                && now.saturating_duration_since(idle.since) < IDLE_TIMEOUT
                 && idle.conn.conn.is_usable()
             {
                 return Some(idle.conn);
@@ -206,7 +209,7 @@ fn checkin(backend: &Arc<Backend>, conn: Tagged) {
         if entry.idle.len() < MAX_IDLE_PER_BACKEND {
             entry.idle.push(Idle {
                 conn,
-                since: Instant::now(),
+                since: crate::clock::coarse(),
             });
         }
     });
@@ -215,15 +218,16 @@ fn checkin(backend: &Arc<Backend>, conn: Tagged) {
 /// Closes idle connections that timed out or were closed by the worker, and all idle
 /// connections of backends that left the config. Run every second on every proxy thread.
 pub fn sweep() {
+    let now = crate::clock::coarse();
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         pool.retain(|_, entry| {
             if entry.backend.is_removed() {
                 return false;
             }
-            entry
-                .idle
-                .retain_mut(|i| i.since.elapsed() < IDLE_TIMEOUT && i.conn.conn.is_usable());
+            entry.idle.retain_mut(|i| {
+                now.saturating_duration_since(i.since) < IDLE_TIMEOUT && i.conn.conn.is_usable()
+            });
             !entry.idle.is_empty()
         });
     });
