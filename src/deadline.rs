@@ -121,6 +121,43 @@ impl<F: Future> Future for Within<'_, F> {
     }
 }
 
+/// A deadline waited for on its own, kept in the thread's list like [`within`]'s: a
+/// connection's periodic check. Polling it reads a flag in the list, where a tokio timer would
+/// take atomics and the runtime's budget on each of the connection task's wake-ups.
+pub struct Alarm {
+    at: Instant,
+    deadline: Registration,
+}
+
+impl Alarm {
+    /// An alarm that goes off once `at` has passed (up to one [`TICK`] later).
+    pub fn at(at: Instant) -> Alarm {
+        Alarm {
+            at,
+            deadline: Registration::None,
+        }
+    }
+
+    /// Sets the alarm to `at` instead; it gives its slot back, and its next poll takes one.
+    pub fn reset(&mut self, at: Instant) {
+        self.at = at;
+        self.deadline = Registration::None;
+    }
+}
+
+impl Future for Alarm {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if this.deadline.poll_expired(this.at, cx) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
 /// How a waiting future's deadline is kept.
 enum Registration {
     /// Not waited yet.
@@ -255,6 +292,36 @@ mod tests {
         assert_eq!(waiting.await.expect("task"), Ok(Ok(7)));
         assert_eq!(listed(), 0);
         sweeper.abort();
+    }
+
+    #[tokio::test]
+    async fn an_alarm_goes_off_at_a_sweep_after_its_time_and_a_reset_gives_its_slot_back() {
+        bind_thread();
+        let sweeper = tokio::spawn(async {
+            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            loop {
+                tick.tick().await;
+                sweep();
+            }
+        });
+        let mut alarm = Alarm::at(Instant::now() + Duration::from_secs(3600));
+        assert!(poll_once(&mut alarm).is_pending());
+        assert_eq!(listed(), 1);
+        let at = Instant::now() + Duration::from_millis(20);
+        alarm.reset(at);
+        assert_eq!(listed(), 0, "the old slot is given back");
+        tokio::time::timeout(Duration::from_secs(5), &mut alarm)
+            .await
+            .expect("the sweep set it off");
+        assert!(Instant::now() >= at, "not before its time");
+        drop(alarm);
+        assert_eq!(listed(), 0);
+        sweeper.abort();
+    }
+
+    /// Polls `fut` once with a waker that does nothing.
+    fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
+        Pin::new(fut).poll(&mut Context::from_waker(Waker::noop()))
     }
 
     #[test]

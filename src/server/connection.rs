@@ -37,6 +37,7 @@ use super::preface::{sniff, Opening, BAD_PREFACE_ANSWER};
 use crate::access_log;
 use crate::clock::now_millis;
 use crate::conn::{verdict, Active, Activity, ConnInfo, Registry, Verdict};
+use crate::deadline;
 use crate::proxy;
 use crate::snapshot::Shared;
 
@@ -233,7 +234,6 @@ async fn serve<I>(
     }
 }
 
-/// What [`Watch::drive`] needs besides the connection.
 /// A one-time signal whose sender sets `flag` before it fires (the drain token and the
 /// draining flag; a reclaim and its flag), polled cheaply. The connection's task is polled at
 /// least twice per request, and `tokio::select!` polls every branch each time: polling the
@@ -276,6 +276,7 @@ impl Future for Signal<'_> {
     }
 }
 
+/// What [`Watch::drive`] needs besides the connection.
 struct Watch<'a> {
     cx: &'a ConnCx,
     peer: SocketAddr,
@@ -299,11 +300,12 @@ impl Watch<'_> {
         } = self;
         tokio::pin!(conn);
         // A few checks per timeout: a head is cut, an idle connection closed, between 1 and 1.25
-        // timeouts; one timer per connection, none per request.
+        // timeouts (and up to a deadline tick later); one alarm per connection, none per
+        // request.
         let period = (limits.header.min(limits.idle) / 4)
             .clamp(Duration::from_millis(1), Duration::from_secs(3600));
-        let mut check = tokio::time::interval(period);
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let next_check = || crate::clock::deadline(tokio::time::Instant::now(), period);
+        let mut check = deadline::Alarm::at(next_check());
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let (header_ms, idle_ms) = (millis(limits.header), millis(limits.idle));
         let mut closing = false;
@@ -354,20 +356,23 @@ impl Watch<'_> {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
-                _ = check.tick() => match verdict(activity.observe(), now_millis(), header_ms, idle_ms) {
-                    Verdict::Keep => {}
-                    Verdict::CloseIdle if closing => {}
-                    Verdict::CloseIdle => {
-                        tracing::debug!(peer = %peer, "idle client connection closed");
-                        activity.close_as_idle();
-                        conn.as_mut().graceful_shutdown();
-                        closing = true;
+                _ = &mut check => {
+                    check.reset(next_check());
+                    match verdict(activity.observe(), now_millis(), header_ms, idle_ms) {
+                        Verdict::Keep => {}
+                        Verdict::CloseIdle if closing => {}
+                        Verdict::CloseIdle => {
+                            tracing::debug!(peer = %peer, "idle client connection closed");
+                            activity.close_as_idle();
+                            conn.as_mut().graceful_shutdown();
+                            closing = true;
+                        }
+                        Verdict::CutHead => {
+                            tracing::debug!(peer = %peer, "request head not complete within header_read_timeout; connection cut");
+                            return;
+                        }
                     }
-                    Verdict::CutHead => {
-                        tracing::debug!(peer = %peer, "request head not complete within header_read_timeout; connection cut");
-                        return;
-                    }
-                },
+                }
             }
         }
     }
