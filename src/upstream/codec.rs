@@ -12,6 +12,7 @@
 //! framed, and it did not carry both a transfer coding and a length. Answer trailers are read
 //! and dropped.
 
+use std::cell::Cell;
 use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
@@ -206,28 +207,47 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Pars
         return Ok(Parsed::Interim);
     }
     // Offsets of the fields within the head, so that names and values can be read from it
-    // once it is split off the buffer (the values then share its memory).
+    // once it is split off the buffer (the values then share its memory). Kept in the
+    // thread's vector, taken and put back: not an allocation per answer.
     let base = buf.as_ptr() as usize;
-    let spans: Vec<(usize, usize, usize, usize)> = resp
-        .headers
-        .iter()
-        .map(|field| {
-            let name = field.name.as_ptr() as usize - base;
-            let value = field.value.as_ptr() as usize - base;
-            (
-                name,
-                name + field.name.len(),
-                value,
-                value + field.value.len(),
-            )
-        })
-        .collect();
+    let mut spans = SPANS.take();
+    spans.clear();
+    spans.extend(resp.headers.iter().map(|field| {
+        let name = field.name.as_ptr() as usize - base;
+        let value = field.value.as_ptr() as usize - base;
+        (
+            name,
+            name + field.name.len(),
+            value,
+            value + field.value.len(),
+        )
+    }));
     let head = buf.split_to(len).freeze();
+    let built = build_head(&head, &spans, status, version, head_request);
+    SPANS.set(spans);
+    built
+}
+
+thread_local! {
+    /// [`parse_head`]'s field offsets (a call that finds it taken, none does, uses a new one).
+    static SPANS: Cell<Vec<(usize, usize, usize, usize)>> = const { Cell::new(Vec::new()) };
+}
+
+/// The answer's head from the fields at `spans` of `head`.
+fn build_head(
+    head: &Bytes,
+    spans: &[(usize, usize, usize, usize)],
+    status: StatusCode,
+    version: Version,
+    head_request: bool,
+) -> Result<Parsed, ParseError> {
     let mut headers = HeaderMap::with_capacity(spans.len());
     let mut conn = Connection::default();
     let mut lengths: Option<u64> = None;
+    // The field's own value when it is the length in decimal, as written below: no new one.
+    let mut length_value = None;
     let mut chunked = None;
-    for &(name_from, name_to, from, to) in &spans {
+    for &(name_from, name_to, from, to) in spans {
         let name = HeaderName::from_bytes(&head[name_from..name_to])
             .map_err(|_| ParseError::Head("header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(from..to))
@@ -250,6 +270,9 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Pars
                 // Written once, as the parsed number, below: `5, 5` or a repeated field
                 // must not reach the client as is.
                 lengths = Some(n);
+                if length_value.is_none() && is_decimal(value.as_bytes()) {
+                    length_value = Some(value);
+                }
                 continue;
             }
             Field::HopByHop => continue,
@@ -277,7 +300,8 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Pars
     // With a transfer coding the length is not the body's (RFC 9112 §6.3): it must not reach
     // the client.
     if let (None, Some(n)) = (chunked, lengths) {
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        let value = length_value.unwrap_or_else(|| HeaderValue::from(n));
+        headers.insert(header::CONTENT_LENGTH, value);
     }
     // Both a transfer coding and a length: sender and receiver may disagree on where the
     // answer ends (RFC 9112 §6.3 says to treat it as an error): read as chunked, never reused.
@@ -384,6 +408,11 @@ fn last_coding_is_chunked(value: &HeaderValue) -> bool {
         .rsplit(|&b| b == b',')
         .next()
         .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// Whether `digits` are a number as it is written in decimal: digits only, no leading zero.
+fn is_decimal(digits: &[u8]) -> bool {
+    matches!(digits, [b'0'] | [b'1'..=b'9', ..]) && digits.iter().all(u8::is_ascii_digit)
 }
 
 fn parse_length(value: &HeaderValue) -> Result<u64, ParseError> {
@@ -674,10 +703,23 @@ mod tests {
         for raw in [
             "HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 03\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 003\r\nContent-Length: 3\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length:  3 \r\n\r\n",
         ] {
             let h = head(raw, false).unwrap();
             let lengths: Vec<_> = h.headers.get_all(header::CONTENT_LENGTH).iter().collect();
             assert_eq!(lengths, ["3"], "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn only_digits_without_a_leading_zero_are_a_length_as_written() {
+        for yes in ["0", "7", "10", "18446744073709551615"] {
+            assert!(is_decimal(yes.as_bytes()), "{yes}");
+        }
+        for no in ["", "00", "07", "1 ", "+1", "1,1", "x"] {
+            assert!(!is_decimal(no.as_bytes()), "{no}");
         }
     }
 
