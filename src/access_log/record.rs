@@ -93,16 +93,19 @@ impl<const N: usize> Short<N> {
         bytes: [0; N],
     };
 
-    /// `bytes` copied, if they fit.
-    fn of(bytes: &[u8]) -> Option<Short<N>> {
+    /// Copies `bytes` in, if they fit; else marks them held. Writes only the bytes' length
+    /// and the bytes: the record is filled in place, in memory that is seldom in cache.
+    fn set(&mut self, bytes: &[u8]) -> bool {
         match u8::try_from(bytes.len()) {
             Ok(len) if bytes.len() <= N && len != IN_HELD => {
-                let mut short = Short::EMPTY;
-                short.len = len;
-                short.bytes[..bytes.len()].copy_from_slice(bytes);
-                Some(short)
+                self.len = len;
+                self.bytes[..bytes.len()].copy_from_slice(bytes);
+                true
             }
-            _ => None,
+            _ => {
+                self.len = IN_HELD;
+                false
+            }
         }
     }
 
@@ -113,11 +116,6 @@ impl<const N: usize> Short<N> {
             len => &self.bytes[..usize::from(len)],
         }
     }
-
-    const HELD: Short<N> = Short {
-        len: IN_HELD,
-        bytes: [0; N],
-    };
 }
 
 /// The pool and backend names of an answer: copied when they fit [`NAMES`] bytes together (a
@@ -195,14 +193,12 @@ impl Record {
     }
 
     fn quote(&mut self, method: &Method, uri: &Uri) {
-        self.method = Short::of(method.as_str().as_bytes()).unwrap_or_else(|| {
+        if !self.method.set(method.as_str().as_bytes()) {
             self.held().method = Some(method.as_str().as_bytes().into());
-            Short::HELD
-        });
-        self.path = Short::of(uri.path().as_bytes()).unwrap_or_else(|| {
+        }
+        if !self.path.set(uri.path().as_bytes()) {
             self.held().path = Some(uri.path().as_bytes().into());
-            Short::HELD
-        });
+        }
     }
 
     pub(super) fn is_head(&self) -> bool {
@@ -220,10 +216,9 @@ impl Record {
 
     /// The request's `x-request-id`.
     pub(super) fn request_id(&mut self, id: &HeaderValue) {
-        self.request_id = Some(Short::of(id.as_bytes()).unwrap_or_else(|| {
+        if !self.request_id.insert(Short::EMPTY).set(id.as_bytes()) {
             self.held().request_id = Some(id.as_bytes().into());
-            Short::HELD
-        }));
+        }
     }
 
     /// `backend`'s answer, whose head came `took` after the request was sent.
