@@ -28,7 +28,7 @@ work=$(mktemp -d)
 logs=$PWD/target/access-log-bench
 mkdir -p "$logs"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work" "$logs"; }
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work" "$logs"; }
 trap cleanup EXIT
 
 # Backend: nginx answering a tiny body and the key-sync readiness report.

@@ -21,7 +21,7 @@ cargo build --release --quiet
 ulimit -n "$(ulimit -Hn)"   # 10,000 connections need 10,000 descriptors in each process
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
 cat >"$work/backend.conf" <<CONF
