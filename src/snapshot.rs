@@ -267,6 +267,15 @@ impl Shared {
         self.snapshot.load_full()
     }
 
+    /// The current snapshot for a synchronous look, taking no reference count: every proxy
+    /// thread incrementing and decrementing the snapshot's count moved its cache line between
+    /// cores on every request. The guard holds one of the calling thread's few slots: never
+    /// keep it across an `await` (take what outlives it, a pool's `Arc`, out of it).
+    #[inline]
+    pub fn current(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.snapshot.load()
+    }
+
     /// Builds a snapshot for a new `config` (next generation) and the discovered `members`,
     /// reusing backend state by identity, and swaps it in.
     ///

@@ -120,7 +120,7 @@ fn prepare(
             .record(StatusCode::METHOD_NOT_ALLOWED, started.elapsed());
         return Err((StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not proxied"));
     }
-    let snapshot = shared.snapshot();
+    let snapshot = shared.current();
     let routed = {
         let host = request_host(&parts.uri, &parts.headers);
         snapshot.route(host.as_deref().unwrap_or(""), parts.uri.path())

@@ -483,7 +483,7 @@ async fn accept_loop(
         // Read from the running config for each connection: a reload applies to the
         // connections accepted after it.
         let limits = {
-            let snapshot = cx.shared.snapshot();
+            let snapshot = cx.shared.current();
             let server = &snapshot.config.server;
             Limits {
                 header: server.header_read_timeout,
