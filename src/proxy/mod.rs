@@ -307,20 +307,27 @@ async fn forward(
     // A body is read only for a pool that could take it. A client that sent `Expect:
     // 100-continue` then gets its 503 without sending the body; one that did not is answered
     // while it uploads (the server drains the rest before it closes, see `server/io.rs`).
-    if !http_body::Body::is_end_stream(&req.body) && !pool.backends.iter().any(|b| b.is_routable())
-    {
+    // Asked once: over HTTP/2 each ask takes the connection's stream lock.
+    let empty = http_body::Body::is_end_stream(&req.body);
+    if !empty && !pool.backends.iter().any(|b| b.is_routable()) {
         return no_ready_backend(pool);
     }
-    let body = match receive_body(cx, req.body, req.content_length, limits, log).await {
-        Ok(body) => body,
-        Err(resp) => return resp,
+    let body = if empty {
+        // Let go of the client's stream now, as a read body would, not after the exchange.
+        drop(req.body);
+        ReqBody::empty()
+    } else {
+        match receive_body(cx, req.body, req.content_length, limits, log).await {
+            Ok(body) => body,
+            Err(resp) => return resp,
+        }
     };
     let outgoing = Outgoing::new(req.head, req.head_request, req.said_length, body);
     dispatch(cx, outgoing, log).await
 }
 
-/// The client's body within the request's limits, or the answer to a body that does not
-/// fit them.
+/// The client's body (one that is not known to be empty) within the request's limits, or the
+/// answer to a body that does not fit them.
 async fn receive_body(
     cx: &Cx<'_>,
     body: Incoming,
@@ -328,9 +335,6 @@ async fn receive_body(
     limits: &Limits,
     log: &mut Entry,
 ) -> Result<ReqBody, Response<RespBody>> {
-    if http_body::Body::is_end_stream(&body) {
-        return Ok(ReqBody::empty());
-    }
     let replay_limit = cx.pool.guard.max_replay_body;
     // Same deadline as the caller's 504, polled first: a body the client has not finished
     // sending by then is the client's delay (408, like nginx's client_body_timeout). Both
