@@ -122,7 +122,8 @@ impl<F: Future> Future for Within<'_, F> {
 }
 
 /// A deadline waited for on its own, kept in the thread's list like [`within`]'s: a
-/// connection's periodic check. Polling it reads a flag in the list, where a tokio timer would
+/// connection's periodic check. Every open connection thus holds a slot (about 40 bytes) that
+/// each sweep reads: 10,000 connections on one thread are 400 KB read every [`TICK`]. Polling it reads a flag in the list, where a tokio timer would
 /// take atomics and the runtime's budget on each of the connection task's wake-ups.
 pub struct Alarm {
     at: Instant,

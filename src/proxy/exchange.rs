@@ -192,7 +192,7 @@ pub(super) async fn exchange(
         let body_len = req.body_len();
         let sent_at = std::time::Instant::now();
         log.attempt();
-        let attempt = upstream::send(backend, pool.tls.as_ref(), req).await;
+        let attempt = upstream::send(backend, pool.tls.as_ref(), req, sent_at).await;
         let ended = std::time::Instant::now();
         let took = ended.saturating_duration_since(sent_at);
         cx.last_reading.set(ended);

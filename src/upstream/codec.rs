@@ -229,7 +229,8 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Pars
 }
 
 thread_local! {
-    /// [`parse_head`]'s field offsets (a call that finds it taken, none does, uses a new one).
+    /// [`parse_head`]'s field offsets, kept between answers. `parse_head` takes the vector
+    /// and puts it back; were it ever re-entered, the inner call would find an empty one.
     static SPANS: Cell<Vec<(usize, usize, usize, usize)>> = const { Cell::new(Vec::new()) };
 }
 

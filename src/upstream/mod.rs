@@ -54,8 +54,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct Idle {
     conn: Tagged,
-    /// When it was checked in, by the coarse clock ([`crate::clock::coarse`]): its age is
-    /// known to within a deadline tick, far inside [`IDLE_TIMEOUT`]'s margin.
+    /// When it was checked in, by the coarse clock ([`crate::clock::coarse`]): never later
+    /// than the real time, so that an age measured against a real reading is never short.
     since: Instant,
 }
 
@@ -177,11 +177,13 @@ impl Answer {
     }
 }
 
-fn checkout(backend: &Backend, transport: u64) -> Option<Tagged> {
+/// An idle connection to `backend` younger than [`IDLE_TIMEOUT`] at `now` (a real reading: an
+/// age from the coarse clock could be short by as long as a busy thread went without its
+/// sweep, and the timeout's margin below the workers' own is a second).
+fn checkout(backend: &Backend, transport: u64, now: Instant) -> Option<Tagged> {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         let entry = pool.get_mut(&backend.id)?;
-        let now = crate::clock::coarse();
         while let Some(mut idle) = entry.idle.pop() {
             // A connection of another transport (before a reload changed `upstream_tls`) is
             // dropped, and with it closed; so is one the worker closed or wrote to unasked.
@@ -218,7 +220,7 @@ fn checkin(backend: &Arc<Backend>, conn: Tagged) {
 /// Closes idle connections that timed out or were closed by the worker, and all idle
 /// connections of backends that left the config. Run every second on every proxy thread.
 pub fn sweep() {
-    let now = crate::clock::coarse();
+    let now = Instant::now();
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         pool.retain(|_, entry| {
@@ -296,12 +298,18 @@ async fn open(backend: &Backend, tls: Option<&UpstreamTls>) -> Result<Conn, Conn
     }
 }
 
-/// Sends `req` to `backend` on a pooled connection, or a new one. A pooled connection that
+/// Sends `req` to `backend` on a pooled connection, or a new one; `now` is a reading of the
+/// clock taken just before (the caller's, for the upstream latency). A pooled connection that
 /// turns out to be dead before the request was written is replaced by a fresh one once: the
 /// worker is not at fault for an idle connection it closed.
-pub async fn send(backend: &Backend, tls: Option<&UpstreamTls>, mut req: Outgoing) -> Attempt {
+pub async fn send(
+    backend: &Backend,
+    tls: Option<&UpstreamTls>,
+    mut req: Outgoing,
+    now: Instant,
+) -> Attempt {
     let transport = transport(tls);
-    if let Some(conn) = checkout(backend, transport) {
+    if let Some(conn) = checkout(backend, transport, now) {
         match exchange(conn, req).await {
             Ok(resp) => return Attempt::Answered(resp),
             Err(Failed::NotSent(back, _)) => req = back,
