@@ -47,7 +47,7 @@ const FLUSH_LINES: usize = 64;
 /// ... or this long after the last hand-over, whatever it holds (the server's flush task).
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Batches of written records whose boxes the writer keeps for the threads to reuse, at most
-/// (8,192 boxes, 2.5 MiB): more are freed.
+/// (8,192 boxes, 2.5 MiB): more are freed, and all of them when the log is turned off.
 const GIVEN_BACK: usize = 128;
 /// Batches waiting for the writer, at most (16,384 lines in 5 MiB of boxes, 160 ms of lines
 /// at 100,000 requests/s): more are dropped and counted.
@@ -565,6 +565,10 @@ impl Output {
         };
         if let Some((epoch, target, format)) = switch {
             self.switch(epoch, target, format);
+            if self.wanted.is_none() {
+                // Off: the spare boxes (up to 2.5 MiB) are not needed until it is on again.
+                drop(std::mem::take(&mut *lock(&state.given_back)));
+            }
         }
         if reopen {
             self.reopen();
@@ -658,9 +662,12 @@ impl Output {
         for record in &mut batch.records {
             record.release();
         }
-        let mut given_back = lock(&state.given_back);
-        if given_back.len() < GIVEN_BACK {
-            given_back.push(batch.records);
+        // While the log is off, the last batches' boxes are freed, not kept as spares.
+        if self.wanted.is_some() {
+            let mut given_back = lock(&state.given_back);
+            if given_back.len() < GIVEN_BACK {
+                given_back.push(batch.records);
+            }
         }
     }
 }
@@ -858,6 +865,42 @@ mod tests {
         .join()
         .expect("thread");
         assert_eq!(Arc::strong_count(&backend), 1);
+        assert_eq!(log.dropped(), 0);
+    }
+
+    #[test]
+    fn turning_the_log_off_frees_the_spare_boxes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let on = config(
+            AccessLogTarget::File(dir.path().join("access.log")),
+            AccessLogFormat::Text,
+        );
+        let log = AccessLog::default();
+        log.start(&on).expect("starts");
+        let inner = log.inner.clone();
+        std::thread::spawn(move || {
+            let log = AccessLog { inner };
+            let _bound = log.bind_thread();
+            for _ in 0..FLUSH_LINES {
+                emit(record::sample());
+            }
+        })
+        .join()
+        .expect("thread");
+        let spares = || lock(&log.inner.state.given_back).len();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while spares() == 0 {
+            assert!(Instant::now() < deadline, "the batch was not given back");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        log.configure(&AccessLogConfig {
+            enabled: false,
+            ..on
+        });
+        while spares() != 0 {
+            assert!(Instant::now() < deadline, "the spares were kept");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert_eq!(log.dropped(), 0);
     }
 
