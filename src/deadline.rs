@@ -1,4 +1,4 @@
-//! Request deadlines without a timer per request.
+//! Request deadlines and connection checks without a tokio timer each.
 //!
 //! `tokio::time::timeout` adds a timer-wheel entry, under the time driver's lock, for every
 //! request that waits for its worker, and removes it when the request ends: 2.0% of the CPU
@@ -94,16 +94,14 @@ pub fn sweep() {
 pub fn within<F: Future>(at: Instant, fut: Pin<&mut F>) -> Within<'_, F> {
     Within {
         fut,
-        at,
-        deadline: Registration::None,
+        deadline: Alarm::at(at),
     }
 }
 
 /// The future of [`within`].
 pub struct Within<'a, F> {
     fut: Pin<&'a mut F>,
-    at: Instant,
-    deadline: Registration,
+    deadline: Alarm,
 }
 
 impl<F: Future> Future for Within<'_, F> {
@@ -114,17 +112,18 @@ impl<F: Future> Future for Within<'_, F> {
         if let Poll::Ready(out) = this.fut.as_mut().poll(cx) {
             return Poll::Ready(Ok(out));
         }
-        if this.deadline.poll_expired(this.at, cx) {
-            return Poll::Ready(Err(Elapsed));
+        match Pin::new(&mut this.deadline).poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(Elapsed)),
+            Poll::Pending => Poll::Pending,
         }
-        Poll::Pending
     }
 }
 
-/// A deadline waited for on its own, kept in the thread's list like [`within`]'s: a
-/// connection's periodic check. Every open connection thus holds a slot (about 40 bytes) that
-/// each sweep reads: 10,000 connections on one thread are 400 KB read every [`TICK`]. Polling it reads a flag in the list, where a tokio timer would
-/// take atomics and the runtime's budget on each of the connection task's wake-ups.
+/// A deadline in the thread's list, waited for on its own: a connection's periodic check
+/// (and [`within`]'s deadline). Polling it reads a flag in the list, where a tokio timer
+/// would take atomics and the runtime's budget on each of the connection task's wake-ups.
+/// Every open connection thus holds a slot (about 40 bytes) that each sweep reads: 10,000
+/// connections on one thread are 400 KB read every [`TICK`].
 pub struct Alarm {
     at: Instant,
     deadline: Registration,

@@ -8,8 +8,9 @@
 //! below. The modules form layers, lowest first: each uses only the layers below it and the
 //! leaves, so nothing on the request path knows the control plane above it.
 //!
-//! - Leaves, which use nothing but other leaves: `clock` (monotonic milliseconds, RFC 3339),
-//!   `deadline` (request deadlines in a per-thread list swept by one task, no timer each),
+//! - Leaves, which use nothing but other leaves: `clock` (monotonic milliseconds, a per-thread
+//!   coarse clock, RFC 3339), `deadline` (request deadlines and connection checks in a
+//!   per-thread list swept by one task, no timer each; the sweep sets the coarse clock),
 //!   `host` (a host without its port), `events` (the bounded log of state transitions),
 //!   `metrics` (counters and histograms as atomics; the process's own figures from `/proc`),
 //!   `counters` (outlier streaks, the

@@ -261,7 +261,8 @@ impl Shared {
         })
     }
 
-    /// The current snapshot. Cheap (one atomic increment); hold it for one request.
+    /// The current snapshot, to keep across awaits (one atomic increment, and its decrement
+    /// when dropped); for a synchronous look, [`Shared::current`].
     #[inline]
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
