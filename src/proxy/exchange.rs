@@ -172,7 +172,7 @@ pub(super) enum Unanswered {
 pub(super) async fn exchange(
     cx: &Cx<'_>,
     phase: Phase,
-    mut req: Outgoing,
+    req: &mut Outgoing,
     tried: &mut Tried,
     log: &mut Entry,
 ) -> Result<(Upstream, Option<Outgoing>), Unanswered> {
@@ -205,7 +205,8 @@ pub(super) async fn exchange(
             Attempt::NotSent(..) => {}
         }
         let gave = record(cx, phase, backend, &attempt);
-        let back = match (phase.next(gave), attempt) {
+        // Whether `req` can go again as it is: nothing of it was sent.
+        let untouched = match (phase.next(gave), attempt) {
             (Next::Take, Attempt::Answered(resp)) => {
                 log.answered(in_flight.backend(), took);
                 let answer = Upstream {
@@ -216,17 +217,20 @@ pub(super) async fn exchange(
                 return Ok((answer, copy));
             }
             (Next::Stop, Attempt::Failed(err)) => return Err(Unanswered::Broken(err)),
-            (_, Attempt::NotSent(back, _)) => Some(back),
+            (_, Attempt::NotSent(_)) => true,
             // An answer not taken (a 5xx in a second opinion) is dropped, and its connection
             // with it: nobody reads its body.
-            (_, Attempt::Answered(_) | Attempt::Failed(_)) => None,
+            (_, Attempt::Answered(_) | Attempt::Failed(_)) => false,
         };
         if !tried.fail(backend.id, pool.retries) {
             return Err(Unanswered::Exhausted);
         }
-        let Some(next) = back.or(copy) else {
-            return Err(Unanswered::Exhausted);
-        };
+        if !untouched {
+            match copy {
+                Some(copy) => *req = copy,
+                None => return Err(Unanswered::Exhausted),
+            }
+        }
         if !pool.budget.try_spend() {
             return Err(Unanswered::BudgetSpent);
         }
@@ -235,7 +239,6 @@ pub(super) async fn exchange(
                 .retries
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        req = next;
     }
 }
 
@@ -247,7 +250,7 @@ fn record(cx: &Cx<'_>, phase: Phase, backend: &Backend, attempt: &Attempt) -> Ga
             outlier::record_answer(cx.shared, cx.pool, backend, resp.status());
             Gave::answer(cx.pool, resp.status())
         }
-        Attempt::NotSent(_, err) => {
+        Attempt::NotSent(err) => {
             outlier::record_connect_failure(cx.shared, cx.pool, backend);
             log_connect_failure(backend, err, cx.request_id);
             Gave::NotSent

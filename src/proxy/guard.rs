@@ -184,7 +184,7 @@ pub(super) async fn second_opinion(
         peer_ready,
         recall,
     );
-    let (first, replay) = match asking {
+    let (first, mut replay) = match asking {
         Ok(asking) => asking,
         Err(verdict) => return conclude(cx, verdict, &first_backend, None, status, log),
     };
@@ -205,7 +205,7 @@ pub(super) async fn second_opinion(
     pool.stats.guard_outcome(GuardOutcome::Replayed);
     tried.leave_out(first_backend.id);
     let mut peer_backend = None;
-    let heard = match exchange(cx, Phase::SecondOpinion, replay, &mut tried, log).await {
+    let heard = match exchange(cx, Phase::SecondOpinion, &mut replay, &mut tried, log).await {
         Ok((peer, _)) => {
             peer_backend = Some(peer.backend().clone());
             let peer_status = peer.status();

@@ -322,8 +322,8 @@ async fn forward(
             Err(resp) => return resp,
         }
     };
-    let outgoing = Outgoing::new(req.head, req.head_request, req.said_length, body);
-    dispatch(cx, outgoing, log).await
+    let mut outgoing = Outgoing::new(req.head, req.head_request, req.said_length, body);
+    dispatch(cx, &mut outgoing, log).await
 }
 
 /// The client's body (one that is not known to be empty) within the request's limits, or the
@@ -368,7 +368,7 @@ async fn receive_body(
 /// Sends the request to a ready backend (others after connect failures) and answers the
 /// client: the worker's answer, a second opinion's outcome for a guarded one, or syncgate's
 /// own error.
-async fn dispatch(cx: &Cx<'_>, req: Outgoing, log: &mut Entry) -> Response<RespBody> {
+async fn dispatch(cx: &Cx<'_>, req: &mut Outgoing, log: &mut Entry) -> Response<RespBody> {
     let pool = cx.pool;
     let mut tried = Tried::default();
     // The match ends before the second opinion is awaited, so that the exchange's result

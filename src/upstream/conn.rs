@@ -126,8 +126,9 @@ pub struct Conn {
 /// How an exchange failed.
 #[derive(Debug)]
 pub enum Failed {
-    /// Not a byte of the request reached the socket: the request comes back untouched.
-    NotSent(Outgoing, io::Error),
+    /// Not a byte of the request reached the socket: the request is untouched, and may go
+    /// elsewhere.
+    NotSent(io::Error),
     /// The exchange broke after (part of) the request was sent.
     Broken(UpstreamError),
 }
@@ -178,9 +179,11 @@ impl Conn {
         )
     }
 
-    /// Sends `req` and reads the answer's head. `Failed::NotSent` gives the request back when
-    /// not a byte of it was written (a dead pooled connection: the request may go elsewhere).
-    pub async fn exchange(&mut self, mut req: Outgoing) -> Result<Head, Failed> {
+    /// Sends `req` and reads the answer's head. `Failed::NotSent` says that not a byte of it
+    /// was written (a dead pooled connection): `req` is untouched and may go elsewhere. After
+    /// any other outcome its body has been (partly) read. Borrowed, not moved: every level
+    /// of the request's future that took it by value kept its own copy (152 bytes each).
+    pub async fn exchange(&mut self, req: &mut Outgoing) -> Result<Head, Failed> {
         let mut out = Out::Head { at: 0 };
         let mut sent = false;
         let mut complete = false;
@@ -191,7 +194,7 @@ impl Conn {
             // Write what can be written, then look for the answer: the worker may answer
             // early, and must not wait for a body it does not read.
             if !complete {
-                match self.poll_send(cx, &mut out, &mut req, &mut sent) {
+                match self.poll_send(cx, &mut out, req, &mut sent) {
                     Poll::Ready(Ok(())) => complete = true,
                     Poll::Ready(Err(e)) if !sent => return Poll::Ready(Err(Err(e))),
                     // The client's body failed or broke its length: the worker waits for bytes
@@ -224,7 +227,7 @@ impl Conn {
                 Ok(head)
             }
             Err(Ok(e)) => Err(Failed::Broken(e)),
-            Err(Err(UpstreamError::Io(e))) => Err(Failed::NotSent(req, e)),
+            Err(Err(UpstreamError::Io(e))) => Err(Failed::NotSent(e)),
             Err(Err(e)) => Err(Failed::Broken(e)),
         }
     }

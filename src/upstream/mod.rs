@@ -16,9 +16,10 @@
 //! one CA and server name): a reload that changes a pool's `upstream_tls` never sends a
 //! request over a connection that the new settings would not have made.
 //!
-//! A request that could not be written at all comes back ([`Attempt::NotSent`]): a
-//! connection reset before any byte was sent is a retryable connect failure even for
-//! streamed bodies, since the body is still untouched in the returned request.
+//! The request is lent to [`send`], not given: one that could not be written at all
+//! ([`Attempt::NotSent`]) is still the caller's, untouched, so a connection reset before any
+//! byte was sent is a retryable connect failure even for streamed bodies. Lent, too, because
+//! each level of the request's future that took it by value held a copy of its own.
 
 mod codec;
 mod conn;
@@ -156,8 +157,8 @@ impl Outgoing {
 pub enum Attempt {
     /// The worker answered (headers received); the body reads from the connection.
     Answered(Response<Answer>),
-    /// Nothing reached the worker; the request comes back for a retry elsewhere.
-    NotSent(Outgoing, ConnectError),
+    /// Nothing reached the worker; the request is untouched, for a retry elsewhere.
+    NotSent(ConnectError),
     /// The request was (at least partly) sent and then failed: not retryable.
     Failed(UpstreamError),
 }
@@ -301,37 +302,37 @@ async fn open(backend: &Backend, tls: Option<&UpstreamTls>) -> Result<Conn, Conn
 /// Sends `req` to `backend` on a pooled connection, or a new one; `now` is a reading of the
 /// clock taken just before (the caller's, for the upstream latency). A pooled connection that
 /// turns out to be dead before the request was written is replaced by a fresh one once: the
-/// worker is not at fault for an idle connection it closed.
+/// worker is not at fault for an idle connection it closed. `req` stays the caller's: after
+/// [`Attempt::NotSent`] it is untouched, after the others its body has been (partly) read.
 pub async fn send(
     backend: &Backend,
     tls: Option<&UpstreamTls>,
-    mut req: Outgoing,
+    req: &mut Outgoing,
     now: Instant,
 ) -> Attempt {
     let transport = transport(tls);
-    if let Some(conn) = checkout(backend, transport, now) {
-        match exchange(conn, req).await {
-            Ok(resp) => return Attempt::Answered(resp),
-            Err(Failed::NotSent(back, _)) => req = back,
+    if let Some(mut conn) = checkout(backend, transport, now) {
+        match conn.conn.exchange(req).await {
+            Ok(head) => return Attempt::Answered(answer(conn, head)),
+            Err(Failed::NotSent(_)) => {}
             Err(Failed::Broken(e)) => return Attempt::Failed(e),
         }
     }
     // Boxed: a new connection is rare with pooling, and the connect/TLS future is large; kept
     // inline it would make every request's future (moved around by hyper) several KiB bigger.
-    let conn = match Box::pin(open(backend, tls)).await {
+    let mut conn = match Box::pin(open(backend, tls)).await {
         Ok(conn) => Tagged { conn, transport },
-        Err(e) => return Attempt::NotSent(req, e),
+        Err(e) => return Attempt::NotSent(e),
     };
-    match exchange(conn, req).await {
-        Ok(resp) => Attempt::Answered(resp),
-        Err(Failed::NotSent(back, e)) => Attempt::NotSent(back, ConnectError::NotSent(e)),
+    match conn.conn.exchange(req).await {
+        Ok(head) => Attempt::Answered(answer(conn, head)),
+        Err(Failed::NotSent(e)) => Attempt::NotSent(ConnectError::NotSent(e)),
         Err(Failed::Broken(e)) => Attempt::Failed(e),
     }
 }
 
-/// One request on `conn`: the answer with its body still on the connection.
-async fn exchange(mut conn: Tagged, req: Outgoing) -> Result<Response<Answer>, Failed> {
-    let head = conn.conn.exchange(req).await?;
+/// The answer whose `head` was read on `conn`, its body still on the connection.
+fn answer(conn: Tagged, head: codec::Head) -> Response<Answer> {
     let mut resp = Response::new(Answer {
         conn,
         decoder: Decoder::new(head.framing),
@@ -339,7 +340,7 @@ async fn exchange(mut conn: Tagged, req: Outgoing) -> Result<Response<Answer>, F
     });
     *resp.status_mut() = head.status;
     *resp.headers_mut() = head.headers;
-    Ok(resp)
+    resp
 }
 
 /// Sends `req` over a new connection to `backend` and reads the answer whole (at most `limit`
@@ -348,13 +349,13 @@ async fn exchange(mut conn: Tagged, req: Outgoing) -> Result<Response<Answer>, F
 pub async fn fetch(
     backend: &Backend,
     tls: Option<&UpstreamTls>,
-    req: Outgoing,
+    mut req: Outgoing,
     limit: usize,
 ) -> Result<(http::StatusCode, Bytes), String> {
     let mut conn = open(backend, tls).await.map_err(|e| e.to_string())?;
-    let head = match conn.exchange(req).await {
+    let head = match conn.exchange(&mut req).await {
         Ok(head) => head,
-        Err(Failed::NotSent(_, e)) => return Err(format!("probe failed: {e}")),
+        Err(Failed::NotSent(e)) => return Err(format!("probe failed: {e}")),
         Err(Failed::Broken(e)) => return Err(format!("probe failed: {e}")),
     };
     let body = conn::read_to_end(&mut conn, Decoder::new(head.framing), limit)
