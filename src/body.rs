@@ -1,7 +1,9 @@
 //! The request body on its way upstream.
 //!
-//! An enum instead of a boxed trait object: no allocation per request, and the replayable
-//! form (`Full`) is a cheap `Bytes` clone.
+//! An enum instead of a boxed trait object: no allocation for the common body (kept in
+//! memory), and the replayable form (`Full`) is a cheap `Bytes` clone. A streamed body (one
+//! larger than the replay buffer, rare) is boxed: the request's future holds two
+//! [`ReqBody`]s (the request and its copy for a second opinion), 40 bytes each instead of 96.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,18 +31,22 @@ pub enum ReqBody {
     /// Kept in memory; can be replayed (`Bytes` clones share the buffer).
     Full(Option<Bytes>),
     /// Streamed from the client, with a byte limit.
-    Stream {
-        /// Bytes already read from the client (a body that outgrew the replay buffer).
-        prefix: Option<Bytes>,
-        /// The client's body.
-        inner: Incoming,
-        /// Bytes still allowed.
-        remaining: u64,
-        /// The limit, for the error message.
-        limit: u64,
-        /// Counts the bytes read from `inner`, for the access log.
-        counted: Option<Arc<AtomicU64>>,
-    },
+    Stream(Box<Streamed>),
+}
+
+/// A body streamed from the client.
+#[derive(Debug)]
+pub struct Streamed {
+    /// Bytes already read from the client (a body that outgrew the replay buffer).
+    prefix: Option<Bytes>,
+    /// The client's body.
+    inner: Incoming,
+    /// Bytes still allowed.
+    remaining: u64,
+    /// The limit, for the error message.
+    limit: u64,
+    /// Counts the bytes read from `inner`, for the access log.
+    counted: Option<Arc<AtomicU64>>,
 }
 
 impl ReqBody {
@@ -63,20 +69,20 @@ impl ReqBody {
         counted: Option<Arc<AtomicU64>>,
     ) -> ReqBody {
         let used = prefix.as_ref().map_or(0, |p| p.len() as u64);
-        ReqBody::Stream {
+        ReqBody::Stream(Box::new(Streamed {
             prefix,
             inner,
             remaining: limit.saturating_sub(used),
             limit,
             counted,
-        }
+        }))
     }
 
     /// The bytes of a replayable body (None for a streamed one).
     pub fn replayable(&self) -> Option<ReqBody> {
         match self {
             ReqBody::Full(b) => Some(ReqBody::Full(b.clone())),
-            ReqBody::Stream { .. } => None,
+            ReqBody::Stream(_) => None,
         }
     }
 }
@@ -91,13 +97,14 @@ impl Body for ReqBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ReqBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ReqBody::Stream {
-                prefix,
-                inner,
-                remaining,
-                limit,
-                counted,
-            } => {
+            ReqBody::Stream(streamed) => {
+                let Streamed {
+                    prefix,
+                    inner,
+                    remaining,
+                    limit,
+                    counted,
+                } = &mut **streamed;
                 if let Some(p) = prefix.take() {
                     return Poll::Ready(Some(Ok(Frame::data(p))));
                 }
@@ -126,16 +133,16 @@ impl Body for ReqBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ReqBody::Full(b) => b.is_none(),
-            ReqBody::Stream { prefix, inner, .. } => prefix.is_none() && inner.is_end_stream(),
+            ReqBody::Stream(s) => s.prefix.is_none() && s.inner.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             ReqBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            ReqBody::Stream { prefix, inner, .. } => {
-                let p = prefix.as_ref().map_or(0, |p| p.len() as u64);
-                let h = inner.size_hint();
+            ReqBody::Stream(s) => {
+                let p = s.prefix.as_ref().map_or(0, |p| p.len() as u64);
+                let h = s.inner.size_hint();
                 let mut out = SizeHint::new();
                 // Saturating: a client's Content-Length may be anything up to u64::MAX.
                 out.set_lower(h.lower().saturating_add(p));

@@ -62,14 +62,18 @@ pub fn serve(
         Some(v) => (v.clone(), false),
         None => (new_request_id(), true),
     };
-    let prepared = prepare(shared, conn, &parts, &request_id, generated, arrived);
+    let mut prepared = prepare(shared, conn, &parts, &request_id, generated, arrived, body);
     drop(parts);
     let shared = shared.clone();
     log.request_id(&request_id);
     async move {
-        let mut resp = match prepared {
-            Ok(prepared) => prepared.run(&shared, body, &request_id, &mut log).await,
-            Err((status, why)) => error(status, why, &request_id),
+        // Everything below borrows what this future holds, and nothing is moved into the
+        // futures it awaits: an async fn's by-value parameters are held twice (the parameter
+        // and its local), and the callee's copy beside the caller's (every byte of it is
+        // allocated and copied per request).
+        let mut resp = match &mut prepared {
+            Ok(prepared) => prepared.run(&shared, &request_id, &mut log).await,
+            Err((status, why)) => error(*status, why, &request_id),
         };
         answer_request_id(&mut resp, request_id);
         (resp, log)
@@ -88,11 +92,7 @@ fn answer_request_id<B>(resp: &mut Response<B>, mut id: HeaderValue) {
 /// What a routed request takes into its exchange.
 struct Prepared {
     pool: Arc<Pool>,
-    /// The head that goes upstream, without its framing.
-    head: HeadWriter,
-    head_request: bool,
-    said_length: bool,
-    content_length: Option<u64>,
+    req: Forwarding,
     /// The balancer's hash key (with `balance = "hash"`).
     hash_key: Option<Vec<u8>>,
     /// The fingerprint of the request's credential, when the pool keeps memories of them.
@@ -110,6 +110,7 @@ fn prepare(
     request_id: &HeaderValue,
     generated_id: bool,
     started: Instant,
+    body: Incoming,
 ) -> Result<Prepared, (StatusCode, &'static str)> {
     if parts.method == Method::CONNECT {
         // Tunnels are not proxied: a worker that opened one would take the next request on
@@ -151,10 +152,13 @@ fn prepare(
         .then(|| credential::fingerprint(&pool.guard.memory.credential, parts))
         .flatten();
     Ok(Prepared {
-        head: upstream_head(parts, conn, generated_id.then_some(request_id)),
-        head_request: parts.method == Method::HEAD,
-        said_length: parts.headers.contains_key(header::CONTENT_LENGTH),
-        content_length,
+        req: Forwarding {
+            head: upstream_head(parts, conn, generated_id.then_some(request_id)),
+            head_request: parts.method == Method::HEAD,
+            said_length: parts.headers.contains_key(header::CONTENT_LENGTH),
+            content_length,
+            body: Some(body),
+        },
         hash_key: hash_key(pool, &parts.headers),
         credential,
         pool: pool.clone(),
@@ -165,44 +169,35 @@ fn prepare(
 
 impl Prepared {
     /// Forwards the request within `request_timeout` (else `504`), and counts its answer.
+    /// Called once: the request's head and body are taken from it.
     async fn run(
-        self,
+        &mut self,
         shared: &Shared,
-        body: Incoming,
         request_id: &HeaderValue,
         log: &mut Entry,
     ) -> Response<RespBody> {
         let Prepared {
             pool,
-            head,
-            head_request,
-            said_length,
-            content_length,
+            req,
             hash_key,
             credential,
             limits,
             started,
         } = self;
+        let (pool, limits, started) = (&**pool, &*limits, *started);
         let cx = Cx {
             shared,
-            pool: &pool,
+            pool,
             hash_key: hash_key.as_deref(),
-            credential,
+            credential: *credential,
             request_id,
             body_timeout: limits.timeout,
             last_reading: LastReading::new(started),
         };
-        let request = Forwarding {
-            head,
-            head_request,
-            said_length,
-            content_length,
-            body,
-        };
         // Dropped unanswered when the client goes away: a client abort.
         let answering = pool.stats.answering();
         let result = {
-            let forwarding = std::pin::pin!(forward(&cx, request, &limits, log));
+            let forwarding = std::pin::pin!(forward(&cx, req, limits, log));
             deadline::within(limits.deadline, forwarding).await
         };
         answering.answered();
@@ -287,18 +282,20 @@ struct Limits {
 
 /// The request on its way: the upstream head, and the client's body not yet read.
 struct Forwarding {
+    /// The head that goes upstream, without its framing; taken when the request goes.
     head: HeadWriter,
     head_request: bool,
     said_length: bool,
     content_length: Option<u64>,
-    body: Incoming,
+    /// Taken when it is read, or dropped unread when it is empty.
+    body: Option<Incoming>,
 }
 
 /// Forwards to a ready backend, retrying connect failures on other backends, and asks a
 /// second opinion before a guarded answer (401/403) reaches the client.
 async fn forward(
     cx: &Cx<'_>,
-    req: Forwarding,
+    req: &mut Forwarding,
     limits: &Limits,
     log: &mut Entry,
 ) -> Response<RespBody> {
@@ -308,21 +305,21 @@ async fn forward(
     // 100-continue` then gets its 503 without sending the body; one that did not is answered
     // while it uploads (the server drains the rest before it closes, see `server/io.rs`).
     // Asked once: over HTTP/2 each ask takes the connection's stream lock.
-    let empty = http_body::Body::is_end_stream(&req.body);
-    if !empty && !pool.backends.iter().any(|b| b.is_routable()) {
-        return no_ready_backend(pool);
-    }
-    let body = if empty {
-        // Let go of the client's stream now, as a read body would, not after the exchange.
-        drop(req.body);
-        ReqBody::empty()
-    } else {
-        match receive_body(cx, req.body, req.content_length, limits, log).await {
-            Ok(body) => body,
-            Err(resp) => return resp,
+    let body = match req.body.take() {
+        Some(body) if !http_body::Body::is_end_stream(&body) => {
+            if !pool.backends.iter().any(|b| b.is_routable()) {
+                return no_ready_backend(pool);
+            }
+            match receive_body(cx, body, req.content_length, limits, log).await {
+                Ok(body) => body,
+                Err(resp) => return resp,
+            }
         }
+        // Let go of the client's stream now, as a read body would, not after the exchange.
+        _ => ReqBody::empty(),
     };
-    let mut outgoing = Outgoing::new(req.head, req.head_request, req.said_length, body);
+    let head = std::mem::take(&mut req.head);
+    let mut outgoing = Outgoing::new(head, req.head_request, req.said_length, body);
     dispatch(cx, &mut outgoing, log).await
 }
 

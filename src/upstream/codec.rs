@@ -60,7 +60,8 @@ pub enum ReqFraming {
 
 /// A request head being written: the request line, then header fields; [`HeadWriter::finish`]
 /// adds the framing header and ends it. The caller leaves out the framing headers it got.
-#[derive(Debug)]
+/// The default is an empty writer, what is left where a head was taken from.
+#[derive(Debug, Default)]
 pub struct HeadWriter {
     buf: Vec<u8>,
 }

@@ -257,7 +257,7 @@ impl Conn {
                     if head.is_empty() && body.is_empty() {
                         *out = match (req.framing, &req.body) {
                             (ReqFraming::Chunked, _) => Out::Streaming { left: None },
-                            (ReqFraming::Length(n), ReqBody::Stream { .. }) => {
+                            (ReqFraming::Length(n), ReqBody::Stream(_)) => {
                                 Out::Streaming { left: Some(n) }
                             }
                             _ => Out::Flush,

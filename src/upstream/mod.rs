@@ -122,7 +122,7 @@ impl Outgoing {
         } else {
             match &body {
                 ReqBody::Full(b) => ReqFraming::Length(b.as_ref().map_or(0, |b| b.len() as u64)),
-                ReqBody::Stream { .. } => match http_body::Body::size_hint(&body).exact() {
+                ReqBody::Stream(_) => match http_body::Body::size_hint(&body).exact() {
                     Some(n) => ReqFraming::Length(n),
                     None => ReqFraming::Chunked,
                 },
@@ -311,24 +311,44 @@ pub async fn send(
     now: Instant,
 ) -> Attempt {
     let transport = transport(tls);
-    if let Some(mut conn) = checkout(backend, transport, now) {
-        match conn.conn.exchange(req).await {
-            Ok(head) => return Attempt::Answered(answer(conn, head)),
-            Err(Failed::NotSent(_)) => {}
-            Err(Failed::Broken(e)) => return Attempt::Failed(e),
+    let mut fresh = false;
+    let mut conn = match checkout(backend, transport, now) {
+        Some(conn) => conn,
+        None => {
+            fresh = true;
+            match connect(backend, tls, transport).await {
+                Ok(conn) => conn,
+                Err(e) => return Attempt::NotSent(e),
+            }
         }
-    }
-    // Boxed: a new connection is rare with pooling, and the connect/TLS future is large; kept
-    // inline it would make every request's future (moved around by hyper) several KiB bigger.
-    let mut conn = match Box::pin(open(backend, tls)).await {
-        Ok(conn) => Tagged { conn, transport },
-        Err(e) => return Attempt::NotSent(e),
     };
-    match conn.conn.exchange(req).await {
-        Ok(head) => Attempt::Answered(answer(conn, head)),
-        Err(Failed::NotSent(e)) => Attempt::NotSent(ConnectError::NotSent(e)),
-        Err(Failed::Broken(e)) => Attempt::Failed(e),
+    loop {
+        let unsent = match conn.conn.exchange(req).await {
+            Ok(head) => return Attempt::Answered(answer(conn, head)),
+            Err(Failed::NotSent(e)) => e,
+            Err(Failed::Broken(e)) => return Attempt::Failed(e),
+        };
+        if fresh {
+            return Attempt::NotSent(ConnectError::NotSent(unsent));
+        }
+        conn = match connect(backend, tls, transport).await {
+            Ok(conn) => conn,
+            Err(e) => return Attempt::NotSent(e),
+        };
+        fresh = true;
     }
+}
+
+/// A new connection to `backend`. Boxed: a new connection is rare with pooling, and the
+/// connect/TLS future is large; kept inline it would make every request's future (moved
+/// around by hyper) several KiB bigger.
+async fn connect(
+    backend: &Backend,
+    tls: Option<&UpstreamTls>,
+    transport: u64,
+) -> Result<Tagged, ConnectError> {
+    let conn = Box::pin(open(backend, tls)).await?;
+    Ok(Tagged { conn, transport })
 }
 
 /// The answer whose `head` was read on `conn`, its body still on the connection.
