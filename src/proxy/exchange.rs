@@ -5,6 +5,7 @@
 //! The forward path and the second opinion both run [`exchange`]; they differ only in what
 //! they take from an attempt ([`Phase::next`], pure) and which copy of the request they keep.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -169,75 +170,82 @@ pub(super) enum Unanswered {
 /// attempt that [`Phase::next`] does not take, until one is taken or nothing more may be
 /// tried. Every attempt but the request's first is paid from the retry budget. The answer
 /// taken comes with the copy of the request kept before it was sent ([`Phase`] says when).
-pub(super) async fn exchange(
-    cx: &Cx<'_>,
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn's future holds each parameter twice: its upvar and its local"
+)]
+pub(super) fn exchange<'a>(
+    cx: &'a Cx<'a>,
     phase: Phase,
-    req: &mut Outgoing,
-    tried: &mut Tried,
-    log: &mut Entry,
-) -> Result<(Upstream, Option<Outgoing>), Unanswered> {
-    let pool = cx.pool;
-    loop {
-        let Some(backend) = pool.pick(cx.hash_key, &tried.exclude) else {
-            return Err(Unanswered::NoBackend);
-        };
-        let copy = if phase.keeps_copy(pool) {
-            req.replayable()
-        } else {
-            None
-        };
-        let in_flight = backend.start_request();
-        // Known up front for a buffered body or one with a Content-Length; a chunked body too
-        // large to buffer counts what was read before it was sent.
-        let body_len = req.body_len();
-        let sent_at = std::time::Instant::now();
-        log.attempt();
-        let attempt = upstream::send(backend, pool.tls.as_ref(), req, sent_at).await;
-        let ended = std::time::Instant::now();
-        let took = ended.saturating_duration_since(sent_at);
-        cx.last_reading.set(ended);
-        match &attempt {
-            Attempt::Answered(..) => {
-                backend.metrics.upstream_latency.observe(took);
-                backend.metrics.sent(body_len);
+    req: &'a mut Outgoing,
+    tried: &'a mut Tried,
+    log: &'a mut Entry,
+) -> impl Future<Output = Result<(Upstream, Option<Outgoing>), Unanswered>> + 'a {
+    async move {
+        loop {
+            // Read through `cx`: a name kept for the pool would be held in the future besides.
+            let pool = cx.pool;
+            let Some(backend) = pool.pick(cx.hash_key, &tried.exclude) else {
+                return Err(Unanswered::NoBackend);
+            };
+            let copy = if phase.keeps_copy(pool) {
+                req.replayable()
+            } else {
+                None
+            };
+            let in_flight = backend.start_request();
+            // Known up front for a buffered body or one with a Content-Length; a chunked body too
+            // large to buffer counts what was read before it was sent.
+            let body_len = req.body_len();
+            let sent_at = std::time::Instant::now();
+            log.attempt();
+            let attempt = upstream::send(backend, pool.tls.as_ref(), req, sent_at).await;
+            let ended = std::time::Instant::now();
+            let took = ended.saturating_duration_since(sent_at);
+            cx.keep_reading(ended);
+            match &attempt {
+                Attempt::Answered(..) => {
+                    backend.metrics.upstream_latency.observe(took);
+                    backend.metrics.sent(body_len);
+                }
+                Attempt::Failed(_) => backend.metrics.sent(body_len),
+                Attempt::NotSent(..) => {}
             }
-            Attempt::Failed(_) => backend.metrics.sent(body_len),
-            Attempt::NotSent(..) => {}
-        }
-        let gave = record(cx, phase, backend, &attempt);
-        // Whether `req` can go again as it is: nothing of it was sent.
-        let untouched = match (phase.next(gave), attempt) {
-            (Next::Take, Attempt::Answered(resp)) => {
-                log.answered(in_flight.backend(), took);
-                let answer = Upstream {
-                    resp,
-                    in_flight,
-                    body_timeout: cx.body_timeout,
-                };
-                return Ok((answer, copy));
+            let gave = record(cx, phase, backend, &attempt);
+            // Whether `req` can go again as it is: nothing of it was sent.
+            let untouched = match (phase.next(gave), attempt) {
+                (Next::Take, Attempt::Answered(resp)) => {
+                    log.answered(in_flight.backend(), took);
+                    let answer = Upstream {
+                        resp,
+                        in_flight,
+                        body_timeout: cx.limits.timeout,
+                    };
+                    return Ok((answer, copy));
+                }
+                (Next::Stop, Attempt::Failed(err)) => return Err(Unanswered::Broken(err)),
+                (_, Attempt::NotSent(_)) => true,
+                // An answer not taken (a 5xx in a second opinion) is dropped, and its connection
+                // with it: nobody reads its body.
+                (_, Attempt::Answered(_) | Attempt::Failed(_)) => false,
+            };
+            if !tried.fail(backend.id, pool.retries) {
+                return Err(Unanswered::Exhausted);
             }
-            (Next::Stop, Attempt::Failed(err)) => return Err(Unanswered::Broken(err)),
-            (_, Attempt::NotSent(_)) => true,
-            // An answer not taken (a 5xx in a second opinion) is dropped, and its connection
-            // with it: nobody reads its body.
-            (_, Attempt::Answered(_) | Attempt::Failed(_)) => false,
-        };
-        if !tried.fail(backend.id, pool.retries) {
-            return Err(Unanswered::Exhausted);
-        }
-        if !untouched {
-            match copy {
-                Some(copy) => *req = copy,
-                None => return Err(Unanswered::Exhausted),
+            if !untouched {
+                match copy {
+                    Some(copy) => *req = copy,
+                    None => return Err(Unanswered::Exhausted),
+                }
             }
-        }
-        if !pool.budget.try_spend() {
-            return Err(Unanswered::BudgetSpent);
-        }
-        if phase == Phase::Forward {
-            pool.stats
-                .retries
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if !pool.budget.try_spend() {
+                return Err(Unanswered::BudgetSpent);
+            }
+            if phase == Phase::Forward {
+                pool.stats
+                    .retries
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
     }
 }

@@ -183,24 +183,32 @@ impl Conn {
     /// was written (a dead pooled connection): `req` is untouched and may go elsewhere. After
     /// any other outcome its body has been (partly) read. Borrowed, not moved: every level
     /// of the request's future that took it by value kept its own copy (152 bytes each).
-    pub async fn exchange(&mut self, req: &mut Outgoing) -> Result<Head, Failed> {
+    pub fn exchange<'a>(
+        &'a mut self,
+        req: &'a mut Outgoing,
+    ) -> impl std::future::Future<Output = Result<Head, Failed>> + 'a {
         let mut out = Out::Head { at: 0 };
         let mut sent = false;
         let mut complete = false;
         // A write that failed once something was sent: the worker may have answered and
         // closed (a `413` to a body it would not read), so its answer is still looked for.
         let mut write_failed: Option<UpstreamError> = None;
-        let head = poll_fn(|cx| {
+        // One closure that owns the exchange's state: no async block around it (its future
+        // would hold a reference to each piece besides the pieces).
+        poll_fn(move |cx| {
             // Write what can be written, then look for the answer: the worker may answer
             // early, and must not wait for a body it does not read.
             if !complete {
                 match self.poll_send(cx, &mut out, req, &mut sent) {
                     Poll::Ready(Ok(())) => complete = true,
-                    Poll::Ready(Err(e)) if !sent => return Poll::Ready(Err(Err(e))),
+                    Poll::Ready(Err(UpstreamError::Io(e))) if !sent => {
+                        return Poll::Ready(Err(Failed::NotSent(e)))
+                    }
                     // The client's body failed or broke its length: the worker waits for bytes
                     // that will not come, so no answer is waited for.
+                    Poll::Ready(Err(e)) if !sent => return Poll::Ready(Err(Failed::Broken(e))),
                     Poll::Ready(Err(e @ (UpstreamError::Body(_) | UpstreamError::ShortBody))) => {
-                        return Poll::Ready(Err(Ok(e)))
+                        return Poll::Ready(Err(Failed::Broken(e)))
                     }
                     Poll::Ready(Err(e)) => {
                         complete = true;
@@ -213,23 +221,16 @@ impl Conn {
                 return Poll::Pending;
             }
             match ready!(self.poll_head(cx, req.head_request)) {
-                Ok(head) => Poll::Ready(Ok(head)),
-                Err(e) => Poll::Ready(Err(Ok(write_failed.take().unwrap_or(e)))),
+                Ok(mut head) => {
+                    if !complete || write_failed.is_some() {
+                        // Answered before the whole request went: the connection is out of step.
+                        head.keep_alive = false;
+                    }
+                    Poll::Ready(Ok(head))
+                }
+                Err(e) => Poll::Ready(Err(Failed::Broken(write_failed.take().unwrap_or(e)))),
             }
         })
-        .await;
-        match head {
-            Ok(mut head) => {
-                if !complete || write_failed.is_some() {
-                    // Answered before the whole request went: the connection is out of step.
-                    head.keep_alive = false;
-                }
-                Ok(head)
-            }
-            Err(Ok(e)) => Err(Failed::Broken(e)),
-            Err(Err(UpstreamError::Io(e))) => Err(Failed::NotSent(e)),
-            Err(Err(e)) => Err(Failed::Broken(e)),
-        }
     }
 
     /// Writes the request: the head, then its body. `sent` turns true once a byte is written.

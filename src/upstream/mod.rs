@@ -304,38 +304,44 @@ async fn open(backend: &Backend, tls: Option<&UpstreamTls>) -> Result<Conn, Conn
 /// turns out to be dead before the request was written is replaced by a fresh one once: the
 /// worker is not at fault for an idle connection it closed. `req` stays the caller's: after
 /// [`Attempt::NotSent`] it is untouched, after the others its body has been (partly) read.
-pub async fn send(
-    backend: &Backend,
-    tls: Option<&UpstreamTls>,
-    req: &mut Outgoing,
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn's future holds each parameter twice: its upvar and its local"
+)]
+pub fn send<'a>(
+    backend: &'a Backend,
+    tls: Option<&'a UpstreamTls>,
+    req: &'a mut Outgoing,
     now: Instant,
-) -> Attempt {
-    let transport = transport(tls);
-    let mut fresh = false;
-    let mut conn = match checkout(backend, transport, now) {
-        Some(conn) => conn,
-        None => {
-            fresh = true;
-            match connect(backend, tls, transport).await {
+) -> impl Future<Output = Attempt> + 'a {
+    async move {
+        let transport = transport(tls);
+        let mut fresh = false;
+        let mut conn = match checkout(backend, transport, now) {
+            Some(conn) => conn,
+            None => {
+                fresh = true;
+                match connect(backend, tls, transport).await {
+                    Ok(conn) => conn,
+                    Err(e) => return Attempt::NotSent(e),
+                }
+            }
+        };
+        loop {
+            let unsent = match conn.conn.exchange(req).await {
+                Ok(head) => return Attempt::Answered(answer(conn, head)),
+                Err(Failed::NotSent(e)) => e,
+                Err(Failed::Broken(e)) => return Attempt::Failed(e),
+            };
+            if fresh {
+                return Attempt::NotSent(ConnectError::NotSent(unsent));
+            }
+            conn = match connect(backend, tls, transport).await {
                 Ok(conn) => conn,
                 Err(e) => return Attempt::NotSent(e),
-            }
+            };
+            fresh = true;
         }
-    };
-    loop {
-        let unsent = match conn.conn.exchange(req).await {
-            Ok(head) => return Attempt::Answered(answer(conn, head)),
-            Err(Failed::NotSent(e)) => e,
-            Err(Failed::Broken(e)) => return Attempt::Failed(e),
-        };
-        if fresh {
-            return Attempt::NotSent(ConnectError::NotSent(unsent));
-        }
-        conn = match connect(backend, tls, transport).await {
-            Ok(conn) => conn,
-            Err(e) => return Attempt::NotSent(e),
-        };
-        fresh = true;
     }
 }
 
