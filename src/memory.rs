@@ -21,6 +21,7 @@
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::BuildHasher;
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
@@ -29,9 +30,11 @@ use crate::clock::coarse_secs;
 /// Slots per set: four slots of two words fill one 64-byte cache line.
 pub const WAYS: usize = 4;
 
-/// A keyed hash of a credential. Its `Debug` form does not show it.
+/// A keyed hash of a credential. Its `Debug` form does not show it. Never zero, so that an
+/// `Option<Fingerprint>` in every request's future takes 8 bytes, not 16 (a hash of zero
+/// counts as one: a collision of one value in 2^64).
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Fingerprint(u64);
+pub struct Fingerprint(NonZeroU64);
 
 impl fmt::Debug for Fingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -43,10 +46,18 @@ impl Fingerprint {
     /// The fingerprint of `credential` found at `source` (e.g. `header:authorization`).
     pub fn of(source: &str, credential: &[u8]) -> Fingerprint {
         static KEY: OnceLock<RandomState> = OnceLock::new();
-        Fingerprint(
+        Fingerprint::from_bits(
             KEY.get_or_init(RandomState::new)
                 .hash_one((source, credential)),
         )
+    }
+
+    fn from_bits(bits: u64) -> Fingerprint {
+        Fingerprint(NonZeroU64::new(bits).unwrap_or(NonZeroU64::MIN))
+    }
+
+    fn bits(self) -> u64 {
+        self.0.get()
     }
 
     /// This credential's fingerprint for an answer with `status`: a confirmed 401 is not a
@@ -54,12 +65,12 @@ impl Fingerprint {
     pub fn with_status(self, status: u16) -> Fingerprint {
         // The golden ratio spreads the few statuses over all bits; the result stays as
         // unpredictable as the keyed hash it comes from.
-        Fingerprint(self.0 ^ u64::from(status).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        Fingerprint::from_bits(self.bits() ^ u64::from(status).wrapping_mul(0x9E37_79B9_7F4A_7C15))
     }
 
     /// The upper half, kept in both words of a slot.
     fn tag(self) -> u64 {
-        self.0 >> 32
+        self.bits() >> 32
     }
 }
 
@@ -155,7 +166,7 @@ impl Table {
     #[inline]
     fn set(&self, fp: Fingerprint) -> Option<&Set> {
         // Lemire's multiply-shift maps the lower half onto the sets without a division.
-        let index = ((fp.0 & 0xFFFF_FFFF) * self.sets.len() as u64) >> 32;
+        let index = ((fp.bits() & 0xFFFF_FFFF) * self.sets.len() as u64) >> 32;
         self.sets.get(index as usize)
     }
 
@@ -184,7 +195,7 @@ impl Table {
         // the fingerprint picks, so that a flood spreads over every way of a set. From the
         // tag's bits: the set index comes from the top of the lower half, so its bits would
         // give every fingerprint of a set the same start.
-        let start = (fp.0 >> 32) as usize;
+        let start = (fp.bits() >> 32) as usize;
         for i in (0..WAYS).map(|k| (start + k) % WAYS) {
             let slot = &set.0[i];
             let entry = Entry::read(slot);
