@@ -41,7 +41,7 @@ pub(super) enum Gave {
     ServerError,
     /// Any other answer.
     Other,
-    /// Nothing reached the backend (connect failure); the request came back untouched.
+    /// Nothing reached the backend (connect failure); the request is untouched.
     NotSent,
     /// The exchange broke after the request was (partly) sent.
     Broken,
@@ -183,7 +183,6 @@ pub(super) fn exchange<'a>(
 ) -> impl Future<Output = Result<(Upstream, Option<Outgoing>), Unanswered>> + 'a {
     async move {
         loop {
-            // Read through `cx`: a name kept for the pool would be held in the future besides.
             let pool = cx.pool;
             let Some(backend) = pool.pick(cx.hash_key, &tried.exclude) else {
                 return Err(Unanswered::NoBackend);

@@ -67,10 +67,11 @@ pub fn serve(
     let shared = shared.clone();
     log.request_id(&request_id);
     async move {
-        // Everything below borrows what this future holds, and nothing is moved into the
-        // futures it awaits: an async fn's by-value parameters are held twice (the parameter
-        // and its local), and the callee's copy beside the caller's (every byte of it is
-        // allocated and copied per request).
+        // The request's path borrows what this future holds: nothing on the way of every
+        // request is moved into the futures it awaits (a by-value parameter of an async fn
+        // is held twice, the parameter and its local, and the callee's copy beside the
+        // caller's; every byte of it is allocated and copied per request). Only the rarer
+        // steps take theirs by value: reading a body, the second opinion (boxed).
         let mut resp = match &mut prepared {
             Ok(prepared) => prepared.run(&shared, &request_id, &mut log).await,
             Err((status, why)) => error(*status, why, &request_id),
@@ -232,6 +233,7 @@ struct Cx<'a> {
     /// The fingerprint of the request's credential, when the pool keeps memories of them.
     credential: Option<Fingerprint>,
     request_id: &'a HeaderValue,
+    /// The request's arrival, body limit and `request_timeout`.
     limits: &'a Limits,
     /// The clock reading that ended the last attempt, while nothing that takes time happened
     /// since: when the answer is ready, without reading the clock again. Kept as nanoseconds
@@ -529,7 +531,10 @@ mod tests {
             let conn = ConnInfo::new(peer, false);
             let service = hyper::service::service_fn(move |req| {
                 let future = serve(&shared, &conn, req, Instant::now(), Entry::off());
-                let _ = size_tx.send(std::mem::size_of_val(&future));
+                let _ = size_tx.send((
+                    std::mem::size_of_val(&future),
+                    std::mem::align_of_val(&future),
+                ));
                 async {
                     Ok::<_, std::convert::Infallible>(Response::new(
                         http_body_util::Empty::<Bytes>::new(),
@@ -547,7 +552,16 @@ mod tests {
             .expect("write");
         let mut answer = Vec::new();
         client.read_to_end(&mut answer).await.expect("read");
-        let size = size_rx.recv().await.expect("a request was served");
+        let (size, align) = size_rx
+            .recv()
+            .await
+            .expect("the service was called with the request");
+        // Rust's system allocator calls plain `malloc` (and so reaches the cache) only up to
+        // this alignment.
+        assert!(
+            align <= 16,
+            "the request's future is aligned to {align} bytes"
+        );
         assert!(
             size <= TCACHE_MAX,
             "the request's future is {size} bytes, more than the {TCACHE_MAX} glibc's \

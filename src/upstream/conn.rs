@@ -6,7 +6,7 @@
 //! `413`, an early error) and stop reading; the answer is taken as soon as its head arrives,
 //! and the connection is then not reused (the rest of the request was never sent).
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -182,11 +182,11 @@ impl Conn {
     /// Sends `req` and reads the answer's head. `Failed::NotSent` says that not a byte of it
     /// was written (a dead pooled connection): `req` is untouched and may go elsewhere. After
     /// any other outcome its body has been (partly) read. Borrowed, not moved: every level
-    /// of the request's future that took it by value kept its own copy (152 bytes each).
+    /// of the request's future that took it by value kept its own copy.
     pub fn exchange<'a>(
         &'a mut self,
         req: &'a mut Outgoing,
-    ) -> impl std::future::Future<Output = Result<Head, Failed>> + 'a {
+    ) -> impl Future<Output = Result<Head, Failed>> + 'a {
         let mut out = Out::Head { at: 0 };
         let mut sent = false;
         let mut complete = false;
@@ -277,6 +277,9 @@ impl Conn {
                 // later (empty) frame, or after trailers, and is not waited for.
                 Out::Streaming { left: Some(0) } => *out = Out::Flush,
                 Out::Streaming { left } => {
+                    // A body read from is spent: the request can no longer go elsewhere (the
+                    // head before it always has bytes, so this is already true).
+                    *sent = true;
                     let frame = match Pin::new(&mut req.body).poll_frame(cx) {
                         Poll::Ready(frame) => frame,
                         Poll::Pending => {

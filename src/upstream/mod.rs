@@ -336,6 +336,8 @@ pub fn send<'a>(
             if fresh {
                 return Attempt::NotSent(ConnectError::NotSent(unsent));
             }
+            // Closed before the new one is opened, not held while it connects.
+            drop(conn);
             conn = match connect(backend, tls, transport).await {
                 Ok(conn) => conn,
                 Err(e) => return Attempt::NotSent(e),
