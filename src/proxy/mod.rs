@@ -204,7 +204,7 @@ impl Prepared {
             let (pool, limits) = (cx.pool, cx.limits);
             answering.answered();
             let (resp, answered_at) = match result {
-                Ok(resp) => (resp, cx.last_reading.get(limits.started)),
+                Ok(resp) => (resp, cx.kept_reading()),
                 Err(_) => {
                     // A guarded answer may have been taken before its second opinion ran late.
                     log.local_answer();
@@ -245,6 +245,11 @@ impl Cx<'_> {
     /// Keeps `at`, a reading that ended an attempt.
     fn keep_reading(&self, at: Instant) {
         self.last_reading.set(self.limits.started, at);
+    }
+
+    /// The reading kept last, unless cleared since.
+    fn kept_reading(&self) -> Option<Instant> {
+        self.last_reading.get(self.limits.started)
     }
 }
 
