@@ -6,7 +6,9 @@
 # per round, back to back, in an order that rotates from round to round; a round's ratios
 # (on/off) compare runs seconds apart, so that the load of a shared machine, which drifts over
 # minutes, cancels out of them. Prints each run, each variant's median requests/s and CPU µs
-# per request, and the median of the rounds' ratios on/off.
+# per request, and the median of the rounds' ratios on/off. It waits for every proxy to answer
+# 200 before it measures, and any non-2xx answer or socket error during a run marks the whole
+# measurement INVALID (exit 1): a proxy answering 503 costs a fraction of a proxied request.
 #
 #   bash benches/access_log.sh [seconds per run] [rounds] [side-by-side rounds]
 #                                               (defaults: 4 s, 15 rounds, 7 rounds)
@@ -85,7 +87,24 @@ CONF
 syncgate sg-off 18091 18096 'enabled = false'
 syncgate sg-file 18092 18097 "path = \"$logs/syncgate.log\""
 syncgate sg-null 18093 18098 'path = "-"'
-sleep 2
+# Each proxy answers 200 once its backend is ready (syncgate: after its first probe), within
+# 15 s; a run that measured anything else (503s of a proxy without a ready backend cost a
+# fraction of a proxied request) would be meaningless.
+for p in 18091 18092 18093 18094 18095; do
+  deadline=$((SECONDS + 15))
+  until [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$p/")" = 200 ]; do
+    if [ $SECONDS -ge $deadline ]; then echo "INVALID: the proxy on port $p never answered 200" >&2; exit 1; fi
+    sleep 0.1
+  done
+done
+invalid=0
+# Marks the run invalid when wrk's output ($2) shows a non-2xx answer or a socket error.
+check() { # name output
+  if echo "$2" | grep -qE "Non-2xx|Socket errors"; then
+    echo "INVALID run of $1: $(echo "$2" | grep -E "Non-2xx|Socket errors" | tr -s ' ')" >&2
+    invalid=1
+  fi
+}
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 tick=$(getconf CLK_TCK)
@@ -111,6 +130,7 @@ for r in $(seq 1 "$ROUNDS"); do
     pid=$(proxy_pid "$v")
     before=$(cpu_ticks "$pid")
     out=$(taskset -c 1 wrk -t1 -c64 -d"${SECS}s" "http://127.0.0.1:${port[$v]}/")
+    check "$v" "$out"
     after=$(cpu_ticks "$pid")
     reqs=$(echo "$out" | awk '/requests in/ {print $1}')
     rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
@@ -156,6 +176,8 @@ for r in $(seq 1 "$SIDE_ROUNDS"); do
   w2=$!
   wait "$w1" "$w2"
   a1=$(cpu_ticks "$pid_sg_off") b1=$(cpu_ticks "$pid_sg_null")
+  check sg-off "$(cat "$work/side-off.txt")"
+  check sg-null "$(cat "$work/side-null.txt")"
   n_off=$(awk '/requests in/ {print $1}' "$work/side-off.txt")
   n_null=$(awk '/requests in/ {print $1}' "$work/side-null.txt")
   awk -v a=$((a1 - a0)) -v b=$((b1 - b0)) -v x="$n_off" -v y="$n_null" \
@@ -164,3 +186,4 @@ done
 printf "median side by side: %.3f\n" "$(median "$work/side.ratio")"
 dropped=$(curl -s http://127.0.0.1:18097/metrics | awk '$1 == "syncgate_access_log_dropped_total" {print $2}')
 echo "sg-file: $(wc -l <"$logs/syncgate.log") lines in its file, ${dropped:-?} dropped"
+if [ "$invalid" -ne 0 ]; then echo "INVALID: some run had errors or non-2xx answers (see above)"; exit 1; fi
