@@ -63,6 +63,24 @@ def answered(buf):
     return False
 
 
+def status_200(buf):
+    """Whether the complete answer in `buf` is a 200: an idle connection measured after a 503
+    (a proxy without a ready backend) would not be the connection the benchmark is about. Over
+    HTTP/2, the first HEADERS frame of stream 1 must begin with `:status 200` as HPACK's
+    indexed static entry 8 (0x88), as nginx, HAProxy and hyper encode it."""
+    if proto == "h1":
+        return buf.startswith(b"HTTP/1.1 200 ")
+    pos = 0
+    while pos + 9 <= len(buf):
+        length = int.from_bytes(buf[pos:pos + 3], "big")
+        kind = buf[pos + 3]
+        stream = int.from_bytes(buf[pos + 5:pos + 9], "big") & 0x7FFFFFFF
+        if kind == 1 and stream == 1:
+            return length > 0 and buf[pos + 9] == 0x88
+        pos += 9 + length
+    return False
+
+
 sel = selectors.DefaultSelector()
 conns = []
 request = h1_request() if proto == "h1" else h2_request()
@@ -82,6 +100,8 @@ for _ in range(count):
                 sys.exit(f"connection closed before its answer: {bytes(key.data)[:200]!r}")
             key.data.extend(data)
             if answered(bytes(key.data)):
+                if not status_200(bytes(key.data)):
+                    sys.exit(f"an answer other than 200: {bytes(key.data)[:200]!r}")
                 if proto == "h2":
                     # Acknowledge the server's SETTINGS, as a client does.
                     key.fileobj.sendall(frame(4, 0x1, 0))
