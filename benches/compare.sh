@@ -11,20 +11,24 @@
 #   pinned     each proxy on core 0 with one worker (syncgate worker_threads = 1), the backend
 #              and wrk -t1 -c64 keep-alive on core 1: req/s, p50/p99/p99.9, CPU µs per request
 #              (user+sys of the proxy process over the run), peak RSS.
+#   same       the pinned placement again, with nginx and HAProxy configured to write the
+#              forwarding headers syncgate writes by default (the client's Host,
+#              X-Forwarded-Host and -Proto, an X-Request-ID upstream and back to the client):
+#              the same work, as an operator who needs those headers would configure them.
 #   unpinned   every proxy with one worker per core (worker_threads = 0, nginx worker_processes
 #              auto, HAProxy nbthread = cores), nothing pinned, wrk -t2 -c128.
 #   rate       fixed rate at 50% of the pinned maximum (oha --latency-correction, so a stall
 #              counts for every request it delayed): p50/p99/p99.9.
 #   h2         HTTP/2 clients over cleartext (h2load -c16 -m10), pinned like the first.
 # syncgate runs with its guard (default [401, 403]) and key-sync readiness on. Any non-2xx
-# answer or socket error marks a run INVALID. Uses loopback ports 18077-18089.
+# answer or socket error marks a run INVALID. Uses loopback ports 18073-18089.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
 ROUNDS=${2:-3}
 CORES=$(nproc)
 need=()
-for t in nginx haproxy wrk h2load; do command -v "$t" >/dev/null || need+=("$t"); done
+for t in nginx haproxy wrk h2load curl; do command -v "$t" >/dev/null || need+=("$t"); done
 if [ ${#need[@]} -gt 0 ]; then
   need=("${need[@]/h2load/nghttp2-client}")
   apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
@@ -47,19 +51,31 @@ http { access_log off; keepalive_requests 1000000;
 CONF
   echo "$work/backend-$1.conf"
 }
-nginx_proxy() { # name, port, h2 port, backend port, workers
+# The forwarding headers syncgate writes and nginx's and HAProxy's defaults do not: the client's
+# Host, X-Forwarded-Host and -Proto, and an X-Request-ID generated when the client sent none,
+# sent upstream and returned to the client.
+NGINX_SAME='proxy_set_header Host $http_host; proxy_set_header X-Forwarded-Host $http_host;
+      proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Request-ID $sg_request_id;
+      add_header X-Request-ID $sg_request_id always;'
+HAPROXY_SAME='  unique-id-format %[uuid()]
+  unique-id-header X-Request-ID
+  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  http-after-response set-header X-Request-ID %[unique-id]'
+nginx_proxy() { # name, port, h2 port, backend port, workers[, extra location directives]
   cat >"$work/$1.conf" <<CONF
 daemon off; worker_processes $5; pid $work/$1.pid; error_log /dev/null;
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 1000000;
+  map \$http_x_request_id \$sg_request_id { "" \$request_id; default \$http_x_request_id; }
   upstream workers { server 127.0.0.1:$4; keepalive 128; }
   server { listen 127.0.0.1:$2; listen 127.0.0.1:$3 http2;
     location / { proxy_pass http://workers; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } } }
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; ${6:-} } } }
 CONF
   echo "$work/$1.conf"
 }
-haproxy_proxy() { # name, port, h2 port, backend port, threads
+haproxy_proxy() { # name, port, h2 port, backend port, threads[, extra frontend lines]
   cat >"$work/$1.cfg" <<CONF
 global
   nbthread $5
@@ -73,6 +89,7 @@ defaults
 frontend fe
   bind 127.0.0.1:$2
   bind 127.0.0.1:$3 proto h2
+${6:-}
   default_backend workers
 backend workers
   server w1 127.0.0.1:$4
@@ -105,11 +122,20 @@ taskset -c 1 nginx -c "$(backend 18080 1)" & pids+=($!)
 nginx -c "$(backend 18084 auto)" & pids+=($!)
 taskset -c 0 nginx -c "$(nginx_proxy nginx-pinned 18081 18085 18080 1)" & pids+=($!)
 taskset -c 0 haproxy -f "$(haproxy_proxy haproxy-pinned 18082 18086 18080 1)" & pids+=($!)
+taskset -c 0 nginx -c "$(nginx_proxy nginx-same 18073 18075 18080 1 "$NGINX_SAME")" & pids+=($!)
+taskset -c 0 haproxy -f "$(haproxy_proxy haproxy-same 18074 18076 18080 1 "$HAPROXY_SAME")" & pids+=($!)
 RUST_LOG=warn taskset -c 0 ./target/release/syncgate run --config "$(syncgate_proxy syncgate-pinned 18083 18080 1)" & pids+=($!)
 nginx -c "$(nginx_proxy nginx-all 18087 18077 18084 auto)" & pids+=($!)
 haproxy -f "$(haproxy_proxy haproxy-all 18088 18078 18084 "$CORES")" & pids+=($!)
 RUST_LOG=warn ./target/release/syncgate run --config "$(syncgate_proxy syncgate-all 18089 18084 0)" & pids+=($!)
 sleep 2
+
+# The "same" proxies must answer with a request id, as syncgate does.
+for port in 18073 18074 18083; do
+  if ! curl -sfi "http://127.0.0.1:$port/" | grep -qi '^x-request-id: .'; then
+    echo "INVALID: the proxy on port $port answers without X-Request-ID" >&2; exit 1
+  fi
+done
 
 tick=$(getconf CLK_TCK)
 # Every process of a proxy (nginx: its workers), for CPU and RSS.
@@ -153,6 +179,9 @@ done = function(summary, latency, requests)
 end
 LUA
 
+# The process a section measures: "$name-$placement", but syncgate's pinned instance serves
+# the "same" section too (its configuration does not change, only the others' do).
+proc_of() { if [ "$1" = syncgate ] && [ "$2" = same ]; then echo syncgate-pinned; else echo "$1-$2"; fi; }
 section() { # title placement "ports of nginx haproxy syncgate" wrk-args...
   local title=$1 placement=$2 ports=$3; shift 3
   echo
@@ -165,13 +194,13 @@ section() { # title placement "ports of nginx haproxy syncgate" wrk-args...
     j=0
     for name in nginx haproxy syncgate; do
       j=$((j + 1)); port=$(echo "$ports" | cut -d' ' -f$j)
-      rows[$name]+="$(wrk_run "$name-$placement" "$port" "$@" -s "$work/p999.lua")"$'\n'
+      rows[$name]+="$(wrk_run "$(proc_of "$name" "$placement")" "$port" "$@" -s "$work/p999.lua")"$'\n'
     done
   done
   for name in nginx haproxy syncgate; do
     local col vals=()
     for col in 1 2 3 4 5; do vals+=("$(echo -n "${rows[$name]}" | awk -v c=$col 'NF {print $c}' | median)"); done
-    printf "%-9s %10.0f %9.3f %9.3f %9.3f %11.2f %9.1f\n" "$name" "${vals[@]}" "$(awk -v k="$(peak_rss_kib "$name-$placement")" 'BEGIN {print k / 1024}')"
+    printf "%-9s %10.0f %9.3f %9.3f %9.3f %11.2f %9.1f\n" "$name" "${vals[@]}" "$(awk -v k="$(peak_rss_kib "$(proc_of "$name" "$placement")")" 'BEGIN {print k / 1024}')"
     eval "${title%% *}_${name}_rps=${vals[0]}; ${title%% *}_${name}_cpu=${vals[4]}"
   done
 }
@@ -179,6 +208,7 @@ section() { # title placement "ports of nginx haproxy syncgate" wrk-args...
 wrk() { if [ -n "${WRK_PIN:-}" ]; then taskset -c "$WRK_PIN" "$(type -P wrk)" "$@"; else command wrk "$@"; fi; }
 
 WRK_PIN=1 section "pinned (proxy on core 0; backend and wrk -t1 -c64 on core 1)" pinned "18081 18082 18083" -t1 -c64
+WRK_PIN=1 section "same headers (pinned; nginx and HAProxy also set Host, X-Forwarded-Host/-Proto and X-Request-ID)" same "18073 18074 18083" -t1 -c64
 WRK_PIN="" section "unpinned (one worker per core, $CORES cores; wrk -t2 -c128)" all "18087 18088 18089" -t2 -c128
 
 echo
@@ -237,6 +267,8 @@ ratio() { awk -v s="$1" -v a="$2" -v b="$3" -v what="$4" -v better="$5" 'BEGIN {
   best = (better == "low") ? (a < b ? a : b) : (a > b ? a : b); printf "%-34s %.2fx\n", what, s / best }'; }
 ratio "$pinned_syncgate_cpu" "$pinned_nginx_cpu" "$pinned_haproxy_cpu" "CPU per request, pinned" low
 ratio "$pinned_syncgate_rps" "$pinned_nginx_rps" "$pinned_haproxy_rps" "throughput, pinned" high
+ratio "$same_syncgate_cpu" "$same_nginx_cpu" "$same_haproxy_cpu" "CPU per request, same headers" low
+ratio "$same_syncgate_rps" "$same_nginx_rps" "$same_haproxy_rps" "throughput, same headers" high
 ratio "$unpinned_syncgate_cpu" "$unpinned_nginx_cpu" "$unpinned_haproxy_cpu" "CPU per request, unpinned" low
 ratio "$unpinned_syncgate_rps" "$unpinned_nginx_rps" "$unpinned_haproxy_rps" "throughput, unpinned" high
 awk -v s="$h2_syncgate_cpu" -v h="$h2_haproxy_cpu" 'BEGIN {printf "%-34s %.2fx\n", "CPU per request, HTTP/2 vs HAProxy", s / h}'
