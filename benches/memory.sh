@@ -2,8 +2,8 @@
 # Memory per idle keep-alive client connection: syncgate against nginx and HAProxy, each one
 # process with one worker thread. For each proxy and protocol (HTTP/1.1, and HTTP/2 with prior
 # knowledge): RSS of the proxy process idle, with N idle connections that each had one
-# request answered, and again after they closed. Prints KiB per connection. Access logs are off
-# in every proxy, as in compare.sh.
+# request answered, and again after they closed. Prints KiB per connection. Each measurement
+# starts a fresh proxy process. Access logs are off in every proxy, as in compare.sh.
 #
 #   bash benches/memory.sh [N...]      (default: 1000 10000; installs nginx, haproxy if missing)
 #
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 COUNTS=("$@")
 [ ${#COUNTS[@]} -gt 0 ] || COUNTS=(1000 10000)
 need=()
-for t in nginx haproxy; do command -v "$t" >/dev/null || need+=("$t"); done
+for t in nginx haproxy curl; do command -v "$t" >/dev/null || need+=("$t"); done
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
@@ -43,7 +43,6 @@ http { access_log off; keepalive_timeout 600s; keepalive_requests 1000000;
   server { listen 127.0.0.1:18091; listen 127.0.0.1:18092 http2;
     location / { proxy_pass http://workers; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 CONF
-nginx -c "$work/nginx.conf" & pids+=($!)
 
 # HAProxy reserves two descriptors per connection: with a hard limit of 20,000 (this machine)
 # it takes at most about 10,000 connections, and is skipped for counts above its maxconn.
@@ -67,7 +66,6 @@ frontend fe
 backend workers
   server w1 127.0.0.1:18090
 CONF
-haproxy -f "$work/haproxy.cfg" & pids+=($!)
 
 cat >"$work/syncgate.toml" <<CONF
 [server]
@@ -88,8 +86,26 @@ rise = 1
 name = "w1"
 addr = "127.0.0.1:18090"
 CONF
-RUST_LOG=warn ./target/release/syncgate run --config "$work/syncgate.toml" & pids+=($!)
-sleep 2
+sleep 1
+
+# Each measurement runs in a fresh proxy process: memory a process freed earlier (another
+# protocol's connections) and kept would flatter the next measurement, which reuses it.
+launch() { # name, port that must answer 200
+  case "$1" in
+    nginx) nginx -c "$work/nginx.conf" & ;;
+    haproxy) haproxy -f "$work/haproxy.cfg" & ;;
+    syncgate) RUST_LOG=warn ./target/release/syncgate run --config "$work/syncgate.toml" & ;;
+  esac
+  launched=$!
+  pids+=("$launched")
+  for _ in $(seq 150); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$2/" || true)" = 200 ] && return 0
+    sleep 0.1
+  done
+  echo "$1 never answered 200 on port $2" >&2
+  exit 1
+}
+stop() { kill "$launched"; wait "$launched" 2>/dev/null || true; }
 
 proxy_pid() {
   case "$1" in
@@ -102,12 +118,13 @@ rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
 printf "%-9s %-5s %7s %11s %11s %11s %9s\n" proxy proto conns "idle MiB" "open MiB" "closed MiB" "KiB/conn"
 for count in "${COUNTS[@]}"; do
-  for run in nginx:h1:18091 nginx:h2:18092 haproxy:h1:18093 haproxy:h2:18094 syncgate:h1:18095 syncgate:h2:18095; do
-    IFS=: read -r name proto port <<<"$run"
+  for run in nginx:h1:18091:18091 nginx:h2:18092:18091 haproxy:h1:18093:18093 haproxy:h2:18094:18093 syncgate:h1:18095:18095 syncgate:h2:18095:18095; do
+    IFS=: read -r name proto port h1port <<<"$run"
     if [ "$name" = haproxy ] && [ "$count" -gt "$haproxy_max" ]; then
       printf "%-9s %-5s %7d   skipped: over its maxconn %d (descriptor limit %d)\n" "$name" "$proto" "$count" "$haproxy_max" "$(ulimit -n)"
       continue
     fi
+    launch "$name" "$h1port"
     pid=$(proxy_pid "$name")
     # One round of requests first, so that the idle figure includes the upstream connection.
     python3 benches/idle_clients.py "127.0.0.1:$port" 16 "$proto" </dev/null >/dev/null
@@ -126,5 +143,6 @@ for count in "${COUNTS[@]}"; do
     closed=$(rss_kib "$pid")
     awk -v n="$name" -v p="$proto" -v c="$count" -v i="$idle" -v o="$open" -v z="$closed" 'BEGIN {
       printf "%-9s %-5s %7d %11.1f %11.1f %11.1f %9.1f\n", n, p, c, i / 1024, o / 1024, z / 1024, (o - i) / c }'
+    stop
   done
 done
