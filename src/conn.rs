@@ -45,6 +45,10 @@ pub struct Activity {
     /// Requests in progress (HTTP/2 runs several at once): from the service call until the
     /// response body has been sent.
     in_flight: AtomicU32,
+    /// The socket's last write or flush could not complete (the client is not reading), or it
+    /// is being shut down: hyper may hold bytes of an answer it has not written yet, or be
+    /// closing the connection, so the connection is not parked.
+    output_blocked: AtomicBool,
     /// [`now_millis`] when the last request ended (or the connection opened).
     last_ms: AtomicU64,
     /// HTTP/1.1: [`now_millis`] when the first byte of a request head arrived while no request
@@ -75,6 +79,7 @@ impl Activity {
     pub fn new(server_draining: Arc<AtomicBool>) -> Activity {
         Activity {
             in_flight: AtomicU32::new(0),
+            output_blocked: AtomicBool::new(false),
             last_ms: AtomicU64::new(now_millis()),
             head_ms: AtomicU64::new(0),
             closing_idle: AtomicBool::new(false),
@@ -115,7 +120,14 @@ impl Activity {
             in_flight: self.in_flight.load(Ordering::Acquire),
             last_ms: self.last_ms.load(Ordering::Acquire),
             head_ms: self.head_ms.load(Ordering::Acquire),
+            output_blocked: self.output_blocked.load(Ordering::Acquire),
         }
+    }
+
+    /// Records whether the socket's last write or flush could not complete, or its shutdown
+    /// began (called on changes only).
+    pub fn set_output_blocked(&self, blocked: bool) {
+        self.output_blocked.store(blocked, Ordering::Release);
     }
 
     /// No request in progress and no request head started: closing now cuts nothing short.
@@ -196,6 +208,8 @@ pub struct Observed {
     pub last_ms: u64,
     /// When a request head started (HTTP/1.1); 0: none.
     pub head_ms: u64,
+    /// The socket's last write or flush could not complete.
+    pub output_blocked: bool,
 }
 
 /// What the server does about a connection at a periodic check.
@@ -226,6 +240,22 @@ pub fn verdict(o: Observed, now_ms: u64, header_ms: u64, idle_ms: u64) -> Verdic
     } else {
         Verdict::Keep
     }
+}
+
+/// An HTTP/1.1 keep-alive connection idle this long (ms) is parked: hyper's connection, with
+/// its two 8 KiB buffers, is let go until the client sends again (nginx and HAProxy free their
+/// buffers between keep-alive requests likewise). A client that sends more often than this
+/// keeps its connection as it is.
+pub const PARK_AFTER_MS: u64 = 100;
+
+/// Whether a connection observed as `o` at `now_ms`, and left to live by [`verdict`], may be
+/// parked: nothing in progress, no head started, every answer written to the socket, and no
+/// request ended for `park_ms`. Pure.
+pub fn parkable(o: Observed, now_ms: u64, park_ms: u64) -> bool {
+    o.in_flight == 0
+        && o.head_ms == 0
+        && !o.output_blocked
+        && now_ms.saturating_sub(o.last_ms) >= park_ms
 }
 
 /// A connection that has not sent a request yet is reclaimed only after this long (ms).
@@ -295,6 +325,7 @@ mod tests {
             in_flight,
             last_ms,
             head_ms,
+            output_blocked: false,
         }
     }
 
@@ -325,6 +356,24 @@ mod tests {
         );
         // A clock that went backwards is no overflow.
         assert_eq!(verdict(seen(0, 5_000, 0), 10, 1, 1), Verdict::Keep);
+    }
+
+    #[test]
+    fn only_a_connection_quiet_for_the_park_time_is_parked() {
+        // Last request ended at 1000; parked from 100 ms of quiet.
+        assert!(!parkable(seen(0, 1_000, 0), 1_099, 100));
+        assert!(parkable(seen(0, 1_000, 0), 1_100, 100));
+        // Not with a request in progress, nor with a head started (a partial one included).
+        assert!(!parkable(seen(1, 1_000, 0), 9_000, 100));
+        assert!(!parkable(seen(0, 1_000, 5_000), 9_000, 100));
+        // Nor while the socket does not take the last answer's bytes (a client not reading).
+        let blocked = Observed {
+            output_blocked: true,
+            ..seen(0, 1_000, 0)
+        };
+        assert!(!parkable(blocked, 9_000, 100));
+        // A clock that went backwards is no overflow.
+        assert!(!parkable(seen(0, 5_000, 0), 10, 100));
     }
 
     #[test]

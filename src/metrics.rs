@@ -228,11 +228,12 @@ impl Drop for Answering<'_> {
     }
 }
 
-/// Client connections: open now, and opened since start.
+/// Client connections: open now, opened since start, and parked now.
 #[derive(Debug, Default)]
 pub struct Connections {
     open: AtomicU64,
     opened: AtomicU64,
+    parked: AtomicU64,
 }
 
 impl Connections {
@@ -243,12 +244,34 @@ impl Connections {
         OpenConnection(self)
     }
 
+    /// Counts an idle HTTP/1.1 connection parked (hyper's buffers let go) until the returned
+    /// value drops.
+    pub fn parked(&self) -> ParkedConnection<'_> {
+        self.parked.fetch_add(1, Ordering::Relaxed);
+        ParkedConnection(self)
+    }
+
     /// `(open now, opened since start)`.
     pub fn counts(&self) -> (u64, u64) {
         (
             self.open.load(Ordering::Relaxed),
             self.opened.load(Ordering::Relaxed),
         )
+    }
+
+    /// Parked connections now.
+    pub fn parked_now(&self) -> u64 {
+        self.parked.load(Ordering::Relaxed)
+    }
+}
+
+/// A parked client connection (see [`Connections::parked`]).
+#[derive(Debug)]
+pub struct ParkedConnection<'a>(&'a Connections);
+
+impl Drop for ParkedConnection<'_> {
+    fn drop(&mut self) {
+        self.0.parked.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

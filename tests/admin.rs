@@ -1699,6 +1699,8 @@ async fn metrics_count_every_answer_and_show_backends_connections_and_the_proces
 
     // Connections: the client's pooled connection is open; max_connections is the default.
     assert!(value(&after, "syncgate_client_connections", &[]) >= 1.0);
+    // Exactly one sample (whether the client's connection is parked now depends on timing).
+    assert!(value(&after, "syncgate_client_connections_parked", &[]) >= 0.0);
     assert!(delta("syncgate_client_connections_opened_total", &[]) >= 3.0);
     assert_eq!(
         value(&after, "syncgate_client_connections_max", &[]),

@@ -122,6 +122,69 @@ async fn a_keep_alive_connection_idles_until_idle_timeout_not_header_read_timeou
     running.shutdown().await;
 }
 
+fn parked(running: &Running) -> u64 {
+    running.shared().metrics.connections.parked_now()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_parked_and_serves_its_next_request() {
+    let (running, _ws) =
+        ready_proxy("header_read_timeout = \"300ms\"\nidle_timeout = \"60s\"").await;
+    let proxy = running.proxy_addrs()[0];
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(GET).await.unwrap();
+    assert!(read_answer(&mut s).await.starts_with("HTTP/1.1 200"));
+    wait_until(SECS5, "the idle connection parked", || async {
+        parked(&running) == 1
+    })
+    .await;
+    // The next request, in pieces: the first bytes wake the connection, hyper reads the rest.
+    s.write_all(&GET[..10]).await.unwrap();
+    wait_until(SECS5, "the connection served again", || async {
+        parked(&running) == 0
+    })
+    .await;
+    s.write_all(&GET[10..]).await.unwrap();
+    assert!(read_answer(&mut s).await.starts_with("HTTP/1.1 200"));
+    wait_until(SECS5, "parked again", || async { parked(&running) == 1 }).await;
+
+    // A head started on a parked connection is bounded by header_read_timeout.
+    s.write_all(b"GET /v1/batch HT").await.unwrap();
+    let started = Instant::now();
+    assert!(closed_within(&mut s, Duration::from_secs(3)).await, "cut");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    wait_until(SECS5, "nothing parked", || async { parked(&running) == 0 }).await;
+
+    // A pipelined request whose head hyper had read in part when the connection went quiet is
+    // served once its client completes it, and its head is bounded like any other.
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    let mut two = GET.to_vec();
+    two.extend_from_slice(&GET[..20]);
+    s.write_all(&two).await.unwrap();
+    assert!(read_answer(&mut s).await.starts_with("HTTP/1.1 200"));
+    // Past the park time (an observation window): hyper's unparsed bytes are not lost.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(&GET[20..]).await.unwrap();
+    assert!(read_answer(&mut s).await.starts_with("HTTP/1.1 200"));
+    s.write_all(&two).await.unwrap();
+    assert!(read_answer(&mut s).await.starts_with("HTTP/1.1 200"));
+    let started = Instant::now();
+    assert!(closed_within(&mut s, Duration::from_secs(3)).await, "cut");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+
+    // At shutdown a parked connection is closed, after the grace for a request on its way.
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(GET).await.unwrap();
+    assert!(read_answer(&mut s).await.starts_with("HTTP/1.1 200"));
+    wait_until(SECS5, "parked", || async { parked(&running) == 1 }).await;
+    let stopped = tokio::spawn(running.shutdown());
+    assert!(closed_within(&mut s, SECS5).await, "closed at shutdown");
+    tokio::time::timeout(SECS5, stopped)
+        .await
+        .expect("shut down in time")
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_max_connections_the_connection_idle_longest_makes_room() {
     // Timeouts far beyond the test: only the reclaim can free a slot in time.
@@ -311,6 +374,13 @@ async fn a_wrong_http2_preface_gets_goaway_protocol_error_in_cleartext_and_over_
         .unwrap();
     assert_eq!(resp.status(), 200);
     let mut tls = tls_connect(running.tls_addrs()[0], &root, b"http/1.1").await;
+    tls.write_all(GET).await.unwrap();
+    assert!(read_answer(&mut tls).await.starts_with("HTTP/1.1 200"));
+    // An idle HTTP/1.1 connection over TLS is parked and serves its next request too.
+    wait_until(SECS5, "the TLS connection parked", || async {
+        parked(&running) == 1
+    })
+    .await;
     tls.write_all(GET).await.unwrap();
     assert!(read_answer(&mut tls).await.starts_with("HTTP/1.1 200"));
     running.shutdown().await;

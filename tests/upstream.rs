@@ -443,3 +443,60 @@ async fn an_answer_body_that_stalls_is_cut_after_request_timeout_and_its_connect
     assert!(a.body.starts_with(b"conn "), "{:?}", a.body);
     running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_answer_to_a_client_that_reads_late_arrives_whole_on_a_connection_kept_alive() {
+    const BIG: usize = 24 << 20;
+    let worker = RawWorker::start(|seen, _| {
+        let answer = if seen.head.contains(" /big") {
+            let mut a = format!("HTTP/1.1 200 OK\r\ncontent-length: {BIG}\r\n\r\n").into_bytes();
+            a.resize(a.len() + BIG, b'b');
+            a
+        } else {
+            ok("small")
+        };
+        (answer, false)
+    })
+    .await;
+    let running = proxy_for(&worker).await;
+    let proxy = running.proxy_addrs()[0];
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(b"GET /big HTTP/1.1\r\nhost: push\r\n\r\n")
+        .await
+        .unwrap();
+    // The client reads nothing for several park times (the stimulus: an answer far larger
+    // than the socket buffers, stuck in them): the connection must not be parked with the
+    // end of the answer still unwritten.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut got = Vec::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    let body_len = loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .expect("the answer keeps coming")
+            .unwrap();
+        assert!(n > 0, "closed after {} bytes", got.len());
+        got.extend_from_slice(&chunk[..n]);
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            if got.len() - (i + 4) >= BIG {
+                break got.len() - (i + 4);
+            }
+        }
+    };
+    assert_eq!(body_len, BIG, "exactly the answer, nothing after it");
+    // Then the connection serves the next request.
+    s.write_all(b"GET /small HTTP/1.1\r\nhost: push\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"small") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("the next answer in time")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+    running.shutdown().await;
+}

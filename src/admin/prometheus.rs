@@ -26,7 +26,8 @@
 //!   `syncgate_backend_keys`, `syncgate_backend_key_generation`,
 //!   `syncgate_backend_sync_complete`, `syncgate_probes_total{…,result}`,
 //!   `syncgate_probe_duration_seconds`, `syncgate_ejections_total{…,cause}`
-//! - Process: `syncgate_client_connections`, `syncgate_client_connections_max`,
+//! - Process: `syncgate_client_connections`, `syncgate_client_connections_parked`,
+//!   `syncgate_client_connections_max`,
 //!   `syncgate_client_connections_opened_total`, `syncgate_config_reloads_total{result}`,
 //!   `syncgate_config_generation`, `syncgate_config_last_reload_success_timestamp_seconds`,
 //!   `syncgate_config_last_reload_successful`, `syncgate_access_log_dropped_total`,
@@ -255,6 +256,12 @@ impl Collector {
             "syncgate_client_connections",
             "Client connections open now.",
             open,
+        )?;
+        gauge(
+            e,
+            "syncgate_client_connections_parked",
+            "Idle HTTP/1.1 keep-alive client connections parked now: hyper's buffers released until the client sends again.",
+            self.shared.metrics.connections.parked_now(),
         )?;
         gauge(
             e,

@@ -10,6 +10,13 @@
 //! idle connections closed at `header_read_timeout`) and cost a boxed timer per request.
 //! Shutdown and a newcomer at `max_connections` ([`Activity::reclaimed`]) close it gracefully
 //! too.
+//!
+//! Parking: an HTTP/1.1 keep-alive connection quiet for [`PARK_AFTER_MS`] lets hyper's
+//! connection go, and with it the two 8 KiB buffers hyper keeps for as long as it serves one
+//! (its head writer's and its reader's), until the client sends again ([`H1`]). A parked
+//! connection is the socket, its task, its [`Activity`] and the service: 3.6–5.0 KiB of the
+//! process's memory per idle connection against 17–19 KiB served (`benches/memory.sh`). Idle
+//! agents on keep-alive connections are the usual load of a push API.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -23,8 +30,9 @@ use std::time::Duration;
 
 use http::Response;
 use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
-use hyper::service::service_fn;
+use hyper::service::{service_fn, HttpService};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -36,8 +44,11 @@ use super::io::{Watched, LINGER_TIME, PREFIX_LEN};
 use super::preface::{sniff, Opening, BAD_PREFACE_ANSWER};
 use crate::access_log;
 use crate::clock::now_millis;
-use crate::conn::{verdict, Active, Activity, ConnInfo, Registry, Verdict};
+use crate::conn::{
+    parkable, verdict, Active, Activity, ConnInfo, Registry, Verdict, PARK_AFTER_MS,
+};
 use crate::deadline;
+use crate::metrics::{Connections, ParkedConnection};
 use crate::proxy;
 use crate::snapshot::Shared;
 
@@ -226,11 +237,364 @@ async fn serve<I>(
         limits,
     };
     if http1 {
-        let conn = cx.http1.serve_connection(TokioIo::new(io), service);
+        let conn = H1::new(
+            &cx.http1,
+            peer,
+            &activity,
+            &cx.shared.metrics.connections,
+            io,
+            service,
+        );
         Box::pin(watch.drive(conn, true)).await;
     } else {
-        let conn = cx.http2.serve_connection(TokioIo::new(io), service);
+        let conn = H2 {
+            conn: Box::pin(cx.http2.serve_connection(TokioIo::new(io), service)),
+            peer,
+        };
         Box::pin(watch.drive(conn, false)).await;
+    }
+}
+
+/// What a served connection's future reports to [`Watch::drive`].
+enum Event {
+    /// The connection is over.
+    Ended,
+    /// A parked HTTP/1.1 connection is served by hyper again.
+    Unparked,
+}
+
+/// hyper's connection as [`Watch::drive`] steers it.
+trait Served: Future<Output = Event> + Unpin {
+    /// Starts a graceful close: HTTP/2 `GOAWAY`; HTTP/1.1 closes once no request is in
+    /// progress (at once when parked).
+    fn graceful_shutdown(&mut self);
+
+    /// Whether the connection is one that [`Served::park`] may park now.
+    fn may_park(&self) -> bool {
+        false
+    }
+
+    /// Lets hyper's connection go once it is idle, keeping the socket (see [`H1`]).
+    fn park(&mut self) {}
+}
+
+fn log_ended(peer: SocketAddr, e: &hyper::Error) {
+    tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
+}
+
+/// An HTTP/2 connection: served by hyper until it ends.
+struct H2<C> {
+    conn: Pin<Box<C>>,
+    peer: SocketAddr,
+}
+
+impl<C> Future for H2<C>
+where
+    C: GracefulConnection<Error = hyper::Error>,
+{
+    type Output = Event;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Event> {
+        if let Err(e) = std::task::ready!(self.conn.as_mut().poll(cx)) {
+            log_ended(self.peer, &e);
+        }
+        Poll::Ready(Event::Ended)
+    }
+}
+
+impl<C> Served for H2<C>
+where
+    C: GracefulConnection<Error = hyper::Error>,
+{
+    fn graceful_shutdown(&mut self) {
+        self.conn.as_mut().graceful_shutdown();
+    }
+}
+
+/// An HTTP/1.1 connection, served by hyper or parked.
+///
+/// hyper's HTTP/1.1 connection keeps an 8 KiB buffer for the heads it writes from the start
+/// and an 8 KiB read buffer from its first read, for as long as it lives (no setting makes
+/// either smaller or lets them go while idle). So an idle connection is parked: hyper is
+/// asked to close it as it would at shutdown, which on an idle connection closes at once
+/// without a byte written, and is then taken apart without the socket being shut down
+/// (`poll_without_shutdown`, `into_parts`). The socket waits for the client's next bytes in
+/// [`Watched::poll_next_bytes`], and a new hyper connection serves them. What hyper had read
+/// and not parsed (part of a pipelined request) is served to the next one first; a connection
+/// that has such bytes is served again at once.
+///
+/// When: a connection is parked as soon as its answer is written if its client was quiet
+/// before the request (the connection's first request, or one that woke a connection parked
+/// for [`PARK_AFTER_MS`] or longer): such a client, an agent that pushes now and then, is
+/// likely to be quiet again. Any other connection is parked once quiet for [`PARK_AFTER_MS`]
+/// (the periodic check in [`Watch::drive`]). A client that sends again within that time
+/// keeps hyper's connection: a busy one pays one extra hyper connection when it opens.
+///
+/// Invariants: the connection is parked only between requests, with the last answer written
+/// to the socket ([`Activity`]: no request in progress, no head started, the last write not
+/// pending, no shutdown begun), read on the connection's own task after hyper was polled
+/// since the answer ended: hyper has then also settled what ended with the answer (a request
+/// body let go unread is drained, or the connection closes). hyper flushes its write buffer
+/// only when it shuts the socket down, which parking skips: without the write condition, the
+/// end of an answer to a client that reads slowly would be lost. hyper asked to close an idle
+/// connection ends on its next poll; one that does not was still reading a request body, and
+/// is left to close after that exchange ([`Mode::Closing`]) rather than parked with body bytes
+/// unread in the socket. A connection hyper ends for any other reason (the client's
+/// `Connection: close` or end of input, an error) is polled as hyper's future, which flushes
+/// and shuts the socket down as before (a lingering close, see [`Watched`]).
+struct H1<'a, I, S>
+where
+    S: HttpService<Incoming>,
+{
+    builder: &'a http1::Builder,
+    peer: SocketAddr,
+    activity: &'a Activity,
+    connections: &'a Connections,
+    state: H1State<'a, I, S>,
+    /// Park as soon as the connection is idle (see above).
+    eager: bool,
+    /// Eager, idle, and polled once more before it parks (see [`H1::poll`]).
+    settling: bool,
+}
+
+enum H1State<'a, I, S>
+where
+    S: HttpService<Incoming>,
+{
+    /// hyper serves it.
+    Serving {
+        conn: Box<http1::Connection<TokioIo<Watched<I>>, S>>,
+        mode: Mode,
+    },
+    /// No hyper connection: waiting for the client's next bytes since `since_ms`.
+    Parked {
+        io: Watched<I>,
+        service: S,
+        since_ms: u64,
+        _counted: ParkedConnection<'a>,
+    },
+    /// Shutting the socket of a parked connection down.
+    Closing(Watched<I>),
+    Ended,
+}
+
+/// What is asked of hyper's connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Serve requests; it may be parked.
+    Open,
+    /// Let the socket go: asked to close while idle, it must end on its next poll.
+    Parking,
+    /// Close once no request is in progress (shutdown, idle, or a park that found a request
+    /// body still in flight): hyper flushes and shuts the socket down.
+    Closing,
+}
+
+impl<'a, I, S, B> H1<'a, I, S>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    S: HttpService<Incoming, ResBody = B> + Unpin,
+    S::Future: Unpin,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// The connection of a client that just connected (its first bytes arrived).
+    fn new(
+        builder: &'a http1::Builder,
+        peer: SocketAddr,
+        activity: &'a Activity,
+        connections: &'a Connections,
+        io: Watched<I>,
+        service: S,
+    ) -> Self {
+        H1 {
+            builder,
+            peer,
+            activity,
+            connections,
+            state: H1State::Serving {
+                conn: Box::new(builder.serve_connection(TokioIo::new(io), service)),
+                mode: Mode::Open,
+            },
+            eager: true,
+            settling: false,
+        }
+    }
+
+    /// A hyper connection serving `io` again.
+    fn serve(&self, io: Watched<I>, service: S) -> H1State<'a, I, S> {
+        H1State::Serving {
+            conn: Box::new(self.builder.serve_connection(TokioIo::new(io), service)),
+            mode: Mode::Open,
+        }
+    }
+
+    /// After hyper let the socket go for parking.
+    fn parked(&mut self, conn: http1::Connection<TokioIo<Watched<I>>, S>) {
+        let parts = conn.into_parts();
+        let mut io = parts.io.into_inner();
+        self.state = if io.at_eof() {
+            H1State::Closing(io)
+        } else if parts.read_buf.is_empty() {
+            H1State::Parked {
+                io,
+                service: parts.service,
+                since_ms: now_millis(),
+                _counted: self.connections.parked(),
+            }
+        } else {
+            io.unread(parts.read_buf);
+            self.eager = false;
+            self.serve(io, parts.service)
+        };
+    }
+}
+
+impl<I, S, B> Future for H1<'_, I, S>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    S: HttpService<Incoming, ResBody = B> + Unpin,
+    S::Future: Unpin,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Output = Event;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Event> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                H1State::Serving { conn, mode } => {
+                    let polled = if *mode == Mode::Parking {
+                        conn.poll_without_shutdown(cx)
+                    } else {
+                        Pin::new(conn.as_mut()).poll(cx)
+                    };
+                    match polled {
+                        Poll::Pending if *mode == Mode::Parking => {
+                            // hyper was not idle after all: a request body still in flight
+                            // after its answer. Its keep-alive is off now: it closes the
+                            // connection once that exchange ends, as it would have had it
+                            // not been able to drain the body.
+                            *mode = Mode::Closing;
+                            return Poll::Pending;
+                        }
+                        Poll::Pending => {
+                            if !this.eager || *mode != Mode::Open {
+                                return Poll::Pending;
+                            }
+                            let o = this.activity.observe();
+                            if o.in_flight != 0 || o.head_ms != 0 || o.output_blocked {
+                                // A client that sent again within a poll is not a quiet one.
+                                this.eager = !this.settling;
+                                this.settling = false;
+                                return Poll::Pending;
+                            }
+                            if !this.settling {
+                                // The answer is written. hyper learns of what ended with it
+                                // (the request's body let go unread, say) only on its next
+                                // poll: park after that one.
+                                this.settling = true;
+                                cx.waker().wake_by_ref();
+                                return Poll::Pending;
+                            }
+                            (this.eager, this.settling) = (false, false);
+                            *mode = Mode::Parking;
+                            Pin::new(conn.as_mut()).graceful_shutdown();
+                        }
+                        Poll::Ready(Err(e)) => {
+                            log_ended(this.peer, &e);
+                            this.state = H1State::Ended;
+                            return Poll::Ready(Event::Ended);
+                        }
+                        Poll::Ready(Ok(())) if *mode != Mode::Parking => {
+                            this.state = H1State::Ended;
+                            return Poll::Ready(Event::Ended);
+                        }
+                        Poll::Ready(Ok(())) => {
+                            let H1State::Serving { conn, .. } =
+                                std::mem::replace(&mut this.state, H1State::Ended)
+                            else {
+                                unreachable!("matched above");
+                            };
+                            this.parked(*conn);
+                        }
+                    }
+                }
+                H1State::Parked { io, since_ms, .. } => {
+                    let arrived = std::task::ready!(io.poll_next_bytes(cx));
+                    // A client quiet for the park time is taken to be one that is quiet again.
+                    this.eager = now_millis().saturating_sub(*since_ms) >= PARK_AFTER_MS;
+                    let H1State::Parked { io, service, .. } =
+                        std::mem::replace(&mut this.state, H1State::Ended)
+                    else {
+                        unreachable!("matched above");
+                    };
+                    match arrived {
+                        Ok(n) if n > 0 => {
+                            this.state = this.serve(io, service);
+                            return Poll::Ready(Event::Unparked);
+                        }
+                        // End of input or an error: nothing to answer or to linger for.
+                        _ => return Poll::Ready(Event::Ended),
+                    }
+                }
+                H1State::Closing(io) => {
+                    // Its error ends the connection as its success does.
+                    let _ = std::task::ready!(Pin::new(io).poll_shutdown(cx));
+                    this.state = H1State::Ended;
+                    return Poll::Ready(Event::Ended);
+                }
+                H1State::Ended => return Poll::Ready(Event::Ended),
+            }
+        }
+    }
+}
+
+impl<I, S, B> Served for H1<'_, I, S>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    S: HttpService<Incoming, ResBody = B> + Unpin,
+    S::Future: Unpin,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(&mut self) {
+        (self.eager, self.settling) = (false, false);
+        match &mut self.state {
+            H1State::Serving { conn, mode } => {
+                *mode = Mode::Closing;
+                Pin::new(conn.as_mut()).graceful_shutdown();
+            }
+            H1State::Parked { .. } => {
+                let H1State::Parked { io, .. } = std::mem::replace(&mut self.state, H1State::Ended)
+                else {
+                    unreachable!("matched above");
+                };
+                self.state = H1State::Closing(io);
+            }
+            H1State::Closing(_) | H1State::Ended => {}
+        }
+    }
+
+    fn may_park(&self) -> bool {
+        matches!(
+            self.state,
+            H1State::Serving {
+                mode: Mode::Open,
+                ..
+            }
+        )
+    }
+
+    fn park(&mut self) {
+        if let H1State::Serving { conn, mode } = &mut self.state {
+            *mode = Mode::Parking;
+            Pin::new(conn.as_mut()).graceful_shutdown();
+        }
     }
 }
 
@@ -286,26 +650,26 @@ struct Watch<'a> {
 
 impl Watch<'_> {
     /// Drives `conn` until it ends, applying [`verdict`] a few times per timeout, and closes it
-    /// gracefully at shutdown, when reclaimed, or idle.
-    async fn drive<C>(self, conn: C, http1: bool)
-    where
-        C: GracefulConnection,
-        C::Error: std::fmt::Display,
-    {
+    /// gracefully at shutdown, when reclaimed, or idle; parks an HTTP/1.1 connection quiet for
+    /// [`PARK_AFTER_MS`] (checked every [`PARK_AFTER_MS`] while hyper serves it).
+    async fn drive<C: Served>(self, mut conn: C, http1: bool) {
         let Watch {
             cx,
             peer,
             activity,
             limits,
         } = self;
-        tokio::pin!(conn);
         // A few checks per timeout: a head is cut, an idle connection closed, between 1 and 1.25
         // timeouts (and up to a deadline tick later); one alarm per connection, none per
         // request.
         let period = (limits.header.min(limits.idle) / 4)
             .clamp(Duration::from_millis(1), Duration::from_secs(3600));
-        let next_check = || crate::clock::deadline(tokio::time::Instant::now(), period);
-        let mut check = deadline::Alarm::at(next_check());
+        let park_period = period.min(Duration::from_millis(PARK_AFTER_MS));
+        let next_check = |parkable: bool| {
+            let after = if parkable { park_period } else { period };
+            crate::clock::deadline(tokio::time::Instant::now(), after)
+        };
+        let mut check = deadline::Alarm::at(next_check(conn.may_park()));
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let (header_ms, idle_ms) = (millis(limits.header), millis(limits.idle));
         let mut closing = false;
@@ -320,12 +684,10 @@ impl Watch<'_> {
                 // The connection first: a request already in the socket when shutdown begins is
                 // read and served before the graceful close.
                 biased;
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
-                    }
-                    return;
-                }
+                event = &mut conn => match event {
+                    Event::Ended => return,
+                    Event::Unparked => check.reset(next_check(true)),
+                },
                 _ = &mut drain, if !closing && !draining => {
                     if http1 {
                         draining = true;
@@ -333,7 +695,7 @@ impl Watch<'_> {
                             .as_mut()
                             .reset(tokio::time::Instant::now() + SHUTDOWN_IDLE_GRACE);
                     } else {
-                        conn.as_mut().graceful_shutdown();
+                        conn.graceful_shutdown();
                         closing = true;
                     }
                 }
@@ -342,7 +704,7 @@ impl Watch<'_> {
                     // answer; an idle one has had its grace.
                     if activity.is_idle() {
                         activity.close_as_idle();
-                        conn.as_mut().graceful_shutdown();
+                        conn.graceful_shutdown();
                         closing = true;
                     } else {
                         idle_grace
@@ -353,18 +715,26 @@ impl Watch<'_> {
                 _ = &mut reclaim, if !closing => {
                     tracing::debug!(peer = %peer, "idle client connection closed to admit a new one (max_connections)");
                     activity.close_as_idle();
-                    conn.as_mut().graceful_shutdown();
+                    conn.graceful_shutdown();
                     closing = true;
                 }
                 _ = &mut check => {
-                    check.reset(next_check());
-                    match verdict(activity.observe(), now_millis(), header_ms, idle_ms) {
-                        Verdict::Keep => {}
+                    let (seen, now) = (activity.observe(), now_millis());
+                    match verdict(seen, now, header_ms, idle_ms) {
+                        Verdict::Keep => {
+                            if !draining
+                                && !closing
+                                && conn.may_park()
+                                && parkable(seen, now, PARK_AFTER_MS)
+                            {
+                                conn.park();
+                            }
+                        }
                         Verdict::CloseIdle if closing => {}
                         Verdict::CloseIdle => {
                             tracing::debug!(peer = %peer, "idle client connection closed");
                             activity.close_as_idle();
-                            conn.as_mut().graceful_shutdown();
+                            conn.graceful_shutdown();
                             closing = true;
                         }
                         Verdict::CutHead => {
@@ -372,6 +742,7 @@ impl Watch<'_> {
                             return;
                         }
                     }
+                    check.reset(next_check(conn.may_park()));
                 }
             }
         }

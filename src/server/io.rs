@@ -1,5 +1,6 @@
 //! The client socket as hyper sees it ([`Watched`]): the bytes the protocol sniffing already
-//! read are served first; on HTTP/1.1 the first byte of a request head is noted in the
+//! read are served first (and so are the bytes read while a keep-alive connection was parked,
+//! or left in hyper's buffer when it was); on HTTP/1.1 the first byte of a request head is noted in the
 //! connection's [`Activity`] (what `header_read_timeout` bounds, with no timer per request);
 //! end of input is noted; and closing drains the socket before it lets go (a lingering close).
 //!
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
@@ -43,11 +45,18 @@ pub struct Watched<I> {
     prefix: [u8; PREFIX_LEN],
     prefix_at: usize,
     prefix_len: usize,
+    /// Served after `prefix`: what hyper had read but not parsed when it let the socket go.
+    rest: Bytes,
     activity: Arc<Activity>,
     /// HTTP/1.1: bytes between requests start a request head.
     heads: bool,
     /// The client ended its input.
     eof: bool,
+    /// The last write or flush was pending, or shutting down began (mirrored in the activity
+    /// on changes).
+    output_blocked: bool,
+    /// Shutting down began: `output_blocked` stays set.
+    shutting: bool,
     /// How many bytes a lingering close may discard.
     linger_bytes: u64,
     write_shut: bool,
@@ -78,9 +87,12 @@ impl<I> Watched<I> {
             prefix: buf,
             prefix_at: 0,
             prefix_len: len,
+            rest: Bytes::new(),
             activity,
             heads,
             eof: false,
+            output_blocked: false,
+            shutting: false,
             linger_bytes,
             write_shut: false,
             linger: None,
@@ -102,17 +114,75 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
             this.prefix_at += n;
             return Poll::Ready(Ok(()));
         }
+        if !this.rest.is_empty() {
+            let n = this.rest.len().min(buf.remaining());
+            buf.put_slice(&this.rest[..n]);
+            this.rest.advance(n);
+            if this.rest.is_empty() {
+                // Lets go of the buffer it was part of.
+                this.rest = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
         let (before, room) = (buf.filled().len(), buf.remaining());
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
-            let read = buf.filled().len() - before;
-            if read == 0 && room > 0 {
-                this.eof = true;
-            } else if read > 0 && this.heads {
-                this.activity.bytes_arrived(now_millis);
-            }
+            this.note_read(buf.filled().len() - before, room);
         }
         polled
+    }
+}
+
+impl<I> Watched<I> {
+    /// Notes a read of `read` bytes into `room`: end of input, or the start of a request head.
+    fn note_read(&mut self, read: usize, room: usize) {
+        if read == 0 && room > 0 {
+            self.eof = true;
+        } else if read > 0 && self.heads {
+            self.activity.bytes_arrived(now_millis);
+        }
+    }
+
+    /// Notes whether a write or flush was left pending: hyper may then hold bytes not written
+    /// yet (see `Activity::set_output_blocked`).
+    fn note_output<T>(&mut self, polled: Poll<T>) -> Poll<T> {
+        let pending = polled.is_pending();
+        // hyper flushes before each poll of the shutdown: that does not unblock it.
+        if !self.shutting && pending != self.output_blocked {
+            self.output_blocked = pending;
+            self.activity.set_output_blocked(pending);
+        }
+        polled
+    }
+
+    /// Whether the client ended its input.
+    pub fn at_eof(&self) -> bool {
+        self.eof
+    }
+
+    /// Serves `bytes` (read from this socket by hyper, not parsed) before reading it again.
+    /// On HTTP/1.1 they begin a request head (a pipelined one), which `header_read_timeout`
+    /// bounds from now. Called only when nothing is left to serve from earlier ones.
+    pub fn unread(&mut self, bytes: Bytes) {
+        debug_assert!(self.prefix_at == self.prefix_len && self.rest.is_empty());
+        self.note_read(bytes.len(), 0);
+        self.rest = bytes;
+    }
+}
+
+impl<I: AsyncRead + Unpin> Watched<I> {
+    /// Waits for the client's next bytes (at most [`PREFIX_LEN`]) and keeps them to be served
+    /// first, as the sniffed ones were: how a parked connection learns that a request is
+    /// coming without a buffer of hyper's. Ready with how many arrived (0: end of input).
+    /// Called only when nothing is left to serve from earlier ones.
+    pub fn poll_next_bytes(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        debug_assert!(self.prefix_at == self.prefix_len && self.rest.is_empty());
+        let mut rb = ReadBuf::new(&mut self.prefix);
+        std::task::ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
+        let n = rb.filled().len();
+        (self.prefix_at, self.prefix_len) = (0, n);
+        self.note_read(n, PREFIX_LEN);
+        Poll::Ready(Ok(n))
     }
 }
 
@@ -122,7 +192,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Watched<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.note_output(polled)
     }
 
     fn poll_write_vectored(
@@ -130,7 +202,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Watched<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.note_output(polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -138,13 +212,23 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_flush(cx);
+        this.note_output(polled)
     }
 
     /// Shuts the writing half down, then (unless the client already ended its input or the
     /// connection closes as idle) reads and discards until the client stops sending.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.shutting {
+            // A socket being closed is not one to park (see `Activity::set_output_blocked`).
+            this.shutting = true;
+            if !this.output_blocked {
+                this.output_blocked = true;
+                this.activity.set_output_blocked(true);
+            }
+        }
         if !this.write_shut {
             std::task::ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
             this.write_shut = true;
@@ -205,5 +289,93 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Watched<I> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    fn poll_write(
+        w: &mut Watched<tokio::io::DuplexStream>,
+        bytes: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(w).poll_write(&mut Context::from_waker(std::task::Waker::noop()), bytes)
+    }
+
+    #[tokio::test]
+    async fn a_write_the_socket_does_not_take_blocks_parking_until_one_completes() {
+        let activity = Arc::new(Activity::default());
+        let (ours, mut client) = tokio::io::duplex(64);
+        let mut w = Watched::new(ours, &[], activity.clone(), true, 0);
+        assert!(matches!(
+            poll_write(&mut w, &[b'a'; 64]),
+            Poll::Ready(Ok(64))
+        ));
+        assert!(!activity.observe().output_blocked);
+        // The client reads nothing: the next write waits, and hyper would hold its bytes.
+        assert!(poll_write(&mut w, b"tail").is_pending());
+        assert!(activity.observe().output_blocked);
+        let mut got = [0u8; 64];
+        client.read_exact(&mut got).await.unwrap();
+        assert!(matches!(poll_write(&mut w, b"tail"), Poll::Ready(Ok(4))));
+        assert!(!activity.observe().output_blocked);
+    }
+
+    #[tokio::test]
+    async fn a_socket_being_shut_down_stays_blocked_whatever_is_flushed() {
+        let activity = Arc::new(Activity::default());
+        let (ours, mut client) = tokio::io::duplex(64);
+        let mut w = Watched::new(ours, &[], activity.clone(), true, 0);
+        // Closed as idle: no lingering, so the shutdown completes at once.
+        activity.close_as_idle();
+        w.shutdown().await.unwrap();
+        assert!(activity.observe().output_blocked);
+        // hyper flushes before each poll of a shutdown; that does not unblock it.
+        w.flush().await.unwrap();
+        assert!(activity.observe().output_blocked);
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn bytes_unread_or_waited_for_are_served_first_and_start_a_head() {
+        let activity = Arc::new(Activity::default());
+        let (ours, mut client) = tokio::io::duplex(1024);
+        let mut w = Watched::new(ours, &[], activity.clone(), true, 0);
+        // What hyper had read and not parsed, given back when the connection parked.
+        w.unread(Bytes::from_static(b"GET / HT"));
+        assert_ne!(activity.observe().head_ms, 0, "a pipelined head started");
+        activity.clear_head();
+        client.write_all(b"TP/1.1\r\n\r\n").await.unwrap();
+        let mut got = vec![0u8; 18];
+        w.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, b"GET / HTTP/1.1\r\n\r\n");
+
+        // A parked connection's wait: the client's next bytes are kept and served first.
+        activity.clear_head();
+        client
+            .write_all(b"GET /next HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let n = std::future::poll_fn(|cx| w.poll_next_bytes(cx))
+            .await
+            .unwrap();
+        assert!(n > 0 && n <= PREFIX_LEN);
+        assert_ne!(activity.observe().head_ms, 0, "a head started");
+        let mut got = vec![0u8; 22];
+        w.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, b"GET /next HTTP/1.1\r\n\r\n");
+
+        // End of input while parked.
+        drop(client);
+        let n = std::future::poll_fn(|cx| w.poll_next_bytes(cx))
+            .await
+            .unwrap();
+        assert_eq!(n, 0);
+        assert!(w.at_eof());
     }
 }
