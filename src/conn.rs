@@ -49,6 +49,10 @@ pub struct Activity {
     /// is being shut down: hyper may hold bytes of an answer it has not written yet, or be
     /// closing the connection, so the connection is not parked.
     output_blocked: AtomicBool,
+    /// Set on every read of the socket; cleared by the server before it asks hyper to let an
+    /// idle connection go (an idle hyper reads nothing then: one that reads was still taking a
+    /// request body).
+    socket_read: AtomicBool,
     /// [`now_millis`] when the last request ended (or the connection opened).
     last_ms: AtomicU64,
     /// HTTP/1.1: [`now_millis`] when the first byte of a request head arrived while no request
@@ -80,6 +84,7 @@ impl Activity {
         Activity {
             in_flight: AtomicU32::new(0),
             output_blocked: AtomicBool::new(false),
+            socket_read: AtomicBool::new(false),
             last_ms: AtomicU64::new(now_millis()),
             head_ms: AtomicU64::new(0),
             closing_idle: AtomicBool::new(false),
@@ -122,6 +127,18 @@ impl Activity {
             head_ms: self.head_ms.load(Ordering::Acquire),
             output_blocked: self.output_blocked.load(Ordering::Acquire),
         }
+    }
+
+    /// Records a read of the socket (one plain store: only the connection's task writes it).
+    pub fn note_socket_read(&self) {
+        self.socket_read.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the socket was read since the last call.
+    pub fn take_socket_read(&self) -> bool {
+        let read = self.socket_read.load(Ordering::Relaxed);
+        self.socket_read.store(false, Ordering::Relaxed);
+        read
     }
 
     /// Records whether the socket's last write or flush could not complete, or its shutdown

@@ -148,6 +148,23 @@ async fn an_idle_keep_alive_connection_is_parked_and_serves_its_next_request() {
     assert!(read_answer(&mut s).await.starts_with("HTTP/1.1 200"));
     wait_until(SECS5, "parked again", || async { parked(&running) == 1 }).await;
 
+    // A body some clients end with an empty line: the line is no request, and the connection
+    // parks as any other.
+    s.write_all(
+        b"POST /v1/batch HTTP/1.1\r\nHost: push\r\nAuthorization: Bearer key-1\r\n\
+          Content-Length: 2\r\n\r\nhi\r\n",
+    )
+    .await
+    .unwrap();
+    assert!(read_answer(&mut s).await.starts_with("HTTP/1.1 200"));
+    wait_until(SECS5, "parked after the empty line", || async {
+        parked(&running) == 1
+    })
+    .await;
+    s.write_all(GET).await.unwrap();
+    assert!(read_answer(&mut s).await.starts_with("HTTP/1.1 200"));
+    wait_until(SECS5, "parked again", || async { parked(&running) == 1 }).await;
+
     // A head started on a parked connection is bounded by header_read_timeout.
     s.write_all(b"GET /v1/batch HT").await.unwrap();
     let started = Instant::now();
@@ -454,6 +471,34 @@ async fn an_early_answer_reaches_a_client_still_uploading() {
     // No route.
     let head = upload_then_read(proxy, "/elsewhere", 3_000_000).await;
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+
+    // On a keep-alive connection that was parked: the rest of the body is no request.
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(GET).await.unwrap();
+    assert!(read_answer(&mut s).await.starts_with("HTTP/1.1 503"));
+    wait_until(SECS5, "parked", || async {
+        running.shared().metrics.connections.parked_now() == 1
+    })
+    .await;
+    // Quiet for longer than the park time (the stimulus: its next answer parks it at once).
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let body_len = 3_000_000;
+    let mut request = format!(
+        "POST /v1/batch HTTP/1.1\r\nHost: push\r\nAuthorization: Bearer key-1\r\n\
+         Content-Length: {body_len}\r\n\r\n"
+    )
+    .into_bytes();
+    request.resize(request.len() + body_len, b'x');
+    tokio::time::timeout(SECS5, s.write_all(&request))
+        .await
+        .expect("the upload is read in time")
+        .expect("the upload is not cut off by a reset");
+    let head = read_answer(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    // Nothing else: no answer to body bytes taken for a request.
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(SECS5, s.read_to_end(&mut rest)).await;
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
     running.shutdown().await;
 }
 

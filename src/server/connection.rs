@@ -432,11 +432,18 @@ where
 
     /// After hyper let the socket go for parking.
     fn parked(&mut self, conn: http1::Connection<TokioIo<Watched<I>>, S>) {
+        (self.eager, self.settling) = (false, false);
+        // An idle hyper asked to close reads nothing: one that did was taking a request body
+        // after its answer (and gave up on it, or there would be no end yet), and the rest of
+        // that body may still come. A write left pending is checked before parking; seen here
+        // it would mean hyper's unwritten bytes are gone with it.
+        let read = self.activity.take_socket_read();
         let parts = conn.into_parts();
         let mut io = parts.io.into_inner();
-        self.state = if io.at_eof() {
+        self.state = if read || io.at_eof() || io.output_blocked() {
+            // Shut down as hyper would have: a lingering close discards what still comes.
             H1State::Closing(io)
-        } else if parts.read_buf.is_empty() {
+        } else if !io.unread(parts.read_buf) {
             H1State::Parked {
                 io,
                 service: parts.service,
@@ -444,10 +451,18 @@ where
                 _counted: self.connections.parked(),
             }
         } else {
-            io.unread(parts.read_buf);
-            self.eager = false;
             self.serve(io, parts.service)
         };
+    }
+
+    /// Asks hyper to let the idle connection go (see [`H1::parked`]).
+    fn ask_to_park(&mut self) {
+        (self.eager, self.settling) = (false, false);
+        if let H1State::Serving { conn, mode } = &mut self.state {
+            *mode = Mode::Parking;
+            self.activity.take_socket_read();
+            Pin::new(conn.as_mut()).graceful_shutdown();
+        }
     }
 }
 
@@ -500,9 +515,7 @@ where
                                 cx.waker().wake_by_ref();
                                 return Poll::Pending;
                             }
-                            (this.eager, this.settling) = (false, false);
-                            *mode = Mode::Parking;
-                            Pin::new(conn.as_mut()).graceful_shutdown();
+                            this.ask_to_park();
                         }
                         Poll::Ready(Err(e)) => {
                             log_ended(this.peer, &e);
@@ -527,6 +540,7 @@ where
                     let arrived = std::task::ready!(io.poll_next_bytes(cx));
                     // A client quiet for the park time is taken to be one that is quiet again.
                     this.eager = now_millis().saturating_sub(*since_ms) >= PARK_AFTER_MS;
+                    this.settling = false;
                     let H1State::Parked { io, service, .. } =
                         std::mem::replace(&mut this.state, H1State::Ended)
                     else {
@@ -591,10 +605,7 @@ where
     }
 
     fn park(&mut self) {
-        if let H1State::Serving { conn, mode } = &mut self.state {
-            *mode = Mode::Parking;
-            Pin::new(conn.as_mut()).graceful_shutdown();
-        }
+        self.ask_to_park();
     }
 }
 

@@ -125,6 +125,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
             return Poll::Ready(Ok(()));
         }
         let (before, room) = (buf.filled().len(), buf.remaining());
+        this.activity.note_socket_read();
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
             this.note_read(buf.filled().len() - before, room);
@@ -160,23 +161,53 @@ impl<I> Watched<I> {
         self.eof
     }
 
-    /// Serves `bytes` (read from this socket by hyper, not parsed) before reading it again.
-    /// On HTTP/1.1 they begin a request head (a pipelined one), which `header_read_timeout`
-    /// bounds from now. Called only when nothing is left to serve from earlier ones.
-    pub fn unread(&mut self, bytes: Bytes) {
-        debug_assert!(self.prefix_at == self.prefix_len && self.rest.is_empty());
+    /// Whether the last write or flush was left pending, or shutting down began.
+    pub fn output_blocked(&self) -> bool {
+        self.output_blocked
+    }
+
+    /// Serves `bytes` (read from this socket by hyper, not parsed) before anything else. Empty
+    /// lines before a request line are dropped (RFC 9112 2.2: some clients end a body with
+    /// one); what is left begins a request head (a pipelined one), which `header_read_timeout`
+    /// bounds from now. Whether anything is left.
+    pub fn unread(&mut self, bytes: Bytes) -> bool {
+        let blank = bytes
+            .iter()
+            .take_while(|b| matches!(b, b'\r' | b'\n'))
+            .count();
+        let bytes = bytes.slice(blank..);
+        if bytes.is_empty() {
+            return self.has_unserved();
+        }
         self.note_read(bytes.len(), 0);
-        self.rest = bytes;
+        if self.has_unserved() {
+            // hyper read `bytes` before the ones still unserved here: they go first.
+            let mut all = bytes::BytesMut::from(&bytes[..]);
+            all.extend_from_slice(&self.prefix[self.prefix_at..self.prefix_len]);
+            all.extend_from_slice(&self.rest);
+            self.prefix_at = self.prefix_len;
+            self.rest = all.freeze();
+        } else {
+            self.rest = bytes;
+        }
+        true
+    }
+
+    /// Bytes read from the socket and not served yet.
+    fn has_unserved(&self) -> bool {
+        self.prefix_at < self.prefix_len || !self.rest.is_empty()
     }
 }
 
 impl<I: AsyncRead + Unpin> Watched<I> {
     /// Waits for the client's next bytes (at most [`PREFIX_LEN`]) and keeps them to be served
     /// first, as the sniffed ones were: how a parked connection learns that a request is
-    /// coming without a buffer of hyper's. Ready with how many arrived (0: end of input).
-    /// Called only when nothing is left to serve from earlier ones.
+    /// coming without a buffer of hyper's. Ready with how many there are (0: end of input);
+    /// at once if bytes read earlier are still unserved.
     pub fn poll_next_bytes(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        debug_assert!(self.prefix_at == self.prefix_len && self.rest.is_empty());
+        if self.has_unserved() {
+            return Poll::Ready(Ok(self.prefix_len - self.prefix_at + self.rest.len()));
+        }
         let mut rb = ReadBuf::new(&mut self.prefix);
         std::task::ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
         let n = rb.filled().len();
@@ -346,8 +377,11 @@ mod tests {
         let activity = Arc::new(Activity::default());
         let (ours, mut client) = tokio::io::duplex(1024);
         let mut w = Watched::new(ours, &[], activity.clone(), true, 0);
+        // Empty lines before a request line are no request: nothing to serve, no head.
+        assert!(!w.unread(Bytes::from_static(b"\r\n")));
+        assert_eq!(activity.observe().head_ms, 0);
         // What hyper had read and not parsed, given back when the connection parked.
-        w.unread(Bytes::from_static(b"GET / HT"));
+        assert!(w.unread(Bytes::from_static(b"\r\nGET / HT")));
         assert_ne!(activity.observe().head_ms, 0, "a pipelined head started");
         activity.clear_head();
         client.write_all(b"TP/1.1\r\n\r\n").await.unwrap();
@@ -369,6 +403,18 @@ mod tests {
         let mut got = vec![0u8; 22];
         w.read_exact(&mut got).await.unwrap();
         assert_eq!(got, b"GET /next HTTP/1.1\r\n\r\n");
+
+        // Bytes given back while others are still unserved go first, and a wait for more
+        // returns at once.
+        let mut w = Watched::new(w.io, b"C", activity.clone(), true, 0);
+        assert!(w.unread(Bytes::from_static(b"AB")));
+        let n = std::future::poll_fn(|cx| w.poll_next_bytes(cx))
+            .await
+            .unwrap();
+        assert_eq!(n, 3);
+        let mut got = [0u8; 3];
+        w.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ABC");
 
         // End of input while parked.
         drop(client);
