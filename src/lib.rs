@@ -36,7 +36,8 @@
 //!   budget) → guard (the second opinion, a pure verdict, and the credential memories).
 //! - server: listeners, one single-threaded runtime per proxy thread, the connection limit
 //!   (reclaiming idle connections), protocol sniffing (a bad HTTP/2 preface gets `GOAWAY`),
-//!   header and idle timeouts, lingering close, graceful shutdown.
+//!   header and idle timeouts, parking idle HTTP/1.1 connections without hyper's buffers,
+//!   lingering close, graceful shutdown.
 //! - control: `readiness` (the key-sync contract, fleet checks, rise/fall gate, prober task),
 //!   `availability` (one log line and event when a pool loses its last ready backend, and
 //!   when it has one again), `discover` (DNS sources of backends: one resolving task each, reporting to the control

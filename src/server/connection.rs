@@ -334,14 +334,17 @@ where
 /// to the socket ([`Activity`]: no request in progress, no head started, the last write not
 /// pending, no shutdown begun), read on the connection's own task after hyper was polled
 /// since the answer ended: hyper has then also settled what ended with the answer (a request
-/// body let go unread is drained, or the connection closes). hyper flushes its write buffer
-/// only when it shuts the socket down, which parking skips: without the write condition, the
-/// end of an answer to a client that reads slowly would be lost. hyper asked to close an idle
-/// connection ends on its next poll; one that does not was still reading a request body, and
-/// is left to close after that exchange ([`Mode::Closing`]) rather than parked with body bytes
-/// unread in the socket. A connection hyper ends for any other reason (the client's
-/// `Connection: close` or end of input, an error) is polled as hyper's future, which flushes
-/// and shuts the socket down as before (a lingering close, see [`Watched`]).
+/// body let go unread is drained, or the connection closes). hyper's connection is done once
+/// both its sides are closed, whether or not its last write went through (only its shutdown
+/// waits for that, and parking skips it): without the write condition, the end of an answer
+/// to a client that reads slowly would be lost. hyper asked to close an idle connection ends
+/// on its next poll without reading the socket. One that does not end was still reading a
+/// request body, and is left to close after that exchange ([`Mode::Closing`]); one that read
+/// the socket as it ended had given up on a body, and gets the lingering close it would have
+/// had: neither is parked with body bytes unread in the socket. A connection hyper ends for
+/// any other reason (the client's `Connection: close` or end of input, an error) is polled as
+/// hyper's future, which flushes and shuts the socket down as before (a lingering close, see
+/// [`Watched`]).
 struct H1<'a, I, S>
 where
     S: HttpService<Incoming>,
@@ -373,7 +376,8 @@ where
         since_ms: u64,
         _counted: ParkedConnection<'a>,
     },
-    /// Shutting the socket of a parked connection down.
+    /// Shutting the socket down without hyper: a parked connection closed, or a park
+    /// refused after hyper let go.
     Closing(Watched<I>),
     Ended,
 }
