@@ -1,9 +1,10 @@
 //! Client listeners: one single-threaded runtime per proxy thread, each with its own
 //! `SO_REUSEPORT` socket per listen address, its own upstream connection pool, and graceful
 //! shutdown with a deadline. `connection.rs` serves one client connection (timeouts, idleness,
-//! parking an idle HTTP/1.1 connection, graceful close), `preface.rs` tells HTTP/1.1 from
-//! HTTP/2 (and answers a bad HTTP/2 preface), `io.rs` is the socket as hyper sees it (head
-//! tracking, bytes given back for a parked connection, lingering close).
+//! parking an idle HTTP/1.1 connection, graceful close) and `served.rs` steers hyper's
+//! connection in it (HTTP/2 served until it ends, HTTP/1.1 served or parked), `preface.rs`
+//! tells HTTP/1.1 from HTTP/2 (and answers a bad HTTP/2 preface), `io.rs` is the socket as
+//! hyper sees it (head tracking, bytes given back for a parked connection, lingering close).
 //!
 //! Why per-thread runtimes: a shared pool and cross-thread wake-ups cost more CPU per request
 //! than the proxying itself (DESIGN.md, "Performance notes"). With `SO_REUSEPORT` the kernel
@@ -18,6 +19,7 @@
 mod connection;
 mod io;
 mod preface;
+mod served;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
