@@ -107,6 +107,9 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        // Every read hyper makes, of the socket or of bytes kept for it (see
+        // `Activity::take_socket_read`).
+        this.activity.note_socket_read();
         if this.prefix_at < this.prefix_len {
             let rest = &this.prefix[this.prefix_at..this.prefix_len];
             let n = rest.len().min(buf.remaining());
@@ -125,7 +128,6 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
             return Poll::Ready(Ok(()));
         }
         let (before, room) = (buf.filled().len(), buf.remaining());
-        this.activity.note_socket_read();
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
             this.note_read(buf.filled().len() - before, room);
@@ -202,18 +204,32 @@ impl<I> Watched<I> {
 impl<I: AsyncRead + Unpin> Watched<I> {
     /// Waits for the client's next bytes (at most [`PREFIX_LEN`]) and keeps them to be served
     /// first, as the sniffed ones were: how a parked connection learns that a request is
-    /// coming without a buffer of hyper's. Ready with how many there are (0: end of input);
-    /// at once if bytes read earlier are still unserved.
+    /// coming without a buffer of hyper's. Empty lines are dropped as they come (RFC 9112
+    /// 2.2: a client may end a body with one, late): they start no request. Ready with how
+    /// many bytes there are (0: end of input); at once if bytes read earlier are unserved.
     pub fn poll_next_bytes(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.has_unserved() {
             return Poll::Ready(Ok(self.prefix_len - self.prefix_at + self.rest.len()));
         }
-        let mut rb = ReadBuf::new(&mut self.prefix);
-        std::task::ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
-        let n = rb.filled().len();
-        (self.prefix_at, self.prefix_len) = (0, n);
-        self.note_read(n, PREFIX_LEN);
-        Poll::Ready(Ok(n))
+        // A client that sends nothing but empty lines gets a turn like any other.
+        for _ in 0..LINGER_CHUNK / PREFIX_LEN {
+            let mut rb = ReadBuf::new(&mut self.prefix);
+            std::task::ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
+            let n = rb.filled().len();
+            let blank = rb
+                .filled()
+                .iter()
+                .take_while(|b| matches!(b, b'\r' | b'\n'))
+                .count();
+            if n > 0 && blank == n {
+                continue;
+            }
+            (self.prefix_at, self.prefix_len) = (blank, n);
+            self.note_read(n - blank, PREFIX_LEN);
+            return Poll::Ready(Ok(n - blank));
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
@@ -415,6 +431,25 @@ mod tests {
         let mut got = [0u8; 3];
         w.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"ABC");
+
+        // Empty lines that arrive while parked are no request.
+        activity.clear_head();
+        client.write_all(b"\r\n").await.unwrap();
+        let waited = tokio::time::timeout(
+            Duration::from_millis(100),
+            std::future::poll_fn(|cx| w.poll_next_bytes(cx)),
+        )
+        .await;
+        assert!(waited.is_err(), "still waiting");
+        assert_eq!(activity.observe().head_ms, 0);
+        client.write_all(b"\r\nGET").await.unwrap();
+        let n = std::future::poll_fn(|cx| w.poll_next_bytes(cx))
+            .await
+            .unwrap();
+        assert_eq!(n, 3);
+        let mut got = [0u8; 3];
+        w.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"GET");
 
         // End of input while parked.
         drop(client);
