@@ -106,7 +106,11 @@ where
 /// on its next poll without reading the socket. One that does not end was still reading a
 /// request body, and is left to close after that exchange ([`Mode::Closing`]); one that read
 /// the socket as it ended had given up on a body, and gets the lingering close it would have
-/// had: neither is parked with body bytes unread in the socket. A connection hyper ends for
+/// had: neither is parked with body bytes unread in the socket. (hyper's drain of a body let
+/// go may also take bytes already in its own buffer without a read; it has done so before
+/// the park is asked because hyper is polled after the body is dropped and before the park:
+/// bodies are dropped on the connection's own thread, the proxy's runtimes being
+/// current-thread ones.) A connection hyper ends for
 /// any other reason (the client's `Connection: close` or end of input, an error) is polled as
 /// hyper's future, which flushes and shuts the socket down as before (a lingering close, see
 /// [`Watched`]).
