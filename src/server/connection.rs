@@ -306,7 +306,8 @@ struct Watch<'a> {
 impl Watch<'_> {
     /// Drives `conn` until it ends, applying [`verdict`] a few times per timeout, and closes it
     /// gracefully at shutdown, when reclaimed, or idle; parks an HTTP/1.1 connection quiet for
-    /// [`PARK_AFTER_MS`] (checked every [`PARK_AFTER_MS`] while hyper serves it).
+    /// [`PARK_AFTER_MS`] (checked [`PARK_AFTER_MS`] after hyper begins to serve it, then at
+    /// doubling intervals while it stays busy).
     async fn drive<C: Served>(self, mut conn: C, http1: bool) {
         let Watch {
             cx,
@@ -319,12 +320,16 @@ impl Watch<'_> {
         // request.
         let period = (limits.header.min(limits.idle) / 4)
             .clamp(Duration::from_millis(1), Duration::from_secs(3600));
-        let park_period = period.min(Duration::from_millis(PARK_AFTER_MS));
-        let next_check = |parkable: bool| {
-            let after = if parkable { park_period } else { period };
-            crate::clock::deadline(tokio::time::Instant::now(), after)
-        };
-        let mut check = deadline::Alarm::at(next_check(conn.may_park()));
+        // While hyper serves the connection, the wait before the next park check: doubled each
+        // time a check finds the connection busy, up to `period`, so that a busy connection
+        // wakes for checks as rarely as before parking existed; back to the first wait when
+        // it wakes from a park.
+        let park_first = period.min(Duration::from_millis(PARK_AFTER_MS));
+        let mut park_wait = park_first;
+        let next_check =
+            |after: Duration| crate::clock::deadline(tokio::time::Instant::now(), after);
+        let mut check =
+            deadline::Alarm::at(next_check(if conn.may_park() { park_wait } else { period }));
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let (header_ms, idle_ms) = (millis(limits.header), millis(limits.idle));
         let mut closing = false;
@@ -341,7 +346,10 @@ impl Watch<'_> {
                 biased;
                 event = &mut conn => match event {
                     Event::Ended => return,
-                    Event::Unparked => check.reset(next_check(true)),
+                    Event::Unparked => {
+                        park_wait = park_first;
+                        check.reset(next_check(park_wait));
+                    }
                 },
                 _ = &mut drain, if !closing && !draining => {
                     if http1 {
@@ -376,15 +384,9 @@ impl Watch<'_> {
                 _ = &mut check => {
                     let (seen, now) = (activity.observe(), now_millis());
                     match verdict(seen, now, header_ms, idle_ms) {
-                        Verdict::Keep => {
-                            if !draining
-                                && !closing
-                                && conn.may_park()
-                                && parkable(seen, now, PARK_AFTER_MS)
-                            {
-                                conn.park();
-                            }
-                        }
+                        Verdict::Keep if draining || closing || !conn.may_park() => {}
+                        Verdict::Keep if parkable(seen, now, PARK_AFTER_MS) => conn.park(),
+                        Verdict::Keep => park_wait = (park_wait * 2).min(period),
                         Verdict::CloseIdle if closing => {}
                         Verdict::CloseIdle => {
                             tracing::debug!(peer = %peer, "idle client connection closed");
@@ -397,7 +399,11 @@ impl Watch<'_> {
                             return;
                         }
                     }
-                    check.reset(next_check(conn.may_park()));
+                    check.reset(next_check(if conn.may_park() {
+                        park_wait
+                    } else {
+                        period
+                    }));
                 }
             }
         }
