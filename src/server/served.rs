@@ -91,9 +91,11 @@ where
 /// When: a connection is parked as soon as its answer is written if its client was quiet
 /// before the request (the connection's first request, or one that woke a connection parked
 /// for [`PARK_AFTER_MS`] or longer): such a client, an agent that pushes now and then, is
-/// likely to be quiet again. Any other connection is parked once quiet for [`PARK_AFTER_MS`]
-/// (the connection's periodic check, see `connection.rs`). A client that sends again within that time
-/// keeps hyper's connection: a busy one pays one extra hyper connection when it opens.
+/// likely to be quiet again. Any other connection is parked once quiet for [`PARK_AFTER_MS`],
+/// found by the connection's periodic check (`connection.rs`: [`PARK_AFTER_MS`] after hyper
+/// begins to serve it, then at doubling intervals while it stays busy). A client that sends
+/// again within that time keeps hyper's connection: a busy one pays one extra hyper
+/// connection when it opens.
 ///
 /// Invariants: the connection is parked only between requests, with the last answer written
 /// to the socket ([`Activity`]: no request in progress, no head started, the last write not
