@@ -229,6 +229,14 @@ pub struct Observed {
     pub output_blocked: bool,
 }
 
+impl Observed {
+    /// Between requests: nothing in progress, no head started, every answer written to the
+    /// socket, no shutdown begun. A connection may be parked only then.
+    pub fn between_requests(&self) -> bool {
+        self.in_flight == 0 && self.head_ms == 0 && !self.output_blocked
+    }
+}
+
 /// What the server does about a connection at a periodic check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -269,10 +277,7 @@ pub const PARK_AFTER_MS: u64 = 100;
 /// parked: nothing in progress, no head started, every answer written to the socket, and no
 /// request ended for `park_ms`. Pure.
 pub fn parkable(o: Observed, now_ms: u64, park_ms: u64) -> bool {
-    o.in_flight == 0
-        && o.head_ms == 0
-        && !o.output_blocked
-        && now_ms.saturating_sub(o.last_ms) >= park_ms
+    o.between_requests() && now_ms.saturating_sub(o.last_ms) >= park_ms
 }
 
 /// A connection that has not sent a request yet is reclaimed only after this long (ms).

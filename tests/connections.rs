@@ -126,14 +126,27 @@ fn parked(running: &Running) -> u64 {
     running.shared().metrics.connections.parked_now()
 }
 
+/// Sends `request` on `s` and asserts the answer is a 200.
+async fn answered_200(s: &mut TcpStream, request: &[u8]) {
+    s.write_all(request).await.unwrap();
+    assert!(read_answer(s).await.starts_with("HTTP/1.1 200"));
+}
+
+/// Asserts that the server cuts `s` (whose request head has started) no sooner than
+/// `at_least` and within 3 s.
+async fn cut_after(s: &mut TcpStream, at_least: Duration) {
+    let started = Instant::now();
+    assert!(closed_within(s, Duration::from_secs(3)).await, "cut");
+    assert!(started.elapsed() >= at_least);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_keep_alive_connection_is_parked_and_serves_its_next_request() {
     let (running, _ws) =
         ready_proxy("header_read_timeout = \"300ms\"\nidle_timeout = \"60s\"").await;
     let proxy = running.proxy_addrs()[0];
     let mut s = TcpStream::connect(proxy).await.unwrap();
-    s.write_all(GET).await.unwrap();
-    assert!(read_answer(&mut s).await.starts_with("HTTP/1.1 200"));
+    answered_200(&mut s, GET).await;
     wait_until(SECS5, "the idle connection parked", || async {
         parked(&running) == 1
     })
@@ -144,32 +157,27 @@ async fn an_idle_keep_alive_connection_is_parked_and_serves_its_next_request() {
         parked(&running) == 0
     })
     .await;
-    s.write_all(&GET[10..]).await.unwrap();
-    assert!(read_answer(&mut s).await.starts_with("HTTP/1.1 200"));
+    answered_200(&mut s, &GET[10..]).await;
     wait_until(SECS5, "parked again", || async { parked(&running) == 1 }).await;
 
     // A body some clients end with an empty line: the line is no request, and the connection
     // parks as any other.
-    s.write_all(
+    answered_200(
+        &mut s,
         b"POST /v1/batch HTTP/1.1\r\nHost: push\r\nAuthorization: Bearer key-1\r\n\
           Content-Length: 2\r\n\r\nhi\r\n",
     )
-    .await
-    .unwrap();
-    assert!(read_answer(&mut s).await.starts_with("HTTP/1.1 200"));
+    .await;
     wait_until(SECS5, "parked after the empty line", || async {
         parked(&running) == 1
     })
     .await;
-    s.write_all(GET).await.unwrap();
-    assert!(read_answer(&mut s).await.starts_with("HTTP/1.1 200"));
+    answered_200(&mut s, GET).await;
     wait_until(SECS5, "parked again", || async { parked(&running) == 1 }).await;
 
     // A head started on a parked connection is bounded by header_read_timeout.
     s.write_all(b"GET /v1/batch HT").await.unwrap();
-    let started = Instant::now();
-    assert!(closed_within(&mut s, Duration::from_secs(3)).await, "cut");
-    assert!(started.elapsed() >= Duration::from_millis(250));
+    cut_after(&mut s, Duration::from_millis(250)).await;
     wait_until(SECS5, "nothing parked", || async { parked(&running) == 0 }).await;
 
     // A pipelined request whose head hyper had read in part when the connection went quiet is
@@ -177,22 +185,16 @@ async fn an_idle_keep_alive_connection_is_parked_and_serves_its_next_request() {
     let mut s = TcpStream::connect(proxy).await.unwrap();
     let mut two = GET.to_vec();
     two.extend_from_slice(&GET[..20]);
-    s.write_all(&two).await.unwrap();
-    assert!(read_answer(&mut s).await.starts_with("HTTP/1.1 200"));
+    answered_200(&mut s, &two).await;
     // Past the park time (an observation window): hyper's unparsed bytes are not lost.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    s.write_all(&GET[20..]).await.unwrap();
-    assert!(read_answer(&mut s).await.starts_with("HTTP/1.1 200"));
-    s.write_all(&two).await.unwrap();
-    assert!(read_answer(&mut s).await.starts_with("HTTP/1.1 200"));
-    let started = Instant::now();
-    assert!(closed_within(&mut s, Duration::from_secs(3)).await, "cut");
-    assert!(started.elapsed() >= Duration::from_millis(250));
+    answered_200(&mut s, &GET[20..]).await;
+    answered_200(&mut s, &two).await;
+    cut_after(&mut s, Duration::from_millis(250)).await;
 
     // At shutdown a parked connection is closed, after the grace for a request on its way.
     let mut s = TcpStream::connect(proxy).await.unwrap();
-    s.write_all(GET).await.unwrap();
-    assert!(read_answer(&mut s).await.starts_with("HTTP/1.1 200"));
+    answered_200(&mut s, GET).await;
     wait_until(SECS5, "parked", || async { parked(&running) == 1 }).await;
     let stopped = tokio::spawn(running.shutdown());
     assert!(closed_within(&mut s, SECS5).await, "closed at shutdown");
@@ -440,6 +442,11 @@ async fn unready_proxy(server_lines: &str) -> Running {
 /// Python's `http.client` does; then reads the answer.
 async fn upload_then_read(proxy: SocketAddr, path: &str, body_len: usize) -> String {
     let mut s = TcpStream::connect(proxy).await.unwrap();
+    upload_then_read_on(&mut s, path, body_len).await
+}
+
+/// [`upload_then_read`] on a connection already open.
+async fn upload_then_read_on(s: &mut TcpStream, path: &str, body_len: usize) -> String {
     let mut request = format!(
         "POST {path} HTTP/1.1\r\nHost: push\r\nAuthorization: Bearer key-1\r\n\
          Content-Length: {body_len}\r\n\r\n"
@@ -450,7 +457,7 @@ async fn upload_then_read(proxy: SocketAddr, path: &str, body_len: usize) -> Str
         .await
         .expect("the upload is read in time")
         .expect("the upload is not cut off by a reset");
-    read_answer(&mut s).await
+    read_answer(s).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -476,24 +483,10 @@ async fn an_early_answer_reaches_a_client_still_uploading() {
     let mut s = TcpStream::connect(proxy).await.unwrap();
     s.write_all(GET).await.unwrap();
     assert!(read_answer(&mut s).await.starts_with("HTTP/1.1 503"));
-    wait_until(SECS5, "parked", || async {
-        running.shared().metrics.connections.parked_now() == 1
-    })
-    .await;
+    wait_until(SECS5, "parked", || async { parked(&running) == 1 }).await;
     // Quiet for longer than the park time (the stimulus: its next answer parks it at once).
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let body_len = 3_000_000;
-    let mut request = format!(
-        "POST /v1/batch HTTP/1.1\r\nHost: push\r\nAuthorization: Bearer key-1\r\n\
-         Content-Length: {body_len}\r\n\r\n"
-    )
-    .into_bytes();
-    request.resize(request.len() + body_len, b'x');
-    tokio::time::timeout(SECS5, s.write_all(&request))
-        .await
-        .expect("the upload is read in time")
-        .expect("the upload is not cut off by a reset");
-    let head = read_answer(&mut s).await;
+    let head = upload_then_read_on(&mut s, "/v1/batch", 3_000_000).await;
     assert!(head.starts_with("HTTP/1.1 503"), "{head}");
     // Nothing else: no answer to body bytes taken for a request.
     let mut rest = Vec::new();

@@ -388,6 +388,18 @@ mod tests {
         assert!(rest.is_empty());
     }
 
+    /// Waits for a parked connection's next bytes, which must be all of `want`, then reads them
+    /// back as hyper would.
+    async fn next_then_read(w: &mut Watched<tokio::io::DuplexStream>, want: &[u8]) {
+        let n = std::future::poll_fn(|cx| w.poll_next_bytes(cx))
+            .await
+            .unwrap();
+        assert_eq!(n, want.len());
+        let mut got = vec![0u8; n];
+        w.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, want);
+    }
+
     #[tokio::test]
     async fn bytes_unread_or_waited_for_are_served_first_and_start_a_head() {
         let activity = Arc::new(Activity::default());
@@ -424,13 +436,7 @@ mod tests {
         // returns at once.
         let mut w = Watched::new(w.io, b"C", activity.clone(), true, 0);
         assert!(w.unread(Bytes::from_static(b"AB")));
-        let n = std::future::poll_fn(|cx| w.poll_next_bytes(cx))
-            .await
-            .unwrap();
-        assert_eq!(n, 3);
-        let mut got = [0u8; 3];
-        w.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"ABC");
+        next_then_read(&mut w, b"ABC").await;
 
         // Empty lines that arrive while parked are no request.
         activity.clear_head();
@@ -443,13 +449,7 @@ mod tests {
         assert!(waited.is_err(), "still waiting");
         assert_eq!(activity.observe().head_ms, 0);
         client.write_all(b"\r\nGET").await.unwrap();
-        let n = std::future::poll_fn(|cx| w.poll_next_bytes(cx))
-            .await
-            .unwrap();
-        assert_eq!(n, 3);
-        let mut got = [0u8; 3];
-        w.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"GET");
+        next_then_read(&mut w, b"GET").await;
 
         // End of input while parked.
         drop(client);

@@ -76,6 +76,30 @@ where
     }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What hyper needs of a service to serve an HTTP/1.1 connection, poll it without shutting
+/// its socket down, and take it apart (every service whose futures are `Unpin`).
+pub(super) trait H1Service:
+    HttpService<
+        Incoming,
+        ResBody: Body<Error: Into<BoxError>> + 'static,
+        Future: Unpin,
+        Error: Into<BoxError>,
+    > + Unpin
+{
+}
+
+impl<S> H1Service for S where
+    S: HttpService<
+            Incoming,
+            ResBody: Body<Error: Into<BoxError>> + 'static,
+            Future: Unpin,
+            Error: Into<BoxError>,
+        > + Unpin
+{
+}
+
 /// An HTTP/1.1 connection, served by hyper or parked.
 ///
 /// hyper's HTTP/1.1 connection keeps an 8 KiB buffer for the heads it writes from the start
@@ -165,14 +189,10 @@ enum Mode {
     Closing,
 }
 
-impl<'a, I, S, B> H1<'a, I, S>
+impl<'a, I, S> H1<'a, I, S>
 where
     I: AsyncRead + AsyncWrite + Unpin,
-    S: HttpService<Incoming, ResBody = B> + Unpin,
-    S::Future: Unpin,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: H1Service,
 {
     /// The connection of a client that just connected (its first bytes arrived).
     pub(super) fn new(
@@ -241,14 +261,10 @@ where
     }
 }
 
-impl<I, S, B> Future for H1<'_, I, S>
+impl<I, S> Future for H1<'_, I, S>
 where
     I: AsyncRead + AsyncWrite + Unpin,
-    S: HttpService<Incoming, ResBody = B> + Unpin,
-    S::Future: Unpin,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: H1Service,
 {
     type Output = Event;
 
@@ -275,8 +291,7 @@ where
                             if !this.eager || *mode != Mode::Open {
                                 return Poll::Pending;
                             }
-                            let o = this.activity.observe();
-                            if o.in_flight != 0 || o.head_ms != 0 || o.output_blocked {
+                            if !this.activity.observe().between_requests() {
                                 // A client that sent again within a poll is not a quiet one.
                                 this.eager = !this.settling;
                                 this.settling = false;
@@ -342,14 +357,10 @@ where
     }
 }
 
-impl<I, S, B> Served for H1<'_, I, S>
+impl<I, S> Served for H1<'_, I, S>
 where
     I: AsyncRead + AsyncWrite + Unpin,
-    S: HttpService<Incoming, ResBody = B> + Unpin,
-    S::Future: Unpin,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: H1Service,
 {
     fn graceful_shutdown(&mut self) {
         (self.eager, self.settling) = (false, false);
