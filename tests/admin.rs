@@ -1586,7 +1586,9 @@ async fn metrics_count_every_answer_and_show_backends_connections_and_the_proces
         push(&c, &running, 7).await.status,
         StatusCode::GATEWAY_TIMEOUT
     );
-    // A client that leaves before its answer is ready.
+    // A client that leaves before its answer is ready. The workers' count is read before the
+    // request is sent: the proxy may forward it before write_all returns here.
+    let requests = w1.requests() + w2.requests();
     let mut leaving = tokio::net::TcpStream::connect(running.proxy_addrs()[0])
         .await
         .expect("connect");
@@ -1594,7 +1596,6 @@ async fn metrics_count_every_answer_and_show_backends_connections_and_the_proces
         .write_all(b"POST /v1/batch HTTP/1.1\r\nhost: a\r\nauthorization: Bearer key-8\r\ncontent-length: 2\r\n\r\n{}")
         .await
         .expect("write");
-    let requests = w1.requests() + w2.requests();
     wait_until("the leaving client's request reached a worker", || async {
         w1.requests() + w2.requests() > requests
     })
