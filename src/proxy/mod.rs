@@ -4,9 +4,9 @@
 //! once, so a request runs to its end on the config it began with, whatever reloads happen
 //! meanwhile. In the order a request meets them: [`serve`] names the request, routes it and
 //! writes the head that goes upstream ([`headers`]); [`forward`] reads the body within its
-//! limits and dispatches it through [`exchange`] (connect retries, budget); a guarded answer
-//! goes through [`guard`] (the second opinion); [`response`] writes what syncgate answers
-//! itself.
+//! limits and dispatches it through [`exchange`](mod@exchange) (connect retries, budget); a
+//! guarded answer goes through [`guard`] (the second opinion); [`response`] writes what
+//! syncgate answers itself.
 
 mod credential;
 mod exchange;

@@ -1,5 +1,5 @@
 //! HTTP/1.1 as the proxy speaks it to a worker, without I/O: the request head it writes
-//! ([`encode_head`]), the answer head it reads ([`parse_head`]), and the answer body's framing
+//! ([`HeadWriter`]), the answer head it reads ([`parse_head`]), and the answer body's framing
 //! ([`Framing`], [`Chunked`]). Pure functions over byte buffers, unit-tested on their own; the
 //! socket side is `conn.rs`.
 //!

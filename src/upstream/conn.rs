@@ -1,6 +1,7 @@
 //! One upstream connection and one exchange on it, driven inside the request's own task: the
 //! request is written and the answer head read by [`Conn::exchange`], the answer body by
-//! [`Reader`]. No connection task, no channel, no wake-up of another task.
+//! [`Decoder`] (under [`Pooled`](super::Pooled)). No connection task, no channel, no wake-up
+//! of another task.
 //!
 //! Writing and reading overlap: a worker may answer before it has read the whole body (a
 //! `413`, an early error) and stop reading; the answer is taken as soon as its head arrives,
