@@ -165,7 +165,7 @@ slow_start = "0s"
 
 [pools.push.probe]
 interval = "100ms"
-timeout = "90ms"
+timeout = "1s"
 rise = 1
 fall = 1
 "#
@@ -1546,7 +1546,7 @@ async fn metrics_count_every_answer_and_show_backends_connections_and_the_proces
     let mut text = config_text(&[("w1", w1.addr()), ("w2", w2.addr())], "");
     text = text.replace(
         "request_timeout = \"4s\"",
-        "request_timeout = \"500ms\"\nmax_request_body = \"1KiB\"",
+        "request_timeout = \"1500ms\"\nmax_request_body = \"1KiB\"",
     );
     text.push_str("\n[[routes]]\npath_prefix = \"/v1\"\npool = \"push\"\n");
     let running = start(&text).await;
@@ -1580,8 +1580,8 @@ async fn metrics_count_every_answer_and_show_backends_connections_and_the_proces
     .await;
     assert!(too_large.starts_with("HTTP/1.1 413"), "{too_large}");
     // A timeout: both workers answer after request_timeout.
-    w1.set_delay(Duration::from_secs(2));
-    w2.set_delay(Duration::from_secs(2));
+    w1.set_delay(Duration::from_secs(4));
+    w2.set_delay(Duration::from_secs(4));
     assert_eq!(
         push(&c, &running, 7).await.status,
         StatusCode::GATEWAY_TIMEOUT

@@ -357,7 +357,7 @@ fn config_text(pools: &[(&str, &[(&str, SocketAddr)])], admin_extra: &str) -> St
     for (pool, backends) in pools {
         s.push_str(&format!(
             "\n[pools.{pool}]\nslow_start = \"0s\"\n\n[pools.{pool}.probe]\n\
-             interval = \"100ms\"\ntimeout = \"90ms\"\nrise = 1\nfall = 1\n"
+             interval = \"100ms\"\ntimeout = \"1s\"\nrise = 1\nfall = 1\n"
         ));
         for (name, addr) in *backends {
             s.push_str(&format!(

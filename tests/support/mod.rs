@@ -63,10 +63,12 @@ pub const ACCESS_LOG_OFF: &str = "[server.access_log]\nenabled = false\n";
 /// log off ([`ACCESS_LOG_OFF`]), and `extra` TOML appended to the pool table (e.g.
 /// `retries = 1`).
 pub fn pool_config(backends: &[(&str, SocketAddr)], pool_extra: &str, probe_extra: &str) -> String {
-    // Fast probe defaults; a key given in `probe_extra` replaces its default.
+    // Fast probe defaults; a key given in `probe_extra` replaces its default. The timeout is
+    // longer than the interval (probes never overlap): a probe answered late on a loaded
+    // machine must not eject a backend a test expects to stay ready.
     let mut probe: Vec<String> = [
         "interval = \"50ms\"",
-        "timeout = \"45ms\"",
+        "timeout = \"1s\"",
         "rise = 2",
         "fall = 2",
     ]
