@@ -101,10 +101,12 @@ async fn a_keep_alive_connection_idles_until_idle_timeout_not_header_read_timeou
     // condition): hyper's header timer closed the connection here, and the next request
     // on it met a broken pipe.
     tokio::time::sleep(Duration::from_millis(600)).await;
+    // Lower bounds on the server's timers are measured from before the step that starts them:
+    // this task may run late after it.
+    let idle_from = Instant::now();
     s.write_all(GET).await.unwrap();
     assert!(read_answer(&mut s).await.starts_with("HTTP/1.1 200"));
     // Then the idle timeout closes it, gracefully.
-    let idle_from = Instant::now();
     assert!(closed_within(&mut s, SECS5).await, "closed at idle_timeout");
     assert!(idle_from.elapsed() >= Duration::from_millis(1200));
 
@@ -112,8 +114,8 @@ async fn a_keep_alive_connection_idles_until_idle_timeout_not_header_read_timeou
     let mut s = TcpStream::connect(proxy).await.unwrap();
     s.write_all(GET).await.unwrap();
     assert!(read_answer(&mut s).await.starts_with("HTTP/1.1 200"));
-    s.write_all(b"GET /v1/batch HT").await.unwrap();
     let started = Instant::now();
+    s.write_all(b"GET /v1/batch HT").await.unwrap();
     assert!(closed_within(&mut s, Duration::from_secs(2)).await, "cut");
     assert!(started.elapsed() >= Duration::from_millis(150));
     // So is a client that connects and says nothing.
@@ -132,10 +134,9 @@ async fn answered_200(s: &mut TcpStream, request: &[u8]) {
     assert!(read_answer(s).await.starts_with("HTTP/1.1 200"));
 }
 
-/// Asserts that the server cuts `s` (whose request head has started) no sooner than
-/// `at_least` and within 3 s.
-async fn cut_after(s: &mut TcpStream, at_least: Duration) {
-    let started = Instant::now();
+/// Asserts that the server cuts `s` (whose request head started after `started`, taken before
+/// the write that started it) no sooner than `at_least` after `started` and within 3 s.
+async fn cut_after(s: &mut TcpStream, started: Instant, at_least: Duration) {
     assert!(closed_within(s, Duration::from_secs(3)).await, "cut");
     assert!(started.elapsed() >= at_least);
 }
@@ -176,8 +177,9 @@ async fn an_idle_keep_alive_connection_is_parked_and_serves_its_next_request() {
     wait_until(SECS5, "parked again", || async { parked(&running) == 1 }).await;
 
     // A head started on a parked connection is bounded by header_read_timeout.
+    let started = Instant::now();
     s.write_all(b"GET /v1/batch HT").await.unwrap();
-    cut_after(&mut s, Duration::from_millis(250)).await;
+    cut_after(&mut s, started, Duration::from_millis(250)).await;
     wait_until(SECS5, "nothing parked", || async { parked(&running) == 0 }).await;
 
     // A pipelined request whose head hyper had read in part when the connection went quiet is
@@ -189,8 +191,9 @@ async fn an_idle_keep_alive_connection_is_parked_and_serves_its_next_request() {
     // Past the park time (an observation window): hyper's unparsed bytes are not lost.
     tokio::time::sleep(Duration::from_millis(200)).await;
     answered_200(&mut s, &GET[20..]).await;
+    let started = Instant::now();
     answered_200(&mut s, &two).await;
-    cut_after(&mut s, Duration::from_millis(250)).await;
+    cut_after(&mut s, started, Duration::from_millis(250)).await;
 
     // At shutdown a parked connection is closed, after the grace for a request on its way.
     let mut s = TcpStream::connect(proxy).await.unwrap();
@@ -247,7 +250,13 @@ async fn at_max_connections_the_connection_idle_longest_makes_room() {
     for _ in 0..2 {
         silent.push(TcpStream::connect(proxy).await.unwrap());
     }
-    tokio::time::sleep(Duration::from_millis(1100)).await; // their second of silence
+    // Their second of silence counts from when the proxy registered them, which may be
+    // later than connect returned here.
+    wait_until(SECS5, "the silent connections registered", || async {
+        running.shared().metrics.connections.counts().0 == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // their second of silence
     let tcp = TcpStream::connect(proxy).await.unwrap();
     let (mut h2, h2_conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))

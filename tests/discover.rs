@@ -279,7 +279,7 @@ async fn an_address_that_disappears_drains_without_failing_any_in_flight_request
     let leaving = backend(&running, &b).expect("b");
 
     // Requests in flight on the pod about to leave.
-    ws[1].set_delay(Duration::from_millis(800));
+    ws[1].set_delay(Duration::from_millis(1800));
     let proxy = running.proxy_addrs()[0];
     let mut in_flight = Vec::new();
     wait_until(WAIT, "a request in flight on b", || {

@@ -350,9 +350,10 @@ async fn slow_headers_are_cut_off() {
     let proxy = running.proxy_addrs()[0];
     // Sends half a request line, then nothing.
     let mut s = TcpStream::connect(proxy).await.unwrap();
+    // Taken before the write: the server's timer may start before this task runs again.
+    let started = std::time::Instant::now();
     s.write_all(b"GET /v1/batch HT").await.unwrap();
     let mut b = [0u8; 256];
-    let started = std::time::Instant::now();
     let r = tokio::time::timeout(SECS5, s.read(&mut b))
         .await
         .expect("closed in time");
@@ -420,12 +421,13 @@ async fn idle_http2_connections_are_closed_busy_ones_are_not() {
     resp.into_body().collect().await.unwrap();
     ws[0].set_delay(Duration::ZERO);
     // Had the server counted that time as idle, it would have sent GOAWAY, and this second
-    // request on the same connection would be refused.
+    // request on the same connection would be refused. The idle time is measured from before
+    // it (the server's idle timer starts before this task has read the answer).
+    let started = std::time::Instant::now();
     let resp = send.send_request(request()).await.unwrap();
     assert_eq!(resp.status(), 200);
     resp.into_body().collect().await.unwrap();
     // Then nothing: the server says goodbye, and the client's connection ends.
-    let started = std::time::Instant::now();
     tokio::time::timeout(SECS5, closed)
         .await
         .expect("idle HTTP/2 connection closed by the server")
@@ -599,7 +601,7 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
     let running = start(&cfg).await;
     let proxy = running.proxy_addrs()[0];
     wait_state(&running, "w1", State::Ready).await;
-    ws[0].set_delay(Duration::from_millis(700));
+    ws[0].set_delay(Duration::from_millis(1500));
     let slow = tokio::spawn(async move {
         let a = get(&client(), proxy, 1).await;
         (a.status, a.headers.get("connection").cloned())

@@ -214,10 +214,9 @@ async fn bad_files_change_nothing_and_report_the_error() {
     std::fs::remove_file(&path).unwrap();
     let errors = running.control().reload("api").await.unwrap_err();
     assert!(errors[0].message.contains("cannot read"), "{}", errors[0]);
-    assert_eq!(
-        running.control().status().last_error.unwrap().trigger,
-        "api"
-    );
+    // The watcher sees the removal too, and its failed reload may be the last one.
+    let trigger = running.control().status().last_error.unwrap().trigger;
+    assert!(["api", "file"].contains(&trigger), "{trigger}");
     assert_eq!(get(&c, proxy, 1).await.status, 200);
     // The running config's own bytes restored: nothing new to apply, and the error is gone.
     std::fs::write(&path, &good).unwrap();

@@ -408,10 +408,11 @@ async fn an_answer_body_that_stalls_is_cut_after_request_timeout_and_its_connect
     let proxy = running.proxy_addrs()[0];
 
     let mut s = TcpStream::connect(proxy).await.unwrap();
+    // Taken before the write: the proxy's timer may start before this task runs again.
+    let started = std::time::Instant::now();
     s.write_all(b"GET /stall HTTP/1.1\r\nhost: a\r\n\r\n")
         .await
         .unwrap();
-    let started = std::time::Instant::now();
     let mut got = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), async {
         let mut chunk = [0u8; 1024];
