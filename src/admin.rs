@@ -40,12 +40,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use prometheus_client::registry::Registry;
 use serde::ser::Serialize;
 use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
@@ -266,22 +265,24 @@ impl Endpoint {
     }
 }
 
-/// The admin service: the control plane plus the metrics registry, built once.
+/// An admin answer's body: whole, or the metrics text written while it is sent.
+type AdminBody = Either<Full<Bytes>, prometheus::Scrape>;
+
+/// The admin service: the control plane plus the metrics collector, built once.
 #[derive(Debug)]
 struct Admin {
     control: Arc<Control>,
-    registry: Registry,
+    metrics: Arc<prometheus::Collector>,
     /// Cancelled when shutdown begins (see [`serve`]).
     phase: Arc<Lifecycle>,
 }
 
 impl Admin {
     fn new(control: Arc<Control>, phase: Arc<Lifecycle>) -> Admin {
-        let mut registry = Registry::default();
-        registry.register_collector(Box::new(prometheus::Collector::new(control.clone())));
+        let metrics = Arc::new(prometheus::Collector::new(control.clone()));
         Admin {
             control,
-            registry,
+            metrics,
             phase,
         }
     }
@@ -291,9 +292,35 @@ impl Admin {
     }
 
     /// Routes one request; every failure is a JSON error answer.
-    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn handle(&self, req: Request<Incoming>) -> Response<AdminBody> {
+        let (endpoint, query, openmetrics) = match self.admit(req).await {
+            Ok(admitted) => admitted,
+            Err(refused) => return refused.map(Either::Left),
+        };
+        let resp = match endpoint {
+            Endpoint::Metrics => return self.metrics(openmetrics).map(Either::Right),
+            Endpoint::StatusPage => status_page(),
+            Endpoint::Healthz => json_response(StatusCode::OK, &json!({"status": "ok"})),
+            Endpoint::Readyz => self.readyz(),
+            Endpoint::Backends => json_response(StatusCode::OK, &self.backends_json()),
+            Endpoint::Config => json_response(StatusCode::OK, &self.config_json()),
+            Endpoint::Events => self.events(query.as_deref()),
+            Endpoint::Reload => self.reload().await,
+            Endpoint::BackendAction { pool, name, action } => {
+                self.backend_action(&pool, &name, action)
+            }
+        };
+        resp.map(Either::Left)
+    }
+
+    /// The request's endpoint, query and whether it asks for OpenMetrics, once its method,
+    /// origin, token and body pass; else the answer that refuses it.
+    async fn admit(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<(Endpoint, Option<String>, bool), Response<Full<Bytes>>> {
         let Some(endpoint) = Endpoint::from_path(req.uri().path()) else {
-            return error(StatusCode::NOT_FOUND, "no such endpoint");
+            return Err(error(StatusCode::NOT_FOUND, "no such endpoint"));
         };
         if !endpoint.allows(req.method()) {
             let allow = endpoint.allow_header();
@@ -303,23 +330,23 @@ impl Admin {
             );
             resp.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static(allow));
-            return resp;
+            return Err(resp);
         }
         if endpoint.is_action() {
             let snapshot = self.shared().snapshot();
             if !host_allowed(req.headers(), &snapshot.config.admin.allowed_hosts) {
                 tracing::warn!(path = %req.uri().path(), host = ?req.headers().get(header::HOST), "admin request refused: Host names another site");
-                return error(
+                return Err(error(
                     StatusCode::FORBIDDEN,
                     "the Host header names neither an IP address, localhost nor one of \
                      [admin] allowed_hosts; refused (DNS rebinding)",
-                );
+                ));
             }
             if !same_origin(req.headers()) {
-                return error(
+                return Err(error(
                     StatusCode::FORBIDDEN,
                     "cross-origin admin requests are refused",
-                );
+                ));
             }
             if !self.authorized(req.headers()) {
                 tracing::warn!(path = %req.uri().path(), "admin request refused: missing or wrong token");
@@ -331,7 +358,7 @@ impl Admin {
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"syncgate admin\""),
                 );
-                return resp;
+                return Err(resp);
             }
         }
         let query = req.uri().query().map(str::to_owned);
@@ -341,22 +368,8 @@ impl Admin {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .any(|v| v.contains("application/openmetrics-text"));
-        if let Err(resp) = read_body(req).await {
-            return resp;
-        }
-        match endpoint {
-            Endpoint::StatusPage => status_page(),
-            Endpoint::Healthz => json_response(StatusCode::OK, &json!({"status": "ok"})),
-            Endpoint::Readyz => self.readyz(),
-            Endpoint::Metrics => self.metrics(openmetrics),
-            Endpoint::Backends => json_response(StatusCode::OK, &self.backends_json()),
-            Endpoint::Config => json_response(StatusCode::OK, &self.config_json()),
-            Endpoint::Events => self.events(query.as_deref()),
-            Endpoint::Reload => self.reload().await,
-            Endpoint::BackendAction { pool, name, action } => {
-                self.backend_action(&pool, &name, action)
-            }
-        }
+        read_body(req).await?;
+        Ok((endpoint, query, openmetrics))
     }
 
     /// Whether the request may run a `POST`: no token configured, or the right bearer token.
@@ -408,19 +421,14 @@ impl Admin {
     }
 
     /// `GET /metrics`: OpenMetrics when the scraper asks for it (Prometheus does), else the
-    /// classic Prometheus text format.
-    fn metrics(&self, openmetrics: bool) -> Response<Full<Bytes>> {
-        let mut text = String::new();
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
-            tracing::error!(error = %e, "cannot encode metrics");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics");
-        }
-        let (text, content_type) = if openmetrics {
-            (text, OPENMETRICS)
+    /// classic Prometheus text format; written while it is sent ([`prometheus::Scrape`]).
+    fn metrics(&self, openmetrics: bool) -> Response<prometheus::Scrape> {
+        let content_type = if openmetrics {
+            OPENMETRICS
         } else {
-            (prometheus::to_prometheus_text(&text), PROMETHEUS_TEXT)
+            PROMETHEUS_TEXT
         };
-        let mut resp = Response::new(Full::new(Bytes::from(text)));
+        let mut resp = Response::new(prometheus::Scrape::new(self.metrics.clone(), openmetrics));
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         resp.headers_mut()

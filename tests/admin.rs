@@ -1281,6 +1281,96 @@ async fn bodies_over_64_kib_are_413() {
     w.stop().await;
 }
 
+/// The families of a metrics text in the order their samples come, each family's lines
+/// (its `# HELP`, `# TYPE`, `# UNIT` and samples) required to be contiguous.
+fn families_in_order(text: &str) -> Vec<String> {
+    let mut order: Vec<String> = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty() && *l != "# EOF") {
+        let family = match line.strip_prefix("# ") {
+            Some(meta) => meta.split(' ').nth(1).expect("a family name").to_owned(),
+            None => line.split(['{', ' ']).next().unwrap_or("").to_owned(),
+        };
+        let family = ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| family.strip_suffix(s))
+            .unwrap_or(&family)
+            .to_owned();
+        if order.last() != Some(&family) {
+            assert!(
+                !order.contains(&family),
+                "the lines of {family} are split by another family's"
+            );
+            order.push(family);
+        }
+    }
+    order
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_of_a_large_pool_are_written_in_pieces_each_family_whole() {
+    // More backends than one piece holds (16), in both formats: each family once, its lines
+    // together, every backend in every per-backend family, the same series either way.
+    let mut workers = Vec::new();
+    for _ in 0..40 {
+        workers.push(synced_worker().await);
+    }
+    let names: Vec<String> = (1..=40).map(|i| format!("w{i}")).collect();
+    let backends: Vec<(&str, std::net::SocketAddr)> = names
+        .iter()
+        .zip(&workers)
+        .map(|(n, w)| (n.as_str(), w.addr()))
+        .collect();
+    let running = start(&config_text(&backends, "")).await;
+    let c = client();
+    for name in &names {
+        wait_state(&c, &running, name, "ready").await;
+    }
+
+    let (text, samples) = scrape(&c, &running).await;
+    let families = families_in_order(&text);
+    for family in [
+        "syncgate_backend_requests",
+        "syncgate_backend_state",
+        "syncgate_backend_in_flight",
+        "syncgate_backend_latency_seconds",
+        "syncgate_probes",
+        "syncgate_ejections",
+        "syncgate_config_generation",
+    ] {
+        assert!(families.iter().any(|f| f == family), "{family} missing");
+        assert_eq!(
+            text.matches(&format!("# TYPE {family}")).count(),
+            1,
+            "{family} described once"
+        );
+    }
+    for name in &names {
+        let labels = [("pool", "push"), ("backend", name.as_str())];
+        assert_eq!(value(&samples, "syncgate_backend_in_flight", &labels), 0.0);
+        let ready = [
+            ("pool", "push"),
+            ("backend", name.as_str()),
+            ("state", "ready"),
+        ];
+        assert_eq!(value(&samples, "syncgate_backend_state", &ready), 1.0);
+        assert!(value(&samples, "syncgate_backend_keys", &labels) > 0.0);
+    }
+
+    let url = format!("http://{}/metrics", running.admin_addr());
+    let accept = [("accept", "application/openmetrics-text;version=1.0.0")];
+    let om = send(&c, "GET", url, &accept, Bytes::new()).await.text();
+    assert!(om.ends_with("# EOF\n"));
+    assert_eq!(om.matches("# EOF").count(), 1);
+    families_in_order(&om);
+    let series = |samples: Vec<Sample>| {
+        let mut v: Vec<_> = samples.into_iter().map(|s| (s.name, s.labels)).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(series(parse_metrics(&om)), series(samples));
+    running.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_count_scripted_requests() {
     let w = synced_worker().await;

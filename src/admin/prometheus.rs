@@ -1,5 +1,6 @@
-//! `GET /metrics`: a `prometheus-client` [`Collector`](prometheus_client::collector::Collector)
-//! that renders syncgate's counters at scrape time.
+//! `GET /metrics`: syncgate's counters rendered through `prometheus-client` at scrape time,
+//! written while they are sent ([`Scrape`]: a piece at a time, each per-backend family
+//! ([`backends`]) a slice of backends at a time).
 //!
 //! The request path keeps its counters in plain atomics ([`crate::metrics`],
 //! [`crate::backend::Backend`]); nothing here is registered with or updated through
@@ -48,13 +49,17 @@ use std::sync::Arc;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 
-use crate::backend::{Backend, State};
+use crate::backend::Backend;
 use crate::metrics::{process, GuardOutcome, PoolStats};
 use crate::reload::Control;
 use crate::snapshot::Shared;
 use families::{counters, gauge, gauges, histogram, histograms, unix_seconds, Esc};
 
+mod backends;
 mod families;
+mod scrape;
+
+pub(super) use scrape::Scrape;
 
 /// Renders every syncgate metric from the shared state and the control plane at scrape time.
 #[derive(Debug)]
@@ -72,7 +77,7 @@ impl Collector {
 
     /// The backends to show: the snapshot's, plus removed ones still draining whose
     /// `(pool, name)` is not taken by a configured backend (label sets must stay unique).
-    fn backends(&self) -> Vec<Arc<Backend>> {
+    pub(super) fn backends(&self) -> Vec<Arc<Backend>> {
         let snapshot = self.shared.snapshot();
         let mut list: Vec<Arc<Backend>> = snapshot.backends().cloned().collect();
         let mut seen: HashSet<(Arc<str>, Arc<str>)> = list
@@ -337,11 +342,10 @@ impl Collector {
     }
 }
 
-impl prometheus_client::collector::Collector for Collector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let e = &mut encoder;
+impl Collector {
+    /// Per pool: answers, latency, retries, the guard, pool health and fleet facts.
+    pub(super) fn encode_pools(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let pools = self.shared.pool_stats();
-        let backends = self.backends();
 
         // Per pool. Requests no route matched are the `pool=""` series of the request
         // families (no pool is named "": validation requires a name).
@@ -420,68 +424,14 @@ impl prometheus_client::collector::Collector for Collector {
 
         self.encode_pool_health(e, &pools)?;
         self.encode_fleets(e)?;
+        Ok(())
+    }
 
-        // Per backend.
-        counters(
-            e,
-            "syncgate_backend_requests",
-            "Requests forwarded to a backend, by answer status class (error: no answer).",
-            backends.iter().flat_map(|b| {
-                b.answers.snapshot().map(|(class, n)| {
-                    (
-                        [
-                            ("pool", Esc(&b.pool)),
-                            ("backend", Esc(&b.name)),
-                            ("class", Esc(class)),
-                        ],
-                        n,
-                    )
-                })
-            }),
-        )?;
-        counters(
-            e,
-            "syncgate_backend_connect_failures",
-            "Connections to a backend that failed (refused, reset before sending, timeout).",
-            backends.iter().map(|b| {
-                (
-                    [("pool", Esc(&b.pool)), ("backend", Esc(&b.name))],
-                    b.connect_failures.load(Ordering::Relaxed),
-                )
-            }),
-        )?;
-        gauges(
-            e,
-            "syncgate_backend_state",
-            "Backend lifecycle state: 1 for the current state, 0 for the others.",
-            backends.iter().flat_map(|b| {
-                let current = b.state();
-                State::ALL.iter().map(move |s| {
-                    (
-                        [
-                            ("pool", Esc(&b.pool)),
-                            ("backend", Esc(&b.name)),
-                            ("state", Esc(s.as_str())),
-                        ],
-                        u64::from(*s == current),
-                    )
-                })
-            }),
-        )?;
-        gauges(
-            e,
-            "syncgate_backend_in_flight",
-            "Requests forwarded to a backend and not finished yet.",
-            backends.iter().map(|b| {
-                (
-                    [("pool", Esc(&b.pool)), ("backend", Esc(&b.name))],
-                    b.in_flight(),
-                )
-            }),
-        )?;
-
-        encode_backend_details(e, &backends)?;
-
+    /// Process-wide: connections, the process, config reloads, discovery.
+    pub(super) fn encode_process_wide(
+        &self,
+        e: &mut DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
         // Process-wide.
         let m = &self.shared.metrics;
         self.encode_process(e)?;
@@ -579,112 +529,6 @@ impl prometheus_client::collector::Collector for Collector {
         )?;
         Ok(())
     }
-}
-
-/// `[("pool", …), ("backend", …)]` of a backend.
-fn pool_backend(b: &Backend) -> [(&'static str, Esc<'_>); 2] {
-    [("pool", Esc(&b.pool)), ("backend", Esc(&b.name))]
-}
-
-/// The per-backend families beyond requests and states: latency, bytes, key sync, probes,
-/// ejections.
-fn encode_backend_details(
-    e: &mut DescriptorEncoder,
-    backends: &[Arc<Backend>],
-) -> Result<(), std::fmt::Error> {
-    histograms(
-        e,
-        "syncgate_backend_latency",
-        "Time from sending a request to a backend until its response headers arrived (every answered attempt, second opinions included).",
-        backends
-            .iter()
-            .map(|b| (pool_backend(b), &b.metrics.upstream_latency)),
-    )?;
-    counters(
-        e,
-        "syncgate_backend_sent_bytes",
-        "Request body bytes sent to a backend.",
-        backends
-            .iter()
-            .map(|b| (pool_backend(b), b.metrics.bytes().0)),
-    )?;
-    counters(
-        e,
-        "syncgate_backend_received_bytes",
-        "Response body bytes received from a backend.",
-        backends
-            .iter()
-            .map(|b| (pool_backend(b), b.metrics.bytes().1)),
-    )?;
-    // The key-sync report as the probes last saw it; a backend without one (not probed yet,
-    // or `contract = "status"`) has no series.
-    let reports: Vec<_> = backends
-        .iter()
-        .filter_map(|b| b.key_sync().map(|k| (b, k)))
-        .collect();
-    gauges(
-        e,
-        "syncgate_backend_keys",
-        "Active account keys the backend holds, as its last key-sync report said.",
-        reports.iter().map(|(b, k)| (pool_backend(b), k.keys)),
-    )?;
-    gauges(
-        e,
-        "syncgate_backend_key_generation",
-        "Generation of the key set the backend has loaded, as its last key-sync report said.",
-        reports.iter().map(|(b, k)| (pool_backend(b), k.generation)),
-    )?;
-    gauges(
-        e,
-        "syncgate_backend_sync_complete",
-        "1 when the backend's last key-sync report said its sync is complete, else 0.",
-        reports
-            .iter()
-            .map(|(b, k)| (pool_backend(b), u64::from(k.complete))),
-    )?;
-    counters(
-        e,
-        "syncgate_probes",
-        "Readiness probes, by pool, backend and result (ok or failed).",
-        backends.iter().flat_map(|b| {
-            let (ok, failed) = b.metrics.probes();
-            [("ok", ok), ("failed", failed)].map(|(result, n)| {
-                (
-                    [
-                        ("pool", Esc(&b.pool)),
-                        ("backend", Esc(&b.name)),
-                        ("result", Esc(result)),
-                    ],
-                    n,
-                )
-            })
-        }),
-    )?;
-    histograms(
-        e,
-        "syncgate_probe_duration",
-        "Time one readiness probe took (failed ones included; a timed-out probe counts its timeout).",
-        backends
-            .iter()
-            .map(|b| (pool_backend(b), &b.metrics.probe_duration)),
-    )?;
-    counters(
-        e,
-        "syncgate_ejections",
-        "Backends taken out of rotation (ready to ejected), by pool, backend and cause: decided by the probes or by the request path.",
-        backends.iter().flat_map(|b| {
-            b.metrics.ejections().map(|(cause, n)| {
-                (
-                    [
-                        ("pool", Esc(&b.pool)),
-                        ("backend", Esc(&b.name)),
-                        ("cause", Esc(cause.as_str())),
-                    ],
-                    n,
-                )
-            })
-        }),
-    )
 }
 
 /// OpenMetrics text as the classic Prometheus text format: counter families are named with
