@@ -26,7 +26,8 @@
 //!
 //! Everything shown is read at request time from the shared state ([`crate::snapshot::Shared`])
 //! and the control plane ([`Control`]); the request path is never touched: its counters are
-//! plain atomics that a `prometheus-client` collector renders at scrape time.
+//! plain atomics that a `prometheus-client` collector renders at scrape time, a piece at a
+//! time while the answer is sent (`prometheus::Scrape`).
 
 mod json;
 mod prometheus;
