@@ -71,6 +71,10 @@ const DISCARD_TIME: Duration = Duration::from_secs(2);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open connections may finish their exchange after shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// The most an admin connection buffers (hyper's default is 400 KiB): a `/metrics` answer is
+/// rendered as it is sent, and hyper asks for more of it only while its write buffer is under
+/// this. Also the longest request head the admin API reads.
+const MAX_BUF: usize = 64 * 1024;
 /// How often a drain watcher checks whether its backend went idle.
 const DRAIN_POLL: Duration = Duration::from_millis(25);
 /// Content type of `GET /metrics` (what `prometheus-client`'s text encoder produces).
@@ -166,6 +170,7 @@ async fn serve_connection(
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_BUF)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let result = tokio::select! {

@@ -1282,13 +1282,21 @@ async fn bodies_over_64_kib_are_413() {
 }
 
 /// The families of a metrics text in the order their samples come, each family's lines
-/// (its `# HELP`, `# TYPE`, `# UNIT` and samples) required to be contiguous.
+/// (its `# HELP`, `# TYPE`, `# UNIT`, then its samples) required to be contiguous, and its
+/// descriptor lines to come before its samples.
 fn families_in_order(text: &str) -> Vec<String> {
     let mut order: Vec<String> = Vec::new();
+    let mut sampled = false;
     for line in text.lines().filter(|l| !l.is_empty() && *l != "# EOF") {
-        let family = match line.strip_prefix("# ") {
-            Some(meta) => meta.split(' ').nth(1).expect("a family name").to_owned(),
-            None => line.split(['{', ' ']).next().unwrap_or("").to_owned(),
+        let (family, descriptor) = match line.strip_prefix("# ") {
+            Some(meta) => (
+                meta.split(' ').nth(1).expect("a family name").to_owned(),
+                true,
+            ),
+            None => (
+                line.split(['{', ' ']).next().unwrap_or("").to_owned(),
+                false,
+            ),
         };
         let family = ["_total", "_bucket", "_sum", "_count"]
             .iter()
@@ -1301,7 +1309,13 @@ fn families_in_order(text: &str) -> Vec<String> {
                 "the lines of {family} are split by another family's"
             );
             order.push(family);
+            sampled = false;
         }
+        assert!(
+            !(descriptor && sampled),
+            "a descriptor line after samples of its family: {line}"
+        );
+        sampled |= !descriptor;
     }
     order
 }
@@ -1320,12 +1334,17 @@ async fn metrics_of_a_large_pool_are_written_in_pieces_each_family_whole() {
         .zip(&workers)
         .map(|(n, w)| (n.as_str(), w.addr()))
         .collect();
-    let running = start(&config_text(&backends, "")).await;
+    // fall = 3: a probe answered late on a loaded machine must not eject one of the 40.
+    let running = start(&config_text(&backends, "").replace("fall = 1", "fall = 3")).await;
     let c = client();
     for name in &names {
         wait_state(&c, &running, name, "ready").await;
     }
 
+    // Written while sent: chunked, no length known in advance.
+    let answer = get(&c, &running, "/metrics").await;
+    assert_eq!(answer.header("transfer-encoding"), "chunked");
+    assert_eq!(answer.header("content-length"), "");
     let (text, samples) = scrape(&c, &running).await;
     let families = families_in_order(&text);
     for family in [

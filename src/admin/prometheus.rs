@@ -432,7 +432,6 @@ impl Collector {
         &self,
         e: &mut DescriptorEncoder,
     ) -> Result<(), std::fmt::Error> {
-        // Process-wide.
         let m = &self.shared.metrics;
         self.encode_process(e)?;
         counters(

@@ -8,10 +8,30 @@ use std::sync::Arc;
 use prometheus_client::encoding::DescriptorEncoder;
 
 use super::families::{counters, gauges, histograms, Esc};
-use crate::backend::{Backend, State};
+use crate::backend::{Backend, KeySync, State};
 
-/// Writes one family's series for some backends (its `# HELP` and `# TYPE` lines first).
-pub(super) type Family = fn(&mut DescriptorEncoder, &[Arc<Backend>]) -> Result<(), std::fmt::Error>;
+/// Some of a scrape's backends, each with its key-sync report as the scrape began.
+pub(super) struct Slice<'a> {
+    pub(super) backends: &'a [Arc<Backend>],
+    /// `reports[i]` is `backends[i]`'s, read once per scrape: the three key-sync families,
+    /// written at different times, show the same reports.
+    pub(super) reports: &'a [Option<KeySync>],
+}
+
+impl Slice<'_> {
+    /// The backends with a report (a backend without one, not probed yet or probed with
+    /// `contract = "status"`, has no series in the key-sync families).
+    fn reported(&self) -> impl Iterator<Item = (&Arc<Backend>, &KeySync)> {
+        self.backends
+            .iter()
+            .zip(self.reports)
+            .filter_map(|(b, k)| Some((b, k.as_ref()?)))
+    }
+}
+
+/// Writes one family's series for some backends (its `# HELP`, `# TYPE` and `# UNIT` lines
+/// first).
+pub(super) type Family = fn(&mut DescriptorEncoder, &Slice<'_>) -> Result<(), std::fmt::Error>;
 
 /// Every per-backend family, in the order a scrape writes them.
 pub(super) const FAMILIES: [Family; 13] = [
@@ -35,12 +55,12 @@ fn pool_backend(b: &Backend) -> [(&'static str, Esc<'_>); 2] {
     [("pool", Esc(&b.pool)), ("backend", Esc(&b.name))]
 }
 
-fn requests(e: &mut DescriptorEncoder, backends: &[Arc<Backend>]) -> Result<(), std::fmt::Error> {
+fn requests(e: &mut DescriptorEncoder, slice: &Slice<'_>) -> Result<(), std::fmt::Error> {
     counters(
         e,
         "syncgate_backend_requests",
         "Requests forwarded to a backend, by answer status class (error: no answer).",
-        backends.iter().flat_map(|b| {
+        slice.backends.iter().flat_map(|b| {
             b.answers.snapshot().map(|(class, n)| {
                 (
                     [
@@ -55,26 +75,24 @@ fn requests(e: &mut DescriptorEncoder, backends: &[Arc<Backend>]) -> Result<(), 
     )
 }
 
-fn connect_failures(
-    e: &mut DescriptorEncoder,
-    backends: &[Arc<Backend>],
-) -> Result<(), std::fmt::Error> {
+fn connect_failures(e: &mut DescriptorEncoder, slice: &Slice<'_>) -> Result<(), std::fmt::Error> {
     counters(
         e,
         "syncgate_backend_connect_failures",
         "Connections to a backend that failed (refused, reset before sending, timeout).",
-        backends
+        slice
+            .backends
             .iter()
             .map(|b| (pool_backend(b), b.connect_failures.load(Ordering::Relaxed))),
     )
 }
 
-fn state(e: &mut DescriptorEncoder, backends: &[Arc<Backend>]) -> Result<(), std::fmt::Error> {
+fn state(e: &mut DescriptorEncoder, slice: &Slice<'_>) -> Result<(), std::fmt::Error> {
     gauges(
         e,
         "syncgate_backend_state",
         "Backend lifecycle state: 1 for the current state, 0 for the others.",
-        backends.iter().flat_map(|b| {
+        slice.backends.iter().flat_map(|b| {
             let current = b.state();
             State::ALL.iter().map(move |s| {
                 (
@@ -90,100 +108,91 @@ fn state(e: &mut DescriptorEncoder, backends: &[Arc<Backend>]) -> Result<(), std
     )
 }
 
-fn in_flight(e: &mut DescriptorEncoder, backends: &[Arc<Backend>]) -> Result<(), std::fmt::Error> {
+fn in_flight(e: &mut DescriptorEncoder, slice: &Slice<'_>) -> Result<(), std::fmt::Error> {
     gauges(
         e,
         "syncgate_backend_in_flight",
         "Requests forwarded to a backend and not finished yet.",
-        backends.iter().map(|b| (pool_backend(b), b.in_flight())),
+        slice
+            .backends
+            .iter()
+            .map(|b| (pool_backend(b), b.in_flight())),
     )
 }
 
-fn latency(e: &mut DescriptorEncoder, backends: &[Arc<Backend>]) -> Result<(), std::fmt::Error> {
+fn latency(e: &mut DescriptorEncoder, slice: &Slice<'_>) -> Result<(), std::fmt::Error> {
     histograms(
         e,
         "syncgate_backend_latency",
         "Time from sending a request to a backend until its response headers arrived (every answered attempt, second opinions included).",
-        backends
+        slice
+            .backends
             .iter()
             .map(|b| (pool_backend(b), &b.metrics.upstream_latency)),
     )
 }
 
-fn sent_bytes(e: &mut DescriptorEncoder, backends: &[Arc<Backend>]) -> Result<(), std::fmt::Error> {
+fn sent_bytes(e: &mut DescriptorEncoder, slice: &Slice<'_>) -> Result<(), std::fmt::Error> {
     counters(
         e,
         "syncgate_backend_sent_bytes",
         "Request body bytes sent to a backend.",
-        backends
+        slice
+            .backends
             .iter()
             .map(|b| (pool_backend(b), b.metrics.bytes().0)),
     )
 }
 
-fn received_bytes(
-    e: &mut DescriptorEncoder,
-    backends: &[Arc<Backend>],
-) -> Result<(), std::fmt::Error> {
+fn received_bytes(e: &mut DescriptorEncoder, slice: &Slice<'_>) -> Result<(), std::fmt::Error> {
     counters(
         e,
         "syncgate_backend_received_bytes",
         "Response body bytes received from a backend.",
-        backends
+        slice
+            .backends
             .iter()
             .map(|b| (pool_backend(b), b.metrics.bytes().1)),
     )
 }
 
-// The key-sync report as the probes last saw it; a backend without one (not probed yet, or
-// `contract = "status"`) has no series in the three families below.
-
-fn keys(e: &mut DescriptorEncoder, backends: &[Arc<Backend>]) -> Result<(), std::fmt::Error> {
+fn keys(e: &mut DescriptorEncoder, slice: &Slice<'_>) -> Result<(), std::fmt::Error> {
     gauges(
         e,
         "syncgate_backend_keys",
         "Active account keys the backend holds, as its last key-sync report said.",
-        backends
-            .iter()
-            .filter_map(|b| b.key_sync().map(|k| (pool_backend(b), k.keys))),
+        slice.reported().map(|(b, k)| (pool_backend(b), k.keys)),
     )
 }
 
-fn key_generation(
-    e: &mut DescriptorEncoder,
-    backends: &[Arc<Backend>],
-) -> Result<(), std::fmt::Error> {
+fn key_generation(e: &mut DescriptorEncoder, slice: &Slice<'_>) -> Result<(), std::fmt::Error> {
     gauges(
         e,
         "syncgate_backend_key_generation",
         "Generation of the key set the backend has loaded, as its last key-sync report said.",
-        backends
-            .iter()
-            .filter_map(|b| b.key_sync().map(|k| (pool_backend(b), k.generation))),
+        slice
+            .reported()
+            .map(|(b, k)| (pool_backend(b), k.generation)),
     )
 }
 
-fn sync_complete(
-    e: &mut DescriptorEncoder,
-    backends: &[Arc<Backend>],
-) -> Result<(), std::fmt::Error> {
+fn sync_complete(e: &mut DescriptorEncoder, slice: &Slice<'_>) -> Result<(), std::fmt::Error> {
     gauges(
         e,
         "syncgate_backend_sync_complete",
         "1 when the backend's last key-sync report said its sync is complete, else 0.",
-        backends.iter().filter_map(|b| {
-            b.key_sync()
-                .map(|k| (pool_backend(b), u64::from(k.complete)))
-        }),
+        slice
+            .reported()
+            .map(|(b, k)| (pool_backend(b), u64::from(k.complete))),
     )
 }
 
-fn probes(e: &mut DescriptorEncoder, backends: &[Arc<Backend>]) -> Result<(), std::fmt::Error> {
+fn probes(e: &mut DescriptorEncoder, slice: &Slice<'_>) -> Result<(), std::fmt::Error> {
     counters(
         e,
         "syncgate_probes",
         "Readiness probes, by pool, backend and result (ok or failed).",
-        backends.iter().flat_map(|b| {
+        slice.backends.iter().flat_map(|b| {
             let (ok, failed) = b.metrics.probes();
             [("ok", ok), ("failed", failed)].map(|(result, n)| {
                 (
@@ -199,26 +208,24 @@ fn probes(e: &mut DescriptorEncoder, backends: &[Arc<Backend>]) -> Result<(), st
     )
 }
 
-fn probe_duration(
-    e: &mut DescriptorEncoder,
-    backends: &[Arc<Backend>],
-) -> Result<(), std::fmt::Error> {
+fn probe_duration(e: &mut DescriptorEncoder, slice: &Slice<'_>) -> Result<(), std::fmt::Error> {
     histograms(
         e,
         "syncgate_probe_duration",
         "Time one readiness probe took (failed ones included; a timed-out probe counts its timeout).",
-        backends
+        slice
+            .backends
             .iter()
             .map(|b| (pool_backend(b), &b.metrics.probe_duration)),
     )
 }
 
-fn ejections(e: &mut DescriptorEncoder, backends: &[Arc<Backend>]) -> Result<(), std::fmt::Error> {
+fn ejections(e: &mut DescriptorEncoder, slice: &Slice<'_>) -> Result<(), std::fmt::Error> {
     counters(
         e,
         "syncgate_ejections",
         "Backends taken out of rotation (ready to ejected), by pool, backend and cause: decided by the probes or by the request path.",
-        backends.iter().flat_map(|b| {
+        slice.backends.iter().flat_map(|b| {
             b.metrics.ejections().map(|(cause, n)| {
                 (
                     [
