@@ -47,6 +47,8 @@ pub struct Streamed {
     limit: u64,
     /// Counts the bytes read from `inner`, for the access log.
     counted: Option<Arc<AtomicU64>>,
+    /// `inner` has ended (a chunked body's end is not in its size hint).
+    ended: bool,
 }
 
 impl ReqBody {
@@ -75,7 +77,17 @@ impl ReqBody {
             remaining: limit.saturating_sub(used),
             limit,
             counted,
+            ended: false,
         }))
+    }
+
+    /// Whether the client's body has been read to its end: one kept in memory was; a
+    /// streamed one once its last byte came.
+    pub fn client_finished(&self) -> bool {
+        match self {
+            ReqBody::Full(_) => true,
+            ReqBody::Stream(s) => s.ended || s.inner.is_end_stream(),
+        }
     }
 
     /// The bytes of a replayable body (None for a streamed one).
@@ -104,6 +116,7 @@ impl Body for ReqBody {
                     remaining,
                     limit,
                     counted,
+                    ended,
                 } = &mut **streamed;
                 if let Some(p) = prefix.take() {
                     return Poll::Ready(Some(Ok(Frame::data(p))));
@@ -123,7 +136,10 @@ impl Body for ReqBody {
                         Poll::Ready(Some(Ok(frame)))
                     }
                     Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-                    Poll::Ready(None) => Poll::Ready(None),
+                    Poll::Ready(None) => {
+                        *ended = true;
+                        Poll::Ready(None)
+                    }
                     Poll::Pending => Poll::Pending,
                 }
             }
@@ -133,7 +149,7 @@ impl Body for ReqBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ReqBody::Full(b) => b.is_none(),
-            ReqBody::Stream(s) => s.prefix.is_none() && s.inner.is_end_stream(),
+            ReqBody::Stream(s) => s.prefix.is_none() && (s.ended || s.inner.is_end_stream()),
         }
     }
 

@@ -142,6 +142,51 @@ async fn cut_after(s: &mut TcpStream, started: Instant, at_least: Duration) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_given_before_the_body_is_read_says_the_connection_closes() {
+    let (running, _ws) = ready_proxy("max_request_body = \"1KiB\"").await;
+    let proxy = running.proxy_addrs()[0];
+    let says_close = |head: &str| {
+        head.to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n")
+    };
+
+    // A body read whole: the connection stays for the next request.
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(
+        b"POST /v1/batch HTTP/1.1\r\nHost: push\r\nAuthorization: Bearer key-1\r\n\
+          Content-Length: 2\r\n\r\n{}",
+    )
+    .await
+    .unwrap();
+    let head = read_answer(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(!says_close(&head), "{head}");
+    answered_200(&mut s, GET).await;
+
+    // A declared body over the limit is answered before any of it is read: the answer says
+    // the connection closes; what the client still sends is drained, never parsed.
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(b"POST /v1/batch HTTP/1.1\r\nHost: push\r\nContent-Length: 5000\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_answer(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(says_close(&head), "{head}");
+    let _ = s.write_all(GET).await;
+    assert!(closed_within(&mut s, SECS5).await, "closed after the 413");
+
+    // So is one whose body does not all come within request_timeout (2 s here): 408.
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(b"POST /v1/batch HTTP/1.1\r\nHost: push\r\nContent-Length: 10\r\n\r\n{}")
+        .await
+        .unwrap();
+    let head = read_answer(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(says_close(&head), "{head}");
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_keep_alive_connection_is_parked_and_serves_its_next_request() {
     let (running, _ws) =
         ready_proxy("header_read_timeout = \"300ms\"\nidle_timeout = \"60s\"").await;

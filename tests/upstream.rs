@@ -312,6 +312,13 @@ async fn a_worker_that_answers_before_reading_the_body_is_heard() {
     let cfg_limit = send(&c, proxy, "POST", "/early", None, big).await.unwrap();
     assert_eq!(cfg_limit.status, 413, "{:?}", cfg_limit.body);
     assert_eq!(cfg_limit.body, "too large");
+    // The rest of the client's body is never read: the answer says the connection closes, so
+    // the client does not send its next request on it (it did, now and then, and got an
+    // incomplete message when the server closed it).
+    assert_eq!(
+        cfg_limit.headers.get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..])
+    );
     let after = send(&c, proxy, "GET", "/fine", None, Bytes::new())
         .await
         .unwrap();

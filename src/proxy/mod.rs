@@ -74,11 +74,30 @@ pub fn serve(
         // steps take theirs by value: reading a body, the second opinion (boxed).
         let mut resp = match &mut prepared {
             Ok(prepared) => prepared.run(&shared, &request_id, &mut log).await,
-            Err((status, why)) => error(*status, why, &request_id),
+            Err((status, why, _)) => error(*status, why, &request_id),
         };
+        let unread = match &prepared {
+            Ok(prepared) => prepared.req.unread,
+            Err((_, _, unread)) => *unread,
+        };
+        if unread {
+            // Answered before the client's body was read to its end: the server closes the
+            // connection after this answer (the rest is drained, not parsed), and says so,
+            // or a client would send its next request on a connection about to close.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         answer_request_id(&mut resp, request_id);
         (resp, log)
     }
+}
+
+/// Whether the request's HTTP/1.x body may be left unread by an early answer: it is not known
+/// to be empty (no `Content-Length: 0`, not a request without a body). Read from the body's
+/// size hint, which takes no lock. Over HTTP/2 a stream's unread body never concerns the
+/// connection's next request.
+fn may_stay_unread(parts: &Parts, body: &Incoming) -> bool {
+    parts.version < http::Version::HTTP_2 && http_body::Body::size_hint(body).exact() != Some(0)
 }
 
 /// Tells the client the request's id, marked sensitive: HPACK never indexes it. An id is
@@ -102,7 +121,8 @@ struct Prepared {
 }
 
 /// Routes the request and checks what its head says; the status and reason of the local
-/// answer when it goes no further.
+/// answer when it goes no further, and whether the client's body is left unread
+/// ([`Forwarding::unread`]).
 fn prepare(
     shared: &Shared,
     conn: &ConnInfo,
@@ -111,7 +131,8 @@ fn prepare(
     generated_id: bool,
     started: Instant,
     body: Incoming,
-) -> Result<Prepared, (StatusCode, &'static str)> {
+) -> Result<Prepared, (StatusCode, &'static str, bool)> {
+    let unread = may_stay_unread(parts, &body);
     if parts.method == Method::CONNECT {
         // Tunnels are not proxied: a worker that opened one would take the next request on
         // its connection for tunnel bytes.
@@ -119,7 +140,11 @@ fn prepare(
             .metrics
             .unrouted
             .record(StatusCode::METHOD_NOT_ALLOWED, started.elapsed());
-        return Err((StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not proxied"));
+        return Err((
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not proxied",
+            unread,
+        ));
     }
     let snapshot = shared.current();
     let routed = {
@@ -131,14 +156,18 @@ fn prepare(
             .metrics
             .unrouted
             .record(StatusCode::NOT_FOUND, started.elapsed());
-        return Err((StatusCode::NOT_FOUND, "no route"));
+        return Err((StatusCode::NOT_FOUND, "no route", unread));
     };
     let server = &snapshot.config.server;
     let content_length = content_length(&parts.headers);
     if content_length.is_some_and(|len| len > server.max_request_body) {
         pool.stats
             .record(StatusCode::PAYLOAD_TOO_LARGE, started.elapsed());
-        return Err((StatusCode::PAYLOAD_TOO_LARGE, "request body too large"));
+        return Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large",
+            unread,
+        ));
     }
     let limits = Limits {
         max_body: server.max_request_body,
@@ -154,6 +183,7 @@ fn prepare(
             head_request: parts.method == Method::HEAD,
             said_length: parts.headers.contains_key(header::CONTENT_LENGTH),
             content_length,
+            unread,
             body: Some(body),
         },
         hash_key: hash_key(pool, &parts.headers),
@@ -305,6 +335,9 @@ struct Forwarding {
     head_request: bool,
     said_length: bool,
     content_length: Option<u64>,
+    /// The client's HTTP/1.x body has not been read to its end (yet): its answer says
+    /// `Connection: close`. Cleared once the body is known to be read whole.
+    unread: bool,
     /// Taken when it is read, or dropped unread when it is empty.
     body: Option<Incoming>,
 }
@@ -333,12 +366,18 @@ fn forward<'a>(
                     return no_ready_backend(pool);
                 }
                 match receive_body(cx, body, req.content_length, log).await {
-                    Ok(body) => body,
+                    Ok(body) => {
+                        req.unread = !body.client_finished();
+                        body
+                    }
                     Err(resp) => return resp,
                 }
             }
             // Let go of the client's stream now, as a read body would, not after the exchange.
-            _ => ReqBody::empty(),
+            _ => {
+                req.unread = false;
+                ReqBody::empty()
+            }
         };
         let head = std::mem::take(&mut req.head);
         let mut outgoing = Outgoing::new(head, req.head_request, req.said_length, body);
@@ -347,11 +386,15 @@ fn forward<'a>(
         let mut tried = Tried::default();
         // The match ends before the second opinion is awaited, so that the exchange's result
         // is not kept in this future meanwhile (it would make every request's future larger).
-        let (first, replay) =
-            match exchange(cx, Phase::Forward, &mut outgoing, &mut tried, log).await {
+        let (first, replay) = {
+            let exchanged = exchange(cx, Phase::Forward, &mut outgoing, &mut tried, log).await;
+            // A streamed body is read as it is sent: an answer may come before its end.
+            req.unread = !outgoing.client_body_finished();
+            match exchanged {
                 Ok(taken) => taken,
                 Err(unanswered) => return unanswered_error(cx, unanswered, &tried),
-            };
+            }
+        };
         if !pool.is_guarded(first.status()) {
             if let Some(fp) = cx.credential.filter(|_| first.status().is_success()) {
                 credential::accepted(pool, fp);
@@ -384,15 +427,13 @@ async fn receive_body(
     match deadline::within(limits.deadline(), std::pin::pin!(read)).await {
         Ok(Ok(body)) => Ok(body),
         Err(_) => {
-            let mut resp = error(
+            // The rest of the body may still come: its answer says the connection closes
+            // (`Forwarding::unread`).
+            Err(error(
                 StatusCode::REQUEST_TIMEOUT,
                 "request body not received in time",
                 cx.request_id,
-            );
-            // The rest of the body may still come: the connection cannot be reused.
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            Err(resp)
+            ))
         }
         Ok(Err(status)) => {
             let msg = if status == StatusCode::PAYLOAD_TOO_LARGE {

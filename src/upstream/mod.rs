@@ -142,6 +142,11 @@ impl Outgoing {
         http_body::Body::size_hint(&self.body).lower()
     }
 
+    /// Whether the client's body has been read to its end ([`ReqBody::client_finished`]).
+    pub fn client_body_finished(&self) -> bool {
+        self.body.client_finished()
+    }
+
     /// A copy to send again, when the body was kept in memory (cheap: shared bytes).
     pub fn replayable(&self) -> Option<Outgoing> {
         Some(Outgoing {
