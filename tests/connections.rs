@@ -175,6 +175,22 @@ async fn an_answer_given_before_the_body_is_read_says_the_connection_closes() {
     let _ = s.write_all(GET).await;
     assert!(closed_within(&mut s, SECS5).await, "closed after the 413");
 
+    // So is a chunked body found over the limit as it is read: 413 once its second chunk
+    // comes, the rest unread.
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    let chunk = [b'x'; 800];
+    s.write_all(b"POST /v1/batch HTTP/1.1\r\nHost: push\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        s.write_all(b"320\r\n").await.unwrap();
+        s.write_all(&chunk).await.unwrap();
+        s.write_all(b"\r\n").await.unwrap();
+    }
+    let head = read_answer(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(says_close(&head), "{head}");
+
     // So is one whose body does not all come within request_timeout (2 s here): 408.
     let mut s = TcpStream::connect(proxy).await.unwrap();
     s.write_all(b"POST /v1/batch HTTP/1.1\r\nHost: push\r\nContent-Length: 10\r\n\r\n{}")
