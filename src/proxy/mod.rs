@@ -80,24 +80,30 @@ pub fn serve(
             Ok(prepared) => prepared.req.unread,
             Err((_, _, unread)) => *unread,
         };
-        if unread {
+        if let Some(version) = unread {
             // Answered before the client's body was read to its end: the server closes the
             // connection after this answer (the rest is drained, not parsed), and says so,
             // or a client would send its next request on a connection about to close.
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            if version == http::Version::HTTP_10 {
+                // An HTTP/1.0 answer: hyper would otherwise add `keep-alive` for a client
+                // that asked for it, and `close, keep-alive` reads as keep-alive to some.
+                *resp.version_mut() = version;
+            }
         }
         answer_request_id(&mut resp, request_id);
         (resp, log)
     }
 }
 
-/// Whether the request's HTTP/1.x body may be left unread by an early answer: it is not known
-/// to be empty (no `Content-Length: 0`, not a request without a body). Read from the body's
-/// size hint, which takes no lock. Over HTTP/2 a stream's unread body never concerns the
-/// connection's next request.
-fn may_stay_unread(parts: &Parts, body: &Incoming) -> bool {
-    parts.version < http::Version::HTTP_2 && http_body::Body::size_hint(body).exact() != Some(0)
+/// The request's HTTP/1.x version when its body may be left unread by an early answer: it is
+/// not known to be empty (no `Content-Length: 0`, not a request without a body). Read from
+/// the body's size hint, which takes no lock. Over HTTP/2 a stream's unread body never
+/// concerns the connection's next request.
+fn may_stay_unread(parts: &Parts, body: &Incoming) -> Option<http::Version> {
+    let http1 = parts.version < http::Version::HTTP_2;
+    (http1 && http_body::Body::size_hint(body).exact() != Some(0)).then_some(parts.version)
 }
 
 /// Tells the client the request's id, marked sensitive: HPACK never indexes it. An id is
@@ -131,7 +137,7 @@ fn prepare(
     generated_id: bool,
     started: Instant,
     body: Incoming,
-) -> Result<Prepared, (StatusCode, &'static str, bool)> {
+) -> Result<Prepared, (StatusCode, &'static str, Option<http::Version>)> {
     let unread = may_stay_unread(parts, &body);
     if parts.method == Method::CONNECT {
         // Tunnels are not proxied: a worker that opened one would take the next request on
@@ -335,9 +341,9 @@ struct Forwarding {
     head_request: bool,
     said_length: bool,
     content_length: Option<u64>,
-    /// The client's HTTP/1.x body has not been read to its end (yet): its answer says
-    /// `Connection: close`. Cleared once the body is known to be read whole.
-    unread: bool,
+    /// The request's HTTP/1.x version while its body has not been read to its end (yet): its
+    /// answer says `Connection: close`. Cleared once the body is known to be read whole.
+    unread: Option<http::Version>,
     /// Taken when it is read, or dropped unread when it is empty.
     body: Option<Incoming>,
 }
@@ -367,7 +373,7 @@ fn forward<'a>(
                 }
                 match receive_body(cx, body, req.content_length, log).await {
                     Ok(body) => {
-                        req.unread = !body.client_finished();
+                        req.unread = req.unread.filter(|_| !body.client_finished());
                         body
                     }
                     Err(resp) => return resp,
@@ -375,7 +381,7 @@ fn forward<'a>(
             }
             // Let go of the client's stream now, as a read body would, not after the exchange.
             _ => {
-                req.unread = false;
+                req.unread = None;
                 ReqBody::empty()
             }
         };
@@ -389,7 +395,7 @@ fn forward<'a>(
         let (first, replay) = {
             let exchanged = exchange(cx, Phase::Forward, &mut outgoing, &mut tried, log).await;
             // A streamed body is read as it is sent: an answer may come before its end.
-            req.unread = !outgoing.client_body_finished();
+            req.unread = req.unread.filter(|_| !outgoing.client_body_finished());
             match exchanged {
                 Ok(taken) => taken,
                 Err(unanswered) => return unanswered_error(cx, unanswered, &tried),
