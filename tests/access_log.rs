@@ -334,7 +334,7 @@ async fn a_503_in_place_of_an_unconfirmed_answer_names_the_guard_and_no_backend(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_before_its_answer_is_logged_as_aborted() {
     let (ws, _dir, log, running) = one_worker().await;
-    ws[0].set_delay(Duration::from_secs(1));
+    ws[0].set_delay(Duration::from_millis(1800));
     let mut leaving = TcpStream::connect(running.proxy_addrs()[0]).await.unwrap();
     leaving
         .write_all(

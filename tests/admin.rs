@@ -491,7 +491,7 @@ async fn readyz_is_503_while_shutdown_drains_in_flight_requests() {
     assert_eq!(readyz(c.clone()).await.status, StatusCode::OK);
 
     // A request in flight keeps the drain going (drain_timeout is 3 s) while we look.
-    w.set_delay(Duration::from_millis(1500));
+    w.set_delay(Duration::from_millis(2000));
     let slow = {
         let (c, url) = (
             c.clone(),
@@ -901,7 +901,7 @@ async fn removed_backends_stay_visible_while_they_drain() {
     let c = client();
     wait_state(&c, &running, "w1", "ready").await;
 
-    w1.set_delay(Duration::from_millis(1000));
+    w1.set_delay(Duration::from_millis(3000));
     let slow = {
         let (c, url) = (
             c.clone(),
@@ -959,7 +959,7 @@ async fn drain_lets_in_flight_requests_finish_then_disables_and_enable_readmits(
     wait_state(&c, &running, "w1", "ready").await;
 
     // A slow request in flight on w1 (the only ready backend).
-    w1.set_delay(Duration::from_millis(1500));
+    w1.set_delay(Duration::from_millis(3000));
     let slow = {
         let (c, url) = (
             c.clone(),

@@ -378,9 +378,16 @@ async fn a_trace_log_written_into_the_config_directory_does_not_feed_the_file_wa
         .spawn()
         .unwrap();
     let read = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    wait_until(Duration::from_secs(10), "syncgate listens", || async {
-        read().contains("proxy listening")
-    })
+    // Started, and its first probe done (w1 admitted): nothing is left to log but what the
+    // watcher would feed itself.
+    wait_until(
+        Duration::from_secs(10),
+        "syncgate listens, w1 admitted",
+        || async {
+            let log = read();
+            log.contains("proxy listening") && log.contains("backend state changed")
+        },
+    )
     .await;
     // Each log line is a change in the watched directory. Were the watcher's own trace lines
     // about such changes written, each would be the next change: an endless stream (the issue

@@ -211,16 +211,19 @@ async fn a_fleet_wide_key_loss_fails_closed_then_recovers_without_an_operator() 
         "a key answered 2xx earlier got a 401"
     );
     // 401s for keys never seen before come only until the probes see the loss: about one
-    // probe interval (100 ms; `fall` does not apply to a collapse) of such traffic.
+    // probe interval (100 ms; `fall` does not apply to a collapse) of such traffic. Both
+    // bounds count from what this test saw: the ejection as its polling found it, each 401
+    // as its client task read it, both possibly late on a loaded machine (300 ms allowed).
     if let Some(last) = t.last_unauthorized {
         assert!(
-            last.saturating_duration_since(lost_at) <= ejected_after + Duration::from_millis(100),
+            last.saturating_duration_since(lost_at) <= ejected_after + Duration::from_millis(300),
             "a 401 after the workers were ejected"
         );
     }
+    let until_ejected = ejected_after.as_secs_f64() + 0.1;
     assert!(
-        (t.unauthorized_unseen as f64) <= (rate * 0.2).max(30.0),
-        "{} 401s to keys never seen, at {rate:.0} req/s",
+        (t.unauthorized_unseen as f64) <= (rate * until_ejected).max(30.0),
+        "{} 401s to keys never seen, at {rate:.0} req/s, ejected after {ejected_after:?}",
         t.unauthorized_unseen
     );
     // One event when it started, one when it ended; and, as every backend was ejected, the
