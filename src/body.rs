@@ -149,7 +149,7 @@ impl Body for ReqBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ReqBody::Full(b) => b.is_none(),
-            ReqBody::Stream(s) => s.prefix.is_none() && (s.ended || s.inner.is_end_stream()),
+            ReqBody::Stream(s) => s.prefix.is_none() && self.client_finished(),
         }
     }
 
