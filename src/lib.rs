@@ -17,7 +17,8 @@
 //!   contradiction window, the retry budget), `conn` (a client connection's facts and
 //!   activity, what the server does about it, and the registry the connection limit reclaims
 //!   idle connections from), `tls` (the served certificate, hot-swappable), `systemd`,
-//!   `digest`, `files` (bounded, non-blocking reads of the files a config names), and
+//!   `digest`, `files` (bounded, non-blocking reads of the files a config names), `gather`
+//!   (a few small buffers written as one `write(2)`, not a `writev`), and
 //!   `memory` (credential fingerprints and the fixed-size tables the guard keeps them in).
 //! - config: raw TOML → validated [`Config`], every error with file:line:col.
 //! - state: `backend`, identity + shared atomic state + the one readiness predicate
@@ -71,6 +72,7 @@ mod discover;
 mod events;
 mod files;
 mod fleet;
+mod gather;
 mod host;
 pub mod logging;
 mod memory;

@@ -250,7 +250,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Watched<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        // hyper's head and body, h2's frame head and data: one write when small.
+        let polled = crate::gather::poll_write(Pin::new(&mut this.io), cx, bufs);
         this.note_output(polled)
     }
 

@@ -22,6 +22,7 @@ use tokio_util::io::poll_read_buf;
 use super::codec::{self, chunk_line, Chunked, Decoded, Framing, Head, Parsed, ReqFraming};
 use super::Outgoing;
 use crate::body::{BodyError, ReqBody};
+use crate::gather;
 
 /// Room kept free in the read buffer before a read.
 const READ_CHUNK: usize = 8 * 1024;
@@ -267,7 +268,7 @@ impl Conn {
                         continue;
                     }
                     let slices = [IoSlice::new(head), IoSlice::new(body)];
-                    let n = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices))?;
+                    let n = ready!(gather::poll_write(Pin::new(&mut self.io), cx, &slices))?;
                     if n == 0 {
                         return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
                     }
@@ -346,7 +347,7 @@ impl Conn {
                         if slices.iter().all(|s| s.is_empty()) {
                             break;
                         }
-                        let n = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices))?;
+                        let n = ready!(gather::poll_write(Pin::new(&mut self.io), cx, &slices))?;
                         if n == 0 {
                             return Poll::Ready(Err(
                                 io::Error::from(io::ErrorKind::WriteZero).into()
