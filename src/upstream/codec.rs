@@ -12,7 +12,7 @@
 //! framed, and it did not carry both a transfer coding and a length. Answer trailers are read
 //! and dropped.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
@@ -58,58 +58,121 @@ pub enum ReqFraming {
     Chunked,
 }
 
+/// Request heads a proxy thread keeps for its next requests: a head is written, sent and
+/// dropped per request, and a thread with many requests in flight allocates and frees them in
+/// bursts larger than glibc's per-thread cache keeps (7 blocks of a size), so most of them took
+/// `malloc`'s slow path.
+const POOLED_HEADS: usize = 64;
+/// A head buffer that grew larger than this (long cookies, say) is freed, not kept.
+const POOLED_HEAD_MAX: usize = 8 * 1024;
+
+thread_local! {
+    static HEADS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An encoded request head, in a buffer that goes back to its thread's pool when dropped.
+#[derive(Debug, Default)]
+pub struct RequestHead(Vec<u8>);
+
+impl RequestHead {
+    /// An empty head in a buffer from the pool (or a new one).
+    fn empty() -> RequestHead {
+        let pooled = HEADS
+            .try_with(|h| h.try_borrow_mut().ok()?.pop())
+            .ok()
+            .flatten();
+        RequestHead(pooled.unwrap_or_else(|| Vec::with_capacity(512)))
+    }
+
+    /// A copy, to send again elsewhere.
+    pub fn copy(&self) -> RequestHead {
+        let mut copy = RequestHead::empty();
+        copy.0.extend_from_slice(&self.0);
+        copy
+    }
+}
+
+impl std::ops::Deref for RequestHead {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for RequestHead {
+    fn drop(&mut self) {
+        let cap = self.0.capacity();
+        if cap == 0 || cap > POOLED_HEAD_MAX {
+            return;
+        }
+        let mut buf = std::mem::take(&mut self.0);
+        buf.clear();
+        // A thread that is ending has no pool any more: the buffer is freed.
+        let _ = HEADS.try_with(|h| {
+            if let Ok(mut h) = h.try_borrow_mut() {
+                if h.len() < POOLED_HEADS {
+                    h.push(buf);
+                }
+            }
+        });
+    }
+}
+
 /// A request head being written: the request line, then header fields; [`HeadWriter::finish`]
 /// adds the framing header and ends it. The caller leaves out the framing headers it got.
 /// The default is an empty writer, what is left where a head was taken from.
 #[derive(Debug, Default)]
 pub struct HeadWriter {
-    buf: Vec<u8>,
+    head: RequestHead,
 }
 
 impl HeadWriter {
     /// A head with its request line; `target` in origin form.
     pub fn new(method: &Method, target: &str) -> HeadWriter {
-        let mut buf = Vec::with_capacity(512);
+        let mut head = RequestHead::empty();
+        let buf = &mut head.0;
         buf.extend_from_slice(method.as_str().as_bytes());
         buf.push(b' ');
         buf.extend_from_slice(target.as_bytes());
         buf.extend_from_slice(b" HTTP/1.1\r\n");
-        HeadWriter { buf }
+        HeadWriter { head }
     }
 
     /// Appends a header field.
     pub fn header(&mut self, name: &[u8], value: &[u8]) {
-        self.buf.extend_from_slice(name);
-        self.buf.extend_from_slice(b": ");
-        self.buf.extend_from_slice(value);
-        self.buf.extend_from_slice(b"\r\n");
+        let buf = &mut self.head.0;
+        buf.extend_from_slice(name);
+        buf.extend_from_slice(b": ");
+        buf.extend_from_slice(value);
+        buf.extend_from_slice(b"\r\n");
     }
 
     /// Appends to the value of the field written last (its CRLF moves behind).
     pub fn extend_value(&mut self, more: &[u8]) {
-        self.buf.truncate(self.buf.len().saturating_sub(2));
-        self.buf.extend_from_slice(more);
-        self.buf.extend_from_slice(b"\r\n");
+        let buf = &mut self.head.0;
+        buf.truncate(buf.len().saturating_sub(2));
+        buf.extend_from_slice(more);
+        buf.extend_from_slice(b"\r\n");
     }
 
     /// The whole head, with the framing header.
-    pub fn finish(mut self, framing: ReqFraming) -> Bytes {
+    pub fn finish(mut self, framing: ReqFraming) -> RequestHead {
+        let buf = &mut self.head.0;
         match framing {
             ReqFraming::Empty { said_length: false } => {}
             ReqFraming::Empty { said_length: true } => {
-                self.buf.extend_from_slice(b"content-length: 0\r\n")
+                buf.extend_from_slice(b"content-length: 0\r\n")
             }
             ReqFraming::Length(n) => {
-                self.buf.extend_from_slice(b"content-length: ");
-                push_decimal(&mut self.buf, n);
-                self.buf.extend_from_slice(b"\r\n");
+                buf.extend_from_slice(b"content-length: ");
+                push_decimal(buf, n);
+                buf.extend_from_slice(b"\r\n");
             }
-            ReqFraming::Chunked => self
-                .buf
-                .extend_from_slice(b"transfer-encoding: chunked\r\n"),
+            ReqFraming::Chunked => buf.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         }
-        self.buf.extend_from_slice(b"\r\n");
-        Bytes::from(self.buf)
+        buf.extend_from_slice(b"\r\n");
+        self.head
     }
 }
 
@@ -580,13 +643,50 @@ mod tests {
     }
 
     #[test]
+    fn a_request_head_buffer_is_reused_by_the_next_head_on_its_thread() {
+        let first = HeadWriter::new(&Method::GET, "/first").finish(ReqFraming::Chunked);
+        let at = first.as_ptr();
+        let copy = first.copy();
+        assert_eq!(&copy[..], &first[..]);
+        assert_ne!(copy.as_ptr(), at, "a copy has a buffer of its own");
+        drop(copy);
+        drop(first);
+        // Dropped last, `first`'s buffer is on top of the pool: the next head is written in it.
+        let next = HeadWriter::new(&Method::GET, "/next").finish(ReqFraming::Chunked);
+        assert_eq!(next.as_ptr(), at);
+        assert_eq!(
+            &next[..],
+            b"GET /next HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        // A buffer grown past the bound is freed, not kept.
+        let mut big = HeadWriter::new(&Method::GET, "/");
+        big.header(b"cookie", &[b'c'; POOLED_HEAD_MAX]);
+        let big = big.finish(ReqFraming::Chunked);
+        let pooled = || HEADS.with(|h| h.borrow().len());
+        let before = pooled();
+        drop(big);
+        assert_eq!(pooled(), before);
+        drop(next);
+        assert_eq!(pooled(), before + 1);
+    }
+
+    #[test]
+    fn a_thread_keeps_at_most_its_bound_of_head_buffers() {
+        let heads: Vec<RequestHead> = (0..POOLED_HEADS + 6)
+            .map(|_| HeadWriter::new(&Method::GET, "/").finish(ReqFraming::Chunked))
+            .collect();
+        drop(heads);
+        assert_eq!(HEADS.with(|h| h.borrow().len()), POOLED_HEADS);
+    }
+
+    #[test]
     fn a_request_head_ends_with_its_framing() {
         let head = |framing| {
             let mut w = HeadWriter::new(&Method::POST, "/a?b");
             w.header(b"host", b"w1");
             w.header(b"x-forwarded-for", b"1.1.1.1");
             w.extend_value(b", 2.2.2.2");
-            w.finish(framing)
+            String::from_utf8(w.finish(framing).to_vec()).expect("ASCII")
         };
         let start = "POST /a?b HTTP/1.1\r\nhost: w1\r\nx-forwarded-for: 1.1.1.1, 2.2.2.2\r\n";
         assert_eq!(

@@ -40,7 +40,7 @@ use tokio::net::TcpStream;
 
 use crate::backend::{Backend, InFlight};
 use crate::body::ReqBody;
-pub use codec::{HeadWriter, ReqFraming};
+pub use codec::{HeadWriter, ReqFraming, RequestHead};
 pub use conn::UpstreamError;
 use conn::{Conn, Decoder, Failed, Stream};
 
@@ -106,7 +106,7 @@ pub enum ConnectError {
 /// bytes), and its body.
 #[derive(Debug)]
 pub struct Outgoing {
-    head: Bytes,
+    head: RequestHead,
     framing: ReqFraming,
     /// A `HEAD` request: the answer has no body whatever its head says.
     head_request: bool,
@@ -147,13 +147,15 @@ impl Outgoing {
         self.body.client_finished()
     }
 
-    /// A copy to send again, when the body was kept in memory (cheap: shared bytes).
+    /// A copy to send again, when the body was kept in memory (the head copied into a pooled
+    /// buffer, the body's bytes shared).
     pub fn replayable(&self) -> Option<Outgoing> {
+        let body = self.body.replayable()?;
         Some(Outgoing {
-            head: self.head.clone(),
+            head: self.head.copy(),
             framing: self.framing,
             head_request: self.head_request,
-            body: self.body.replayable()?,
+            body,
         })
     }
 }
