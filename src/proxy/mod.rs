@@ -34,7 +34,7 @@ use crate::conn::ConnInfo;
 use crate::deadline;
 use crate::memory::Fingerprint;
 use crate::snapshot::{Pool, Shared};
-use crate::upstream::{HeadWriter, Outgoing};
+use crate::upstream::{self, HeadWriter, Outgoing};
 use exchange::{exchange, is_too_large, Phase, Tried, Unanswered};
 use headers::{content_length, new_request_id, request_host, upstream_head, X_REQUEST_ID};
 use response::{error, no_ready_backend, RespBody};
@@ -56,13 +56,15 @@ pub fn serve(
     arrived: Instant,
     mut log: Entry,
 ) -> impl Future<Output = (Response<RespBody>, Entry)> + Send + 'static {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     // The id travels upstream and back to the client, and names the request in our logs.
     let (request_id, generated) = match parts.headers.get(&X_REQUEST_ID) {
         Some(v) => (v.clone(), false),
         None => (new_request_id(), true),
     };
     let mut prepared = prepare(shared, conn, &parts, &request_id, generated, arrived, body);
+    // Read for the last time: emptied, the map holds an answer's headers.
+    upstream::recycle_headers(std::mem::take(&mut parts.headers));
     drop(parts);
     let shared = shared.clone();
     log.request_id(&request_id);

@@ -119,6 +119,50 @@ impl Drop for RequestHead {
     }
 }
 
+/// Header maps a proxy thread keeps for its next answers. A client's request arrives with a
+/// header map (hyper's HTTP/1.1 connection even builds it in the map of the answer before),
+/// which is dropped once the upstream head is written; each answer from a worker needs a new
+/// one, which hyper drops once the answer's head is written (two allocations each way, in
+/// the same bursts as the heads above). The request's map, emptied, holds an answer instead.
+const POOLED_MAPS: usize = 64;
+/// A map with room for more fields than this is freed, not kept.
+const POOLED_MAP_MAX: usize = 64;
+
+thread_local! {
+    static MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Keeps `map`, emptied, for a later answer of this thread's (see [`POOLED_MAPS`]).
+pub fn recycle_headers(mut map: HeaderMap) {
+    if map.capacity() == 0 || map.capacity() > POOLED_MAP_MAX {
+        return;
+    }
+    map.clear();
+    // A thread that is ending has no pool any more: the map is freed.
+    let _ = MAPS.try_with(|m| {
+        if let Ok(mut m) = m.try_borrow_mut() {
+            if m.len() < POOLED_MAPS {
+                m.push(map);
+            }
+        }
+    });
+}
+
+/// An empty map with room for at least `fields`, from the pool when it has one.
+fn pooled_headers(fields: usize) -> HeaderMap {
+    let pooled = MAPS
+        .try_with(|m| m.try_borrow_mut().ok()?.pop())
+        .ok()
+        .flatten();
+    match pooled {
+        Some(mut map) => {
+            map.reserve(fields);
+            map
+        }
+        None => HeaderMap::with_capacity(fields),
+    }
+}
+
 /// A request head being written: the request line, then header fields; [`HeadWriter::finish`]
 /// adds the framing header and ends it. The caller leaves out the framing headers it got.
 /// The default is an empty writer, what is left where a head was taken from.
@@ -306,7 +350,7 @@ fn build_head(
     version: Version,
     head_request: bool,
 ) -> Result<Parsed, ParseError> {
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut headers = pooled_headers(spans.len());
     let mut conn = Connection::default();
     let mut lengths: Option<u64> = None;
     // The field's own value when it is the length in decimal, as written below: no new one.
@@ -640,6 +684,37 @@ mod tests {
                 Parsed::Partial => panic!("partial: {raw:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_recycled_request_map_holds_the_next_answer_and_nothing_of_the_request() {
+        let pooled = || MAPS.with(|m| m.borrow().len());
+        let mut request = HeaderMap::with_capacity(8);
+        request.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer secret"),
+        );
+        request.insert(header::HOST, HeaderValue::from_static("push.example"));
+        recycle_headers(request);
+        assert_eq!(pooled(), 1);
+        let answer = head(
+            "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nserver: w1\r\n\r\n",
+            false,
+        )
+        .expect("valid head");
+        assert_eq!(pooled(), 0, "the answer took the recycled map");
+        assert_eq!(answer.headers.len(), 2);
+        assert!(answer.headers.get(header::AUTHORIZATION).is_none());
+        assert!(answer.headers.get(header::HOST).is_none());
+        assert_eq!(answer.headers["server"], "w1");
+        // Bounded: a map with room for many fields is freed, and so is one with none.
+        recycle_headers(HeaderMap::with_capacity(POOLED_MAP_MAX * 2));
+        recycle_headers(HeaderMap::new());
+        assert_eq!(pooled(), 0);
+        for _ in 0..POOLED_MAPS + 3 {
+            recycle_headers(HeaderMap::with_capacity(4));
+        }
+        assert_eq!(pooled(), POOLED_MAPS);
     }
 
     #[test]

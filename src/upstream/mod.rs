@@ -40,7 +40,7 @@ use tokio::net::TcpStream;
 
 use crate::backend::{Backend, InFlight};
 use crate::body::ReqBody;
-pub use codec::{HeadWriter, ReqFraming, RequestHead};
+pub use codec::{recycle_headers, HeadWriter, ReqFraming, RequestHead};
 pub use conn::UpstreamError;
 use conn::{Conn, Decoder, Failed, Stream};
 
