@@ -27,7 +27,8 @@
 //!   fills in as it goes, per-thread batches, a writer thread).
 //! - selection: `balance`, p2c, smooth weighted round robin and consistent hashing, generic
 //!   over what it selects ([`Balancer`]), no I/O, no config types.
-//! - upstream: per-thread pooled HTTP/1.1 connections (plain or TLS) to the workers.
+//! - upstream: per-thread pooled HTTP/1.1 connections (plain or TLS) to the workers, and the
+//!   request heads and header maps each proxy thread reuses.
 //! - runtime: `snapshot`, the immutable routes and pools behind one `ArcSwap`, and
 //!   [`Shared`], what outlives snapshots (backends by identity, pool state by name, events,
 //!   metrics); `outlier`, passive outlier detection and the ejection cap; `fleet`, a pool's

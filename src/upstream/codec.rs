@@ -1,7 +1,9 @@
 //! HTTP/1.1 as the proxy speaks it to a worker, without I/O: the request head it writes
 //! ([`HeadWriter`]), the answer head it reads ([`parse_head`]), and the answer body's framing
 //! ([`Framing`], [`Chunked`]). Pure functions over byte buffers, unit-tested on their own; the
-//! socket side is `conn.rs`.
+//! socket side is `conn.rs`. The buffers of request heads and the maps of answer heads come
+//! from small per-thread pools ([`RequestHead`], [`recycle_headers`]): each request would
+//! otherwise allocate and free them, in bursts that take `malloc`'s slow path.
 //!
 //! What it follows (RFC 9112): an answer to `HEAD`, a `1xx`,
 //! `204` and `304` have no body; `Transfer-Encoding` ending in `chunked` wins over
