@@ -16,6 +16,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::mem::MaybeUninit;
+use std::thread::LocalKey;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -68,8 +69,38 @@ const POOLED_HEADS: usize = 64;
 /// A head buffer that grew larger than this (long cookies, say) is freed, not kept.
 const POOLED_HEAD_MAX: usize = 8 * 1024;
 
+/// What a thread keeps of one kind of buffer for its next requests: at most `N`, taken and
+/// given back by that thread only. A thread that is ending has no spares any more: what it
+/// would give back is freed.
+struct Spares<T, const N: usize>(RefCell<Vec<T>>);
+
+impl<T, const N: usize> Spares<T, N> {
+    const fn new() -> Self {
+        Spares(RefCell::new(Vec::new()))
+    }
+
+    /// One of the calling thread's spares, if it has one.
+    fn take(spares: &'static LocalKey<Self>) -> Option<T> {
+        spares
+            .try_with(|s| s.0.try_borrow_mut().ok()?.pop())
+            .ok()
+            .flatten()
+    }
+
+    /// Keeps `spare` for the calling thread, unless it has `N` already.
+    fn give(spares: &'static LocalKey<Self>, spare: T) {
+        let _ = spares.try_with(|s| {
+            if let Ok(mut s) = s.0.try_borrow_mut() {
+                if s.len() < N {
+                    s.push(spare);
+                }
+            }
+        });
+    }
+}
+
 thread_local! {
-    static HEADS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static HEADS: Spares<Vec<u8>, POOLED_HEADS> = const { Spares::new() };
 }
 
 /// An encoded request head, in a buffer that goes back to its thread's pool when dropped.
@@ -79,11 +110,7 @@ pub struct RequestHead(Vec<u8>);
 impl RequestHead {
     /// An empty head in a buffer from the pool (or a new one).
     fn empty() -> RequestHead {
-        let pooled = HEADS
-            .try_with(|h| h.try_borrow_mut().ok()?.pop())
-            .ok()
-            .flatten();
-        RequestHead(pooled.unwrap_or_else(|| Vec::with_capacity(512)))
+        RequestHead(Spares::take(&HEADS).unwrap_or_else(|| Vec::with_capacity(512)))
     }
 
     /// A copy, to send again elsewhere.
@@ -110,14 +137,7 @@ impl Drop for RequestHead {
         }
         let mut buf = std::mem::take(&mut self.0);
         buf.clear();
-        // A thread that is ending has no pool any more: the buffer is freed.
-        let _ = HEADS.try_with(|h| {
-            if let Ok(mut h) = h.try_borrow_mut() {
-                if h.len() < POOLED_HEADS {
-                    h.push(buf);
-                }
-            }
-        });
+        Spares::give(&HEADS, buf);
     }
 }
 
@@ -131,7 +151,7 @@ const POOLED_MAPS: usize = 64;
 const POOLED_MAP_MAX: usize = 64;
 
 thread_local! {
-    static MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+    static MAPS: Spares<HeaderMap, POOLED_MAPS> = const { Spares::new() };
 }
 
 /// Keeps `map`, emptied, for a later answer of this thread's (see [`POOLED_MAPS`]).
@@ -140,23 +160,12 @@ pub fn recycle_headers(mut map: HeaderMap) {
         return;
     }
     map.clear();
-    // A thread that is ending has no pool any more: the map is freed.
-    let _ = MAPS.try_with(|m| {
-        if let Ok(mut m) = m.try_borrow_mut() {
-            if m.len() < POOLED_MAPS {
-                m.push(map);
-            }
-        }
-    });
+    Spares::give(&MAPS, map);
 }
 
 /// An empty map with room for at least `fields`, from the pool when it has one.
 fn pooled_headers(fields: usize) -> HeaderMap {
-    let pooled = MAPS
-        .try_with(|m| m.try_borrow_mut().ok()?.pop())
-        .ok()
-        .flatten();
-    match pooled {
+    match Spares::take(&MAPS) {
         Some(mut map) => {
             map.reserve(fields);
             map
@@ -690,7 +699,7 @@ mod tests {
 
     #[test]
     fn a_recycled_request_map_holds_the_next_answer_and_nothing_of_the_request() {
-        let pooled = || MAPS.with(|m| m.borrow().len());
+        let pooled = || MAPS.with(|m| m.0.borrow().len());
         let mut request = HeaderMap::with_capacity(8);
         request.insert(
             header::AUTHORIZATION,
@@ -739,7 +748,7 @@ mod tests {
         let mut big = HeadWriter::new(&Method::GET, "/");
         big.header(b"cookie", &[b'c'; POOLED_HEAD_MAX]);
         let big = big.finish(ReqFraming::Chunked);
-        let pooled = || HEADS.with(|h| h.borrow().len());
+        let pooled = || HEADS.with(|h| h.0.borrow().len());
         let before = pooled();
         drop(big);
         assert_eq!(pooled(), before);
@@ -753,7 +762,7 @@ mod tests {
             .map(|_| HeadWriter::new(&Method::GET, "/").finish(ReqFraming::Chunked))
             .collect();
         drop(heads);
-        assert_eq!(HEADS.with(|h| h.borrow().len()), POOLED_HEADS);
+        assert_eq!(HEADS.with(|h| h.0.borrow().len()), POOLED_HEADS);
     }
 
     #[test]
