@@ -168,6 +168,17 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_write_while_the_buffer_is_in_use_stays_vectored() {
+        let mut w = recorder(usize::MAX);
+        GATHERED.with(|g| {
+            let _held = g.borrow_mut();
+            assert_eq!(write(&mut w, &[b"head", b"body"]), 8);
+        });
+        assert_eq!((w.plain, w.vectored), (0, 1));
+        assert_eq!(w.written, b"headbody");
+    }
+
     proptest! {
         /// Whatever the pieces and however short the write, the bytes written are the first
         /// `n` of the pieces in order, and `n` is what the writer took.
