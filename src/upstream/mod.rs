@@ -40,7 +40,8 @@ use tokio::net::TcpStream;
 
 use crate::backend::{Backend, InFlight};
 use crate::body::ReqBody;
-pub use codec::{recycle_headers, HeadWriter, ReqFraming, RequestHead};
+use codec::RequestHead;
+pub use codec::{recycle_headers, HeadWriter, ReqFraming};
 pub use conn::UpstreamError;
 use conn::{Conn, Decoder, Failed, Stream};
 
