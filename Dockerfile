@@ -30,8 +30,9 @@ COPY config.example.toml /etc/syncgate/syncgate.toml
 USER nonroot:nonroot
 # glibc keeps 7 freed blocks of each size per thread by default; a proxy thread allocates and
 # frees in larger bursts, and every block past the 7th takes malloc's slow path. 128: 1.4-1.5%
-# less CPU per request, no more memory per idle connection (docs/benchmarks.md). The systemd
-# units set the same.
+# less CPU per request, no more memory per idle connection; within noise since the proxy
+# threads reuse their request heads and header maps, kept for the allocations left
+# (docs/benchmarks.md). The systemd units set the same.
 ENV GLIBC_TUNABLES=glibc.malloc.tcache_count=128
 EXPOSE 8080 8443 9901
 # SIGTERM: stop accepting, finish in-flight requests within drain_timeout, exit 0. Give the
