@@ -4,10 +4,11 @@
 # Access logs are off in every proxy (nginx's access_log off, syncgate's [server.access_log]
 # enabled = false); benches/access_log.sh measures what they cost.
 #
-#   bash benches/compare.sh [seconds] [rounds]   (default 10 s, 3 rounds; installs nginx,
+#   bash benches/compare.sh [seconds] [rounds]   (default 6 s, 7 rounds; installs nginx,
 #                                                 haproxy, wrk, h2load and oha if missing)
 #
-# Sections, each proxy measured in alternating rounds (medians reported):
+# Sections, each proxy measured once per round, in an order that rotates from round to round
+# (medians reported, and the median of the rounds' own ratios; see "ratios" at the end):
 #   pinned     each proxy on core 0 with one worker (syncgate worker_threads = 1), the backend
 #              and wrk -t1 -c64 keep-alive on core 1: req/s, p50/p99/p99.9, CPU µs per request
 #              (user+sys of the proxy process over the run), peak RSS.
@@ -24,8 +25,8 @@
 # answer or socket error marks a run INVALID. Uses loopback ports 18073-18089.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SECS=${1:-10}
-ROUNDS=${2:-3}
+SECS=${1:-6}
+ROUNDS=${2:-7}
 CORES=$(nproc)
 need=()
 for t in nginx haproxy wrk h2load curl; do command -v "$t" >/dev/null || need+=("$t"); done
@@ -179,6 +180,11 @@ done = function(summary, latency, requests)
 end
 LUA
 
+# syncgate's figure over the better of nginx's and HAProxy's (the lower CPU, the higher req/s).
+round_ratio() { # syncgate nginx haproxy low|high
+  awk -v s="$1" -v a="$2" -v b="$3" -v better="$4" 'BEGIN {
+    best = (better == "low") ? (a < b ? a : b) : (a > b ? a : b); printf "%.4f\n", s / best }'
+}
 # The process a section measures: "$name-$placement", but syncgate's pinned instance serves
 # the "same" section too (its configuration does not change, only the others' do).
 proc_of() { if [ "$1" = syncgate ] && [ "$2" = same ]; then echo syncgate-pinned; else echo "$1-$2"; fi; }
@@ -190,12 +196,22 @@ section() { # title placement "ports of nginx haproxy syncgate" wrk-args...
   declare -A rows=()
   local i j name port
   for port in $ports; do wrk -t1 -c64 -d2s "http://127.0.0.1:$port/" >/dev/null; done # warm-up
+  local names=(nginx haproxy syncgate) portlist
+  read -ra portlist <<<"$ports"
+  local key=${title%% *}
   for ((i = 0; i < ROUNDS; i++)); do
-    j=0
-    for name in nginx haproxy syncgate; do
-      j=$((j + 1)); port=$(echo "$ports" | cut -d' ' -f$j)
-      rows[$name]+="$(wrk_run "$(proc_of "$name" "$placement")" "$port" "$@" -s "$work/p999.lua")"$'\n'
+    # The order rotates from round to round: no proxy always runs after the same one.
+    local -A cpu_of=() rps_of=()
+    for ((j = 0; j < 3; j++)); do
+      k=$(((i + j) % 3)); name=${names[$k]}; port=${portlist[$k]}
+      local run
+      run=$(wrk_run "$(proc_of "$name" "$placement")" "$port" "$@" -s "$work/p999.lua")
+      rows[$name]+="$run"$'\n'
+      read -r rps_of[$name] _ _ _ cpu_of[$name] <<<"$run"
     done
+    # This round's ratios, syncgate / the better of the two, from runs seconds apart.
+    round_ratio "${cpu_of[syncgate]}" "${cpu_of[nginx]}" "${cpu_of[haproxy]}" low >>"$work/$key.cpu-ratios"
+    round_ratio "${rps_of[syncgate]}" "${rps_of[nginx]}" "${rps_of[haproxy]}" high >>"$work/$key.rps-ratios"
   done
   for name in nginx haproxy syncgate; do
     local col vals=()
@@ -241,8 +257,11 @@ echo
 echo "== h2 (h2load -c16 -m10 over cleartext HTTP/2, pinned placement; h2load on core 1)"
 printf "%-9s %10s %11s\n" proxy "req/s" "CPU µs/req"
 declare -A h2rows=()
+h2runs=(nginx:18085 haproxy:18086 syncgate:18083)
 for ((i = 0; i < ROUNDS; i++)); do
-  for run in nginx:18085 haproxy:18086 syncgate:18083; do
+  declare -A h2cpu=()
+  for ((j = 0; j < 3; j++)); do
+    run=${h2runs[$(((i + j) % 3))]}
     name=${run%%:*}; port=${run##*:}
     n=$((SECS * 6000))
     before=$(cpu_ticks "$name-pinned")
@@ -251,8 +270,10 @@ for ((i = 0; i < ROUNDS; i++)); do
     if ! echo "$out" | grep -q "$n succeeded, 0 failed, 0 errored" || ! echo "$out" | grep -q "status codes: $n 2xx"; then
       echo "INVALID run of $name: $(echo "$out" | grep requests:)" >&2; invalid=1
     fi
-    h2rows[$name]+="$(echo "$out" | awk '/finished in/ {print $4 + 0}' | head -1) $(awk -v t=$((after - before)) -v hz="$tick" -v n="$n" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}')"$'\n'
+    h2cpu[$name]=$(awk -v t=$((after - before)) -v hz="$tick" -v n="$n" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}')
+    h2rows[$name]+="$(echo "$out" | awk '/finished in/ {print $4 + 0}' | head -1) ${h2cpu[$name]}"$'\n'
   done
+  awk -v s="${h2cpu[syncgate]}" -v h="${h2cpu[haproxy]}" 'BEGIN {printf "%.4f\n", s / h}' >>"$work/h2.cpu-ratios"
 done
 for name in nginx haproxy syncgate; do
   rps=$(echo -n "${h2rows[$name]}" | awk 'NF {print $1}' | median)
@@ -263,13 +284,22 @@ done
 
 echo
 echo "== ratios (syncgate / the better of nginx and HAProxy)"
-ratio() { awk -v s="$1" -v a="$2" -v b="$3" -v what="$4" -v better="$5" 'BEGIN {
-  best = (better == "low") ? (a < b ? a : b) : (a > b ? a : b); printf "%-34s %.2fx\n", what, s / best }'; }
-ratio "$pinned_syncgate_cpu" "$pinned_nginx_cpu" "$pinned_haproxy_cpu" "CPU per request, pinned" low
-ratio "$pinned_syncgate_rps" "$pinned_nginx_rps" "$pinned_haproxy_rps" "throughput, pinned" high
-ratio "$same_syncgate_cpu" "$same_nginx_cpu" "$same_haproxy_cpu" "CPU per request, same headers" low
-ratio "$same_syncgate_rps" "$same_nginx_rps" "$same_haproxy_rps" "throughput, same headers" high
-ratio "$unpinned_syncgate_cpu" "$unpinned_nginx_cpu" "$unpinned_haproxy_cpu" "CPU per request, unpinned" low
-ratio "$unpinned_syncgate_rps" "$unpinned_nginx_rps" "$unpinned_haproxy_rps" "throughput, unpinned" high
-awk -v s="$h2_syncgate_cpu" -v h="$h2_haproxy_cpu" 'BEGIN {printf "%-34s %.2fx\n", "CPU per request, HTTP/2 vs HAProxy", s / h}'
+# Two estimates of each: the ratio of the medians above, and the median of the rounds' own
+# ratios, each from three runs seconds apart. The load of a shared machine drifts over minutes
+# and now and then slows one run by 20%; the second estimate cancels the drift and shrugs off
+# such a run, and is the one to read when the two disagree.
+printf "%-34s %9s %11s\n" "" "medians" "of rounds"
+ratio() { # name syncgate nginx haproxy what low|high
+  local of_rounds
+  of_rounds=$(median <"$work/$1-ratios")
+  awk -v s="$2" -v a="$3" -v b="$4" -v what="$5" -v better="$6" -v r="$of_rounds" 'BEGIN {
+    best = (better == "low") ? (a < b ? a : b) : (a > b ? a : b); printf "%-34s %8.2fx %10.2fx\n", what, s / best, r }'
+}
+ratio pinned.cpu "$pinned_syncgate_cpu" "$pinned_nginx_cpu" "$pinned_haproxy_cpu" "CPU per request, pinned" low
+ratio pinned.rps "$pinned_syncgate_rps" "$pinned_nginx_rps" "$pinned_haproxy_rps" "throughput, pinned" high
+ratio same.cpu "$same_syncgate_cpu" "$same_nginx_cpu" "$same_haproxy_cpu" "CPU per request, same headers" low
+ratio same.rps "$same_syncgate_rps" "$same_nginx_rps" "$same_haproxy_rps" "throughput, same headers" high
+ratio unpinned.cpu "$unpinned_syncgate_cpu" "$unpinned_nginx_cpu" "$unpinned_haproxy_cpu" "CPU per request, unpinned" low
+ratio unpinned.rps "$unpinned_syncgate_rps" "$unpinned_nginx_rps" "$unpinned_haproxy_rps" "throughput, unpinned" high
+ratio h2.cpu "$h2_syncgate_cpu" "$h2_haproxy_cpu" "$h2_haproxy_cpu" "CPU per request, HTTP/2 vs HAProxy" low
 if [ "$invalid" -ne 0 ]; then echo "INVALID: some run had errors or non-2xx answers (see above)"; exit 1; fi
