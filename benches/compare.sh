@@ -153,7 +153,8 @@ to_ms() { # wrk's "1.23ms" / "456.00us" / "1.01s" -> ms
   awk -v v="$1" 'BEGIN { if (v ~ /us$/) printf "%.3f", v / 1000; else if (v ~ /ms$/) printf "%.3f", v + 0; else if (v ~ /s$/) printf "%.3f", v * 1000; else print v }'
 }
 median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
-invalid=0
+# Any invalid run marks the whole measurement invalid (a file: runs happen in subshells).
+mark_invalid() { : >"$work/invalid"; }
 
 # wrk run: prints "rps p50 p99 p999 cpu_us_per_req"
 wrk_run() { # proxy-placement port wrk-args...
@@ -164,9 +165,14 @@ wrk_run() { # proxy-placement port wrk-args...
   after=$(cpu_ticks "$name")
   if echo "$out" | grep -qE "Non-2xx|Socket errors"; then
     echo "INVALID run of $name: $(echo "$out" | grep -E "Non-2xx|Socket errors" | tr -s ' ')" >&2
-    invalid=1
+    mark_invalid
   fi
   reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+  if [ -z "$reqs" ] || [ "$reqs" -eq 0 ]; then
+    echo "INVALID run of $name: wrk counted no request" >&2
+    mark_invalid
+    return 0 # prints no row
+  fi
   echo "$(echo "$out" | awk '/Requests\/sec/ {print $2}')" \
     "$(to_ms "$(echo "$out" | awk '$1=="50%" {print $2}')")" \
     "$(to_ms "$(echo "$out" | awk '$1=="99%" {print $2}')")" \
@@ -180,10 +186,9 @@ done = function(summary, latency, requests)
 end
 LUA
 
-# syncgate's figure over the better of nginx's and HAProxy's (the lower CPU, the higher req/s).
-round_ratio() { # syncgate nginx haproxy low|high
-  awk -v s="$1" -v a="$2" -v b="$3" -v better="$4" 'BEGIN {
-    best = (better == "low") ? (a < b ? a : b) : (a > b ? a : b); printf "%.4f\n", s / best }'
+# syncgate's figure over another proxy's, from the same round; nothing when a run gave none.
+round_ratio() { # syncgate other
+  awk -v s="$1" -v o="$2" 'BEGIN { if (s != "" && o + 0 > 0) printf "%.4f\n", s / o }'
 }
 # The process a section measures: "$name-$placement", but syncgate's pinned instance serves
 # the "same" section too (its configuration does not change, only the others' do).
@@ -196,28 +201,30 @@ section() { # title placement "ports of nginx haproxy syncgate" wrk-args...
   declare -A rows=()
   local i j name port
   for port in $ports; do wrk -t1 -c64 -d2s "http://127.0.0.1:$port/" >/dev/null; done # warm-up
-  local names=(nginx haproxy syncgate) portlist
+  local names=(nginx haproxy syncgate) portlist k run other
   read -ra portlist <<<"$ports"
   local key=${title%% *}
   for ((i = 0; i < ROUNDS; i++)); do
-    # The order rotates from round to round: no proxy always runs after the same one.
+    # The order rotates from round to round: each proxy runs first, second and last in turn.
     local -A cpu_of=() rps_of=()
     for ((j = 0; j < 3; j++)); do
       k=$(((i + j) % 3)); name=${names[$k]}; port=${portlist[$k]}
-      local run
       run=$(wrk_run "$(proc_of "$name" "$placement")" "$port" "$@" -s "$work/p999.lua")
+      [ -n "$run" ] || continue
       rows[$name]+="$run"$'\n'
-      read -r rps_of[$name] _ _ _ cpu_of[$name] <<<"$run"
+      read -r "rps_of[$name]" _ _ _ "cpu_of[$name]" <<<"$run"
     done
-    # This round's ratios, syncgate / the better of the two, from runs seconds apart.
-    round_ratio "${cpu_of[syncgate]}" "${cpu_of[nginx]}" "${cpu_of[haproxy]}" low >>"$work/$key.cpu-ratios"
-    round_ratio "${rps_of[syncgate]}" "${rps_of[nginx]}" "${rps_of[haproxy]}" high >>"$work/$key.rps-ratios"
+    # This round's ratios of syncgate to each of the two, from runs seconds apart.
+    for other in nginx haproxy; do
+      round_ratio "${cpu_of[syncgate]:-}" "${cpu_of[$other]:-}" >>"$work/$key.cpu-$other"
+      round_ratio "${rps_of[syncgate]:-}" "${rps_of[$other]:-}" >>"$work/$key.rps-$other"
+    done
   done
   for name in nginx haproxy syncgate; do
     local col vals=()
     for col in 1 2 3 4 5; do vals+=("$(echo -n "${rows[$name]}" | awk -v c=$col 'NF {print $c}' | median)"); done
     printf "%-9s %10.0f %9.3f %9.3f %9.3f %11.2f %9.1f\n" "$name" "${vals[@]}" "$(awk -v k="$(peak_rss_kib "$(proc_of "$name" "$placement")")" 'BEGIN {print k / 1024}')"
-    eval "${title%% *}_${name}_rps=${vals[0]}; ${title%% *}_${name}_cpu=${vals[4]}"
+    eval "${key}_${name}_rps=${vals[0]}; ${key}_${name}_cpu=${vals[4]}"
   done
 }
 
@@ -240,7 +247,8 @@ for ((i = 0; i < ROUNDS; i++)); do
     name=${run%%:*}; port=${run##*:}
     var="pinned_${name}_rps"; rate=$(awk -v r="${!var}" 'BEGIN {printf "%d", r / 2}')
     rate_of[$name]=$rate
-    json=$(taskset -c 1 oha --no-tui --output-format json -c 64 -q "$rate" --latency-correction -z "${SECS}s" "http://127.0.0.1:$port/")
+    json=$(taskset -c 1 oha --no-tui --output-format json -c 64 -q "$rate" --latency-correction -z "${SECS}s" "http://127.0.0.1:$port/") ||
+      { echo "INVALID run of $name: oha failed" >&2; mark_invalid; continue; }
     # Prints "p50 p99 p99.9 achieved" in ms and req/s.
     row=$(echo "$json" | python3 -c '
 import json, sys
@@ -256,7 +264,7 @@ if bad or errors:
 p50, p99, p999 = (d["latencyPercentiles"][k] * 1000 for k in ("p50", "p99", "p99.9"))
 got = d["summary"]["requestsPerSec"]
 print(f"{p50:.3f} {p99:.3f} {p999:.3f} {got:.0f}")
-' "$name" "$rate") || { invalid=1; continue; }
+' "$name" "$rate") || { mark_invalid; continue; }
     rate_rows[$name]+="$row"$'\n'
   done
 done
@@ -280,17 +288,17 @@ for ((i = 0; i < ROUNDS; i++)); do
   for ((j = 0; j < 3; j++)); do
     run=${h2runs[$(((i + j) % 3))]}
     name=${run%%:*}; port=${run##*:}
-    n=$((SECS * 6000))
+    n=$((SECS * 20000))
     before=$(cpu_ticks "$name-pinned")
     out=$(taskset -c 1 h2load -n "$n" -c 16 -m 10 "http://127.0.0.1:$port/")
     after=$(cpu_ticks "$name-pinned")
     if ! echo "$out" | grep -q "$n succeeded, 0 failed, 0 errored" || ! echo "$out" | grep -q "status codes: $n 2xx"; then
-      echo "INVALID run of $name: $(echo "$out" | grep requests:)" >&2; invalid=1
+      echo "INVALID run of $name: $(echo "$out" | grep requests:)" >&2; mark_invalid
     fi
     h2cpu[$name]=$(awk -v t=$((after - before)) -v hz="$tick" -v n="$n" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}')
     h2rows[$name]+="$(echo "$out" | awk '/finished in/ {print $4 + 0}' | head -1) ${h2cpu[$name]}"$'\n'
   done
-  awk -v s="${h2cpu[syncgate]}" -v h="${h2cpu[haproxy]}" 'BEGIN {printf "%.4f\n", s / h}' >>"$work/h2.cpu-ratios"
+  round_ratio "${h2cpu[syncgate]:-}" "${h2cpu[haproxy]:-}" >>"$work/h2.cpu-haproxy"
 done
 for name in nginx haproxy syncgate; do
   rps=$(echo -n "${h2rows[$name]}" | awk 'NF {print $1}' | median)
@@ -301,22 +309,31 @@ done
 
 echo
 echo "== ratios (syncgate / the better of nginx and HAProxy)"
-# Two estimates of each: the ratio of the medians above, and the median of the rounds' own
-# ratios, each from three runs seconds apart. The load of a shared machine drifts over minutes
-# and now and then slows one run by 20%; the second estimate cancels the drift and shrugs off
-# such a run, and is the one to read when the two disagree.
+# Two estimates of each: the ratio of the medians above; and, from each round's own ratios of
+# syncgate to nginx and to HAProxy (runs seconds apart), the median of each, the one against
+# the better proxy (the larger CPU ratio, the smaller throughput ratio). The load of a shared
+# machine drifts over minutes and now and then slows one run by 20%; the second estimate
+# cancels the drift and shrugs off a slowed run, and is the one to read when the two disagree.
+# (Taking the better of the two proxies per round instead would compare syncgate with the
+# luckier of two noisy runs: biased against it.)
 printf "%-34s %9s %11s\n" "" "medians" "of rounds"
-ratio() { # name syncgate nginx haproxy what low|high
-  local of_rounds
-  of_rounds=$(median <"$work/$1-ratios")
-  awk -v s="$2" -v a="$3" -v b="$4" -v what="$5" -v better="$6" -v r="$of_rounds" 'BEGIN {
-    best = (better == "low") ? (a < b ? a : b) : (a > b ? a : b); printf "%-34s %8.2fx %10.2fx\n", what, s / best, r }'
+# The median of the rounds' ratios in file $1; nothing when there are none.
+round_median() { if [ -s "$1" ]; then median <"$1"; fi; }
+ratio() { # key cpu|rps syncgate nginx haproxy what low|high
+  local vs_nginx vs_haproxy
+  vs_nginx=$(round_median "$work/$1.$2-nginx")
+  vs_haproxy=$(round_median "$work/$1.$2-haproxy")
+  awk -v s="$3" -v a="$4" -v b="$5" -v what="$6" -v better="$7" -v n="$vs_nginx" -v h="$vs_haproxy" 'BEGIN {
+    best = (better == "low") ? (a < b ? a : b) : (a > b ? a : b)
+    if (n == "") r = h; else if (h == "") r = n; else r = (better == "low") ? (n > h ? n : h) : (n < h ? n : h)
+    m = (s != "" && best + 0 > 0) ? sprintf("%.2fx", s / best) : "-"
+    printf "%-34s %9s %11s\n", what, m, (r == "") ? "-" : sprintf("%.2fx", r) }'
 }
-ratio pinned.cpu "$pinned_syncgate_cpu" "$pinned_nginx_cpu" "$pinned_haproxy_cpu" "CPU per request, pinned" low
-ratio pinned.rps "$pinned_syncgate_rps" "$pinned_nginx_rps" "$pinned_haproxy_rps" "throughput, pinned" high
-ratio same.cpu "$same_syncgate_cpu" "$same_nginx_cpu" "$same_haproxy_cpu" "CPU per request, same headers" low
-ratio same.rps "$same_syncgate_rps" "$same_nginx_rps" "$same_haproxy_rps" "throughput, same headers" high
-ratio unpinned.cpu "$unpinned_syncgate_cpu" "$unpinned_nginx_cpu" "$unpinned_haproxy_cpu" "CPU per request, unpinned" low
-ratio unpinned.rps "$unpinned_syncgate_rps" "$unpinned_nginx_rps" "$unpinned_haproxy_rps" "throughput, unpinned" high
-ratio h2.cpu "$h2_syncgate_cpu" "$h2_haproxy_cpu" "$h2_haproxy_cpu" "CPU per request, HTTP/2 vs HAProxy" low
-if [ "$invalid" -ne 0 ]; then echo "INVALID: some run had errors or non-2xx answers (see above)"; exit 1; fi
+ratio pinned cpu "$pinned_syncgate_cpu" "$pinned_nginx_cpu" "$pinned_haproxy_cpu" "CPU per request, pinned" low
+ratio pinned rps "$pinned_syncgate_rps" "$pinned_nginx_rps" "$pinned_haproxy_rps" "throughput, pinned" high
+ratio same cpu "$same_syncgate_cpu" "$same_nginx_cpu" "$same_haproxy_cpu" "CPU per request, same headers" low
+ratio same rps "$same_syncgate_rps" "$same_nginx_rps" "$same_haproxy_rps" "throughput, same headers" high
+ratio unpinned cpu "$unpinned_syncgate_cpu" "$unpinned_nginx_cpu" "$unpinned_haproxy_cpu" "CPU per request, unpinned" low
+ratio unpinned rps "$unpinned_syncgate_rps" "$unpinned_nginx_rps" "$unpinned_haproxy_rps" "throughput, unpinned" high
+ratio h2 cpu "$h2_syncgate_cpu" "$h2_haproxy_cpu" "$h2_haproxy_cpu" "CPU per request, HTTP/2 vs HAProxy" low
+if [ -e "$work/invalid" ]; then echo "INVALID: some run had errors or non-2xx answers (see above)"; exit 1; fi
