@@ -11,7 +11,12 @@
 # (medians reported, and the median of the rounds' own ratios; see "ratios" at the end):
 #   pinned     each proxy on core 0 with one worker (syncgate worker_threads = 1), the backend
 #              and wrk -t1 -c64 keep-alive on core 1: req/s, p50/p99/p99.9, CPU µs per request
-#              (user+sys of the proxy process over the run), peak RSS.
+#              (user+sys of the proxy process over the run), peak RSS. Beside them the floor
+#              (examples/floor.rs): the least a hyper 1.x proxy does per request, one upstream
+#              connection per client connection and nothing else; and floor_mt, the same with
+#              one more thread that never runs (syncgate's process always has more than one,
+#              and a multi-threaded process pays on every syscall): what syncgate's own work
+#              costs above the stack it is built on.
 #   same       the pinned placement again, with nginx and HAProxy configured to write the
 #              forwarding headers syncgate writes by default (the client's Host,
 #              X-Forwarded-Host and -Proto, an X-Request-ID upstream and back to the client):
@@ -19,10 +24,11 @@
 #   unpinned   every proxy with one worker per core (worker_threads = 0, nginx worker_processes
 #              auto, HAProxy nbthread = cores), nothing pinned, wrk -t2 -c128.
 #   rate       fixed rate at 50% of the pinned maximum (oha --latency-correction, so a stall
-#              counts for every request it delayed): p50/p99/p99.9.
+#              counts for every request it delayed): p50/p99/p99.9; the floor too, and the
+#              backend alone (no proxy: what the client and the machine add by themselves).
 #   h2         HTTP/2 clients over cleartext (h2load -c16 -m10), pinned like the first.
 # syncgate runs with its guard (default [401, 403]) and key-sync readiness on. Any non-2xx
-# answer or socket error marks a run INVALID. Uses loopback ports 18073-18089.
+# answer or socket error marks a run INVALID. Uses loopback ports 18072-18089.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-6}
@@ -35,7 +41,7 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 command -v oha >/dev/null || cargo install --quiet --locked oha
-cargo build --release --quiet
+cargo build --release --quiet --bin syncgate --example floor
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -129,6 +135,8 @@ RUST_LOG=warn taskset -c 0 ./target/release/syncgate run --config "$(syncgate_pr
 nginx -c "$(nginx_proxy nginx-all 18087 18077 18084 auto)" & pids+=($!)
 haproxy -f "$(haproxy_proxy haproxy-all 18088 18078 18084 "$CORES")" & pids+=($!)
 RUST_LOG=warn ./target/release/syncgate run --config "$(syncgate_proxy syncgate-all 18089 18084 0)" & pids+=($!)
+taskset -c 0 ./target/release/examples/floor 127.0.0.1:18079 127.0.0.1:18080 2>/dev/null & pids+=($!)
+taskset -c 0 ./target/release/examples/floor 127.0.0.1:18072 127.0.0.1:18080 --idle-thread 2>/dev/null & pids+=($!)
 sleep 2
 
 # The "same" proxies must answer with a request id, as syncgate does.
@@ -145,6 +153,8 @@ proxy_pids() { # name-placement
     nginx-*) pgrep -P "$(cat "$work/$1.pid")" ;;
     haproxy-*) pgrep -f "haproxy -f $work/$1.cfg" ;;
     syncgate-*) pgrep -f "syncgate run --config $work/$1.toml" ;;
+    floor-pinned) pgrep -f "examples/floor 127.0.0.1:18079" ;;
+    floor_mt-pinned) pgrep -f "examples/floor 127.0.0.1:18072" ;;
   esac
 }
 cpu_ticks() { local t=0; for p in $(proxy_pids "$1"); do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
@@ -193,7 +203,7 @@ round_ratio() { # syncgate other
 # The process a section measures: "$name-$placement", but syncgate's pinned instance serves
 # the "same" section too (its configuration does not change, only the others' do).
 proc_of() { if [ "$1" = syncgate ] && [ "$2" = same ]; then echo syncgate-pinned; else echo "$1-$2"; fi; }
-section() { # title placement "ports of nginx haproxy syncgate" wrk-args...
+section() { # title placement "ports of nginx haproxy syncgate [floor floor_mt]" wrk-args...
   local title=$1 placement=$2 ports=$3; shift 3
   echo
   echo "== $title"
@@ -201,26 +211,28 @@ section() { # title placement "ports of nginx haproxy syncgate" wrk-args...
   declare -A rows=()
   local i j name port
   for port in $ports; do wrk -t1 -c64 -d2s "http://127.0.0.1:$port/" >/dev/null; done # warm-up
-  local names=(nginx haproxy syncgate) portlist k run other
+  local names=(nginx haproxy syncgate floor floor_mt) portlist k run other n
   read -ra portlist <<<"$ports"
+  n=${#portlist[@]}
+  names=("${names[@]:0:$n}")
   local key=${title%% *}
   for ((i = 0; i < ROUNDS; i++)); do
     # The order rotates from round to round: each proxy runs first, second and last in turn.
     local -A cpu_of=() rps_of=()
-    for ((j = 0; j < 3; j++)); do
-      k=$(((i + j) % 3)); name=${names[$k]}; port=${portlist[$k]}
+    for ((j = 0; j < n; j++)); do
+      k=$(((i + j) % n)); name=${names[$k]}; port=${portlist[$k]}
       run=$(wrk_run "$(proc_of "$name" "$placement")" "$port" "$@" -s "$work/p999.lua")
       [ -n "$run" ] || continue
       rows[$name]+="$run"$'\n'
       read -r "rps_of[$name]" _ _ _ "cpu_of[$name]" <<<"$run"
     done
     # This round's ratios of syncgate to each of the two, from runs seconds apart.
-    for other in nginx haproxy; do
+    for other in "${names[@]:0:2}" "${names[@]:3}"; do
       round_ratio "${cpu_of[syncgate]:-}" "${cpu_of[$other]:-}" >>"$work/$key.cpu-$other"
       round_ratio "${rps_of[syncgate]:-}" "${rps_of[$other]:-}" >>"$work/$key.rps-$other"
     done
   done
-  for name in nginx haproxy syncgate; do
+  for name in "${names[@]}"; do
     local col vals=()
     for col in 1 2 3 4 5; do vals+=("$(echo -n "${rows[$name]}" | awk -v c=$col 'NF {print $c}' | median)"); done
     printf "%-9s %10.0f %9.3f %9.3f %9.3f %11.2f %9.1f\n" "$name" "${vals[@]}" "$(awk -v k="$(peak_rss_kib "$(proc_of "$name" "$placement")")" 'BEGIN {print k / 1024}')"
@@ -230,7 +242,7 @@ section() { # title placement "ports of nginx haproxy syncgate" wrk-args...
 
 wrk() { if [ -n "${WRK_PIN:-}" ]; then taskset -c "$WRK_PIN" "$(type -P wrk)" "$@"; else command wrk "$@"; fi; }
 
-WRK_PIN=1 section "pinned (proxy on core 0; backend and wrk -t1 -c64 on core 1)" pinned "18081 18082 18083" -t1 -c64
+WRK_PIN=1 section "pinned (proxy on core 0; backend and wrk -t1 -c64 on core 1)" pinned "18081 18082 18083 18079 18072" -t1 -c64
 WRK_PIN=1 section "same headers (pinned; nginx and HAProxy also set Host, X-Forwarded-Host/-Proto and X-Request-ID)" same "18073 18074 18083" -t1 -c64
 WRK_PIN="" section "unpinned (one worker per core, $CORES cores; wrk -t2 -c128)" all "18087 18088 18089" -t2 -c128
 
@@ -239,13 +251,15 @@ echo "== rate (50% of each proxy's pinned maximum, oha -c64 --latency-correction
 printf "%-9s %10s %9s %9s %9s\n" proxy "req/s" "p50 ms" "p99 ms" "p99.9 ms"
 # A single run's p99 moves by 2x from run to run on this machine (a stall of the shared host
 # counts for every request it delayed): each proxy runs once per round, in a rotating order.
-rate_runs=(nginx:18081 haproxy:18082 syncgate:18083)
+# The backend alone (oha straight to it, at syncgate's rate) is the latency of the client, the
+# backend and the machine without a proxy: what every proxy's figures contain.
+rate_runs=(nginx:18081 haproxy:18082 syncgate:18083 floor:18079 backend:18080)
 declare -A rate_rows=() rate_of=()
 for ((i = 0; i < ROUNDS; i++)); do
-  for ((j = 0; j < 3; j++)); do
-    run=${rate_runs[$(((i + j) % 3))]}
+  for ((j = 0; j < ${#rate_runs[@]}; j++)); do
+    run=${rate_runs[$(((i + j) % ${#rate_runs[@]}))]}
     name=${run%%:*}; port=${run##*:}
-    var="pinned_${name}_rps"; rate=$(awk -v r="${!var}" 'BEGIN {printf "%d", r / 2}')
+    var="pinned_${name/backend/syncgate}_rps"; rate=$(awk -v r="${!var}" 'BEGIN {printf "%d", r / 2}')
     rate_of[$name]=$rate
     json=$(taskset -c 1 oha --no-tui --output-format json -c 64 -q "$rate" --latency-correction -z "${SECS}s" "http://127.0.0.1:$port/") ||
       { echo "INVALID run of $name: oha failed" >&2; mark_invalid; continue; }
@@ -268,7 +282,7 @@ print(f"{p50:.3f} {p99:.3f} {p999:.3f} {got:.0f}")
     rate_rows[$name]+="$row"$'\n'
   done
 done
-for name in nginx haproxy syncgate; do
+for name in nginx haproxy syncgate floor backend; do
   vals=()
   for col in 1 2 3 4; do vals+=("$(echo -n "${rate_rows[$name]:-}" | awk -v c=$col 'NF {print $c}' | median)"); done
   # oha falls behind its schedule when its core is saturated: then the latencies measure oha,
@@ -336,4 +350,21 @@ ratio same rps "$same_syncgate_rps" "$same_nginx_rps" "$same_haproxy_rps" "throu
 ratio unpinned cpu "$unpinned_syncgate_cpu" "$unpinned_nginx_cpu" "$unpinned_haproxy_cpu" "CPU per request, unpinned" low
 ratio unpinned rps "$unpinned_syncgate_rps" "$unpinned_nginx_rps" "$unpinned_haproxy_rps" "throughput, unpinned" high
 ratio h2 cpu "$h2_syncgate_cpu" "$h2_haproxy_cpu" "$h2_haproxy_cpu" "CPU per request, HTTP/2 vs HAProxy" low
+# And over the floors, bare hyper proxies (examples/floor.rs): what syncgate's own work costs
+# above the stack it is built on (floor_mt: in a process of more than one thread, as
+# syncgate's always is); the floors' ratios to the better proxy are how far below nginx and
+# HAProxy a proxy on this stack could get.
+echo
+printf "%-34s %9s %11s\n" "over the floors (examples/floor.rs)" medians "of rounds"
+for floor in floor floor_mt; do
+  f="pinned_${floor}_cpu"
+  awk -v s="$pinned_syncgate_cpu" -v f="${!f}" -v r="$(round_median "$work/pinned.cpu-$floor")" -v what="CPU per request, sg / $floor" 'BEGIN {
+    printf "%-34s %9s %11s\n", what, (f + 0 > 0) ? sprintf("%.2fx", s / f) : "-", (r == "") ? "-" : sprintf("%.2fx", r) }'
+done
+for floor in floor floor_mt; do
+  f="pinned_${floor}_cpu"
+  awk -v f="${!f}" -v a="$pinned_nginx_cpu" -v b="$pinned_haproxy_cpu" -v what="CPU per request, $floor / better" 'BEGIN {
+    best = (a < b) ? a : b
+    printf "%-34s %9s\n", what, (best + 0 > 0) ? sprintf("%.2fx", f / best) : "-" }'
+done
 if [ -e "$work/invalid" ]; then echo "INVALID: some run had errors or non-2xx answers (see above)"; exit 1; fi
