@@ -41,7 +41,10 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 command -v oha >/dev/null || cargo install --quiet --locked oha
-cargo build --release --quiet --bin syncgate --example floor
+# Two builds: an example built with the binary would turn on the dev-dependencies' features
+# for the whole build, and the syncgate measured would not be the one `cargo build` makes.
+cargo build --release --quiet --bin syncgate
+cargo build --release --quiet --example floor
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -135,14 +138,24 @@ RUST_LOG=warn taskset -c 0 ./target/release/syncgate run --config "$(syncgate_pr
 nginx -c "$(nginx_proxy nginx-all 18087 18077 18084 auto)" & pids+=($!)
 haproxy -f "$(haproxy_proxy haproxy-all 18088 18078 18084 "$CORES")" & pids+=($!)
 RUST_LOG=warn ./target/release/syncgate run --config "$(syncgate_proxy syncgate-all 18089 18084 0)" & pids+=($!)
+# The floors print an error for each connection a client cut mid-request (wrk and oha do at
+# the end of a run): not worth a line. taskset execs the floor: $! is the floor's pid.
 taskset -c 0 ./target/release/examples/floor 127.0.0.1:18079 127.0.0.1:18080 2>/dev/null & pids+=($!)
+floor_pid=$!
 taskset -c 0 ./target/release/examples/floor 127.0.0.1:18072 127.0.0.1:18080 --idle-thread 2>/dev/null & pids+=($!)
+floor_mt_pid=$!
 sleep 2
 
 # The "same" proxies must answer with a request id, as syncgate does.
 for port in 18073 18074 18083; do
   if ! curl -sfi "http://127.0.0.1:$port/" | grep -qi '^x-request-id: .'; then
     echo "INVALID: the proxy on port $port answers without X-Request-ID" >&2; exit 1
+  fi
+done
+# The floors answer, and are the processes started here (not an earlier one on the port).
+for port in 18079 18072; do
+  if ! curl -sf -o /dev/null "http://127.0.0.1:$port/" || ! kill -0 "$floor_pid" "$floor_mt_pid" 2>/dev/null; then
+    echo "INVALID: the floor on port $port does not answer" >&2; exit 1
   fi
 done
 
@@ -153,8 +166,8 @@ proxy_pids() { # name-placement
     nginx-*) pgrep -P "$(cat "$work/$1.pid")" ;;
     haproxy-*) pgrep -f "haproxy -f $work/$1.cfg" ;;
     syncgate-*) pgrep -f "syncgate run --config $work/$1.toml" ;;
-    floor-pinned) pgrep -f "examples/floor 127.0.0.1:18079" ;;
-    floor_mt-pinned) pgrep -f "examples/floor 127.0.0.1:18072" ;;
+    floor-pinned) echo "$floor_pid" ;;
+    floor_mt-pinned) echo "$floor_mt_pid" ;;
   esac
 }
 cpu_ticks() { local t=0; for p in $(proxy_pids "$1"); do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
@@ -217,7 +230,7 @@ section() { # title placement "ports of nginx haproxy syncgate [floor floor_mt]"
   names=("${names[@]:0:$n}")
   local key=${title%% *}
   for ((i = 0; i < ROUNDS; i++)); do
-    # The order rotates from round to round: each proxy runs first, second and last in turn.
+    # The order rotates from round to round: each proxy takes every position in turn.
     local -A cpu_of=() rps_of=()
     for ((j = 0; j < n; j++)); do
       k=$(((i + j) % n)); name=${names[$k]}; port=${portlist[$k]}
@@ -226,15 +239,22 @@ section() { # title placement "ports of nginx haproxy syncgate [floor floor_mt]"
       rows[$name]+="$run"$'\n'
       read -r "rps_of[$name]" _ _ _ "cpu_of[$name]" <<<"$run"
     done
-    # This round's ratios of syncgate to each of the two, from runs seconds apart.
+    # This round's ratios of syncgate to nginx, HAProxy and the floors, from runs seconds
+    # apart.
     for other in "${names[@]:0:2}" "${names[@]:3}"; do
       round_ratio "${cpu_of[syncgate]:-}" "${cpu_of[$other]:-}" >>"$work/$key.cpu-$other"
       round_ratio "${rps_of[syncgate]:-}" "${rps_of[$other]:-}" >>"$work/$key.rps-$other"
+      case $other in floor*) ;; *)
+        # And of each floor to nginx and to HAProxy.
+        for floor in "${names[@]:3}"; do
+          round_ratio "${cpu_of[$floor]:-}" "${cpu_of[$other]:-}" >>"$work/$key.${floor}_cpu-$other"
+        done ;;
+      esac
     done
   done
   for name in "${names[@]}"; do
     local col vals=()
-    for col in 1 2 3 4 5; do vals+=("$(echo -n "${rows[$name]}" | awk -v c=$col 'NF {print $c}' | median)"); done
+    for col in 1 2 3 4 5; do vals+=("$(echo -n "${rows[$name]:-}" | awk -v c=$col 'NF {print $c}' | median)"); done
     printf "%-9s %10.0f %9.3f %9.3f %9.3f %11.2f %9.1f\n" "$name" "${vals[@]}" "$(awk -v k="$(peak_rss_kib "$(proc_of "$name" "$placement")")" 'BEGIN {print k / 1024}')"
     eval "${key}_${name}_rps=${vals[0]}; ${key}_${name}_cpu=${vals[4]}"
   done
@@ -333,7 +353,7 @@ echo "== ratios (syncgate / the better of nginx and HAProxy)"
 printf "%-34s %9s %11s\n" "" "medians" "of rounds"
 # The median of the rounds' ratios in file $1; nothing when there are none.
 round_median() { if [ -s "$1" ]; then median <"$1"; fi; }
-ratio() { # key cpu|rps syncgate nginx haproxy what low|high
+ratio() { # key cpu|rps|FLOOR_cpu syncgate-or-FLOOR nginx haproxy what low|high
   local vs_nginx vs_haproxy
   vs_nginx=$(round_median "$work/$1.$2-nginx")
   vs_haproxy=$(round_median "$work/$1.$2-haproxy")
@@ -361,10 +381,6 @@ for floor in floor floor_mt; do
   awk -v s="$pinned_syncgate_cpu" -v f="${!f}" -v r="$(round_median "$work/pinned.cpu-$floor")" -v what="CPU per request, sg / $floor" 'BEGIN {
     printf "%-34s %9s %11s\n", what, (f + 0 > 0) ? sprintf("%.2fx", s / f) : "-", (r == "") ? "-" : sprintf("%.2fx", r) }'
 done
-for floor in floor floor_mt; do
-  f="pinned_${floor}_cpu"
-  awk -v f="${!f}" -v a="$pinned_nginx_cpu" -v b="$pinned_haproxy_cpu" -v what="CPU per request, $floor / better" 'BEGIN {
-    best = (a < b) ? a : b
-    printf "%-34s %9s\n", what, (best + 0 > 0) ? sprintf("%.2fx", f / best) : "-" }'
-done
+ratio pinned floor_cpu "$pinned_floor_cpu" "$pinned_nginx_cpu" "$pinned_haproxy_cpu" "CPU per request, floor / better" low
+ratio pinned floor_mt_cpu "$pinned_floor_mt_cpu" "$pinned_nginx_cpu" "$pinned_haproxy_cpu" "CPU per request, floor_mt / better" low
 if [ -e "$work/invalid" ]; then echo "INVALID: some run had errors or non-2xx answers (see above)"; exit 1; fi

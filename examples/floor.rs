@@ -1,15 +1,21 @@
-//! The floor: the least a hyper 1.x reverse proxy does per request, as a reference for
-//! `benches/compare.sh`. One current-thread runtime; each client connection gets its own
+//! The floor: about the least a hyper 1.x reverse proxy does per request, as a reference
+//! for `benches/compare.sh`. One current-thread runtime; each client connection gets its own
 //! upstream HTTP/1.1 connection (no shared pool), and each request goes to it unchanged, its
 //! answer back unchanged: no routing, no readiness, no guard, no forwarding headers, no
-//! timeouts, no metrics. What syncgate costs above it is what syncgate itself does.
+//! timeouts, no metrics. Heads and bodies go out in one write each (`writev(false)`), as
+//! syncgate's do (`src/gather.rs`). Not quite the least: the tasks run in a `LocalSet` (the
+//! service shares the upstream sender through an `Rc`), one more queue per wake-up than
+//! syncgate's tasks go through; and syncgate drives its upstream connection in the request's
+//! own task, where the floor spawns hyper's client connection task. What syncgate costs above
+//! the floor is what it does beyond forwarding, net of what it does differently.
 //!
-//! With `--idle-thread`, the process also starts a thread that never runs: a process of more
-//! than one thread pays on every syscall (the kernel counts references to the file it acts
-//! on, glibc marks the call a cancellation point), and syncgate, with its control plane and
-//! file watcher on threads of their own, always has more than one.
+//! With `--idle-thread`, the process also starts a thread that stays parked: in a process of
+//! more than one thread every syscall on a socket pays more (the kernel takes and drops a
+//! reference to the socket's file instead of borrowing it, and glibc brackets a `send` or a
+//! `recv`, cancellation points, with its bookkeeping). syncgate's process always has more
+//! than one: its control plane and its file watcher run on threads of their own.
 //!
-//!     cargo run --release --example floor -- 127.0.0.1:18079 127.0.0.1:18090 [--idle-thread]
+//!     cargo run --release --example floor -- 127.0.0.1:18079 127.0.0.1:18080 [--idle-thread]
 
 use std::cell::RefCell;
 use std::future::poll_fn;
@@ -65,7 +71,10 @@ async fn proxy(client_io: TcpStream, upstream: SocketAddr) -> hyper::Result<()> 
         .await
         .expect("upstream connect");
     upstream_io.set_nodelay(true).ok();
-    let (sender, conn) = client::handshake(TokioIo::new(upstream_io)).await?;
+    let (sender, conn) = client::Builder::new()
+        .writev(false)
+        .handshake(TokioIo::new(upstream_io))
+        .await?;
     tokio::task::spawn_local(conn);
     // One request at a time on an HTTP/1.1 connection: each borrow ends before an await.
     let sender = Rc::new(RefCell::new(sender));
@@ -78,6 +87,7 @@ async fn proxy(client_io: TcpStream, upstream: SocketAddr) -> hyper::Result<()> 
         }
     });
     server::Builder::new()
+        .writev(false)
         .serve_connection(TokioIo::new(client_io), service)
         .await
 }
