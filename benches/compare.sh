@@ -12,11 +12,10 @@
 #   pinned     each proxy on core 0 with one worker (syncgate worker_threads = 1), the backend
 #              and wrk -t1 -c64 keep-alive on core 1: req/s, p50/p99/p99.9, CPU µs per request
 #              (user+sys of the proxy process over the run), peak RSS. Beside them the floor
-#              (examples/floor.rs): the least a hyper 1.x proxy does per request, one upstream
-#              connection per client connection and nothing else; and floor_mt, the same with
-#              one more thread that never runs (syncgate's process always has more than one,
-#              and a multi-threaded process pays on every syscall): what syncgate's own work
-#              costs above the stack it is built on.
+#              (examples/floor.rs): about the least a hyper 1.x proxy does per request, one
+#              upstream connection per client connection and nothing but forwarding; and
+#              floor_mt, the same with one more thread that stays parked (syncgate's process
+#              always has more than one, and there every syscall on a socket pays more).
 #   same       the pinned placement again, with nginx and HAProxy configured to write the
 #              forwarding headers syncgate writes by default (the client's Host,
 #              X-Forwarded-Host and -Proto, an X-Request-ID upstream and back to the client):
@@ -152,9 +151,12 @@ for port in 18073 18074 18083; do
     echo "INVALID: the proxy on port $port answers without X-Request-ID" >&2; exit 1
   fi
 done
-# The floors answer, and are the processes started here (not an earlier one on the port).
+# The floors started here run (not an earlier one on their port) and answer.
+if ! kill -0 "$floor_pid" "$floor_mt_pid" 2>/dev/null; then
+  echo "INVALID: a floor did not start (its port taken?)" >&2; exit 1
+fi
 for port in 18079 18072; do
-  if ! curl -sf -o /dev/null "http://127.0.0.1:$port/" || ! kill -0 "$floor_pid" "$floor_mt_pid" 2>/dev/null; then
+  if ! curl -sf -o /dev/null "http://127.0.0.1:$port/"; then
     echo "INVALID: the floor on port $port does not answer" >&2; exit 1
   fi
 done
@@ -370,10 +372,10 @@ ratio same rps "$same_syncgate_rps" "$same_nginx_rps" "$same_haproxy_rps" "throu
 ratio unpinned cpu "$unpinned_syncgate_cpu" "$unpinned_nginx_cpu" "$unpinned_haproxy_cpu" "CPU per request, unpinned" low
 ratio unpinned rps "$unpinned_syncgate_rps" "$unpinned_nginx_rps" "$unpinned_haproxy_rps" "throughput, unpinned" high
 ratio h2 cpu "$h2_syncgate_cpu" "$h2_haproxy_cpu" "$h2_haproxy_cpu" "CPU per request, HTTP/2 vs HAProxy" low
-# And over the floors, bare hyper proxies (examples/floor.rs): what syncgate's own work costs
-# above the stack it is built on (floor_mt: in a process of more than one thread, as
-# syncgate's always is); the floors' ratios to the better proxy are how far below nginx and
-# HAProxy a proxy on this stack could get.
+# And over the floors, bare hyper proxies (examples/floor.rs): what syncgate does beyond
+# forwarding, net of what it does differently (floor_mt: in a process of more than one
+# thread, as syncgate's always is); and the floors' ratios to the better proxy: about where
+# a proxy on this stack that only forwards stands against nginx and HAProxy.
 echo
 printf "%-34s %9s %11s\n" "over the floors (examples/floor.rs)" medians "of rounds"
 for floor in floor floor_mt; do
