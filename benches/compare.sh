@@ -22,9 +22,11 @@
 #              the same work, as an operator who needs those headers would configure them.
 #   unpinned   every proxy with one worker per core (worker_threads = 0, nginx worker_processes
 #              auto, HAProxy nbthread = cores), nothing pinned, wrk -t2 -c128.
-#   rate       fixed rate at 50% of the pinned maximum (oha --latency-correction, so a stall
-#              counts for every request it delayed): p50/p99/p99.9; the floor too, and the
-#              backend alone (no proxy: what the client and the machine add by themselves).
+#   rate       one fixed rate for all, half the highest pinned maximum of the three proxies, so
+#              that each is at least at half its own capacity and the client and the backend
+#              on core 1 carry the same load in every run (oha --latency-correction, so a
+#              stall counts for every request it delayed): p50/p99/p99.9; the floor too, and
+#              the backend alone (no proxy: what the client and the machine add by themselves).
 #   h2         HTTP/2 clients over cleartext (h2load -c16 -m10), pinned like the first.
 # syncgate runs with its guard (default [401, 403]) and key-sync readiness on. Any non-2xx
 # answer or socket error marks a run INVALID. Uses loopback ports 18072-18089.
@@ -268,21 +270,27 @@ WRK_PIN=1 section "pinned (proxy on core 0; backend and wrk -t1 -c64 on core 1)"
 WRK_PIN=1 section "same headers (pinned; nginx and HAProxy also set Host, X-Forwarded-Host/-Proto and X-Request-ID)" same "18073 18074 18083" -t1 -c64
 WRK_PIN="" section "unpinned (one worker per core, $CORES cores; wrk -t2 -c128)" all "18087 18088 18089" -t2 -c128
 
+# One rate for every run. At each proxy's own half (until stop 28) the faster proxy was
+# measured under more load on core 1, where oha and the backend share a core whose queueing
+# is most of every run's p99 (the backend alone shows it): a comparison of the loads, not of
+# the proxies. Half the highest maximum puts each proxy at or above half its own capacity.
+rate=$(awk -v a="$pinned_nginx_rps" -v b="$pinned_haproxy_rps" -v c="$pinned_syncgate_rps" 'BEGIN {
+  m = a; if (b > m) m = b; if (c > m) m = c; printf "%d", m / 2 }')
 echo
-echo "== rate (50% of each proxy's pinned maximum, oha -c64 --latency-correction, pinned placement; medians of $ROUNDS rounds)"
+echo "== rate ($rate req/s for all, half the highest pinned maximum; oha -c64 --latency-correction, pinned placement; medians of $ROUNDS rounds)"
 printf "%-9s %10s %9s %9s %9s\n" proxy "req/s" "p50 ms" "p99 ms" "p99.9 ms"
 # A single run's p99 moves by 2x from run to run on this machine (a stall of the shared host
-# counts for every request it delayed): each proxy runs once per round, in a rotating order.
-# The backend alone (oha straight to it, at syncgate's rate) is the latency of the client, the
-# backend and the machine without a proxy: what every proxy's figures contain.
+# counts for every request it delayed): each proxy runs once per round, in a rotating order,
+# and the ratios at the end take each round's own p99 ratios too.
+# The backend alone (oha straight to it) is the latency of the client, the backend and the
+# machine without a proxy: what every proxy's figures contain.
 rate_runs=(nginx:18081 haproxy:18082 syncgate:18083 floor:18079 backend:18080)
-declare -A rate_rows=() rate_of=()
+declare -A rate_rows=()
 for ((i = 0; i < ROUNDS; i++)); do
+  declare -A p99_of=()
   for ((j = 0; j < ${#rate_runs[@]}; j++)); do
     run=${rate_runs[$(((i + j) % ${#rate_runs[@]}))]}
     name=${run%%:*}; port=${run##*:}
-    var="pinned_${name/backend/syncgate}_rps"; rate=$(awk -v r="${!var}" 'BEGIN {printf "%d", r / 2}')
-    rate_of[$name]=$rate
     json=$(taskset -c 1 oha --no-tui --output-format json -c 64 -q "$rate" --latency-correction -z "${SECS}s" "http://127.0.0.1:$port/") ||
       { echo "INVALID run of $name: oha failed" >&2; mark_invalid; continue; }
     # Prints "p50 p99 p99.9 achieved" in ms and req/s.
@@ -302,6 +310,10 @@ got = d["summary"]["requestsPerSec"]
 print(f"{p50:.3f} {p99:.3f} {p999:.3f} {got:.0f}")
 ' "$name" "$rate") || { mark_invalid; continue; }
     rate_rows[$name]+="$row"$'\n'
+    p99_of[$name]=$(echo "$row" | awk '{print $2}')
+  done
+  for other in nginx haproxy; do
+    round_ratio "${p99_of[syncgate]:-}" "${p99_of[$other]:-}" >>"$work/rate.p99-$other"
   done
 done
 for name in nginx haproxy syncgate floor backend; do
@@ -309,9 +321,10 @@ for name in nginx haproxy syncgate floor backend; do
   for col in 1 2 3 4; do vals+=("$(echo -n "${rate_rows[$name]:-}" | awk -v c=$col 'NF {print $c}' | median)"); done
   # oha falls behind its schedule when its core is saturated: then the latencies measure oha,
   # not the proxy.
-  behind=$(awk -v got="${vals[3]:-0}" -v want="${rate_of[$name]}" 'BEGIN {
+  behind=$(awk -v got="${vals[3]:-0}" -v want="$rate" 'BEGIN {
     if (got < 0.95 * want) print "  (client behind its schedule: latencies are not the proxy figures)" }')
-  printf "%-9s %10s %9.3f %9.3f %9.3f  achieved %.0f/s%s\n" "$name" "${rate_of[$name]}" "${vals[0]:-0}" "${vals[1]:-0}" "${vals[2]:-0}" "${vals[3]:-0}" "$behind"
+  printf "%-9s %10s %9.3f %9.3f %9.3f  achieved %.0f/s%s\n" "$name" "$rate" "${vals[0]:-0}" "${vals[1]:-0}" "${vals[2]:-0}" "${vals[3]:-0}" "$behind"
+  eval "rate_${name}_p99=${vals[1]:-}"
 done
 
 echo
@@ -371,6 +384,7 @@ ratio same cpu "$same_syncgate_cpu" "$same_nginx_cpu" "$same_haproxy_cpu" "CPU p
 ratio same rps "$same_syncgate_rps" "$same_nginx_rps" "$same_haproxy_rps" "throughput, same headers" high
 ratio unpinned cpu "$unpinned_syncgate_cpu" "$unpinned_nginx_cpu" "$unpinned_haproxy_cpu" "CPU per request, unpinned" low
 ratio unpinned rps "$unpinned_syncgate_rps" "$unpinned_nginx_rps" "$unpinned_haproxy_rps" "throughput, unpinned" high
+ratio rate p99 "$rate_syncgate_p99" "$rate_nginx_p99" "$rate_haproxy_p99" "p99 at one rate (half the highest)" low
 ratio h2 cpu "$h2_syncgate_cpu" "$h2_haproxy_cpu" "$h2_haproxy_cpu" "CPU per request, HTTP/2 vs HAProxy" low
 # And over the floors, bare hyper proxies (examples/floor.rs): what syncgate does beyond
 # forwarding, net of what it does differently (floor_mt: in a process of more than one
