@@ -352,7 +352,11 @@ pub struct GuardConfig {
     /// Consecutive connect failures that eject a backend. Default 5; 0 disables; at most
     /// 1,000,000.
     pub consecutive_connect_failures: u32,
-    /// Consecutive 5xx answers that eject a backend. Default 5; 0 disables; at most 1,000,000.
+    /// Consecutive 5xx answers that eject a backend. Default 0 (off); at most 1,000,000. Off
+    /// by default: a backend whose probes pass but whose answers fail is the peer that turns
+    /// another's unconfirmed 401 into a 503; ejecting it can leave that other one the pool's
+    /// only ready backend, whose 401s then pass unasked (DESIGN.md ejects on probes,
+    /// contradictions and connect failures only).
     pub consecutive_5xx: u32,
     /// Passive ejection never takes out more than this share (percent) of the pool's ready and
     /// ejected backends, and never the last ready one. Default 50.

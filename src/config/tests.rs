@@ -242,7 +242,7 @@ fn defaults_apply_and_a_single_pool_gets_a_catch_all_route() {
     assert_eq!(guard.eject_after, 3);
     assert_eq!(guard.eject_window, Duration::from_secs(10));
     assert_eq!(guard.consecutive_connect_failures, 5);
-    assert_eq!(guard.consecutive_5xx, 5);
+    assert_eq!(guard.consecutive_5xx, 0);
     assert_eq!(guard.max_ejection_percent, 50);
     assert!((guard.retry_budget_ratio - 0.2).abs() < f64::EPSILON);
     assert_eq!(guard.retry_budget_min_per_sec, 10);

@@ -72,7 +72,7 @@ impl Validator<'_> {
             consecutive_5xx: self.int_in(
                 &name("consecutive_5xx"),
                 g.consecutive_5xx.as_ref(),
-                5,
+                0,
                 limits::CONSECUTIVE,
             ),
             max_ejection_percent: self.int_in(
