@@ -241,7 +241,8 @@ async fn a_failing_peer_neither_confirms_nor_contradicts() {
     ws[1].set_status_override(Some(500));
     let c = client();
     let mut statuses = Vec::new();
-    // Far more 5xx answers from w2 (its own and its replays) than any passive threshold.
+    // Far more 5xx answers from w2 (its own and its replays) than the five that ejected it
+    // under the old default.
     for _ in 0..30 {
         let a = get(&c, proxy, 1).await;
         if a.status == 503 {
