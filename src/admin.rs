@@ -10,9 +10,9 @@
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 while this instance serves, 503 once it is shutting down (never pool health) |
 //! | `GET /api/backends` | every backend of every pool with its state, probe and counters |
-//! | `GET /api/config` | generation, sha256, loaded_at and the last reload error |
+//! | `GET /api/config` | generation, sha256, loaded_at, the last reload error, settings waiting for a restart |
 //! | `GET /api/events[?since=N]` | the state-transition log, newest last |
-//! | `POST /api/reload` | 200 `{"generation": N}` or 400 with every error |
+//! | `POST /api/reload` | 200 `{"generation": N}` (and `restart_required` when some settings wait for one) or 400 with every error |
 //! | `POST /api/backends/{pool}/{name}/drain` | operator drain: `draining`, then `disabled` when idle |
 //! | `POST /api/backends/{pool}/{name}/enable` | back to `pending`: the backend must pass its probes |
 //! | `GET /metrics` | Prometheus metrics (OpenMetrics text format) |
@@ -511,6 +511,7 @@ impl Admin {
             "last_error": last_error,
             "reloads_ok": status.reloads_ok,
             "reloads_failed": status.reloads_failed,
+            "restart_required": status.restart_required,
             "admin_token_set": snapshot.config.admin.token.is_some(),
         })
     }
@@ -540,7 +541,17 @@ impl Admin {
     /// `POST /api/reload`.
     async fn reload(&self) -> Response<Full<Bytes>> {
         match self.control.reload("api").await {
-            Ok(generation) => json_response(StatusCode::OK, &json!({"generation": generation})),
+            Ok(generation) => {
+                // What the running config holds (this reload's, unless a newer one applied
+                // since): settings in the file that wait for a restart.
+                let restart_required = self.control.status().restart_required;
+                let body = if restart_required.is_empty() {
+                    json!({"generation": generation})
+                } else {
+                    json!({"generation": generation, "restart_required": restart_required})
+                };
+                json_response(StatusCode::OK, &body)
+            }
             Err(errors) => {
                 let (errors, omitted) = errors_json(&errors);
                 json_response(

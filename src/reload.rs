@@ -66,6 +66,11 @@ pub struct ConfigStatus {
     pub reloads_ok: u64,
     /// Reloads that failed since start.
     pub reloads_failed: u64,
+    /// Settings of the running config file that differ from those the process started with
+    /// and need a restart (`server.listen`, `server.tls.listen`, `admin.listen`,
+    /// `server.worker_threads`, `server.max_connections`); empty when there are none. Set by
+    /// every applied reload: the started values keep running meanwhile.
+    pub restart_required: Vec<&'static str>,
 }
 
 /// A failed reload: when, what triggered it, and every error.
@@ -170,6 +175,7 @@ impl Control {
                 last_error: None,
                 reloads_ok: 0,
                 reloads_failed: 0,
+                restart_required: Vec::new(),
             }),
             shared,
             token,
@@ -452,7 +458,14 @@ impl Control {
 
     fn apply(&self, mut config: Config, sha: String, trigger: &'static str) -> u64 {
         let old = self.shared.snapshot();
-        keep_listeners(&old.config, &mut config);
+        let restart_required = keep_listeners(&old.config, &mut config);
+        if !restart_required.is_empty() {
+            tracing::warn!(
+                trigger,
+                settings = ?restart_required,
+                "these settings need a restart; the rest of the new config applies"
+            );
+        }
         let installed = {
             let _serial = self.serialise_installs();
             self.discovery.reconcile(&config, &self.tasks, &self.token);
@@ -476,6 +489,7 @@ impl Control {
         st.loaded_at = SystemTime::now();
         st.last_error = None;
         st.reloads_ok += 1;
+        st.restart_required = restart_required;
         tracing::info!(
             trigger,
             generation = snapshot.generation,
@@ -537,26 +551,37 @@ fn prepare_certs(
     })
 }
 
-/// Listener addresses and proxy threads are bound at start: a reload that changes them says
-/// so and applies the rest.
-fn keep_listeners(old: &Config, new: &mut Config) {
-    let old_tls = old.server.tls.as_ref().map(|t| &t.listen);
-    let new_tls = new.server.tls.as_ref().map(|t| &t.listen);
-    if old.server.listen != new.server.listen
-        || old_tls != new_tls
-        || old.admin.listen != new.admin.listen
-        || old.server.worker_threads != new.server.worker_threads
-        || old.server.max_connections != new.server.max_connections
-    {
-        tracing::warn!("listen addresses, worker_threads and max_connections need a restart; the rest of the new config applies");
+/// Listener addresses and proxy threads are bound at start: a reload that changes them keeps
+/// the running values, applies the rest, and names the settings that need a restart (the
+/// running config holds the started values, so a later reload of the same file names them
+/// again, until the process restarts).
+fn keep_listeners(old: &Config, new: &mut Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if old.server.listen != new.server.listen {
+        changed.push("server.listen");
         new.server.listen = old.server.listen.clone();
-        new.server.worker_threads = old.server.worker_threads;
-        new.server.max_connections = old.server.max_connections;
-        new.admin.listen = old.admin.listen;
+    }
+    let old_tls = old.server.tls.as_ref().map(|t| &t.listen);
+    if old_tls != new.server.tls.as_ref().map(|t| &t.listen) {
+        changed.push("server.tls.listen");
+        // A TLS section added or removed by a reload opens or closes no listener either.
         if let (Some(n), Some(o)) = (new.server.tls.as_mut(), old.server.tls.as_ref()) {
             n.listen = o.listen.clone();
         }
     }
+    if old.admin.listen != new.admin.listen {
+        changed.push("admin.listen");
+        new.admin.listen = old.admin.listen;
+    }
+    if old.server.worker_threads != new.server.worker_threads {
+        changed.push("server.worker_threads");
+        new.server.worker_threads = old.server.worker_threads;
+    }
+    if old.server.max_connections != new.server.max_connections {
+        changed.push("server.max_connections");
+        new.server.max_connections = old.server.max_connections;
+    }
+    changed
 }
 
 /// Receives the discover sources' resolutions until shutdown and applies each.
@@ -699,6 +724,33 @@ mod tests {
 
     const POOL: &str = "[server]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n\
         [[pools.push.backends]]\nname = \"w1\"\naddr = \"127.0.0.1:9\"\n";
+
+    #[test]
+    fn keep_listeners_names_each_setting_that_needs_a_restart_and_keeps_its_started_value() {
+        let old = Config::parse_bytes(POOL.as_bytes(), None).unwrap();
+        let mut same = Config::parse_bytes(POOL.as_bytes(), None).unwrap();
+        assert!(keep_listeners(&old, &mut same).is_empty());
+        let text = POOL
+            .replace(
+                "listen = [\"127.0.0.1:0\"]",
+                "listen = [\"127.0.0.1:1\"]\nworker_threads = 3\nmax_connections = 77",
+            )
+            .replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:2\"");
+        let mut new = Config::parse_bytes(text.as_bytes(), None).unwrap();
+        assert_eq!(
+            keep_listeners(&old, &mut new),
+            [
+                "server.listen",
+                "admin.listen",
+                "server.worker_threads",
+                "server.max_connections"
+            ]
+        );
+        assert_eq!(new.server.listen, old.server.listen);
+        assert_eq!(new.admin.listen, old.admin.listen);
+        assert_eq!(new.server.worker_threads, old.server.worker_threads);
+        assert_eq!(new.server.max_connections, old.server.max_connections);
+    }
 
     #[tokio::test]
     async fn a_reload_superseded_while_it_validated_applies_nothing_and_answers_with_the_newer_outcome(

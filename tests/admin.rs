@@ -816,6 +816,7 @@ async fn config_shows_identity_and_never_the_token() {
     assert_eq!(cfg["last_error"], Value::Null);
     assert_eq!(cfg["reloads_ok"], 0);
     assert_eq!(cfg["reloads_failed"], 0);
+    assert_eq!(cfg["restart_required"], serde_json::json!([]));
     assert_eq!(cfg["admin_token_set"], true);
 
     // No other GET shows it either.
@@ -825,6 +826,62 @@ async fn config_shows_identity_and_never_the_token() {
 
     running.shutdown().await;
     w.stop().await;
+}
+
+/// DESIGN.md: "Changing `[server]` listen addresses needs a restart; a reload says so and
+/// applies the rest." The answer and `GET /api/config` name the settings that wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_listeners_says_which_settings_need_a_restart() {
+    let w1 = synced_worker().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = config_text(&[("w1", w1.addr())], "");
+    let (running, path) = start_from_file(&text, &dir).await;
+    let c = client();
+    wait_state(&c, &running, "w1", "ready").await;
+
+    let changed = text
+        .replace("listen = [\"127.0.0.1:0\"]", "listen = [\"127.0.0.1:1\"]")
+        .replace(
+            "worker_threads = 1",
+            "worker_threads = 1\nmax_connections = 77",
+        )
+        .replace("request_timeout = \"4s\"", "request_timeout = \"5s\"");
+    write_atomically(&path, &changed);
+    let answer = post(&c, &running, "/api/reload", None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let waiting = serde_json::json!(["server.listen", "server.max_connections"]);
+    // The file watcher may have applied the same file first: either way it is generation 2.
+    assert_eq!(
+        answer.json(),
+        serde_json::json!({"generation": 2, "restart_required": waiting})
+    );
+    let cfg = get(&c, &running, "/api/config").await.json();
+    assert_eq!(cfg["restart_required"], waiting);
+    // The rest applied; the started values run on.
+    let snapshot = running.shared().snapshot();
+    assert_eq!(
+        snapshot.config.server.request_timeout,
+        Duration::from_secs(5)
+    );
+    assert_eq!(
+        snapshot.config.server.listen,
+        vec!["127.0.0.1:0".parse().unwrap()]
+    );
+    assert_ne!(snapshot.config.server.max_connections, 77);
+    assert_eq!(
+        get(&c, &running, "/api/backends").await.status,
+        StatusCode::OK
+    );
+
+    // Back to the started values: nothing waits, and the answer is the plain one.
+    write_atomically(&path, &text);
+    let answer = post(&c, &running, "/api/reload", None).await;
+    assert_eq!(answer.json(), serde_json::json!({"generation": 3}));
+    let cfg = get(&c, &running, "/api/config").await.json();
+    assert_eq!(cfg["restart_required"], serde_json::json!([]));
+
+    running.shutdown().await;
+    w1.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

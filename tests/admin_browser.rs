@@ -873,6 +873,35 @@ async fn status_page_shows_a_failed_reload_with_its_errors_and_the_running_gener
         "{text}"
     );
     page.save_screenshot("status-page-reload-error.png").await;
+
+    // A file that moves the listener: it applies but for the listener, and the page names
+    // what waits for a restart.
+    std::fs::write(
+        &path,
+        good.replace("listen = [\"127.0.0.1:0\"]", "listen = [\"127.0.0.1:1\"]"),
+    )
+    .expect("write config");
+    let reload = http::Request::post(format!("http://{}/api/reload", running.admin_addr()))
+        .body(Empty::new())
+        .expect("request");
+    let status = client
+        .request(reload)
+        .await
+        .expect("reload answered")
+        .status();
+    assert_eq!(status, http::StatusCode::OK);
+    page.wait_until(
+        "the restart note",
+        "!!document.querySelector('[data-restart-required]')",
+    )
+    .await;
+    let text = page
+        .eval("document.querySelector('[data-restart-required]').textContent")
+        .await;
+    assert!(
+        text.as_str().unwrap_or("").contains("server.listen"),
+        "{text}"
+    );
     page.assert_no_exceptions();
 
     running.shutdown().await;
