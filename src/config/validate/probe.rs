@@ -37,15 +37,12 @@ impl Validator<'_> {
             Duration::from_secs(1),
             limits::PROBE_INTERVAL,
         );
-        // Unset, the timeout is 500 ms or the interval if shorter: setting only a short
-        // interval is a complete, valid way to probe faster.
-        let default_timeout = interval.map_or(Duration::from_millis(500), |i| {
-            i.min(Duration::from_millis(500))
-        });
+        // Unset, the timeout is DESIGN.md's 500 ms whatever the interval: a short interval
+        // alone probes more often, never with less patience.
         let timeout = self.duration_in(
             &name("timeout"),
             p.timeout.as_ref(),
-            default_timeout,
+            Duration::from_millis(500),
             limits::PROBE_TIMEOUT,
         );
         // A timeout above the interval is allowed (Kubernetes, Envoy and HAProxy accept it):
@@ -146,10 +143,11 @@ mod tests {
             11,
             "pools.push.probe.timeout must be greater than 0",
         );
-        // Only a short interval: the unset timeout follows it down.
+        // Only a short interval: the unset timeout is still DESIGN.md's 500 ms.
         let probe =
             &ok(&format!("[pools.push.probe]\ninterval = \"100ms\"\n{POOL}")).pools[0].probe;
-        assert_eq!(probe.timeout, Duration::from_millis(100));
+        assert_eq!(probe.interval, Duration::from_millis(100));
+        assert_eq!(probe.timeout, Duration::from_millis(500));
     }
 
     #[test]
