@@ -470,6 +470,29 @@ async fn ambiguous_framing_is_rejected_and_never_forwarded() {
     running.shutdown().await;
 }
 
+/// A request head of up to 64 KiB is served over HTTP/1.1 and HTTP/2 alike; a larger one is
+/// answered `431` (HTTP/2's limit was hyper's default of 16 KiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_heads_up_to_64_kib_pass_over_both_protocols_and_larger_ones_get_431() {
+    let ws = workers(1).await;
+    let cfg = pool_config(&[("w1", ws[0].addr())], "", "");
+    let running = start(&cfg).await;
+    let proxy = running.proxy_addrs()[0];
+    wait_state(&running, "w1", State::Ready).await;
+    for (name, c) in [("HTTP/1.1", client()), ("HTTP/2", h2_client())] {
+        for (size, status) in [(40 * 1024, 200), (80 * 1024, 431)] {
+            let req = http::Request::get(format!("http://{proxy}/v1/batch"))
+                .header("authorization", "Bearer key-1")
+                .header("x-big", "a".repeat(size))
+                .body(http_body_util::Full::new(Bytes::new()))
+                .unwrap();
+            let resp = c.request(req).await.expect("answered");
+            assert_eq!(resp.status(), status, "{name}, a header of {size} bytes");
+        }
+    }
+    running.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_prior_knowledge_and_header_hygiene() {
     let ws = workers(1).await;

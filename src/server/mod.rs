@@ -44,6 +44,8 @@ use connection::{serve_client, ConnCx, Limits};
 
 /// Largest request head accepted; larger heads are answered 431.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// [`MAX_HEAD_BYTES`] as HTTP/2's `SETTINGS_MAX_HEADER_LIST_SIZE` takes it.
+const MAX_HEAD_BYTES_H2: u32 = 64 * 1024;
 
 /// Errors starting the listeners.
 #[derive(Debug, thiserror::Error)]
@@ -417,10 +419,12 @@ fn http1_builder() -> http1::Builder {
     b
 }
 
-/// hyper's HTTP/2 settings.
+/// hyper's HTTP/2 settings: header lists up to [`MAX_HEAD_BYTES`], as over HTTP/1.1 (hyper's
+/// default is 16 KiB); a larger one is answered `431`.
 fn http2_builder() -> http2::Builder<TokioExecutor> {
     let mut b = http2::Builder::new(TokioExecutor::new());
     b.timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEAD_BYTES_H2)
         .max_concurrent_streams(256)
         .keep_alive_interval(Duration::from_secs(30));
     b
