@@ -45,8 +45,9 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
         /// Start beside a running syncgate on the same listen addresses (restarts and
-        /// upgrades without a failed request): listen once every pool has a ready backend,
-        /// then stop the old instance. Without it, an address in use is an error.
+        /// upgrades without a failed request): listen once every pool has a ready backend;
+        /// then stop the old instance yourself (SIGTERM). Without it, an address in use is
+        /// an error.
         #[arg(long)]
         takeover: bool,
     },
