@@ -819,6 +819,19 @@ async fn status_page_keeps_showing_the_pools_when_part_of_the_admin_api_fails() 
     w1.stop().await;
 }
 
+/// `POST /api/reload` on the admin listener at `admin`: its status.
+async fn post_reload(admin: SocketAddr) -> http::StatusCode {
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let reload = http::Request::post(format!("http://{admin}/api/reload"))
+        .body(Empty::new())
+        .expect("request");
+    client
+        .request(reload)
+        .await
+        .expect("reload answered")
+        .status()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_shows_a_failed_reload_with_its_errors_and_the_running_generation() {
     let Some(binary) = chromium() else { return };
@@ -848,16 +861,10 @@ async fn status_page_shows_a_failed_reload_with_its_errors_and_the_running_gener
 
     // A broken file: the reload fails, the running config stays, and the page says so.
     std::fs::write(&path, good.replace("rise = 1", "rise = 0")).expect("write config");
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let reload = http::Request::post(format!("http://{}/api/reload", running.admin_addr()))
-        .body(Empty::new())
-        .expect("request");
-    let status = client
-        .request(reload)
-        .await
-        .expect("reload answered")
-        .status();
-    assert_eq!(status, http::StatusCode::BAD_REQUEST);
+    assert_eq!(
+        post_reload(running.admin_addr()).await,
+        http::StatusCode::BAD_REQUEST
+    );
     page.wait_until(
         "the reload error",
         "!!document.querySelector('[data-reload-error]:not(.hidden)')",
@@ -881,15 +888,10 @@ async fn status_page_shows_a_failed_reload_with_its_errors_and_the_running_gener
         good.replace("listen = [\"127.0.0.1:0\"]", "listen = [\"127.0.0.1:1\"]"),
     )
     .expect("write config");
-    let reload = http::Request::post(format!("http://{}/api/reload", running.admin_addr()))
-        .body(Empty::new())
-        .expect("request");
-    let status = client
-        .request(reload)
-        .await
-        .expect("reload answered")
-        .status();
-    assert_eq!(status, http::StatusCode::OK);
+    assert_eq!(
+        post_reload(running.admin_addr()).await,
+        http::StatusCode::OK
+    );
     page.wait_until(
         "the restart note",
         "!!document.querySelector('[data-restart-required]')",
