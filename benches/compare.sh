@@ -288,9 +288,12 @@ printf "%-9s %10s %9s %9s %9s %9s %11s\n" proxy "req/s" "p50 ms" "p95 ms" "p99 m
 # correction): a run it hits has a p99 of 10-50 ms instead of 2-4, whichever proxy it hits,
 # and a median of seven runs said mostly which runs it had hit. So more rounds, 15 by default.
 # Not shorter runs: of 60 runs of 5 s, 12 had a p99 over 10 ms; of 300 runs of 1 or 2 s in
-# the same hour, 6. Short runs leave the stalls out, and with them what an operator's p99
-# over minutes contains: how a proxy comes out of one (in 1-2 s runs syncgate's p99 was above
-# HAProxy's in 64 rounds of 125, in 5-s runs in 24 of 35). The worst run's p99 is printed too.
+# the same hour, 6. The client pauses too, once in a run of 5 s: oha's latencies spike at
+# 4.0-4.5 s (and 8.0-8.5 s) with no proxy as well, most likely where its list of results,
+# doubling, reaches 131,072 (262,144) entries at these rates. Short runs leave the pauses out,
+# and with them how a proxy comes out of one, which an operator's p99 over minutes contains
+# (in 1-2 s runs syncgate's p99 was above HAProxy's in 64 rounds of 125, in 5-s runs in 24 of
+# 35). The worst run's p99 is printed too.
 # Each proxy runs once per round, in a rotating order, and the ratios at the end take each
 # round's own p99 ratios too, and count the rounds in which syncgate's was the higher.
 # The backend alone (oha straight to it) is the latency of the client, the backend and the
