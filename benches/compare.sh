@@ -292,8 +292,8 @@ printf "%-9s %10s %9s %9s %9s %9s %11s\n" proxy "req/s" "p50 ms" "p95 ms" "p99 m
 # 4.0-4.5 s (and 8.0-8.5 s) with no proxy as well, most likely where its list of results,
 # doubling, reaches 131,072 (262,144) entries at these rates. Short runs leave the pauses out,
 # and with them how a proxy comes out of one, which an operator's p99 over minutes contains
-# (in 1-2 s runs syncgate's p99 was above HAProxy's in 64 rounds of 125, in 5-s runs in 24 of
-# 35). The worst run's p99 is printed too.
+# (in 1-2 s runs syncgate's p99 was above HAProxy's in 64 rounds of 125, in 5-s runs in 49 of
+# 77). The worst run's p99 is printed too.
 # Each proxy runs once per round, in a rotating order, and the ratios at the end take each
 # round's own p99 ratios too, and count the rounds in which syncgate's was the higher.
 # The backend alone (oha straight to it) is the latency of the client, the backend and the

@@ -321,8 +321,9 @@ pub struct ProbeConfig {
     pub path: String,
     /// Time between probes. Default 1 s; 10 ms to 1 h.
     pub interval: Duration,
-    /// A probe slower than this fails. Default 500 ms (whatever the interval); 1 ms to 1 h. It may exceed `interval`: probes of one backend never overlap, the next
-    /// starts at the later of `interval` after the previous start and the previous one's end.
+    /// A probe slower than this fails. Default 500 ms (whatever the interval); 1 ms to 1 h.
+    /// It may exceed `interval`: probes of one backend never overlap, the next starts at the
+    /// later of `interval` after the previous start and the previous one's end.
     pub timeout: Duration,
     /// Consecutive passes that admit a backend. Default 2; 1 to 1000.
     pub rise: u32,

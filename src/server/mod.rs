@@ -44,8 +44,11 @@ use connection::{serve_client, ConnCx, Limits};
 
 /// Largest request head accepted; larger heads are answered 431.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// [`MAX_HEAD_BYTES`] as HTTP/2's `SETTINGS_MAX_HEADER_LIST_SIZE` takes it.
-const MAX_HEAD_BYTES_H2: u32 = 64 * 1024;
+/// [`MAX_HEAD_BYTES`] as HTTP/2's `SETTINGS_MAX_HEADER_LIST_SIZE` takes it (checked to fit).
+const MAX_HEAD_BYTES_H2: u32 = {
+    assert!(MAX_HEAD_BYTES <= u32::MAX as usize);
+    MAX_HEAD_BYTES as u32
+};
 
 /// Errors starting the listeners.
 #[derive(Debug, thiserror::Error)]
