@@ -5,7 +5,7 @@
 # enabled = false); benches/access_log.sh measures what they cost.
 #
 #   bash benches/compare.sh [seconds] [rounds]   (default 6 s, 7 rounds; installs nginx,
-#                                                 haproxy, wrk, h2load and oha if missing)
+#                                                 haproxy, wrk and h2load if missing)
 #
 # Sections, each proxy measured once per round, in an order that rotates from round to round
 # (medians reported, and the median of the rounds' own ratios; see "ratios" at the end):
@@ -24,8 +24,9 @@
 #              auto, HAProxy nbthread = cores), nothing pinned, wrk -t2 -c128.
 #   rate       one fixed rate for all, half the highest pinned maximum of the three proxies, so
 #              that each is at least at half its own capacity and the client and the backend
-#              on core 1 carry the same load in every run (oha --latency-correction, so a
-#              stall counts for every request it delayed): p50/p95/p99/p99.9 and the worst
+#              on core 1 carry the same load in every run (examples/rate.rs, a client with
+#              latency correction, so a stall counts for every request it delayed, and
+#              without a pause of its own; oha until stop 31): p50/p95/p99/p99.9 and the worst
 #              run's p99, and in how many rounds syncgate's p99 was above each proxy's; the
 #              floor too, and the backend alone (no proxy: what the client and the machine add
 #              by themselves). RATE_ROUNDS rounds (default 2 x rounds + 1) of RATE_SECS
@@ -46,11 +47,10 @@ if [ ${#need[@]} -gt 0 ]; then
   need=("${need[@]/h2load/nghttp2-client}")
   apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-command -v oha >/dev/null || cargo install --quiet --locked oha
 # Two builds: an example built with the binary would turn on the dev-dependencies' features
 # for the whole build, and the syncgate measured would not be the one `cargo build` makes.
 cargo build --release --quiet --bin syncgate
-cargo build --release --quiet --example floor
+cargo build --release --quiet --example floor --example rate
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -144,8 +144,8 @@ RUST_LOG=warn taskset -c 0 ./target/release/syncgate run --config "$(syncgate_pr
 nginx -c "$(nginx_proxy nginx-all 18087 18077 18084 auto)" & pids+=($!)
 haproxy -f "$(haproxy_proxy haproxy-all 18088 18078 18084 "$CORES")" & pids+=($!)
 RUST_LOG=warn ./target/release/syncgate run --config "$(syncgate_proxy syncgate-all 18089 18084 0)" & pids+=($!)
-# The floors print an error for each connection a client cut mid-request (wrk and oha do at
-# the end of a run): not worth a line. taskset execs the floor: $! is the floor's pid.
+# The floors print an error for each connection a client cut mid-request (wrk does at the end
+# of a run): not worth a line. taskset execs the floor: $! is the floor's pid.
 taskset -c 0 ./target/release/examples/floor 127.0.0.1:18079 127.0.0.1:18080 2>/dev/null & pids+=($!)
 floor_pid=$!
 taskset -c 0 ./target/release/examples/floor 127.0.0.1:18072 127.0.0.1:18080 --idle-thread 2>/dev/null & pids+=($!)
@@ -276,28 +276,26 @@ WRK_PIN=1 section "same headers (pinned; nginx and HAProxy also set Host, X-Forw
 WRK_PIN="" section "unpinned (one worker per core, $CORES cores; wrk -t2 -c128)" all "18087 18088 18089" -t2 -c128
 
 # One rate for every run. At each proxy's own half (until stop 28) the faster proxy was
-# measured under more load on core 1, where oha and the backend share a core whose queueing
-# is most of every run's p99 (the backend alone shows it): a comparison of the loads, not of
-# the proxies. Half the highest maximum puts each proxy at or above half its own capacity.
+# measured under more load on core 1, where the client and the backend share a core whose
+# queueing is most of every run's p99 (the backend alone shows it): a comparison of the loads,
+# not of the proxies. Half the highest maximum puts each proxy at or above half its own capacity.
 rate=$(awk -v a="$pinned_nginx_rps" -v b="$pinned_haproxy_rps" -v c="$pinned_syncgate_rps" 'BEGIN {
   m = a; if (b > m) m = b; if (c > m) m = c; printf "%d", m / 2 }')
 echo
-echo "== rate ($rate req/s for all, half the highest pinned maximum; oha -c64 --latency-correction, pinned placement; medians of $RATE_ROUNDS rounds of ${RATE_SECS} s)"
+echo "== rate ($rate req/s for all, half the highest pinned maximum; examples/rate.rs, 64 connections, latency correction, pinned placement; medians of $RATE_ROUNDS rounds of ${RATE_SECS} s)"
 printf "%-9s %10s %9s %9s %9s %9s %11s\n" proxy "req/s" "p50 ms" "p95 ms" "p99 ms" "p99.9 ms" "worst p99"
 # A stall of the shared host lasts seconds and counts for every request it delayed (latency
 # correction): a run it hits has a p99 of 10-50 ms instead of 2-4, whichever proxy it hits,
 # and a median of seven runs said mostly which runs it had hit. So more rounds, 15 by default.
-# Not shorter runs: of 60 runs of 5 s, 12 had a p99 over 10 ms; of 300 runs of 1 or 2 s in
-# the same hour, 6. The client pauses too, once in a run of 5 s: oha's latencies spike at
-# 4.0-4.5 s (and 8.0-8.5 s) with no proxy as well, most likely where its list of results,
-# doubling, reaches 131,072 (262,144) entries at these rates. Short runs leave the pauses out,
-# and with them how a proxy comes out of one, which an operator's p99 over minutes contains
-# (in 1-2 s runs syncgate's p99 was above HAProxy's in 64 rounds of 125, in 5-s runs in 49 of
-# 77). The worst run's p99 is printed too.
+# The client is examples/rate.rs, not oha (until stop 31): oha's own latencies spike at
+# 4.0-4.5 s of every run with no proxy as well (most likely where its list of results doubles),
+# so each run of 5 s measured how each proxy came out of the client's pause. rate.rs keeps its
+# results in storage written before the first request and shows no such spike (its
+# --windows). The worst run's p99 is printed too.
 # Each proxy runs once per round, in a rotating order, and the ratios at the end take each
 # round's own p99 ratios too, and count the rounds in which syncgate's was the higher.
-# The backend alone (oha straight to it) is the latency of the client, the backend and the
-# machine without a proxy: what every proxy's figures contain.
+# The backend alone (the client straight to it) is the latency of the client, the backend and
+# the machine without a proxy: what every proxy's figures contain.
 rate_runs=(nginx:18081 haproxy:18082 syncgate:18083 floor:18079 backend:18080)
 declare -A rate_rows=()
 for ((i = 0; i < RATE_ROUNDS; i++)); do
@@ -305,24 +303,9 @@ for ((i = 0; i < RATE_ROUNDS; i++)); do
   for ((j = 0; j < ${#rate_runs[@]}; j++)); do
     run=${rate_runs[$(((i + j) % ${#rate_runs[@]}))]}
     name=${run%%:*}; port=${run##*:}
-    json=$(taskset -c 1 oha --no-tui --output-format json -c 64 -q "$rate" --latency-correction -z "${RATE_SECS}s" "http://127.0.0.1:$port/") ||
-      { echo "INVALID run of $name: oha failed" >&2; mark_invalid; continue; }
-    # Prints "p50 p95 p99 p99.9 achieved" in ms and req/s.
-    row=$(echo "$json" | python3 -c '
-import json, sys
-d = json.load(sys.stdin)
-name, rate = sys.argv[1], sys.argv[2]
-codes = d.get("statusCodeDistribution", {})
-# oha cuts the requests still in flight when -z ends: not an error of the proxy.
-errors = {k: v for k, v in d.get("errorDistribution", {}).items() if k != "aborted due to deadline"}
-bad = {k: v for k, v in codes.items() if not k.startswith("2")}
-if bad or errors:
-    print(f"INVALID run of {name}: statuses {bad} errors {errors}", file=sys.stderr)
-    sys.exit(3)
-p50, p95, p99, p999 = (d["latencyPercentiles"][k] * 1000 for k in ("p50", "p95", "p99", "p99.9"))
-got = d["summary"]["requestsPerSec"]
-print(f"{p50:.3f} {p95:.3f} {p99:.3f} {p999:.3f} {got:.0f}")
-' "$name" "$rate") || { mark_invalid; continue; }
+    # "p50 p95 p99 p99.9 achieved" in ms and req/s; it fails on any non-2xx answer or error.
+    row=$(taskset -c 1 ./target/release/examples/rate "127.0.0.1:$port" "$rate" "$RATE_SECS") ||
+      { echo "INVALID run of $name: non-2xx answers or failed requests" >&2; mark_invalid; continue; }
     rate_rows[$name]+="$row"$'\n'
     p99_of[$name]=$(echo "$row" | awk '{print $3}')
   done
@@ -334,8 +317,8 @@ for name in nginx haproxy syncgate floor backend; do
   vals=()
   for col in 1 2 3 4 5; do vals+=("$(echo -n "${rate_rows[$name]:-}" | awk -v c=$col 'NF {print $c}' | median)"); done
   worst=$(echo -n "${rate_rows[$name]:-}" | awk 'NF && $3 > w {w = $3} END {print w + 0}')
-  # oha falls behind its schedule when its core is saturated: then the latencies measure oha,
-  # not the proxy.
+  # The client falls behind its schedule when its core is saturated: then the latencies
+  # measure the client, not the proxy.
   behind=$(awk -v got="${vals[4]:-0}" -v want="$rate" 'BEGIN {
     if (got < 0.95 * want) print "  (client behind its schedule: latencies are not the proxy figures)" }')
   printf "%-9s %10s %9.3f %9.3f %9.3f %9.3f %11.3f  achieved %.0f/s%s\n" "$name" "$rate" "${vals[0]:-0}" "${vals[1]:-0}" "${vals[2]:-0}" "${vals[3]:-0}" "$worst" "${vals[4]:-0}" "$behind"
