@@ -54,6 +54,10 @@ const GIVEN_BACK: usize = 128;
 const QUEUE: usize = 256;
 /// While batches keep coming, the writer takes them this often (see [`Output::run`]).
 const WRITER_TICK: Duration = Duration::from_millis(10);
+/// The writer writes the lines it formatted once they reach this size, or when it has taken
+/// everything queued, whichever comes first (256 KiB: about 2,000 lines, 20 ms of them at
+/// 100,000 requests/s).
+const FLUSH_BYTES: usize = 256 * 1024;
 /// After a reload changed the destination, the old one stays open this long for the lines
 /// of requests that ended before the reload (threads hand theirs over within [`FLUSH_EVERY`]).
 const GRACE: Duration = Duration::from_secs(1);
@@ -175,18 +179,7 @@ impl AccessLog {
             })?),
             None => None,
         };
-        let mut output = Output {
-            epoch: 1,
-            wanted: wanted.clone(),
-            open: wanted,
-            dest,
-            format: config.format,
-            previous: None,
-            failing: false,
-            clock: Clock::new(),
-            anchor: None,
-            text: Vec::new(),
-        };
+        let mut output = Output::new(wanted, dest, config.format);
         let state = self.inner.state.clone();
         let handle = std::thread::Builder::new()
             .name("syncgate-access-log".into())
@@ -489,8 +482,12 @@ struct Output {
     /// A monotonic instant and the wall-clock time (since the Unix epoch) read with it: see
     /// [`wall_time`].
     anchor: Option<(Instant, Duration)>,
-    /// A batch's lines as text (its capacity kept from batch to batch).
+    /// Lines formatted and not yet written: those of every batch one wake-up took (its
+    /// capacity kept from wake-up to wake-up).
     text: Vec<u8>,
+    /// How many lines `text` holds (counted as dropped if their write fails), and whether
+    /// they go where the lines of before the last switch go.
+    pending: Option<(u64, bool)>,
 }
 
 /// The destination and format before the last switch.
@@ -502,6 +499,23 @@ struct Previous {
 }
 
 impl Output {
+    /// The writer of epoch 1, writing to `dest` (which `wanted` names; None: the log is off).
+    fn new(wanted: Option<AccessLogTarget>, dest: Option<Dest>, format: AccessLogFormat) -> Output {
+        Output {
+            epoch: 1,
+            open: wanted.clone(),
+            wanted,
+            dest,
+            format,
+            previous: None,
+            failing: false,
+            clock: Clock::new(),
+            anchor: None,
+            text: Vec::new(),
+            pending: None,
+        }
+    }
+
     /// Writes batches until closed. While batches keep coming it takes what the queue holds
     /// every [`WRITER_TICK`], so that senders never have to wake it (a wake-up is a futex call
     /// and, on a busy core, two context switches per batch); it blocks, to be woken by the
@@ -531,18 +545,24 @@ impl Output {
             loop {
                 if let Some(Msg::Lines(batch)) = msg.take() {
                     taken += 1;
-                    // Sent after its switch was asked for, which may have come after `apply`.
+                    // Sent after its switch was asked for, which may have come after `apply`:
+                    // the lines formatted so far go where they were meant to before it.
                     if batch.epoch > self.epoch {
+                        self.flush(state);
                         closing |= self.apply(state);
                     }
-                    self.write(batch, state);
+                    self.format(batch, state);
                 }
                 match rx.try_recv() {
                     Ok(next) => msg = Some(next),
                     Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => return,
+                    Err(TryRecvError::Disconnected) => {
+                        self.flush(state);
+                        return;
+                    }
                 }
             }
+            self.flush(state);
             busy = taken > 0;
             if self
                 .previous
@@ -625,39 +645,42 @@ impl Output {
         }
     }
 
-    /// Formats `batch`'s lines and writes them: to the previous destination and in its format
-    /// when they were recorded before the last switch and it is still kept. Its boxes are then
-    /// given back to the threads.
-    fn write(&mut self, mut batch: Batch, state: &WriterState) {
+    /// Where the lines of an older epoch (`older`) or of the current one go, and in which
+    /// format: lines recorded before the last switch go to the previous destination and in
+    /// its format while it is kept. None: the log was turned off (and the grace has passed):
+    /// lines of before are let go.
+    fn dest(&mut self, older: bool) -> Option<(&mut Dest, AccessLogFormat)> {
+        match (&mut self.previous, older) {
+            (Some(p), true) => p
+                .dest
+                .as_mut()
+                .or(self.dest.as_mut())
+                .map(|d| (d, p.format)),
+            _ => self.dest.as_mut().map(|d| (d, self.format)),
+        }
+    }
+
+    /// Formats `batch`'s lines after those of the batches before it in this wake-up, and
+    /// gives its boxes back to the threads. [`Output::flush`] writes them: one `write(2)` per
+    /// wake-up instead of one per batch of 64 lines, unless a batch goes elsewhere than the
+    /// lines before it or the text grows past [`FLUSH_BYTES`].
+    fn format(&mut self, mut batch: Batch, state: &WriterState) {
         let older = batch.epoch < self.epoch;
-        let (dest, format) = match (&mut self.previous, older) {
-            (Some(p), true) => (p.dest.as_mut().or(self.dest.as_mut()), p.format),
-            _ => (self.dest.as_mut(), self.format),
-        };
-        // None: the log was turned off (and the grace has passed): lines of before are let go.
-        if let Some(dest) = dest {
-            self.text.clear();
+        if self
+            .pending
+            .is_some_and(|(_, was_older)| was_older != older)
+            || self.text.len() >= FLUSH_BYTES
+        {
+            self.flush(state);
+        }
+        if let Some(format) = self.dest(older).map(|(_, format)| format) {
             let anchor = anchor(&mut self.anchor);
             for record in &batch.records {
                 let time = wall_time(anchor, record.done.unwrap_or(record.started));
                 format::write(&mut self.text, format, &record.line(time), &mut self.clock);
             }
-            match dest.write(&self.text) {
-                Ok(()) if self.failing => {
-                    self.failing = false;
-                    tracing::info!("access log writes again");
-                }
-                Ok(()) => {}
-                Err(e) => {
-                    state
-                        .dropped
-                        .fetch_add(batch.records.len() as u64, Ordering::Relaxed);
-                    if !self.failing {
-                        self.failing = true;
-                        tracing::error!(error = %e, "access log write failed; lines are dropped and counted until a write succeeds");
-                    }
-                }
-            }
+            let lines = self.pending.map_or(0, |(n, _)| n);
+            self.pending = Some((lines + batch.records.len() as u64, older));
         }
         for record in &mut batch.records {
             record.release();
@@ -668,6 +691,31 @@ impl Output {
             if given_back.len() < GIVEN_BACK {
                 given_back.push(batch.records);
             }
+        }
+    }
+
+    /// Writes the lines formatted since the last flush, if any.
+    fn flush(&mut self, state: &WriterState) {
+        let Some((lines, older)) = self.pending.take() else {
+            return;
+        };
+        let text = std::mem::take(&mut self.text);
+        let written = self.dest(older).map(|(dest, _)| dest.write(&text));
+        self.text = text;
+        self.text.clear();
+        match written {
+            Some(Ok(())) if self.failing => {
+                self.failing = false;
+                tracing::info!("access log writes again");
+            }
+            Some(Err(e)) => {
+                state.dropped.fetch_add(lines, Ordering::Relaxed);
+                if !self.failing {
+                    self.failing = true;
+                    tracing::error!(error = %e, "access log write failed; lines are dropped and counted until a write succeeds");
+                }
+            }
+            Some(Ok(())) | None => {}
         }
     }
 }
@@ -739,6 +787,38 @@ mod tests {
         // The first batch waits in the queue; the 99 after it found the queue full. Each
         // `try_send` returned at once: this test would hang otherwise.
         assert_eq!(log.dropped(), 99);
+    }
+
+    #[test]
+    fn the_batches_of_one_wake_up_are_written_together_when_it_has_taken_them_all() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("access.log");
+        let target = AccessLogTarget::File(path.clone());
+        let dest = Dest::open(&target).expect("opens");
+        let mut output = Output::new(Some(target), Some(dest), AccessLogFormat::Text);
+        let state = AccessLog::default().inner.state.clone();
+        let lines = |path: &Path| {
+            std::fs::read_to_string(path)
+                .expect("reads")
+                .lines()
+                .count()
+        };
+        for _ in 0..2 {
+            let batch = Batch {
+                records: vec![record::sample(), record::sample()],
+                epoch: 1,
+            };
+            output.format(batch, &state);
+        }
+        // Formatted, not yet written: one write(2) for the whole wake-up, not one per batch.
+        assert_eq!(lines(&path), 0);
+        output.flush(&state);
+        assert_eq!(lines(&path), 4);
+        // Given back to be filled again, both batches' boxes.
+        assert_eq!(lock(&state.given_back).len(), 2);
+        // Nothing is left to write twice.
+        output.flush(&state);
+        assert_eq!(lines(&path), 4);
     }
 
     #[test]
