@@ -305,7 +305,7 @@ for ((i = 0; i < RATE_ROUNDS; i++)); do
     name=${run%%:*}; port=${run##*:}
     # "p50 p95 p99 p99.9 achieved" in ms and req/s; it fails on any non-2xx answer or error.
     row=$(taskset -c 1 ./target/release/examples/rate "127.0.0.1:$port" "$rate" "$RATE_SECS") ||
-      { echo "INVALID run of $name: non-2xx answers or failed requests" >&2; mark_invalid; continue; }
+      { echo "INVALID run of $name: the client failed (non-2xx answers, failed or unanswered requests; its message above)" >&2; mark_invalid; continue; }
     rate_rows[$name]+="$row"$'\n'
     p99_of[$name]=$(echo "$row" | awk '{print $3}')
   done

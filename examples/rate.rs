@@ -17,7 +17,8 @@
 //! does not pause (`rate` straight to the backend, no proxy).
 //!
 //! Prints one line, `p50 p95 p99 p99.9` in ms then the achieved rate in req/s, and exits 1 if
-//! any answer was not 2xx or any connection failed.
+//! any answer was not 2xx, any request failed or went unanswered for 10 s, or a connection
+//! could not be opened (2 on a bad argument).
 //!
 //!     cargo run --release --example rate -- 127.0.0.1:18080 32000 5 [--conns 64] [--windows 500]
 
@@ -92,11 +93,13 @@ fn main() {
         // written once, so that neither a connect nor a page fault lands inside the run.
         let mut senders = Vec::with_capacity(conns);
         for _ in 0..conns {
-            let io = TcpStream::connect(addr).await.expect("connect");
+            let io = TcpStream::connect(addr)
+                .await
+                .unwrap_or_else(|e| fail(&format!("connect to {addr}: {e}")));
             io.set_nodelay(true).ok();
             let (sender, conn) = client::handshake(TokioIo::new(io))
                 .await
-                .expect("handshake");
+                .unwrap_or_else(|e| fail(&format!("handshake with {addr}: {e}")));
             tokio::task::spawn_local(conn);
             senders.push(sender);
         }
@@ -134,17 +137,10 @@ fn main() {
                         } else {
                             due
                         };
-                        let request = Request::get("/")
-                            .header(hyper::header::HOST, host.as_str())
-                            .body(Empty::<Bytes>::new())
-                            .expect("request");
-                        let answered = match sender.send_request(request).await {
-                            Ok(response) => {
-                                let ok = response.status().is_success();
-                                response.into_body().collect().await.map(|_| ok)
-                            }
-                            Err(e) => Err(e),
-                        };
+                        let answered =
+                            tokio::time::timeout(REQUEST_TIMEOUT, exchange(&mut sender, &host))
+                                .await
+                                .unwrap_or_else(|_| Err("no answer within 10 s".to_owned()));
                         let now = Instant::now();
                         match answered {
                             Ok(ok) => {
@@ -181,8 +177,8 @@ fn main() {
             let sorted = answered_sorted(chunk);
             eprintln!(
                 "window {:>6} ms  p99 {:>7.3} ms",
-                w as u64 * ms,
-                percentile(&sorted, 0.99)
+                (w * per_window) as u64 * 1000 / rate,
+                percentile(&sorted, 990)
             );
         }
     }
@@ -191,10 +187,10 @@ fn main() {
     let achieved = sorted.len() as f64 / elapsed.as_secs_f64().max(1e-9);
     println!(
         "{:.3} {:.3} {:.3} {:.3} {:.0}",
-        percentile(&sorted, 0.50),
-        percentile(&sorted, 0.95),
-        percentile(&sorted, 0.99),
-        percentile(&sorted, 0.999),
+        percentile(&sorted, 500),
+        percentile(&sorted, 950),
+        percentile(&sorted, 990),
+        percentile(&sorted, 999),
         achieved
     );
     let (non_2xx, errors) = (run.non_2xx.get(), run.errors.get());
@@ -202,6 +198,39 @@ fn main() {
         eprintln!("{non_2xx} answers not 2xx, {errors} failed requests");
         std::process::exit(1);
     }
+}
+
+/// Ends the run as failed (exit status 1, as for a non-2xx answer).
+fn fail(why: &str) -> ! {
+    eprintln!("{why}");
+    std::process::exit(1)
+}
+
+/// A request without an answer by then counts as failed: a proxy that holds one open ends
+/// the run as INVALID instead of hanging it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends one `GET /` and reads its answer whole: whether its status was 2xx.
+async fn exchange(
+    sender: &mut client::SendRequest<Empty<Bytes>>,
+    host: &str,
+) -> Result<bool, String> {
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let request = Request::get("/")
+        .header(hyper::header::HOST, host)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let ok = response.status().is_success();
+    response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(ok)
 }
 
 /// The latencies of the answered requests, sorted.
@@ -215,11 +244,14 @@ fn answered_sorted(latencies: &[u64]) -> Vec<u64> {
     sorted
 }
 
-/// The nearest-rank percentile `p` (0 to 1) of sorted nanoseconds, in milliseconds.
-fn percentile(sorted: &[u64], p: f64) -> f64 {
+/// The nearest-rank percentile of sorted nanoseconds, in milliseconds; `per_mille` 990 is
+/// the p99. Integer ranks: a float product can land just above a whole rank.
+fn percentile(sorted: &[u64], per_mille: usize) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    let rank = (per_mille * sorted.len())
+        .div_ceil(1000)
+        .clamp(1, sorted.len());
     sorted[rank - 1] as f64 / 1e6
 }

@@ -54,10 +54,12 @@ const GIVEN_BACK: usize = 128;
 const QUEUE: usize = 256;
 /// While batches keep coming, the writer takes them this often (see [`Output::run`]).
 const WRITER_TICK: Duration = Duration::from_millis(10);
-/// The writer writes the lines it formatted once they reach this size, or when it has taken
-/// everything queued, whichever comes first (256 KiB: about 2,000 lines, 20 ms of them at
-/// 100,000 requests/s).
-const FLUSH_BYTES: usize = 256 * 1024;
+/// The writer writes the lines it formatted when it has taken everything queued, or before
+/// it adds a batch to lines that reached this size. 64 KiB, a pipe's buffer on Linux: a write
+/// to stderr piped to journald or a container runtime is taken whole when the pipe has room,
+/// and holds the lock on stderr (which syncgate's own log lines take too) for about one
+/// pipe's worth. At 64,000 requests/s a wake-up's lines are about that size.
+const FLUSH_BYTES: usize = 64 * 1024;
 /// After a reload changed the destination, the old one stays open this long for the lines
 /// of requests that ended before the reload (threads hand theirs over within [`FLUSH_EVERY`]).
 const GRACE: Duration = Duration::from_secs(1);
@@ -663,7 +665,7 @@ impl Output {
     /// Formats `batch`'s lines after those of the batches before it in this wake-up, and
     /// gives its boxes back to the threads. [`Output::flush`] writes them: one `write(2)` per
     /// wake-up instead of one per batch of 64 lines, unless a batch goes elsewhere than the
-    /// lines before it or the text grows past [`FLUSH_BYTES`].
+    /// lines before it or the text has reached [`FLUSH_BYTES`].
     fn format(&mut self, mut batch: Batch, state: &WriterState) {
         let older = batch.epoch < self.epoch;
         if self
