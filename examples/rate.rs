@@ -140,7 +140,9 @@ fn main() {
                         let answered =
                             tokio::time::timeout(REQUEST_TIMEOUT, exchange(&mut sender, &host))
                                 .await
-                                .unwrap_or_else(|_| Err("no answer within 10 s".to_owned()));
+                                .unwrap_or_else(|_| {
+                                    Err(format!("no answer within {REQUEST_TIMEOUT:?}"))
+                                });
                         let now = Instant::now();
                         match answered {
                             Ok(ok) => {

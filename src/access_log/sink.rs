@@ -794,17 +794,8 @@ mod tests {
     #[test]
     fn the_batches_of_one_wake_up_are_written_together_when_it_has_taken_them_all() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("access.log");
-        let target = AccessLogTarget::File(path.clone());
-        let dest = Dest::open(&target).expect("opens");
-        let mut output = Output::new(Some(target), Some(dest), AccessLogFormat::Text);
+        let (mut output, path) = text_output_to_a_file(dir.path());
         let state = AccessLog::default().inner.state.clone();
-        let lines = |path: &Path| {
-            std::fs::read_to_string(path)
-                .expect("reads")
-                .lines()
-                .count()
-        };
         for _ in 0..2 {
             let batch = Batch {
                 records: vec![record::sample(), record::sample()],
@@ -813,14 +804,55 @@ mod tests {
             output.format(batch, &state);
         }
         // Formatted, not yet written: one write(2) for the whole wake-up, not one per batch.
-        assert_eq!(lines(&path), 0);
+        assert_eq!(lines_in(&path), 0);
         output.flush(&state);
-        assert_eq!(lines(&path), 4);
+        assert_eq!(lines_in(&path), 4);
         // Given back to be filled again, both batches' boxes.
         assert_eq!(lock(&state.given_back).len(), 2);
         // Nothing is left to write twice.
         output.flush(&state);
-        assert_eq!(lines(&path), 4);
+        assert_eq!(lines_in(&path), 4);
+    }
+
+    #[test]
+    fn a_wake_up_that_takes_more_than_flush_bytes_of_lines_writes_them_on_reaching_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut output, path) = text_output_to_a_file(dir.path());
+        let state = AccessLog::default().inner.state.clone();
+        let batch = || Batch {
+            records: (0..FLUSH_LINES).map(|_| record::sample()).collect(),
+            epoch: 1,
+        };
+        let mut formatted = 0;
+        while output.text.len() < FLUSH_BYTES {
+            output.format(batch(), &state);
+            formatted += FLUSH_LINES;
+        }
+        assert_eq!(lines_in(&path), 0);
+        // The next batch finds the text at the bound: what came before it is written first.
+        output.format(batch(), &state);
+        assert_eq!(lines_in(&path), formatted);
+        output.flush(&state);
+        assert_eq!(lines_in(&path), formatted + FLUSH_LINES);
+    }
+
+    /// A writer of text lines to `access.log` in `dir`, and that file's path.
+    fn text_output_to_a_file(dir: &Path) -> (Output, std::path::PathBuf) {
+        let path = dir.join("access.log");
+        let target = AccessLogTarget::File(path.clone());
+        let dest = Dest::open(&target).expect("opens");
+        (
+            Output::new(Some(target), Some(dest), AccessLogFormat::Text),
+            path,
+        )
+    }
+
+    /// How many lines the file at `path` holds.
+    fn lines_in(path: &Path) -> usize {
+        std::fs::read_to_string(path)
+            .expect("reads")
+            .lines()
+            .count()
     }
 
     #[test]
