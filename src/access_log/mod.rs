@@ -10,16 +10,15 @@
 //!   [`Entry::body_read`], ...). Explicit, not a task-local: no swap on every poll of the
 //!   request's future, no thread-local lookup per record, and the compiler sees every write.
 //!   The entry's [`record`](mod@record) is boxed, in a box the thread reuses: no
-//!   allocation in the common case, and one lock per 64 requests (to take back a batch of
-//!   boxes).
+//!   allocation in the common case.
 //! - The proxy hands the entry back with its response, and it travels with the response
 //!   body, which counts the bytes sent ([`Entry::sent`]). Its line is written when it drops:
 //!   after the last byte, or when the client went away (the body, or the proxy's future,
 //!   dropped unfinished: `aborted`, and status 499 when no answer had begun).
-//! - [`sink`] adds the record's box to a per-thread batch and hands the batches to a writer
-//!   thread, which formats them ([`format`](mod@format)), writes, and gives the boxes back.
-//!   Nothing is copied or encoded on the request's thread. A writer that falls behind costs
-//!   lines, never a request's time.
+//! - [`sink`] adds the record's box to a per-thread batch; every 64 records the thread formats
+//!   the batch's lines ([`format`](mod@format)), keeps the boxes for its next requests, and
+//!   hands the text to a writer thread (one lock per 64 requests, to take a buffer the writer
+//!   gave back). A writer that falls behind costs lines, never a request's time.
 //!
 //! Nothing that could carry a credential is logged: the path is written without its query
 //! string, and no header but `x-request-id` is.
@@ -45,12 +44,12 @@ use crate::metrics::GuardOutcome;
 use record::Record;
 pub use sink::{flush_thread, AccessLog, AccessLogError, FLUSH_EVERY};
 
-/// One request's line in the making, handed to the writer when it drops.
+/// One request's line in the making, added to its thread's batch when it drops.
 ///
 /// Boxed: it moves with the request's future and then with its response body, a pointer in
-/// place of 312 bytes; while the log is off it is `None`. The box is one its thread was given
-/// back by the writer ([`sink`]), filled in place (a new one only when none has come back):
-/// with many requests in flight `malloc` would otherwise leave its fast per-thread cache for
+/// place of 312 bytes; while the log is off it is `None`. The box is one its thread kept from
+/// an earlier request ([`sink`]), filled in place (a new one only when none is left): with
+/// many requests in flight `malloc` would otherwise leave its fast per-thread cache for
 /// every one.
 #[derive(Debug)]
 pub struct Entry(Option<Box<Record>>);

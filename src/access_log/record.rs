@@ -1,10 +1,9 @@
 //! A [`Record`]: what one line says, as the request fills it in while it runs.
 //!
-//! The record's box itself is what travels: a request takes a box its thread has been given
-//! back, fills it in place, and at its end pushes the pointer onto its thread's batch; the
-//! writer thread reads the record, formats its [`Line`], lets go of what it held, and hands
-//! the boxes of the batch back for reuse ([`super::sink`]). No record is encoded, copied or
-//! decoded: what the request's thread pays for a line is the fields it writes and one push.
+//! A request takes a box its thread kept, fills it in place, and at its end pushes the
+//! pointer onto its thread's batch; when the batch is full the thread formats each record's
+//! [`Line`], lets go of what the record held, and keeps the box for reuse
+//! ([`super::sink`]). No record is encoded, copied or decoded.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,11 +22,11 @@ const CLIENT_CLOSED: u16 = 499;
 /// One request's line in the making.
 ///
 /// Every field a request writes is `Copy`: a store into the box, never a read of what the box
-/// held before. A box comes back from the writer long out of the cache, and a store to a line
-/// not in cache waits in the store buffer while the request goes on, where a read (to drop
+/// held before. A box kept from an earlier request may be out of the cache, and a store to a
+/// line not in cache waits in the store buffer while the request goes on, where a read (to drop
 /// the old value) would stall it. What must be kept by reference (a path, an id or a method
 /// too long to copy inline, a backend with long names, a streaming counter) goes in [`Held`],
-/// a second box written only then, and emptied by the writer.
+/// a second box written only then, and emptied once the line is formatted.
 #[derive(Debug)]
 pub(super) struct Record {
     pub(super) started: Instant,
@@ -61,7 +60,7 @@ pub(super) struct Record {
 
 /// What a record keeps apart, in the rare case it does. Texts are copied, not kept by
 /// reference: a `Uri` or a `HeaderValue` is a slice of the buffer hyper read the request
-/// into, which a record waiting for the writer must not keep alive.
+/// into, which a record waiting in its thread's batch must not keep alive.
 #[derive(Debug, Default)]
 struct Held {
     method: Option<Box<[u8]>>,
@@ -288,7 +287,7 @@ impl Record {
     }
 
     /// The request's part is over: complete (else aborted, now), and the bytes streamed
-    /// upstream counted in. What is left is for the writer to read.
+    /// upstream counted in. What is left is for the line to read.
     pub(super) fn close(&mut self) {
         if self.done.is_none() {
             self.aborted = true;

@@ -1,36 +1,35 @@
-//! Where access log lines go: a batch per proxy thread, a bounded channel, one writer thread.
+//! Where access log lines go: formatted on the proxy threads, handed over as text, written
+//! by one writer thread.
 //!
-//! A proxy thread adds the box of each ended request's [`Record`] to its own batch (no lock,
-//! no copy) and hands the batch to the writer at [`FLUSH_LINES`], every [`FLUSH_EVERY`] (the
-//! server's flush task), and when the thread ends. The hand-over is `try_send` on a channel
-//! of [`QUEUE`] batches: when the writer falls behind (a slow disk, a blocked stderr pipe) the
-//! batch is dropped and its lines counted (`syncgate_access_log_dropped_total`); a request
-//! never waits for the log. The writer thread formats the lines, a batch at a time, does
-//! every `write(2)` (one per batch) and every `open(2)`, and gives the batch's boxes back,
-//! emptied, for the threads to fill again ([`spare`]).
+//! A proxy thread adds the box of each ended request's [`Record`] to its own batch (no lock).
+//! At [`FLUSH_LINES`] records, every [`FLUSH_EVERY`] (the server's flush task), and when the
+//! thread ends, it formats the batch's lines ([`format`](mod@format)) into a text buffer,
+//! empties the boxes and keeps them for its next requests ([`spare`]), and hands the text
+//! over: `try_send` on a channel of [`QUEUE`] batches. When the writer falls behind (a slow
+//! disk, a blocked stderr pipe) the batch is dropped and its lines counted
+//! (`syncgate_access_log_dropped_total`); a request never waits for the log. The writer
+//! thread does every `write(2)` (one `writev(2)` per wake-up, no copy) and every `open(2)`,
+//! and gives the emptied buffers back for the threads to fill again.
 //!
-//! Small batches taken often keep few boxes in flight: a box comes back to be filled while
-//! it is still in a cache, and a request that fills a cold one pays for every line of it;
-//! but each of the writer's wake-ups costs the core it shares two context switches. Measured
-//! (CPU per request, log on, side by side): 64-line batches taken every 5 ms, 1.1% less than
-//! 256 lines every 20 ms; 64 every 10 ms, 1.0% less again; 64 every 20 ms, 1.4% more than
-//! every 10 ms; 32 every 2 ms, 2.4% more than 64 every 5 ms.
+//! Why the proxy thread formats: a record read by another thread milliseconds later is read
+//! from memory, not from a cache, and so is its box when it comes back to be filled.
+//! Measured per logged request (per-thread CPU time, two builds side by side): a writer that
+//! formatted the records spent 180–250 ns on each, 68 of them formatting and the rest reading
+//! the record and handing its box back; formatted on the proxy thread from records a few
+//! dozen requests old, with boxes that never leave it, the proxy thread spends no more than
+//! before within the measure's ±50 ns, and the writer 25–40 ns (docs/benchmarks.md, "The
+//! access log").
 //!
-//! A reload that changes the log (path, format, on/off) starts a new *epoch*. A thread never
-//! mixes epochs in one batch, and the writer keeps the previous destination and format for
-//! [`GRACE`], so that the lines of requests completed before the reload, still in the threads'
-//! batches, end in the old file in the old format, and the later ones in the new file in the
-//! new format. `SIGUSR1` ([`AccessLog::reopen`]) reopens the file by its path (after
-//! logrotate renamed it).
-
-#![allow(
-    clippy::vec_box,
-    reason = "the boxes themselves travel: a record is filled in place and handed on as a pointer"
-)]
+//! A reload that changes the log (path, format, on/off) starts a new *epoch*. A thread
+//! formats each line in the format of the epoch it ended in, never mixes epochs in one batch,
+//! and the writer keeps the previous destination for [`GRACE`], so that the lines of requests
+//! completed before the reload, still in the threads' buffers, end in the old file in the old
+//! format, and the later ones in the new file in the new format. `SIGUSR1`
+//! ([`AccessLog::reopen`]) reopens the file by its path (after logrotate renamed it).
 
 use std::cell::RefCell;
 use std::fs::File;
-use std::io::{self, Write as _};
+use std::io::{self, IoSlice, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,18 +41,31 @@ use super::format::{self, Clock};
 use super::record::Record;
 use crate::config::{AccessLogConfig, AccessLogFormat, AccessLogTarget};
 
-/// A thread hands its lines to the writer once it has this many.
+/// A thread formats its lines and hands them to the writer once it has this many.
 const FLUSH_LINES: usize = 64;
+/// The room a thread's batch of lines starts with: 64 lines of 200 bytes. A buffer that grew
+/// past [`KEPT_BYTES`] (lines with long paths) is freed once written, not kept for reuse.
+const BATCH_BYTES: usize = 64 * 200;
+/// The largest batch buffer kept for reuse.
+const KEPT_BYTES: usize = 64 * 1024;
 /// ... or this long after the last hand-over, whatever it holds (the server's flush task).
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
-/// Batches of written records whose boxes the writer keeps for the threads to reuse, at most
-/// (8,192 boxes, 2.5 MiB): more are freed, and all of them when the log is turned off.
+/// Emptied batch buffers the writer keeps for the threads to fill again, at most (1.6 MiB of
+/// 12.5-KiB buffers, 8 MiB at worst): a tick's batches at 300,000 requests/s. More are
+/// freed, and all of them when the log is turned off.
 const GIVEN_BACK: usize = 128;
-/// Batches waiting for the writer, at most (16,384 lines in 5 MiB of boxes, 160 ms of lines
-/// at 100,000 requests/s): more are dropped and counted.
+/// Batches waiting for the writer, at most (16,384 lines, about 2.5 MiB of text, 160 ms of
+/// lines at 100,000 requests/s): more are dropped and counted.
 const QUEUE: usize = 256;
-/// While batches keep coming, the writer takes them this often (see [`Output::run`]).
-const WRITER_TICK: Duration = Duration::from_millis(10);
+/// Emptied record boxes a thread keeps for its next requests, at most: as many as it has
+/// requests in progress at once, up to this; more are freed.
+const SPARE_BOXES: usize = 256;
+/// While batches keep coming, the writer takes them this often (see [`Output::run`]). Each
+/// wake-up costs the core it shares with a proxy thread two context switches: measured per
+/// logged request at 60,000 requests/s, the writer spent 82 ns every 10 ms and 35 every
+/// 25 ms; every 50 ms it spent 19, but the proxy thread about 230 more (the buffers it fills
+/// came back colder).
+const WRITER_TICK: Duration = Duration::from_millis(25);
 /// The writer writes the lines it formatted when it has taken everything queued, or before
 /// it adds a batch to lines that reached this size. 64 KiB, a pipe's buffer on Linux: a write
 /// to stderr piped to journald or a container runtime is taken whole when the pipe has room,
@@ -78,8 +90,9 @@ pub struct AccessLog {
 struct Inner {
     /// Read once per request: the only access-log work a request does while the log is off.
     enabled: AtomicBool,
-    /// The epoch (see the module's doc) of the lines written from now on.
-    epoch: AtomicU64,
+    /// The epoch (see the module's doc) of the lines written from now on, and their format,
+    /// in one word ([`pack`]): a thread reads both at once.
+    current: AtomicU64,
     tx: SyncSender<Msg>,
     /// The writer's end, until [`AccessLog::start`] gives it to the writer thread.
     rx: Mutex<Option<Receiver<Msg>>>,
@@ -95,15 +108,14 @@ struct WriterState {
     pending: Mutex<Pending>,
     /// Lines lost: the queue was full, or a write failed.
     dropped: AtomicU64,
-    /// The records of written batches, released, for the threads to fill again (see
-    /// [`spare`]); at most [`GIVEN_BACK`] batches.
-    given_back: Mutex<Vec<Vec<Box<Record>>>>,
+    /// Emptied batch buffers, for the threads to fill again; at most [`GIVEN_BACK`].
+    given_back: Mutex<Vec<Vec<u8>>>,
 }
 
 #[derive(Debug, Default)]
 struct Pending {
-    /// Switch to this destination (None: the log is off) and format from this epoch on.
-    switch: Option<(u64, Option<AccessLogTarget>, AccessLogFormat)>,
+    /// Switch to this destination (None: the log is off) from this epoch on.
+    switch: Option<(u64, Option<AccessLogTarget>)>,
     /// Reopen the file by its path.
     reopen: bool,
     /// Write what is queued and end.
@@ -117,11 +129,26 @@ enum Msg {
     Wake,
 }
 
-/// Lines handed to the writer.
+/// Lines handed to the writer: `lines` of them, formatted, all of `epoch`.
 #[derive(Debug)]
 struct Batch {
-    records: Vec<Box<Record>>,
+    text: Vec<u8>,
+    lines: u64,
     epoch: u64,
+}
+
+/// The epoch and format of [`Inner::current`] in one word.
+fn pack(epoch: u64, format: AccessLogFormat) -> u64 {
+    epoch << 1 | u64::from(format == AccessLogFormat::Json)
+}
+
+fn unpack(word: u64) -> (u64, AccessLogFormat) {
+    let format = if word & 1 == 1 {
+        AccessLogFormat::Json
+    } else {
+        AccessLogFormat::Text
+    };
+    (word >> 1, format)
 }
 
 /// Why the access log could not start.
@@ -157,7 +184,7 @@ impl AccessLog {
         AccessLog {
             inner: Arc::new(Inner {
                 enabled: AtomicBool::new(false),
-                epoch: AtomicU64::new(0),
+                current: AtomicU64::new(0),
                 tx,
                 rx: Mutex::new(Some(rx)),
                 state: Arc::default(),
@@ -181,7 +208,7 @@ impl AccessLog {
             })?),
             None => None,
         };
-        let mut output = Output::new(wanted, dest, config.format);
+        let mut output = Output::new(wanted, dest);
         let state = self.inner.state.clone();
         let handle = std::thread::Builder::new()
             .name("syncgate-access-log".into())
@@ -205,13 +232,11 @@ impl AccessLog {
         if before == config {
             return;
         }
-        let epoch = self.inner.epoch.load(Ordering::Acquire) + 1;
+        let (epoch, _) = unpack(self.inner.current.load(Ordering::Acquire));
+        let epoch = epoch + 1;
         // The writer learns of the switch before any thread can write a line of the new epoch.
-        lock(&self.inner.state.pending).switch = Some((
-            epoch,
-            config.enabled.then(|| config.target.clone()),
-            config.format,
-        ));
+        lock(&self.inner.state.pending).switch =
+            Some((epoch, config.enabled.then(|| config.target.clone())));
         self.publish(epoch, config);
         *applied = Some(config.clone());
         self.wake();
@@ -267,7 +292,9 @@ impl AccessLog {
     }
 
     fn publish(&self, epoch: u64, config: &AccessLogConfig) {
-        self.inner.epoch.store(epoch, Ordering::Release);
+        self.inner
+            .current
+            .store(pack(epoch, config.format), Ordering::Release);
         self.inner.enabled.store(config.enabled, Ordering::Release);
     }
 
@@ -299,25 +326,43 @@ thread_local! {
     static THREAD: RefCell<ThreadBuf> = const {
         RefCell::new(ThreadBuf {
             log: None,
-            batch: Vec::new(),
-            epoch: 0,
-            spare: Vec::new(),
-            empty: None,
+            lines: Lines {
+                ended: Vec::new(),
+                epoch: 0,
+                format: AccessLogFormat::Text,
+                clock: Clock::new(),
+                anchor: None,
+                spare: Vec::new(),
+            },
         })
     };
 }
 
-/// A proxy thread's records: those filled and not handed over yet, and boxes to fill.
+/// A proxy thread's access log.
 struct ThreadBuf {
     log: Option<Arc<Inner>>,
-    /// Records of ended requests, of `epoch`, not handed over yet.
-    batch: Vec<Box<Record>>,
+    lines: Lines,
+}
+
+/// A proxy thread's ended records not written yet, and the boxes it keeps for its next
+/// requests.
+#[allow(
+    clippy::vec_box,
+    reason = "the boxes themselves are kept: a request's entry is a box, filled in place"
+)]
+struct Lines {
+    /// Records of requests that ended in `epoch`, to be formatted at the next hand-over.
+    ended: Vec<Box<Record>>,
     epoch: u64,
-    /// Boxes given back by the writer, to be filled (last in, first out: the one taken is the
-    /// likeliest to be in cache).
+    /// The format of `epoch`.
+    format: AccessLogFormat,
+    clock: Clock,
+    /// A monotonic instant and the wall-clock time (since the Unix epoch) read with it: see
+    /// [`wall_time`].
+    anchor: Option<(Instant, Duration)>,
+    /// Emptied boxes, to be filled again (last in, first out: the one taken is the likeliest
+    /// to be in cache).
     spare: Vec<Box<Record>>,
-    /// An emptied `spare`, kept to become the next `batch` (no allocation per batch).
-    empty: Option<Vec<Box<Record>>>,
 }
 
 impl ThreadBuf {
@@ -325,64 +370,64 @@ impl ThreadBuf {
         let Some(log) = self.log.as_deref() else {
             return;
         };
-        let epoch = log.epoch.load(Ordering::Acquire);
-        if self.epoch != epoch {
-            hand_over(log, &mut self.batch, self.epoch);
-            self.epoch = epoch;
+        let lines = &mut self.lines;
+        let (epoch, format) = unpack(log.current.load(Ordering::Acquire));
+        if lines.epoch != epoch {
+            lines.hand_over(log);
+            lines.epoch = epoch;
+            lines.format = format;
         }
-        if self.batch.capacity() == 0 {
-            self.batch = self
-                .empty
-                .take()
-                .unwrap_or_else(|| Vec::with_capacity(FLUSH_LINES));
+        lines.ended.push(record);
+        if lines.ended.len() >= FLUSH_LINES {
+            lines.hand_over(log);
         }
-        self.batch.push(record);
-        if self.batch.len() >= FLUSH_LINES {
-            hand_over(log, &mut self.batch, self.epoch);
-        }
-    }
-
-    /// A box to fill: the thread's own spares first, then a batch the writer gave back.
-    fn spare(&mut self) -> Option<Box<Record>> {
-        if let Some(record) = self.spare.pop() {
-            return Some(record);
-        }
-        let log = self.log.as_deref()?;
-        let given = lock(&log.state.given_back).pop()?;
-        let emptied = std::mem::replace(&mut self.spare, given);
-        if self.empty.is_none() && emptied.capacity() > 0 {
-            self.empty = Some(emptied);
-        }
-        self.spare.pop()
     }
 
     fn flush(&mut self) {
         if let Some(log) = self.log.as_deref() {
-            hand_over(log, &mut self.batch, self.epoch);
+            self.lines.hand_over(log);
+            if !log.enabled.load(Ordering::Relaxed) {
+                // Off: no request takes a box until it is on again.
+                self.lines.spare = Vec::new();
+            }
         }
     }
 }
 
-/// Sends the records of `batch` (of `epoch`) to the writer, or drops and counts them when its
-/// queue is full.
-fn hand_over(log: &Inner, batch: &mut Vec<Box<Record>>, epoch: u64) {
-    if batch.is_empty() {
-        return;
-    }
-    let batch_sent = Batch {
-        records: std::mem::take(batch),
-        epoch,
-    };
-    if let Err(TrySendError::Full(msg) | TrySendError::Disconnected(msg)) =
-        log.tx.try_send(Msg::Lines(batch_sent))
-    {
-        if let Msg::Lines(mut lost) = msg {
-            log.state
-                .dropped
-                .fetch_add(lost.records.len() as u64, Ordering::Relaxed);
-            // Its boxes are freed; its room holds the next lines.
-            lost.records.clear();
-            *batch = lost.records;
+impl Lines {
+    /// Formats the ended records' lines, keeps their boxes, and sends the lines to the
+    /// writer, or drops and counts them when its queue is full.
+    ///
+    /// Out of line, a batch at a time: formatting is a few kilobytes of code, which would
+    /// otherwise be fetched into the instruction cache between every two requests and evict
+    /// theirs.
+    #[inline(never)]
+    fn hand_over(&mut self, log: &Inner) {
+        if self.ended.is_empty() {
+            return;
+        }
+        let mut text = lock(&log.state.given_back)
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(BATCH_BYTES));
+        let lines = self.ended.len() as u64;
+        for mut record in self.ended.drain(..) {
+            let at = record.done.unwrap_or(record.started);
+            let time = wall_time(anchor(&mut self.anchor, at), at);
+            format::write(&mut text, self.format, &record.line(time), &mut self.clock);
+            record.release();
+            if self.spare.len() < SPARE_BOXES {
+                self.spare.push(record);
+            }
+        }
+        let batch = Batch {
+            text,
+            lines,
+            epoch: self.epoch,
+        };
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            log.tx.try_send(Msg::Lines(batch))
+        {
+            log.state.dropped.fetch_add(lines, Ordering::Relaxed);
         }
     }
 }
@@ -390,13 +435,17 @@ fn hand_over(log: &Inner, batch: &mut Vec<Box<Record>>, epoch: u64) {
 /// A box for a request's record, when the calling thread has one to reuse.
 pub(super) fn spare() -> Option<Box<Record>> {
     THREAD
-        .try_with(|t| t.try_borrow_mut().ok().and_then(|mut t| t.spare()))
+        .try_with(|t| {
+            t.try_borrow_mut()
+                .ok()
+                .and_then(|mut t| t.lines.spare.pop())
+        })
         .ok()
         .flatten()
 }
 
-/// Puts an ended request's record into the calling thread's batch; on a thread without a log
-/// it is let go.
+/// Writes an ended request's line into the calling thread's batch and keeps its box for the
+/// thread's next request; on a thread without a log the record is let go.
 pub(super) fn emit(record: Box<Record>) {
     let _ = THREAD.try_with(|t| {
         if let Ok(mut t) = t.try_borrow_mut() {
@@ -437,13 +486,32 @@ impl Dest {
         }
     }
 
-    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+    /// Writes `texts`, one after the other: one `writev(2)` when the destination takes them
+    /// whole, as it nearly always does.
+    fn write(&mut self, texts: &[Vec<u8>]) -> io::Result<()> {
+        let mut slices: Vec<IoSlice<'_>> = texts.iter().map(|t| IoSlice::new(t)).collect();
         match self {
             // Locked like syncgate's own log lines, so that neither splits the other's.
-            Dest::Stderr => io::stderr().lock().write_all(bytes),
-            Dest::File(f) => f.write_all(bytes),
+            Dest::Stderr => write_all_vectored(&mut io::stderr().lock(), &mut slices),
+            Dest::File(f) => write_all_vectored(f, &mut slices),
         }
     }
+}
+
+/// `Write::write_all` for several buffers (std's `write_all_vectored` is not stable): writes
+/// until every byte of `slices` is taken, going on after a partial write from where it
+/// stopped.
+fn write_all_vectored(out: &mut impl Write, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        match out.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Opens `path` for append, creating it (mode 0640: lines name clients) if absent. A FIFO or
@@ -474,46 +542,39 @@ struct Output {
     /// What `dest` is: `wanted`, unless opening it failed.
     open: Option<AccessLogTarget>,
     dest: Option<Dest>,
-    /// The format of the current epoch's lines.
-    format: AccessLogFormat,
-    /// What older epochs' lines still get for a moment after a switch.
+    /// Where older epochs' lines still go for a moment after a switch.
     previous: Option<Previous>,
     /// The last write failed (logged once, until one succeeds again).
     failing: bool,
-    clock: Clock,
-    /// A monotonic instant and the wall-clock time (since the Unix epoch) read with it: see
-    /// [`wall_time`].
-    anchor: Option<(Instant, Duration)>,
-    /// Lines formatted and not yet written: those of every batch one wake-up took (its
-    /// capacity kept from wake-up to wake-up).
-    text: Vec<u8>,
-    /// How many lines `text` holds (counted as dropped if their write fails), and whether
+    /// Lines not yet written: the buffers of the batches one wake-up took, written together
+    /// (no copy) and then given back to the threads.
+    texts: Vec<Vec<u8>>,
+    /// How many bytes `texts` holds.
+    bytes: usize,
+    /// How many lines `texts` holds (counted as dropped if their write fails), and whether
     /// they go where the lines of before the last switch go.
     pending: Option<(u64, bool)>,
 }
 
-/// The destination and format before the last switch.
+/// The destination before the last switch.
 struct Previous {
     /// None: the destination did not change (only the format, or opening the new one failed).
     dest: Option<Dest>,
-    format: AccessLogFormat,
     until: Instant,
 }
 
 impl Output {
     /// The writer of epoch 1, writing to `dest` (which `wanted` names; None: the log is off).
-    fn new(wanted: Option<AccessLogTarget>, dest: Option<Dest>, format: AccessLogFormat) -> Output {
+    fn new(wanted: Option<AccessLogTarget>, dest: Option<Dest>) -> Output {
         Output {
             epoch: 1,
             open: wanted.clone(),
             wanted,
             dest,
-            format,
             previous: None,
             failing: false,
-            clock: Clock::new(),
-            anchor: None,
-            text: Vec::new(),
+            texts: Vec::new(),
+            bytes: 0,
             pending: None,
         }
     }
@@ -553,7 +614,7 @@ impl Output {
                         self.flush(state);
                         closing |= self.apply(state);
                     }
-                    self.format(batch, state);
+                    self.take(batch, state);
                 }
                 match rx.try_recv() {
                     Ok(next) => msg = Some(next),
@@ -585,10 +646,10 @@ impl Output {
             let mut p = lock(&state.pending);
             (p.switch.take(), std::mem::take(&mut p.reopen), p.closing)
         };
-        if let Some((epoch, target, format)) = switch {
-            self.switch(epoch, target, format);
+        if let Some((epoch, target)) = switch {
+            self.switch(epoch, target);
             if self.wanted.is_none() {
-                // Off: the spare boxes (up to 2.5 MiB) are not needed until it is on again.
+                // Off: the spare buffers (up to 1 MiB) are not needed until it is on again.
                 drop(std::mem::take(&mut *lock(&state.given_back)));
             }
         }
@@ -598,12 +659,11 @@ impl Output {
         closing
     }
 
-    fn switch(&mut self, epoch: u64, target: Option<AccessLogTarget>, format: AccessLogFormat) {
+    fn switch(&mut self, epoch: u64, target: Option<AccessLogTarget>) {
         self.epoch = epoch;
         self.wanted = target;
         let mut previous = Previous {
             dest: None,
-            format: std::mem::replace(&mut self.format, format),
             until: Instant::now() + GRACE,
         };
         if self.wanted != self.open {
@@ -647,64 +707,63 @@ impl Output {
         }
     }
 
-    /// Where the lines of an older epoch (`older`) or of the current one go, and in which
-    /// format: lines recorded before the last switch go to the previous destination and in
-    /// its format while it is kept. None: the log was turned off (and the grace has passed):
-    /// lines of before are let go.
-    fn dest(&mut self, older: bool) -> Option<(&mut Dest, AccessLogFormat)> {
+    /// Where the lines of an older epoch (`older`) or of the current one go: lines recorded
+    /// before the last switch go to the previous destination while it is kept. None: the log
+    /// was turned off (and the grace has passed): lines of before are let go.
+    fn dest(&mut self, older: bool) -> Option<&mut Dest> {
         match (&mut self.previous, older) {
-            (Some(p), true) => p
-                .dest
-                .as_mut()
-                .or(self.dest.as_mut())
-                .map(|d| (d, p.format)),
-            _ => self.dest.as_mut().map(|d| (d, self.format)),
+            (Some(p), true) => p.dest.as_mut().or(self.dest.as_mut()),
+            _ => self.dest.as_mut(),
         }
     }
 
-    /// Formats `batch`'s lines after those of the batches before it in this wake-up, and
-    /// gives its boxes back to the threads. [`Output::flush`] writes them: one `write(2)` per
-    /// wake-up instead of one per batch of 64 lines, unless a batch goes elsewhere than the
-    /// lines before it or the text has reached [`FLUSH_BYTES`].
-    fn format(&mut self, mut batch: Batch, state: &WriterState) {
+    /// Adds `batch`'s lines to those of the batches before it in this wake-up.
+    /// [`Output::flush`] writes them: one `write(2)` per wake-up instead of one per batch of
+    /// 64 lines, unless a batch goes elsewhere than the lines before it or the lines reached
+    /// [`FLUSH_BYTES`].
+    fn take(&mut self, batch: Batch, state: &WriterState) {
         let older = batch.epoch < self.epoch;
         if self
             .pending
             .is_some_and(|(_, was_older)| was_older != older)
-            || self.text.len() >= FLUSH_BYTES
+            || self.bytes >= FLUSH_BYTES
         {
             self.flush(state);
         }
-        if let Some(format) = self.dest(older).map(|(_, format)| format) {
-            let anchor = anchor(&mut self.anchor);
-            for record in &batch.records {
-                let time = wall_time(anchor, record.done.unwrap_or(record.started));
-                format::write(&mut self.text, format, &record.line(time), &mut self.clock);
-            }
+        if self.dest(older).is_some() {
+            self.bytes += batch.text.len();
+            self.texts.push(batch.text);
             let lines = self.pending.map_or(0, |(n, _)| n);
-            self.pending = Some((lines + batch.records.len() as u64, older));
+            self.pending = Some((lines + batch.lines, older));
+        } else {
+            self.give_back(batch.text, state);
         }
-        for record in &mut batch.records {
-            record.release();
-        }
-        // While the log is off, the last batches' boxes are freed, not kept as spares.
-        if self.wanted.is_some() {
+    }
+
+    /// Empties `text` for a thread to fill again; while the log is off, the buffers are
+    /// freed, not kept.
+    fn give_back(&self, mut text: Vec<u8>, state: &WriterState) {
+        if self.wanted.is_some() && text.capacity() <= KEPT_BYTES {
+            text.clear();
             let mut given_back = lock(&state.given_back);
             if given_back.len() < GIVEN_BACK {
-                given_back.push(batch.records);
+                given_back.push(text);
             }
         }
     }
 
-    /// Writes the lines formatted since the last flush, if any.
+    /// Writes the lines taken since the last flush, if any, and gives their buffers back.
     fn flush(&mut self, state: &WriterState) {
         let Some((lines, older)) = self.pending.take() else {
             return;
         };
-        let text = std::mem::take(&mut self.text);
-        let written = self.dest(older).map(|(dest, _)| dest.write(&text));
-        self.text = text;
-        self.text.clear();
+        let mut texts = std::mem::take(&mut self.texts);
+        let written = self.dest(older).map(|dest| dest.write(&texts));
+        for text in texts.drain(..) {
+            self.give_back(text, state);
+        }
+        self.texts = texts;
+        self.bytes = 0;
         match written {
             Some(Ok(())) if self.failing => {
                 self.failing = false;
@@ -725,13 +784,14 @@ impl Output {
 /// How long one reading of the wall clock dates lines (see [`wall_time`]).
 const ANCHOR_FOR: Duration = Duration::from_secs(1);
 
-/// `anchor`, read again when it is [`ANCHOR_FOR`] old: a step of the wall clock (NTP, an
-/// operator) shows in the lines within a second.
-fn anchor(anchor: &mut Option<(Instant, Duration)>) -> (Instant, Duration) {
-    let now = Instant::now();
+/// `anchor`, read again when `at` is [`ANCHOR_FOR`] past it: a step of the wall clock (NTP,
+/// an operator) shows in the lines within a second. `at` (a line's time, a reading of the
+/// clock a moment ago) stands for now: no clock reading per line.
+fn anchor(anchor: &mut Option<(Instant, Duration)>, at: Instant) -> (Instant, Duration) {
     match *anchor {
-        Some(a) if now.saturating_duration_since(a.0) < ANCHOR_FOR => a,
+        Some(a) if at.saturating_duration_since(a.0) < ANCHOR_FOR => a,
         _ => {
+            let now = Instant::now();
             let wall = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default();
@@ -779,7 +839,9 @@ mod tests {
         // One batch fits in the queue, and nothing takes it: a writer stuck in `write(2)`.
         let log = AccessLog::with_queue(1);
         log.inner.enabled.store(true, Ordering::Release);
-        log.inner.epoch.store(1, Ordering::Release);
+        log.inner
+            .current
+            .store(pack(1, AccessLogFormat::Text), Ordering::Release);
         on_a_thread(&log, || {
             for _ in 0..100 {
                 emit(record::sample());
@@ -797,18 +859,17 @@ mod tests {
         let (mut output, path) = text_output_to_a_file(dir.path());
         let state = AccessLog::default().inner.state.clone();
         for _ in 0..2 {
-            let batch = Batch {
-                records: vec![record::sample(), record::sample()],
-                epoch: 1,
-            };
-            output.format(batch, &state);
+            output.take(batch(2), &state);
         }
-        // Formatted, not yet written: one write(2) for the whole wake-up, not one per batch.
+        // Taken, not yet written: one write for the whole wake-up, not one per batch.
         assert_eq!(lines_in(&path), 0);
         output.flush(&state);
         assert_eq!(lines_in(&path), 4);
-        // Given back to be filled again, both batches' boxes.
-        assert_eq!(lock(&state.given_back).len(), 2);
+        // Given back to be filled again, both batches' buffers, emptied.
+        let given_back = lock(&state.given_back);
+        assert_eq!(given_back.len(), 2);
+        assert!(given_back.iter().all(Vec::is_empty));
+        drop(given_back);
         // Nothing is left to write twice.
         output.flush(&state);
         assert_eq!(lines_in(&path), 4);
@@ -819,21 +880,26 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut output, path) = text_output_to_a_file(dir.path());
         let state = AccessLog::default().inner.state.clone();
-        let batch = || Batch {
-            records: (0..FLUSH_LINES).map(|_| record::sample()).collect(),
-            epoch: 1,
-        };
-        let mut formatted = 0;
-        while output.text.len() < FLUSH_BYTES {
-            output.format(batch(), &state);
-            formatted += FLUSH_LINES;
+        let mut taken = 0;
+        while output.bytes < FLUSH_BYTES {
+            output.take(batch(64), &state);
+            taken += 64;
         }
         assert_eq!(lines_in(&path), 0);
-        // The next batch finds the text at the bound: what came before it is written first.
-        output.format(batch(), &state);
-        assert_eq!(lines_in(&path), formatted);
+        // The next batch finds the lines at the bound: what came before it is written first.
+        output.take(batch(64), &state);
+        assert_eq!(lines_in(&path), taken);
         output.flush(&state);
-        assert_eq!(lines_in(&path), formatted + FLUSH_LINES);
+        assert_eq!(lines_in(&path), taken + 64);
+    }
+
+    /// A batch of `lines` lines of epoch 1, as a thread hands it over.
+    fn batch(lines: usize) -> Batch {
+        Batch {
+            text: format!("{}\n", "x".repeat(100)).repeat(lines).into_bytes(),
+            lines: lines as u64,
+            epoch: 1,
+        }
     }
 
     /// A writer of text lines to `access.log` in `dir`, and that file's path.
@@ -841,10 +907,7 @@ mod tests {
         let path = dir.join("access.log");
         let target = AccessLogTarget::File(path.clone());
         let dest = Dest::open(&target).expect("opens");
-        (
-            Output::new(Some(target), Some(dest), AccessLogFormat::Text),
-            path,
-        )
+        (Output::new(Some(target), Some(dest)), path)
     }
 
     /// How many lines the file at `path` holds.
@@ -939,11 +1002,12 @@ mod tests {
     }
 
     #[test]
-    fn the_boxes_of_a_written_batch_come_back_to_be_filled_holding_nothing() {
+    fn an_ended_requests_box_is_kept_by_its_thread_holding_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("access.log");
         let log = AccessLog::default();
         log.start(&config(
-            AccessLogTarget::File(dir.path().join("access.log")),
+            AccessLogTarget::File(path.clone()),
             AccessLogFormat::Text,
         ))
         .expect("starts");
@@ -956,34 +1020,42 @@ mod tests {
         ));
         let (inner, held) = (log.inner.clone(), backend.clone());
         std::thread::spawn(move || {
-            let log = AccessLog { inner };
-            let _bound = log.bind_thread();
-            for _ in 0..FLUSH_LINES {
+            let _bound = AccessLog { inner }.bind_thread();
+            for _ in 0..3 {
                 let mut r = record::sample();
                 r.answered(&held, Duration::from_millis(1));
                 emit(r);
             }
-            // A full batch was handed over: no flush.
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while lock(&log.inner.state.given_back).is_empty() {
-                assert!(Instant::now() < deadline, "the batch was not given back");
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            // This thread's handle and the test's: the written records hold none.
+            // Waiting to be formatted with the rest of their batch, they hold the backend.
+            assert_eq!(Arc::strong_count(&held), 5);
+            assert!(spare().is_none(), "no box free yet");
+            flush_thread();
+            // Formatted and handed over: the records hold nothing any more (this thread's
+            // handle and the test's), and their boxes wait for the next requests.
             assert_eq!(Arc::strong_count(&held), 2, "written records hold nothing");
-            for _ in 0..FLUSH_LINES {
-                assert!(spare().is_some(), "every box comes back");
+            for _ in 0..3 {
+                assert!(spare().is_some(), "every box is kept");
             }
             assert!(spare().is_none());
         })
         .join()
         .expect("thread");
-        assert_eq!(Arc::strong_count(&backend), 1);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(log.close());
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(
+            text.contains(&format!("backend={}", "b".repeat(20))),
+            "{text}"
+        );
         assert_eq!(log.dropped(), 0);
     }
 
     #[test]
-    fn turning_the_log_off_frees_the_spare_boxes() {
+    fn turning_the_log_off_frees_the_spare_boxes_and_buffers() {
         let dir = tempfile::tempdir().expect("tempdir");
         let on = config(
             AccessLogTarget::File(dir.path().join("access.log")),
@@ -995,26 +1067,39 @@ mod tests {
         std::thread::spawn(move || {
             let log = AccessLog { inner };
             let _bound = log.bind_thread();
+            // A full batch, handed over: its buffer comes back to be filled again.
             for _ in 0..FLUSH_LINES {
                 emit(record::sample());
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while lock(&log.inner.state.given_back).is_empty() {
+                assert!(Instant::now() < deadline, "the buffer was not given back");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert!(spare().is_some(), "a box kept while the log is on");
+            emit(record::sample());
+            log.configure(&AccessLogConfig {
+                enabled: false,
+                ..on
+            });
+            flush_thread();
+            assert!(spare().is_none(), "the thread's boxes are freed once off");
+            // The writer applies the switch (freeing what it kept) and takes the last line.
+            while lock(&log.inner.state.pending).switch.is_some()
+                || !lock(&log.inner.state.given_back).is_empty()
+            {
+                assert!(Instant::now() < deadline, "the spare buffers were kept");
+                std::thread::sleep(Duration::from_millis(5));
             }
         })
         .join()
         .expect("thread");
-        let spares = || lock(&log.inner.state.given_back).len();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while spares() == 0 {
-            assert!(Instant::now() < deadline, "the batch was not given back");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        log.configure(&AccessLogConfig {
-            enabled: false,
-            ..on
-        });
-        while spares() != 0 {
-            assert!(Instant::now() < deadline, "the spares were kept");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(log.close());
+        assert!(lock(&log.inner.state.given_back).is_empty());
         assert_eq!(log.dropped(), 0);
     }
 
@@ -1028,14 +1113,16 @@ mod tests {
         };
         log.start(&cfg).expect("starts");
         assert!(!log.is_enabled());
-        let epoch = log.inner.epoch.load(Ordering::Acquire);
+        let current = || unpack(log.inner.current.load(Ordering::Acquire));
+        let (epoch, _) = current();
         log.configure(&cfg);
-        assert_eq!(log.inner.epoch.load(Ordering::Acquire), epoch);
+        assert_eq!(current(), (epoch, AccessLogFormat::Text));
         log.configure(&AccessLogConfig {
             enabled: true,
+            format: AccessLogFormat::Json,
             ..cfg
         });
         assert!(log.is_enabled());
-        assert_eq!(log.inner.epoch.load(Ordering::Acquire), epoch + 1);
+        assert_eq!(current(), (epoch + 1, AccessLogFormat::Json));
     }
 }
