@@ -1,24 +1,25 @@
-//! Where access log lines go: formatted on the proxy threads, handed over as text, written
-//! by one writer thread.
+//! Where access log lines go: formatted on the request's thread as the request ends, handed
+//! over in batches of text, written by one writer thread.
 //!
-//! A proxy thread adds the box of each ended request's [`Record`] to its own batch (no lock).
-//! At [`FLUSH_LINES`] records, every [`FLUSH_EVERY`] (the server's flush task), and when the
-//! thread ends, it formats the batch's lines ([`format`](mod@format)) into a text buffer,
-//! empties the boxes and keeps them for its next requests ([`spare`]), and hands the text
-//! over: `try_send` on a channel of [`QUEUE`] batches. When the writer falls behind (a slow
-//! disk, a blocked stderr pipe) the batch is dropped and its lines counted
+//! When a request's entry drops, its thread formats the line ([`format`](mod@format)) at the
+//! end of its own text buffer (no lock), empties the record's box and keeps it for its next
+//! request ([`spare`]). It hands the buffer to the writer at [`FLUSH_LINES`] lines (or
+//! [`BATCH_BYTES`]), every [`FLUSH_EVERY`] (the server's flush task), and when the thread
+//! ends. The hand-over is `try_send` on a channel of [`QUEUE`] batches: when the writer falls
+//! behind (a slow disk, a blocked stderr pipe) the batch is dropped and its lines counted
 //! (`syncgate_access_log_dropped_total`); a request never waits for the log. The writer
 //! thread does every `write(2)` (one `writev(2)` per wake-up, no copy) and every `open(2)`,
 //! and gives the emptied buffers back for the threads to fill again.
 //!
-//! Why the proxy thread formats: a record read by another thread milliseconds later is read
-//! from memory, not from a cache, and so is its box when it comes back to be filled.
-//! Measured per logged request (per-thread CPU time, two builds side by side): a writer that
-//! formatted the records spent 180–250 ns on each, 68 of them formatting and the rest reading
-//! the record and handing its box back; formatted on the proxy thread from records a few
-//! dozen requests old, with boxes that never leave it, the proxy thread spends no more than
-//! before within the measure's ±50 ns, and the writer 25–40 ns (docs/benchmarks.md, "The
-//! access log").
+//! Why the request's thread formats, and at once: a record read milliseconds later, by
+//! another thread, is read from memory, not from a cache, and so is its box when it comes
+//! back to be filled. Measured per logged request (per-thread CPU time, two builds side by
+//! side): a writer thread that formatted the records spent 180–250 ns on each, 68 of them
+//! formatting and the rest reading the record and handing its box back; formatted by the
+//! request's thread as it ends, the line costs that thread no more than before within the
+//! measure's ±30 ns, and the writer spends 30–40 ns. Formatting the thread's batch of 64
+//! records at once instead cost its thread about 80 ns more a line (older records, colder).
+//! (docs/benchmarks.md, "The access log").
 //!
 //! A reload that changes the log (path, format, on/off) starts a new *epoch*. A thread
 //! formats each line in the format of the epoch it ended in, never mixes epochs in one batch,
@@ -41,17 +42,18 @@ use super::format::{self, Clock};
 use super::record::Record;
 use crate::config::{AccessLogConfig, AccessLogFormat, AccessLogTarget};
 
-/// A thread formats its lines and hands them to the writer once it has this many.
-const FLUSH_LINES: usize = 64;
-/// The room a thread's batch of lines starts with: 64 lines of 200 bytes. A buffer that grew
-/// past [`KEPT_BYTES`] (lines with long paths) is freed once written, not kept for reuse.
-const BATCH_BYTES: usize = 64 * 200;
-/// The largest batch buffer kept for reuse.
+/// A thread hands its lines to the writer once it has this many ...
+const FLUSH_LINES: u64 = 64;
+/// ... or this many bytes of them (lines with long paths), whichever comes first; also the
+/// room a thread's batch starts with.
+const BATCH_BYTES: usize = 16 * 1024;
+/// The largest batch buffer kept for reuse (one long line may take a batch past
+/// [`BATCH_BYTES`]): a larger one is freed once written.
 const KEPT_BYTES: usize = 64 * 1024;
 /// ... or this long after the last hand-over, whatever it holds (the server's flush task).
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
-/// Emptied batch buffers the writer keeps for the threads to fill again, at most (1.6 MiB of
-/// 12.5-KiB buffers, 8 MiB at worst): a tick's batches at 300,000 requests/s. More are
+/// Emptied batch buffers the writer keeps for the threads to fill again, at most (2 MiB of
+/// 16-KiB buffers, 8 MiB at worst): a tick's batches at 300,000 requests/s. More are
 /// freed, and all of them when the log is turned off.
 const GIVEN_BACK: usize = 128;
 /// Batches waiting for the writer, at most (16,384 lines, about 2.5 MiB of text, 160 ms of
@@ -326,33 +328,23 @@ thread_local! {
     static THREAD: RefCell<ThreadBuf> = const {
         RefCell::new(ThreadBuf {
             log: None,
-            lines: Lines {
-                ended: Vec::new(),
-                epoch: 0,
-                format: AccessLogFormat::Text,
-                clock: Clock::new(),
-                anchor: None,
-                spare: Vec::new(),
-            },
+            text: Vec::new(),
+            lines: 0,
+            epoch: 0,
+            format: AccessLogFormat::Text,
+            clock: Clock::new(),
+            anchor: None,
+            spare: Vec::new(),
         })
     };
 }
 
-/// A proxy thread's access log.
+/// A proxy thread's lines not handed over yet, and the boxes it keeps for its next requests.
 struct ThreadBuf {
     log: Option<Arc<Inner>>,
-    lines: Lines,
-}
-
-/// A proxy thread's ended records not written yet, and the boxes it keeps for its next
-/// requests.
-#[allow(
-    clippy::vec_box,
-    reason = "the boxes themselves are kept: a request's entry is a box, filled in place"
-)]
-struct Lines {
-    /// Records of requests that ended in `epoch`, to be formatted at the next hand-over.
-    ended: Vec<Box<Record>>,
+    /// Lines of `epoch`, formatted, not handed over yet; `lines` of them.
+    text: Vec<u8>,
+    lines: u64,
     epoch: u64,
     /// The format of `epoch`.
     format: AccessLogFormat,
@@ -360,74 +352,85 @@ struct Lines {
     /// A monotonic instant and the wall-clock time (since the Unix epoch) read with it: see
     /// [`wall_time`].
     anchor: Option<(Instant, Duration)>,
-    /// Emptied boxes, to be filled again (last in, first out: the one taken is the likeliest
-    /// to be in cache).
+    /// Emptied boxes of ended requests, to be filled again (last in, first out: the one taken
+    /// is the likeliest to be in cache).
+    #[allow(
+        clippy::vec_box,
+        reason = "the boxes themselves are kept: a request's entry is a box, filled in place"
+    )]
     spare: Vec<Box<Record>>,
 }
 
 impl ThreadBuf {
-    fn push(&mut self, record: Box<Record>) {
+    /// Formats `record`'s line at the end of the thread's text, now that the record and its
+    /// box are in cache, and keeps the box for the thread's next request.
+    ///
+    /// Out of line: formatting is a few kilobytes of code, kept apart from the request path's
+    /// own (inlined into the entry's drop, it made that a 10-KiB function).
+    #[inline(never)]
+    fn push(&mut self, mut record: Box<Record>) {
         let Some(log) = self.log.as_deref() else {
             return;
         };
-        let lines = &mut self.lines;
         let (epoch, format) = unpack(log.current.load(Ordering::Acquire));
-        if lines.epoch != epoch {
-            lines.hand_over(log);
-            lines.epoch = epoch;
-            lines.format = format;
+        if self.epoch != epoch {
+            hand_over(log, &mut self.text, &mut self.lines, self.epoch);
+            self.epoch = epoch;
+            self.format = format;
         }
-        lines.ended.push(record);
-        if lines.ended.len() >= FLUSH_LINES {
-            lines.hand_over(log);
+        if self.text.capacity() == 0 {
+            self.text = lock(&log.state.given_back)
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(BATCH_BYTES));
+        }
+        let at = record.done.unwrap_or(record.started);
+        let time = wall_time(anchor(&mut self.anchor, at), at);
+        format::write(
+            &mut self.text,
+            self.format,
+            &record.line(time),
+            &mut self.clock,
+        );
+        self.lines += 1;
+        record.release();
+        if self.spare.len() < SPARE_BOXES {
+            self.spare.push(record);
+        }
+        if self.lines >= FLUSH_LINES || self.text.len() >= BATCH_BYTES {
+            hand_over(log, &mut self.text, &mut self.lines, self.epoch);
         }
     }
 
     fn flush(&mut self) {
         if let Some(log) = self.log.as_deref() {
-            self.lines.hand_over(log);
+            hand_over(log, &mut self.text, &mut self.lines, self.epoch);
             if !log.enabled.load(Ordering::Relaxed) {
                 // Off: no request takes a box until it is on again.
-                self.lines.spare = Vec::new();
+                self.spare = Vec::new();
             }
         }
     }
 }
 
-impl Lines {
-    /// Formats the ended records' lines, keeps their boxes, and sends the lines to the
-    /// writer, or drops and counts them when its queue is full.
-    ///
-    /// Out of line, a batch at a time: formatting is a few kilobytes of code, which would
-    /// otherwise be fetched into the instruction cache between every two requests and evict
-    /// theirs.
-    #[inline(never)]
-    fn hand_over(&mut self, log: &Inner) {
-        if self.ended.is_empty() {
-            return;
-        }
-        let mut text = lock(&log.state.given_back)
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(BATCH_BYTES));
-        let lines = self.ended.len() as u64;
-        for mut record in self.ended.drain(..) {
-            let at = record.done.unwrap_or(record.started);
-            let time = wall_time(anchor(&mut self.anchor, at), at);
-            format::write(&mut text, self.format, &record.line(time), &mut self.clock);
-            record.release();
-            if self.spare.len() < SPARE_BOXES {
-                self.spare.push(record);
-            }
-        }
-        let batch = Batch {
-            text,
-            lines,
-            epoch: self.epoch,
-        };
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-            log.tx.try_send(Msg::Lines(batch))
-        {
-            log.state.dropped.fetch_add(lines, Ordering::Relaxed);
+/// Sends the `lines` of `text` (of `epoch`) to the writer, or drops and counts them when its
+/// queue is full.
+fn hand_over(log: &Inner, text: &mut Vec<u8>, lines: &mut u64, epoch: u64) {
+    if *lines == 0 {
+        return;
+    }
+    let batch = Batch {
+        text: std::mem::take(text),
+        lines: std::mem::take(lines),
+        epoch,
+    };
+    if let Err(TrySendError::Full(msg) | TrySendError::Disconnected(msg)) =
+        log.tx.try_send(Msg::Lines(batch))
+    {
+        if let Msg::Lines(lost) = msg {
+            log.state.dropped.fetch_add(lost.lines, Ordering::Relaxed);
+            // Its room holds the next lines.
+            *text = lost.text;
+            text.clear();
         }
     }
 }
@@ -435,11 +438,7 @@ impl Lines {
 /// A box for a request's record, when the calling thread has one to reuse.
 pub(super) fn spare() -> Option<Box<Record>> {
     THREAD
-        .try_with(|t| {
-            t.try_borrow_mut()
-                .ok()
-                .and_then(|mut t| t.lines.spare.pop())
-        })
+        .try_with(|t| t.try_borrow_mut().ok().and_then(|mut t| t.spare.pop()))
         .ok()
         .flatten()
 }
@@ -1026,12 +1025,8 @@ mod tests {
                 r.answered(&held, Duration::from_millis(1));
                 emit(r);
             }
-            // Waiting to be formatted with the rest of their batch, they hold the backend.
-            assert_eq!(Arc::strong_count(&held), 5);
-            assert!(spare().is_none(), "no box free yet");
-            flush_thread();
-            // Formatted and handed over: the records hold nothing any more (this thread's
-            // handle and the test's), and their boxes wait for the next requests.
+            // Formatted into the thread's batch: the records hold nothing any more (this
+            // thread's handle and the test's), and their boxes wait for the next requests.
             assert_eq!(Arc::strong_count(&held), 2, "written records hold nothing");
             for _ in 0..3 {
                 assert!(spare().is_some(), "every box is kept");
