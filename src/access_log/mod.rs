@@ -15,10 +15,10 @@
 //!   body, which counts the bytes sent ([`Entry::sent`]). Its line is written when it drops:
 //!   after the last byte, or when the client went away (the body, or the proxy's future,
 //!   dropped unfinished: `aborted`, and status 499 when no answer had begun).
-//! - [`sink`] adds the record's box to a per-thread batch; every 64 records the thread formats
-//!   the batch's lines ([`format`](mod@format)), keeps the boxes for its next requests, and
-//!   hands the text to a writer thread (one lock per 64 requests, to take a buffer the writer
-//!   gave back). A writer that falls behind costs lines, never a request's time.
+//! - [`sink`] formats the line ([`format`](mod@format)) into its thread's batch of text and
+//!   keeps the box for the thread's next request; every 64 lines the thread hands the text to
+//!   a writer thread (one lock per 64 requests, to take a buffer the writer gave back). A
+//!   writer that falls behind costs lines, never a request's time.
 //!
 //! Nothing that could carry a credential is logged: the path is written without its query
 //! string, and no header but `x-request-id` is.
@@ -44,7 +44,7 @@ use crate::metrics::GuardOutcome;
 use record::Record;
 pub use sink::{flush_thread, AccessLog, AccessLogError, FLUSH_EVERY};
 
-/// One request's line in the making, added to its thread's batch when it drops.
+/// One request's line in the making, formatted into its thread's batch when it drops.
 ///
 /// Boxed: it moves with the request's future and then with its response body, a pointer in
 /// place of 312 bytes; while the log is off it is `None`. The box is one its thread kept from

@@ -1,9 +1,8 @@
 //! A [`Record`]: what one line says, as the request fills it in while it runs.
 //!
-//! A request takes a box its thread kept, fills it in place, and at its end pushes the
-//! pointer onto its thread's batch; when the batch is full the thread formats each record's
-//! [`Line`], lets go of what the record held, and keeps the box for reuse
-//! ([`super::sink`]). No record is encoded, copied or decoded.
+//! A request takes a box its thread kept, fills it in place, and at its end its thread
+//! formats the record's [`Line`] into its batch of text, lets go of what the record held, and
+//! keeps the box for reuse ([`super::sink`]). No record is encoded, copied or decoded.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,7 +59,7 @@ pub(super) struct Record {
 
 /// What a record keeps apart, in the rare case it does. Texts are copied, not kept by
 /// reference: a `Uri` or a `HeaderValue` is a slice of the buffer hyper read the request
-/// into, which a record waiting in its thread's batch must not keep alive.
+/// into, which a record must not keep alive.
 #[derive(Debug, Default)]
 struct Held {
     method: Option<Box<[u8]>>,
@@ -164,7 +163,7 @@ impl Record {
         r
     }
 
-    /// Fills a box given back (its [`Held`] emptied by [`Record::release`]) for a new request,
+    /// Fills a kept box (its [`Held`] emptied by [`Record::release`]) for a new request,
     /// field by field: stores only.
     pub(super) fn refill(
         &mut self,
@@ -174,7 +173,7 @@ impl Record {
         uri: &Uri,
         version: Version,
     ) {
-        debug_assert!(self.held.is_none(), "a box given back holds nothing");
+        debug_assert!(self.held.is_none(), "a kept box holds nothing");
         self.started = started;
         self.client = client;
         self.version = version;
@@ -337,7 +336,7 @@ impl Record {
         self.held.get_or_insert_with(Box::default)
     }
 
-    /// Lets go of what the record holds beyond itself, once its line is written: a box kept
+    /// Lets go of what the record holds beyond itself, once its line is formatted: a box kept
     /// for reuse holds nothing.
     pub(super) fn release(&mut self) {
         self.held = None;

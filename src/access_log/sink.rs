@@ -45,19 +45,21 @@ use crate::config::{AccessLogConfig, AccessLogFormat, AccessLogTarget};
 /// A thread hands its lines to the writer once it has this many ...
 const FLUSH_LINES: u64 = 64;
 /// ... or this many bytes of them (lines with long paths), whichever comes first; also the
-/// room a thread's batch starts with.
-const BATCH_BYTES: usize = 16 * 1024;
+/// room a thread's batch starts with (64 JSON lines of 300 bytes fit).
+const BATCH_BYTES: usize = 32 * 1024;
+/// The epoch of a thread that has not written a line of its log yet.
+const NO_EPOCH: u64 = u64::MAX;
 /// The largest batch buffer kept for reuse (one long line may take a batch past
 /// [`BATCH_BYTES`]): a larger one is freed once written.
 const KEPT_BYTES: usize = 64 * 1024;
-/// ... or this long after the last hand-over, whatever it holds (the server's flush task).
+/// ... and every this often, whatever it holds (the server's flush task).
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
-/// Emptied batch buffers the writer keeps for the threads to fill again, at most (2 MiB of
-/// 16-KiB buffers, 8 MiB at worst): a tick's batches at 300,000 requests/s. More are
+/// Emptied batch buffers the writer keeps for the threads to fill again, at most (4 MiB of
+/// 32-KiB buffers, 8 MiB at worst): a tick's batches at 300,000 requests/s. More are
 /// freed, and all of them when the log is turned off.
 const GIVEN_BACK: usize = 128;
-/// Batches waiting for the writer, at most (16,384 lines, about 2.5 MiB of text, 160 ms of
-/// lines at 100,000 requests/s): more are dropped and counted.
+/// Batches waiting for the writer, at most (16,384 lines, about 2.5 MiB of text in 8 MiB of
+/// buffers, 160 ms of lines at 100,000 requests/s): more are dropped and counted.
 const QUEUE: usize = 256;
 /// Emptied record boxes a thread keeps for its next requests, at most: as many as it has
 /// requests in progress at once, up to this; more are freed.
@@ -68,7 +70,7 @@ const SPARE_BOXES: usize = 256;
 /// 25 ms; every 50 ms it spent 19, but the proxy thread about 230 more (the buffers it fills
 /// came back colder).
 const WRITER_TICK: Duration = Duration::from_millis(25);
-/// The writer writes the lines it formatted when it has taken everything queued, or before
+/// The writer writes the lines it took when it has taken everything queued, or before
 /// it adds a batch to lines that reached this size. 64 KiB, a pipe's buffer on Linux: a write
 /// to stderr piped to journald or a container runtime is taken whole when the pipe has room,
 /// and holds the lock on stderr (which syncgate's own log lines take too) for about one
@@ -141,7 +143,11 @@ struct Batch {
 
 /// The epoch and format of [`Inner::current`] in one word.
 fn pack(epoch: u64, format: AccessLogFormat) -> u64 {
-    epoch << 1 | u64::from(format == AccessLogFormat::Json)
+    let bit = match format {
+        AccessLogFormat::Text => 0,
+        AccessLogFormat::Json => 1,
+    };
+    epoch << 1 | bit
 }
 
 fn unpack(word: u64) -> (u64, AccessLogFormat) {
@@ -286,6 +292,9 @@ impl AccessLog {
             if let Ok(mut t) = t.try_borrow_mut() {
                 t.flush();
                 t.log = Some(self.inner.clone());
+                // No epoch: the first line reads this log's epoch and format (another log's
+                // epoch may have the same number and another format).
+                t.epoch = NO_EPOCH;
             }
         });
         ThreadGuard {
@@ -319,6 +328,7 @@ impl Drop for ThreadGuard {
             if let Ok(mut t) = t.try_borrow_mut() {
                 t.flush();
                 t.log = None;
+                t.epoch = NO_EPOCH;
             }
         });
     }
@@ -330,7 +340,7 @@ thread_local! {
             log: None,
             text: Vec::new(),
             lines: 0,
-            epoch: 0,
+            epoch: NO_EPOCH,
             format: AccessLogFormat::Text,
             clock: Clock::new(),
             anchor: None,
@@ -405,8 +415,9 @@ impl ThreadBuf {
         if let Some(log) = self.log.as_deref() {
             hand_over(log, &mut self.text, &mut self.lines, self.epoch);
             if !log.enabled.load(Ordering::Relaxed) {
-                // Off: no request takes a box until it is on again.
+                // Off: no request takes a box or writes a line until it is on again.
                 self.spare = Vec::new();
+                self.text = Vec::new();
             }
         }
     }
@@ -428,9 +439,11 @@ fn hand_over(log: &Inner, text: &mut Vec<u8>, lines: &mut u64, epoch: u64) {
     {
         if let Msg::Lines(lost) = msg {
             log.state.dropped.fetch_add(lost.lines, Ordering::Relaxed);
-            // Its room holds the next lines.
-            *text = lost.text;
-            text.clear();
+            // Its room holds the next lines, unless a long line made it large.
+            if lost.text.capacity() <= KEPT_BYTES {
+                *text = lost.text;
+                text.clear();
+            }
         }
     }
 }
@@ -608,7 +621,7 @@ impl Output {
                 if let Some(Msg::Lines(batch)) = msg.take() {
                     taken += 1;
                     // Sent after its switch was asked for, which may have come after `apply`:
-                    // the lines formatted so far go where they were meant to before it.
+                    // the lines taken so far go where they were meant to before it.
                     if batch.epoch > self.epoch {
                         self.flush(state);
                         closing |= self.apply(state);
@@ -648,8 +661,10 @@ impl Output {
         if let Some((epoch, target)) = switch {
             self.switch(epoch, target);
             if self.wanted.is_none() {
-                // Off: the spare buffers (up to 1 MiB) are not needed until it is on again.
-                drop(std::mem::take(&mut *lock(&state.given_back)));
+                // Off: the spare buffers (up to 4 MiB) are not needed until it is on again.
+                // Freed after the lock is let go: a thread may wait for it.
+                let spare = std::mem::take(&mut *lock(&state.given_back));
+                drop(spare);
             }
         }
         if reopen {
@@ -1010,7 +1025,7 @@ mod tests {
             AccessLogFormat::Text,
         ))
         .expect("starts");
-        // A backend whose names are too long to copy: the record holds it until written.
+        // A backend whose names are too long to copy: the record holds it until formatted.
         let backend = Arc::new(crate::backend::Backend::new(
             &"p".repeat(60),
             &"b".repeat(20),
@@ -1062,8 +1077,9 @@ mod tests {
         std::thread::spawn(move || {
             let log = AccessLog { inner };
             let _bound = log.bind_thread();
-            // A full batch, handed over: its buffer comes back to be filled again.
-            for _ in 0..FLUSH_LINES {
+            // Two full batches, handed over: their buffers come back to be filled again (the
+            // second batch may take the first's).
+            for _ in 0..2 * FLUSH_LINES {
                 emit(record::sample());
             }
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -1072,14 +1088,14 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(5));
             }
             assert!(spare().is_some(), "a box kept while the log is on");
-            emit(record::sample());
             log.configure(&AccessLogConfig {
                 enabled: false,
                 ..on
             });
             flush_thread();
             assert!(spare().is_none(), "the thread's boxes are freed once off");
-            // The writer applies the switch (freeing what it kept) and takes the last line.
+            // The writer applies the switch, freeing the buffers it kept (nothing else takes
+            // them now).
             while lock(&log.inner.state.pending).switch.is_some()
                 || !lock(&log.inner.state.given_back).is_empty()
             {
@@ -1096,6 +1112,114 @@ mod tests {
         rt.block_on(log.close());
         assert!(lock(&log.inner.state.given_back).is_empty());
         assert_eq!(log.dropped(), 0);
+    }
+
+    #[test]
+    fn a_thread_bound_to_another_log_writes_in_that_logs_format() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+        let (json, text) = (AccessLog::default(), AccessLog::default());
+        json.start(&config(
+            AccessLogTarget::File(a.clone()),
+            AccessLogFormat::Json,
+        ))
+        .expect("starts");
+        text.start(&config(
+            AccessLogTarget::File(b.clone()),
+            AccessLogFormat::Text,
+        ))
+        .expect("starts");
+        let (first, second) = (json.inner.clone(), text.inner.clone());
+        std::thread::spawn(move || {
+            // Both logs are at their first epoch: the number alone does not tell them apart.
+            let bound = AccessLog { inner: first }.bind_thread();
+            emit(record::sample());
+            drop(bound);
+            let _bound = AccessLog { inner: second }.bind_thread();
+            emit(record::sample());
+        })
+        .join()
+        .expect("thread");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(json.close());
+        rt.block_on(text.close());
+        let (a, b) = (
+            std::fs::read_to_string(&a).expect("a"),
+            std::fs::read_to_string(&b).expect("b"),
+        );
+        assert!(a.starts_with("{\"time\"") && a.lines().count() == 1, "{a}");
+        assert!(
+            b.contains("\"GET / HTTP/1.1\"") && b.lines().count() == 1,
+            "{b}"
+        );
+    }
+
+    /// Takes at most `at_most` bytes a call, fails once with `Interrupted`, and takes nothing
+    /// (`Ok(0)`) once `full` bytes were taken.
+    struct Stingy {
+        taken: Vec<u8>,
+        at_most: usize,
+        interrupted: bool,
+        full: usize,
+    }
+
+    impl Write for Stingy {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            if !self.interrupted {
+                self.interrupted = true;
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            let budget = self.at_most.min(self.full.saturating_sub(self.taken.len()));
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(budget - n);
+                self.taken.extend_from_slice(&b[..take]);
+                n += take;
+            }
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn several_buffers_are_written_whole_across_partial_writes_or_fail_when_none_is_taken() {
+        let texts = [
+            b"first line\n".to_vec(),
+            Vec::new(),
+            b"second\nthird\n".to_vec(),
+        ];
+        let whole = texts.concat();
+        let mut out = Stingy {
+            taken: Vec::new(),
+            at_most: 4,
+            interrupted: false,
+            full: usize::MAX,
+        };
+        let mut slices: Vec<IoSlice<'_>> = texts.iter().map(|t| IoSlice::new(t)).collect();
+        write_all_vectored(&mut out, &mut slices).expect("written");
+        assert_eq!(out.taken, whole, "every byte, in order, once");
+
+        let mut full = Stingy {
+            taken: Vec::new(),
+            at_most: 4,
+            interrupted: true,
+            full: 7,
+        };
+        let mut slices: Vec<IoSlice<'_>> = texts.iter().map(|t| IoSlice::new(t)).collect();
+        let e = write_all_vectored(&mut full, &mut slices)
+            .expect_err("a destination that takes nothing");
+        assert_eq!(e.kind(), io::ErrorKind::WriteZero);
+        assert_eq!(full.taken, whole[..7]);
     }
 
     #[test]
