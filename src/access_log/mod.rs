@@ -25,6 +25,7 @@
 //!
 //! What it costs, measured: docs/benchmarks.md, "The access log".
 
+mod dest;
 mod format;
 mod record;
 mod sink;

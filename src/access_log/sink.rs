@@ -29,15 +29,13 @@
 //! ([`AccessLog::reopen`]) reopens the file by its path (after logrotate renamed it).
 
 use std::cell::RefCell;
-use std::fs::File;
-use std::io::{self, IoSlice, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::dest::{target_name, Dest};
 use super::format::{self, Clock};
 use super::record::Record;
 use crate::config::{AccessLogConfig, AccessLogFormat, AccessLogTarget};
@@ -476,75 +474,6 @@ pub fn flush_thread() {
     });
 }
 
-fn target_name(target: &AccessLogTarget) -> String {
-    match target {
-        AccessLogTarget::Stderr => "-".to_owned(),
-        AccessLogTarget::File(p) => p.display().to_string(),
-    }
-}
-
-/// An open destination.
-#[derive(Debug)]
-enum Dest {
-    Stderr,
-    File(File),
-}
-
-impl Dest {
-    fn open(target: &AccessLogTarget) -> io::Result<Dest> {
-        match target {
-            AccessLogTarget::Stderr => Ok(Dest::Stderr),
-            AccessLogTarget::File(path) => open_file(path).map(Dest::File),
-        }
-    }
-
-    /// Writes `texts`, one after the other: one `writev(2)` when the destination takes them
-    /// whole, as it nearly always does.
-    fn write(&mut self, texts: &[Vec<u8>]) -> io::Result<()> {
-        let mut slices: Vec<IoSlice<'_>> = texts.iter().map(|t| IoSlice::new(t)).collect();
-        match self {
-            // Locked like syncgate's own log lines, so that neither splits the other's.
-            Dest::Stderr => write_all_vectored(&mut io::stderr().lock(), &mut slices),
-            Dest::File(f) => write_all_vectored(f, &mut slices),
-        }
-    }
-}
-
-/// `Write::write_all` for several buffers (std's `write_all_vectored` is not stable): writes
-/// until every byte of `slices` is taken, going on after a partial write from where it
-/// stopped.
-fn write_all_vectored(out: &mut impl Write, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
-    IoSlice::advance_slices(&mut slices, 0);
-    while !slices.is_empty() {
-        match out.write_vectored(slices) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut slices, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Opens `path` for append, creating it (mode 0640: lines name clients) if absent. A FIFO or
-/// device put there after validation is refused: `O_NONBLOCK` keeps a FIFO without a reader
-/// from blocking the open, and the opened file must be a regular one.
-fn open_file(path: &Path) -> io::Result<File> {
-    let file = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o640)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "is not a regular file",
-        ));
-    }
-    Ok(file)
-}
-
 /// The writer thread's state.
 struct Output {
     /// The newest epoch the writer knows of.
@@ -826,6 +755,8 @@ fn wall_time((instant, wall): (Instant, Duration), at: Instant) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::super::record;
     use super::*;
 
@@ -924,6 +855,15 @@ mod tests {
         (Output::new(Some(target), Some(dest)), path)
     }
 
+    /// Shuts `log` down as the server does: what was handed over is written, the file closed.
+    fn close(log: &AccessLog) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(log.close());
+    }
+
     /// How many lines the file at `path` holds.
     fn lines_in(path: &Path) -> usize {
         std::fs::read_to_string(path)
@@ -963,11 +903,7 @@ mod tests {
             emit(record::sample());
             emit(record::sample());
         });
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(log.close());
+        close(&log);
         let count = |p: &Path| std::fs::read_to_string(p).expect("read").lines().count();
         assert_eq!(count(&rotated), 1, "the renamed file keeps what it had");
         assert_eq!(
@@ -1002,11 +938,7 @@ mod tests {
         })
         .join()
         .expect("thread");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(log.close());
+        close(&log);
         let old_text = std::fs::read_to_string(&old).expect("old");
         let new_text = std::fs::read_to_string(&new).expect("new");
         assert_eq!(old_text.lines().count(), 1, "{old_text}");
@@ -1050,11 +982,7 @@ mod tests {
         })
         .join()
         .expect("thread");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(log.close());
+        close(&log);
         let text = std::fs::read_to_string(&path).expect("read");
         assert_eq!(text.lines().count(), 3, "{text}");
         assert!(
@@ -1105,11 +1033,7 @@ mod tests {
         })
         .join()
         .expect("thread");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(log.close());
+        close(&log);
         assert!(lock(&log.inner.state.given_back).is_empty());
         assert_eq!(log.dropped(), 0);
     }
@@ -1140,12 +1064,8 @@ mod tests {
         })
         .join()
         .expect("thread");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(json.close());
-        rt.block_on(text.close());
+        close(&json);
+        close(&text);
         let (a, b) = (
             std::fs::read_to_string(&a).expect("a"),
             std::fs::read_to_string(&b).expect("b"),
@@ -1155,71 +1075,6 @@ mod tests {
             b.contains("\"GET / HTTP/1.1\"") && b.lines().count() == 1,
             "{b}"
         );
-    }
-
-    /// Takes at most `at_most` bytes a call, fails once with `Interrupted`, and takes nothing
-    /// (`Ok(0)`) once `full` bytes were taken.
-    struct Stingy {
-        taken: Vec<u8>,
-        at_most: usize,
-        interrupted: bool,
-        full: usize,
-    }
-
-    impl Write for Stingy {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.write_vectored(&[IoSlice::new(buf)])
-        }
-
-        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-            if !self.interrupted {
-                self.interrupted = true;
-                return Err(io::ErrorKind::Interrupted.into());
-            }
-            let budget = self.at_most.min(self.full.saturating_sub(self.taken.len()));
-            let mut n = 0;
-            for b in bufs {
-                let take = b.len().min(budget - n);
-                self.taken.extend_from_slice(&b[..take]);
-                n += take;
-            }
-            Ok(n)
-        }
-
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn several_buffers_are_written_whole_across_partial_writes_or_fail_when_none_is_taken() {
-        let texts = [
-            b"first line\n".to_vec(),
-            Vec::new(),
-            b"second\nthird\n".to_vec(),
-        ];
-        let whole = texts.concat();
-        let mut out = Stingy {
-            taken: Vec::new(),
-            at_most: 4,
-            interrupted: false,
-            full: usize::MAX,
-        };
-        let mut slices: Vec<IoSlice<'_>> = texts.iter().map(|t| IoSlice::new(t)).collect();
-        write_all_vectored(&mut out, &mut slices).expect("written");
-        assert_eq!(out.taken, whole, "every byte, in order, once");
-
-        let mut full = Stingy {
-            taken: Vec::new(),
-            at_most: 4,
-            interrupted: true,
-            full: 7,
-        };
-        let mut slices: Vec<IoSlice<'_>> = texts.iter().map(|t| IoSlice::new(t)).collect();
-        let e = write_all_vectored(&mut full, &mut slices)
-            .expect_err("a destination that takes nothing");
-        assert_eq!(e.kind(), io::ErrorKind::WriteZero);
-        assert_eq!(full.taken, whole[..7]);
     }
 
     #[test]
