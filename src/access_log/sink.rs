@@ -19,7 +19,7 @@
 //! request's thread as it ends, the line costs that thread no more than before within the
 //! measure's ±30 ns, and the writer spends 30–40 ns. Formatting the thread's batch of 64
 //! records at once instead cost its thread about 80 ns more a line (older records, colder).
-//! (docs/benchmarks.md, "The access log").
+//! See docs/benchmarks.md, "The access log".
 //!
 //! A reload that changes the log (path, format, on/off) starts a new *epoch*. A thread
 //! formats each line in the format of the epoch it ended in, never mixes epochs in one batch,
@@ -45,13 +45,13 @@ const FLUSH_LINES: u64 = 64;
 /// ... or this many bytes of them (lines with long paths), whichever comes first; also the
 /// room a thread's batch starts with (64 JSON lines of 300 bytes fit).
 const BATCH_BYTES: usize = 32 * 1024;
-/// The epoch of a thread that has not written a line of its log yet.
-const NO_EPOCH: u64 = u64::MAX;
+/// ... and every this often, whatever it holds (the server's flush task).
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// The largest batch buffer kept for reuse (one long line may take a batch past
 /// [`BATCH_BYTES`]): a larger one is freed once written.
 const KEPT_BYTES: usize = 64 * 1024;
-/// ... and every this often, whatever it holds (the server's flush task).
-pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// The epoch of a thread that has not written a line of its log yet.
+const NO_EPOCH: u64 = u64::MAX;
 /// Emptied batch buffers the writer keeps for the threads to fill again, at most (4 MiB of
 /// 32-KiB buffers, 8 MiB at worst): a tick's batches at 300,000 requests/s. More are
 /// freed, and all of them when the log is turned off.
@@ -661,8 +661,8 @@ impl Output {
     }
 
     /// Adds `batch`'s lines to those of the batches before it in this wake-up.
-    /// [`Output::flush`] writes them: one `write(2)` per wake-up instead of one per batch of
-    /// 64 lines, unless a batch goes elsewhere than the lines before it or the lines reached
+    /// [`Output::flush`] writes them: one `writev(2)` per wake-up instead of one `write(2)` per
+    /// batch of 64 lines, unless a batch goes elsewhere than the lines before it or the lines reached
     /// [`FLUSH_BYTES`].
     fn take(&mut self, batch: Batch, state: &WriterState) {
         let older = batch.epoch < self.epoch;
@@ -683,8 +683,8 @@ impl Output {
         }
     }
 
-    /// Empties `text` for a thread to fill again; while the log is off, the buffers are
-    /// freed, not kept.
+    /// Empties `text` for a thread to fill again. While the log is off the buffers are freed,
+    /// not kept, and so is one that grew past [`KEPT_BYTES`].
     fn give_back(&self, mut text: Vec<u8>, state: &WriterState) {
         if self.wanted.is_some() && text.capacity() <= KEPT_BYTES {
             text.clear();
@@ -796,6 +796,66 @@ mod tests {
         // The first batch waits in the queue; the 99 after it found the queue full. Each
         // `try_send` returned at once: this test would hang otherwise.
         assert_eq!(log.dropped(), 99);
+    }
+
+    #[test]
+    fn a_thread_hands_its_lines_over_at_batch_bytes_before_it_has_flush_lines() {
+        // One batch fits in the queue, and nothing takes it: what is handed over later is
+        // dropped and counted, which tells a hand-over from lines kept by the thread.
+        let log = AccessLog::with_queue(1);
+        log.inner.enabled.store(true, Ordering::Release);
+        log.inner
+            .current
+            .store(pack(1, AccessLogFormat::Text), Ordering::Release);
+        let long = http::Uri::try_from(format!("/{}", "p".repeat(4000))).expect("uri");
+        on_a_thread(&log, move || {
+            for _ in 0..20 {
+                let mut r = record::sample();
+                r.release();
+                r.refill(
+                    Instant::now(),
+                    "127.0.0.1:1".parse().expect("addr"),
+                    &http::Method::GET,
+                    &long,
+                    http::Version::HTTP_11,
+                );
+                emit(r);
+            }
+        });
+        // 20 lines of 4 KB: the first batch (the lines reaching BATCH_BYTES) is queued, what
+        // came after is dropped. Counted by lines alone, all 20 would be one batch, queued.
+        let dropped = log.dropped();
+        assert!(dropped > 0 && dropped < 20, "dropped {dropped}");
+    }
+
+    #[test]
+    fn a_thread_keeps_spare_boxes_up_to_its_bound() {
+        let log = AccessLog::default();
+        log.inner.enabled.store(true, Ordering::Release);
+        log.inner
+            .current
+            .store(pack(1, AccessLogFormat::Text), Ordering::Release);
+        on_a_thread(&log, || {
+            for _ in 0..SPARE_BOXES + 10 {
+                emit(record::sample());
+            }
+            let mut kept = 0;
+            while spare().is_some() {
+                kept += 1;
+            }
+            assert_eq!(kept, SPARE_BOXES);
+        });
+    }
+
+    #[test]
+    fn a_buffer_grown_past_kept_bytes_is_freed_not_given_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (output, _) = text_output_to_a_file(dir.path());
+        let state = AccessLog::default().inner.state.clone();
+        output.give_back(Vec::with_capacity(KEPT_BYTES + 1), &state);
+        assert!(lock(&state.given_back).is_empty());
+        output.give_back(Vec::with_capacity(BATCH_BYTES), &state);
+        assert_eq!(lock(&state.given_back).len(), 1);
     }
 
     #[test]
