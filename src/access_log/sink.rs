@@ -768,6 +768,17 @@ mod tests {
         }
     }
 
+    /// A log that is on (text, epoch 1) with a queue of `queue` batches and no writer: what
+    /// the threads hand over stays queued, or is dropped and counted once the queue is full.
+    fn on_without_a_writer(queue: usize) -> AccessLog {
+        let log = AccessLog::with_queue(queue);
+        log.inner.enabled.store(true, Ordering::Release);
+        log.inner
+            .current
+            .store(pack(1, AccessLogFormat::Text), Ordering::Release);
+        log
+    }
+
     /// Runs `f` on a thread of its own (thread-local buffers), bound to `log`.
     fn on_a_thread(log: &AccessLog, f: impl FnOnce() + Send + 'static) {
         let inner = log.inner.clone();
@@ -782,11 +793,7 @@ mod tests {
     #[test]
     fn a_writer_that_cannot_keep_up_costs_lines_counted_never_a_wait() {
         // One batch fits in the queue, and nothing takes it: a writer stuck in `write(2)`.
-        let log = AccessLog::with_queue(1);
-        log.inner.enabled.store(true, Ordering::Release);
-        log.inner
-            .current
-            .store(pack(1, AccessLogFormat::Text), Ordering::Release);
+        let log = on_without_a_writer(1);
         on_a_thread(&log, || {
             for _ in 0..100 {
                 emit(record::sample());
@@ -802,11 +809,7 @@ mod tests {
     fn a_thread_hands_its_lines_over_at_batch_bytes_before_it_has_flush_lines() {
         // One batch fits in the queue, and nothing takes it: what is handed over later is
         // dropped and counted, which tells a hand-over from lines kept by the thread.
-        let log = AccessLog::with_queue(1);
-        log.inner.enabled.store(true, Ordering::Release);
-        log.inner
-            .current
-            .store(pack(1, AccessLogFormat::Text), Ordering::Release);
+        let log = on_without_a_writer(1);
         let long = http::Uri::try_from(format!("/{}", "p".repeat(4000))).expect("uri");
         on_a_thread(&log, move || {
             for _ in 0..20 {
@@ -830,11 +833,7 @@ mod tests {
 
     #[test]
     fn a_thread_keeps_spare_boxes_up_to_its_bound() {
-        let log = AccessLog::default();
-        log.inner.enabled.store(true, Ordering::Release);
-        log.inner
-            .current
-            .store(pack(1, AccessLogFormat::Text), Ordering::Release);
+        let log = on_without_a_writer(QUEUE);
         on_a_thread(&log, || {
             for _ in 0..SPARE_BOXES + 10 {
                 emit(record::sample());
