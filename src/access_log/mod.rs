@@ -15,8 +15,9 @@
 //!   body, which counts the bytes sent ([`Entry::sent`]). Its line is written when it drops:
 //!   after the last byte, or when the client went away (the body, or the proxy's future,
 //!   dropped unfinished: `aborted`, and status 499 when no answer had begun).
-//! - [`sink`] formats the line ([`format`](mod@format)) into its thread's batch of text and
-//!   keeps the box for the thread's next request; every 64 lines the thread hands the text to
+//! - [`sink`] keeps the record until its thread has eight, then formats their lines
+//!   ([`format`](mod@format)) into its batch of text and keeps the boxes for the thread's
+//!   next requests; every 64 lines the thread hands the text to
 //!   a writer thread (one lock per 64 requests, to take a buffer the writer gave back). A
 //!   writer that falls behind costs lines, never a request's time.
 //!
@@ -45,7 +46,7 @@ use crate::metrics::GuardOutcome;
 use record::Record;
 pub use sink::{flush_thread, AccessLog, AccessLogError, FLUSH_EVERY};
 
-/// One request's line in the making, formatted into its thread's batch when it drops.
+/// One request's line in the making, formatted into its thread's batch soon after it drops.
 ///
 /// Boxed: it moves with the request's future and then with its response body, a pointer in
 /// place of 312 bytes; while the log is off it is `None`. The box is one its thread kept from

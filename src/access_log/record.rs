@@ -1,8 +1,9 @@
 //! A [`Record`]: what one line says, as the request fills it in while it runs.
 //!
-//! A request takes a box its thread kept, fills it in place, and at its end its thread
-//! formats the record's [`Line`] into its batch of text, lets go of what the record held, and
-//! keeps the box for reuse ([`super::sink`]). No record is encoded, copied or decoded.
+//! A request takes a box its thread kept and fills it in place. Soon after its end (with the
+//! next few ended requests' records) its thread formats the record's [`Line`] into its batch
+//! of text, lets go of what the record held, and keeps the box for reuse ([`super::sink`]).
+//! No record is encoded, copied or decoded.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

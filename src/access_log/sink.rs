@@ -1,25 +1,26 @@
-//! Where access log lines go: formatted on the request's thread as the request ends, handed
-//! over in batches of text, written by one writer thread.
+//! Where access log lines go: formatted on the request's thread a few requests after they
+//! end, handed over in batches of text, written by one writer thread.
 //!
-//! When a request's entry drops, its thread formats the line ([`format`](mod@format)) at the
-//! end of its own text buffer (no lock), empties the record's box and keeps it for its next
-//! request ([`spare`]). It hands the buffer to the writer at [`FLUSH_LINES`] lines (or
-//! [`BATCH_BYTES`]), every [`FLUSH_EVERY`] (the server's flush task), and when the thread
-//! ends. The hand-over is `try_send` on a channel of [`QUEUE`] batches: when the writer falls
-//! behind (a slow disk, a blocked stderr pipe) the batch is dropped and its lines counted
-//! (`syncgate_access_log_dropped_total`); a request never waits for the log. The writer
-//! thread does every `write(2)` (one `writev(2)` per wake-up, no copy) and every `open(2)`,
-//! and gives the emptied buffers back for the threads to fill again.
+//! When a request's entry drops, its thread keeps the record; once it has [`FORMAT_EVERY`]
+//! of them it formats their lines ([`format`](mod@format)) at the end of its own text buffer
+//! (no lock), empties the records' boxes and keeps them for its next requests ([`spare`]).
+//! It hands the buffer to the writer at [`FLUSH_LINES`] lines (or [`BATCH_BYTES`]), every
+//! [`FLUSH_EVERY`] (the server's flush task, which formats what the thread holds first), and
+//! when the thread ends. The hand-over is `try_send` on a channel of [`QUEUE`] batches: when
+//! the writer falls behind (a slow disk, a blocked stderr pipe) the batch is dropped and its
+//! lines counted (`syncgate_access_log_dropped_total`); a request never waits for the log.
+//! The writer thread does every `write(2)` (one `writev(2)` per wake-up, no copy) and every
+//! `open(2)`, and gives the emptied buffers back for the threads to fill again.
 //!
-//! Why the request's thread formats, and at once: a record read milliseconds later, by
-//! another thread, is read from memory, not from a cache, and so is its box when it comes
-//! back to be filled. Measured per logged request (per-thread CPU time, two builds side by
-//! side): a writer thread that formatted the records spent 180–250 ns on each, 68 of them
-//! formatting and the rest reading the record and handing its box back; formatted by the
-//! request's thread as it ends, the line costs that thread no more than before within the
-//! measure's ±30 ns, and the writer spends 30–40 ns. Formatting the thread's batch of 64
-//! records at once instead cost its thread about 80 ns more a line (older records, colder).
-//! See docs/benchmarks.md, "The access log".
+//! Why the request's thread formats, and soon: a record read milliseconds later, by another
+//! thread, is read from memory, not from a cache, and so is its box when it comes back to be
+//! filled. Measured per logged request (per-thread CPU time, two builds side by side): a
+//! writer thread that formatted the records spent 180–250 ns on each, 68 of them formatting
+//! and the rest reading the record and handing its box back; formatted by the request's
+//! thread as it ended, a line cost that thread about 240 ns (the formatting code fetched
+//! anew for each line) and the writer 30–40 ns; formatted [`FORMAT_EVERY`] at a time, about
+//! 100 ns less. Formatting the thread's batch of 64 records at once cost more than one at a
+//! time (older records, colder). See docs/benchmarks.md, "The access log".
 //!
 //! A reload that changes the log (path, format, on/off) starts a new *epoch*. A thread
 //! formats each line in the format of the epoch it ended in, never mixes epochs in one batch,
@@ -62,6 +63,14 @@ const QUEUE: usize = 256;
 /// Emptied record boxes a thread keeps for its next requests, at most: as many as it has
 /// requests in progress at once, up to this; more are freed.
 const SPARE_BOXES: usize = 256;
+/// A thread formats the lines of its ended requests this many at a time (and whatever it
+/// holds at a hand-over, a reload or its flush). The code that formats a line, fetched anew
+/// between two requests' worth of proxying, cost more than the formatting itself: one line
+/// at a time, a line cost its thread about 240 ns, against 70 in a hot loop. Eight at a
+/// time cost 90–140 ns less a line, and the eight records are still in cache; 4 measured
+/// about 50 ns worse than 8, 16 the same as 8, 64 worse than one at a time (records
+/// colder).
+const FORMAT_EVERY: usize = 8;
 /// While batches keep coming, the writer takes them this often (see [`Output::run`]). Each
 /// wake-up costs the core it shares with a proxy thread two context switches: measured per
 /// logged request at 60,000 requests/s, the writer spent 82 ns every 10 ms and 35 every
@@ -343,6 +352,7 @@ thread_local! {
             clock: Clock::new(),
             anchor: None,
             spare: Vec::new(),
+            ended: Vec::new(),
         })
     };
 }
@@ -367,51 +377,93 @@ struct ThreadBuf {
         reason = "the boxes themselves are kept: a request's entry is a box, filled in place"
     )]
     spare: Vec<Box<Record>>,
+    /// Records of ended requests, their lines not formatted yet: fewer than [`FORMAT_EVERY`]
+    /// between two calls, all of `epoch`.
+    #[allow(
+        clippy::vec_box,
+        reason = "the boxes themselves are kept, to be filled again once formatted"
+    )]
+    ended: Vec<Box<Record>>,
 }
 
 impl ThreadBuf {
-    /// Formats `record`'s line at the end of the thread's text, now that the record and its
-    /// box are in cache, and keeps the box for the thread's next request.
-    ///
-    /// Out of line: formatting is a few kilobytes of code, kept apart from the request path's
-    /// own (inlined into the entry's drop, it made that a 10-KiB function).
-    #[inline(never)]
-    fn push(&mut self, mut record: Box<Record>) {
+    /// Takes an ended request's record, to be formatted with the next ones (its box then
+    /// kept for the thread's next request). A record is formatted in the format of the epoch
+    /// it ended in: those of an earlier epoch are formatted, and handed over, before it.
+    fn push(&mut self, record: Box<Record>) {
         let Some(log) = self.log.as_deref() else {
             return;
         };
         let (epoch, format) = unpack(log.current.load(Ordering::Acquire));
         if self.epoch != epoch {
-            hand_over(log, &mut self.text, &mut self.lines, self.epoch);
-            self.epoch = epoch;
-            self.format = format;
+            self.switch(epoch, format);
+        }
+        self.ended.push(record);
+        if self.ended.len() >= FORMAT_EVERY {
+            self.format_ended();
+        }
+    }
+
+    /// Formats and hands over the lines of the epoch before, then takes up `epoch`.
+    #[cold]
+    fn switch(&mut self, epoch: u64, format: AccessLogFormat) {
+        self.format_ended();
+        self.hand_over();
+        self.epoch = epoch;
+        self.format = format;
+    }
+
+    /// Formats the ended records' lines at the end of the thread's text (a few at once: see
+    /// [`FORMAT_EVERY`]), lets go of what they held, and keeps their boxes for the thread's
+    /// next requests.
+    ///
+    /// Out of line: formatting is a few kilobytes of code, kept apart from the request path's
+    /// own (inlined into the entry's drop, it made that a 10-KiB function).
+    #[inline(never)]
+    fn format_ended(&mut self) {
+        let Some(log) = self.log.as_deref() else {
+            return;
+        };
+        if self.ended.is_empty() {
+            return;
         }
         if self.text.capacity() == 0 {
             self.text = lock(&log.state.given_back)
                 .pop()
                 .unwrap_or_else(|| Vec::with_capacity(BATCH_BYTES));
         }
-        let at = record.done.unwrap_or(record.started);
-        let time = wall_time(anchor(&mut self.anchor, at), at);
-        format::write(
-            &mut self.text,
-            self.format,
-            &record.line(time),
-            &mut self.clock,
-        );
-        self.lines += 1;
-        record.release();
-        if self.spare.len() < SPARE_BOXES {
-            self.spare.push(record);
+        for mut record in self.ended.drain(..) {
+            let at = record.done.unwrap_or(record.started);
+            let time = wall_time(anchor(&mut self.anchor, at), at);
+            format::write(
+                &mut self.text,
+                self.format,
+                &record.line(time),
+                &mut self.clock,
+            );
+            self.lines += 1;
+            record.release();
+            if self.spare.len() < SPARE_BOXES {
+                self.spare.push(record);
+            }
         }
         if self.lines >= FLUSH_LINES || self.text.len() >= BATCH_BYTES {
             hand_over(log, &mut self.text, &mut self.lines, self.epoch);
         }
     }
 
-    fn flush(&mut self) {
+    /// Hands the thread's formatted lines to the writer.
+    fn hand_over(&mut self) {
         if let Some(log) = self.log.as_deref() {
             hand_over(log, &mut self.text, &mut self.lines, self.epoch);
+        }
+    }
+
+    /// Formats and hands over everything the thread holds.
+    fn flush(&mut self) {
+        self.format_ended();
+        self.hand_over();
+        if let Some(log) = self.log.as_deref() {
             if !log.enabled.load(Ordering::Relaxed) {
                 // Off: no request takes a box or writes a line until it is on again.
                 self.spare = Vec::new();
@@ -987,7 +1039,8 @@ mod tests {
         std::thread::spawn(move || {
             let log = AccessLog { inner };
             let _bound = log.bind_thread();
-            // Buffered, not handed over yet, when the reload comes.
+            // Ended, its line not formatted yet, when the reload comes: it is written in the
+            // format of the epoch it ended in, to that epoch's file.
             emit(record::sample());
             log.configure(&config(
                 AccessLogTarget::File(new_path),
@@ -1026,24 +1079,41 @@ mod tests {
         let (inner, held) = (log.inner.clone(), backend.clone());
         std::thread::spawn(move || {
             let _bound = AccessLog { inner }.bind_thread();
-            for _ in 0..3 {
+            let answered = || {
                 let mut r = record::sample();
                 r.answered(&held, Duration::from_millis(1));
-                emit(r);
+                r
+            };
+            for _ in 1..FORMAT_EVERY {
+                emit(answered());
             }
+            // Not formatted yet: each record holds the backend, and no box is free.
+            assert_eq!(Arc::strong_count(&held), 2 + FORMAT_EVERY - 1);
+            assert!(
+                spare().is_none(),
+                "a record waiting to be formatted keeps its box"
+            );
+            emit(answered());
             // Formatted into the thread's batch: the records hold nothing any more (this
             // thread's handle and the test's), and their boxes wait for the next requests.
             assert_eq!(Arc::strong_count(&held), 2, "written records hold nothing");
-            for _ in 0..3 {
+            for _ in 0..FORMAT_EVERY {
                 assert!(spare().is_some(), "every box is kept");
             }
             assert!(spare().is_none());
+            // Fewer than FORMAT_EVERY: formatted by the thread's flush.
+            for _ in 0..3 {
+                emit(answered());
+            }
+            assert_eq!(Arc::strong_count(&held), 5);
+            flush_thread();
+            assert_eq!(Arc::strong_count(&held), 2, "flushed records hold nothing");
         })
         .join()
         .expect("thread");
         close(&log);
         let text = std::fs::read_to_string(&path).expect("read");
-        assert_eq!(text.lines().count(), 3, "{text}");
+        assert_eq!(text.lines().count(), FORMAT_EVERY + 3, "{text}");
         assert!(
             text.contains(&format!("backend={}", "b".repeat(20))),
             "{text}"
