@@ -24,9 +24,10 @@
 //!
 //! A reload that changes the log (path, format, on/off) starts a new *epoch*. A thread
 //! formats each line in the format of the epoch it ended in, never mixes epochs in one batch,
-//! and the writer keeps the previous destination for [`GRACE`], so that the lines of requests
-//! completed before the reload, still in the threads' buffers, end in the old file in the old
-//! format, and the later ones in the new file in the new format. `SIGUSR1`
+//! and the writer keeps each previous destination for [`GRACE`] (up to [`RETIRED`] of them,
+//! for reloads faster than that), so that the lines of requests completed before a reload,
+//! still in the threads' buffers, end in the file of their epoch in its format, and the later
+//! ones in the new file in the new format. `SIGUSR1`
 //! ([`AccessLog::reopen`]) reopens the file by its path (after logrotate renamed it).
 
 use std::cell::RefCell;
@@ -86,6 +87,10 @@ const FLUSH_BYTES: usize = 64 * 1024;
 /// After a reload changed the destination, the old one stays open this long for the lines
 /// of requests that ended before the reload (threads hand theirs over within [`FLUSH_EVERY`]).
 const GRACE: Duration = Duration::from_secs(1);
+/// Destinations kept for their lines after a switch, at most: as many reloads within
+/// [`GRACE`] that each change the log. Beyond, the oldest one's lines go where the next
+/// epoch's go.
+const RETIRED: usize = 8;
 /// Shutdown waits this long at most for the writer to write what is queued.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
@@ -125,8 +130,9 @@ struct WriterState {
 
 #[derive(Debug, Default)]
 struct Pending {
-    /// Switch to this destination (None: the log is off) from this epoch on.
-    switch: Option<(u64, Option<AccessLogTarget>)>,
+    /// Switch to each destination (None: the log is off) from its epoch on, in order: two
+    /// reloads may come within one of the writer's ticks.
+    switches: Vec<(u64, Option<AccessLogTarget>)>,
     /// Reopen the file by its path.
     reopen: bool,
     /// Write what is queued and end.
@@ -250,8 +256,9 @@ impl AccessLog {
         let (epoch, _) = unpack(self.inner.current.load(Ordering::Acquire));
         let epoch = epoch + 1;
         // The writer learns of the switch before any thread can write a line of the new epoch.
-        lock(&self.inner.state.pending).switch =
-            Some((epoch, config.enabled.then(|| config.target.clone())));
+        lock(&self.inner.state.pending)
+            .switches
+            .push((epoch, config.enabled.then(|| config.target.clone())));
         self.publish(epoch, config);
         *applied = Some(config.clone());
         self.wake();
@@ -535,8 +542,9 @@ struct Output {
     /// What `dest` is: `wanted`, unless opening it failed.
     open: Option<AccessLogTarget>,
     dest: Option<Dest>,
-    /// Where older epochs' lines still go for a moment after a switch.
-    previous: Option<Previous>,
+    /// Where older epochs' lines still go for a moment after their switches, oldest first; at
+    /// most [`RETIRED`].
+    retired: Vec<Retired>,
     /// The last write failed (logged once, until one succeeds again).
     failing: bool,
     /// Lines not yet written: the buffers of the batches one wake-up took, written together
@@ -544,14 +552,19 @@ struct Output {
     texts: Vec<Vec<u8>>,
     /// How many bytes `texts` holds.
     bytes: usize,
-    /// How many lines `texts` holds (counted as dropped if their write fails), and whether
-    /// they go where the lines of before the last switch go.
-    pending: Option<(u64, bool)>,
+    /// How many lines `texts` holds (counted as dropped if their write fails), and where
+    /// they go ([`Output::route`]).
+    pending: Option<(u64, u64)>,
 }
 
-/// The destination before the last switch.
-struct Previous {
-    /// None: the destination did not change (only the format, or opening the new one failed).
+/// A destination lines no longer go to, kept for [`GRACE`] for the lines of the epochs that
+/// wrote there.
+struct Retired {
+    /// The epoch that switched away from it: lines of the epochs before this one (and since
+    /// the switch before) go here.
+    before: u64,
+    /// None: the switch left the destination as it was (it changed only the format, or the
+    /// new destination could not be opened).
     dest: Option<Dest>,
     until: Instant,
 }
@@ -564,7 +577,7 @@ impl Output {
             open: wanted.clone(),
             wanted,
             dest,
-            previous: None,
+            retired: Vec::new(),
             failing: false,
             texts: Vec::new(),
             bytes: 0,
@@ -583,7 +596,7 @@ impl Output {
                 std::thread::sleep(WRITER_TICK);
                 None
             } else {
-                let waited = match self.previous.as_ref().map(|p| p.until) {
+                let waited = match self.retired.first().map(|r| r.until) {
                     Some(until) => rx
                         .recv_timeout(until.saturating_duration_since(Instant::now()))
                         .map_err(|e| e == RecvTimeoutError::Disconnected),
@@ -620,13 +633,8 @@ impl Output {
             }
             self.flush(state);
             busy = taken > 0;
-            if self
-                .previous
-                .as_ref()
-                .is_some_and(|p| Instant::now() >= p.until)
-            {
-                self.previous = None;
-            }
+            let now = Instant::now();
+            self.retired.retain(|r| now < r.until);
             if closing {
                 return;
             }
@@ -635,18 +643,23 @@ impl Output {
 
     /// Applies what the control plane asked for; whether to end.
     fn apply(&mut self, state: &WriterState) -> bool {
-        let (switch, reopen, closing) = {
+        let (switches, reopen, closing) = {
             let mut p = lock(&state.pending);
-            (p.switch.take(), std::mem::take(&mut p.reopen), p.closing)
+            (
+                std::mem::take(&mut p.switches),
+                std::mem::take(&mut p.reopen),
+                p.closing,
+            )
         };
-        if let Some((epoch, target)) = switch {
+        let switched = !switches.is_empty();
+        for (epoch, target) in switches {
             self.switch(epoch, target);
-            if self.wanted.is_none() {
-                // Off: the spare buffers (up to 4 MiB) are not needed until it is on again.
-                // Freed after the lock is let go: a thread may wait for it.
-                let spare = std::mem::take(&mut *lock(&state.given_back));
-                drop(spare);
-            }
+        }
+        if switched && self.wanted.is_none() {
+            // Off: the spare buffers (up to 4 MiB) are not needed until it is on again.
+            // Freed after the lock is let go: a thread may wait for it.
+            let spare = std::mem::take(&mut *lock(&state.given_back));
+            drop(spare);
         }
         if reopen {
             self.reopen();
@@ -657,14 +670,15 @@ impl Output {
     fn switch(&mut self, epoch: u64, target: Option<AccessLogTarget>) {
         self.epoch = epoch;
         self.wanted = target;
-        let mut previous = Previous {
+        let mut retired = Retired {
+            before: epoch,
             dest: None,
             until: Instant::now() + GRACE,
         };
         if self.wanted != self.open {
             match self.wanted.as_ref().map(Dest::open).transpose() {
                 Ok(dest) => {
-                    previous.dest = std::mem::replace(&mut self.dest, dest);
+                    retired.dest = std::mem::replace(&mut self.dest, dest);
                     self.open = self.wanted.clone();
                     match &self.open {
                         Some(target) => {
@@ -682,7 +696,11 @@ impl Output {
                 }
             }
         }
-        self.previous = Some(previous);
+        if self.retired.len() >= RETIRED {
+            // Its lines go where the next epochs' go.
+            self.retired.remove(0);
+        }
+        self.retired.push(retired);
     }
 
     fn reopen(&mut self) {
@@ -702,34 +720,38 @@ impl Output {
         }
     }
 
-    /// Where the lines of an older epoch (`older`) or of the current one go: lines recorded
-    /// before the last switch go to the previous destination while it is kept. None: the log
-    /// was turned off (and the grace has passed): lines of before are let go.
-    fn dest(&mut self, older: bool) -> Option<&mut Dest> {
-        match (&mut self.previous, older) {
-            (Some(p), true) => p.dest.as_mut().or(self.dest.as_mut()),
-            _ => self.dest.as_mut(),
+    /// Where the lines of `epoch` go: the destination it wrote to, while that is kept after
+    /// a switch (the `before` of its [`Retired`]), else the current one ([`NO_EPOCH`]).
+    fn route(&self, epoch: u64) -> u64 {
+        self.retired
+            .iter()
+            .find(|r| epoch < r.before && r.dest.is_some())
+            .map_or(NO_EPOCH, |r| r.before)
+    }
+
+    /// The destination of `route` ([`Output::route`]). None: the log was turned off (and the
+    /// grace has passed): lines of before are let go.
+    fn dest(&mut self, route: u64) -> Option<&mut Dest> {
+        match self.retired.iter_mut().find(|r| r.before == route) {
+            Some(r) => r.dest.as_mut(),
+            None => self.dest.as_mut(),
         }
     }
 
     /// Adds `batch`'s lines to those of the batches before it in this wake-up.
     /// [`Output::flush`] writes them: one `writev(2)` per wake-up instead of one `write(2)` per
-    /// batch of 64 lines, unless a batch goes elsewhere than the lines before it or the lines reached
-    /// [`FLUSH_BYTES`].
+    /// batch of 64 lines, unless a batch goes elsewhere than the lines before it or the lines
+    /// reached [`FLUSH_BYTES`].
     fn take(&mut self, batch: Batch, state: &WriterState) {
-        let older = batch.epoch < self.epoch;
-        if self
-            .pending
-            .is_some_and(|(_, was_older)| was_older != older)
-            || self.bytes >= FLUSH_BYTES
-        {
+        let route = self.route(batch.epoch);
+        if self.pending.is_some_and(|(_, was)| was != route) || self.bytes >= FLUSH_BYTES {
             self.flush(state);
         }
-        if self.dest(older).is_some() {
+        if self.dest(route).is_some() {
             self.bytes += batch.text.len();
             self.texts.push(batch.text);
             let lines = self.pending.map_or(0, |(n, _)| n);
-            self.pending = Some((lines + batch.lines, older));
+            self.pending = Some((lines + batch.lines, route));
         } else {
             self.give_back(batch.text, state);
         }
@@ -749,11 +771,11 @@ impl Output {
 
     /// Writes the lines taken since the last flush, if any, and gives their buffers back.
     fn flush(&mut self, state: &WriterState) {
-        let Some((lines, older)) = self.pending.take() else {
+        let Some((lines, route)) = self.pending.take() else {
             return;
         };
         let mut texts = std::mem::take(&mut self.texts);
-        let written = self.dest(older).map(|dest| dest.write(&texts));
+        let written = self.dest(route).map(|dest| dest.write(&texts));
         for text in texts.drain(..) {
             self.give_back(text, state);
         }
@@ -1060,6 +1082,69 @@ mod tests {
     }
 
     #[test]
+    fn lines_of_each_epoch_go_to_its_file_when_reloads_come_faster_than_the_writer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files: Vec<_> = ["a.log", "b.log", "c.log"]
+            .iter()
+            .map(|f| dir.path().join(f))
+            .collect();
+        let formats = [
+            AccessLogFormat::Text,
+            AccessLogFormat::Json,
+            AccessLogFormat::Text,
+        ];
+        let log = AccessLog::default();
+        log.start(&config(AccessLogTarget::File(files[0].clone()), formats[0]))
+            .expect("starts");
+        let (inner, paths) = (log.inner.clone(), files.clone());
+        std::thread::spawn(move || {
+            let log = AccessLog { inner };
+            let _bound = log.bind_thread();
+            // Two reloads within one of the writer's ticks (or within its grace), each with
+            // a line of the epoch before still to be written.
+            emit(record::sample());
+            for (path, format) in paths.iter().zip(formats).skip(1) {
+                log.configure(&config(AccessLogTarget::File(path.clone()), format));
+                emit(record::sample());
+            }
+        })
+        .join()
+        .expect("thread");
+        close(&log);
+        for (path, format) in files.iter().zip(formats) {
+            let text = std::fs::read_to_string(path).expect("read");
+            assert_eq!(text.lines().count(), 1, "{}: {text}", path.display());
+            assert_eq!(
+                text.starts_with("{\"time\""),
+                format == AccessLogFormat::Json,
+                "{}: {text}",
+                path.display()
+            );
+        }
+        assert_eq!(log.dropped(), 0);
+    }
+
+    #[test]
+    fn a_writer_keeps_at_most_retired_destinations_and_the_oldest_lines_go_to_the_next() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut out, _) = text_output_to_a_file(dir.path());
+        let last = 1 + RETIRED as u64 + 2;
+        for epoch in 2..=last {
+            let file = dir.path().join(format!("{epoch}.log"));
+            out.switch(epoch, Some(AccessLogTarget::File(file)));
+        }
+        assert_eq!(out.retired.len(), RETIRED);
+        // Epochs 1 and 2 lost their files (the switches to 2 and 3 were let go): their lines
+        // go to the file of epoch 3, kept by the switch to 4.
+        assert_eq!(out.route(1), 4);
+        assert_eq!(out.route(2), 4);
+        assert_eq!(out.route(3), 4);
+        assert_eq!(out.route(4), 5);
+        assert_eq!(out.route(last), NO_EPOCH);
+        assert!(out.dest(4).is_some() && out.dest(NO_EPOCH).is_some());
+    }
+
+    #[test]
     fn an_ended_requests_box_is_kept_by_its_thread_holding_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("access.log");
@@ -1153,7 +1238,7 @@ mod tests {
             assert!(spare().is_none(), "the thread's boxes are freed once off");
             // The writer applies the switch, freeing the buffers it kept (nothing else takes
             // them now).
-            while lock(&log.inner.state.pending).switch.is_some()
+            while !lock(&log.inner.state.pending).switches.is_empty()
                 || !lock(&log.inner.state.given_back).is_empty()
             {
                 assert!(Instant::now() < deadline, "the spare buffers were kept");
