@@ -17,9 +17,9 @@
 //!   dropped unfinished: `aborted`, and status 499 when no answer had begun).
 //! - [`sink`] keeps the record until its thread has eight, then formats their lines
 //!   ([`format`](mod@format)) into its batch of text and keeps the boxes for the thread's
-//!   next requests; every 64 lines the thread hands the text to
-//!   a writer thread (one lock per 64 requests, to take a buffer the writer gave back). A
-//!   writer that falls behind costs lines, never a request's time.
+//!   next requests; every 64 lines the thread hands the text to the [`writer`] thread (one
+//!   lock per 64 requests, to take a buffer the writer gave back), which writes it to its
+//!   [`dest`]ination. A writer that falls behind costs lines, never a request's time.
 //!
 //! Nothing that could carry a credential is logged: the path is written without its query
 //! string, and no header but `x-request-id` is.
@@ -30,6 +30,7 @@ mod dest;
 mod format;
 mod record;
 mod sink;
+mod writer;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
