@@ -24,10 +24,10 @@
 //!
 //! A reload that changes the log (path, format, on/off) starts a new *epoch*. A thread
 //! formats each line in the format of the epoch it ended in, never mixes epochs in one batch,
-//! and the writer keeps each previous destination for [`GRACE`] (up to [`RETIRED`] of them,
-//! for reloads faster than that), so that the lines of requests completed before a reload,
-//! still in the threads' buffers, end in the file of their epoch in its format, and the later
-//! ones in the new file in the new format. `SIGUSR1`
+//! and the [`writer`](super::writer) keeps each previous destination for a second (up to
+//! eight of them, for reloads faster than that), so that the lines of requests completed
+//! before a reload, still in the threads' buffers, end in the file of their epoch in its
+//! format, and the later ones in the new file in the new format. `SIGUSR1`
 //! ([`AccessLog::reopen`]) reopens the file by its path (after logrotate renamed it).
 
 use std::cell::RefCell;
