@@ -18,8 +18,6 @@ use crate::config::AccessLogTarget;
 /// The largest batch buffer kept for reuse (one long line may take a batch past
 /// [`super::sink`]'s `BATCH_BYTES`): a larger one is freed once written.
 pub(super) const KEPT_BYTES: usize = 64 * 1024;
-/// The epoch of a thread that has not written a line of its log yet.
-pub(super) const NO_EPOCH: u64 = u64::MAX;
 /// Emptied batch buffers the writer keeps for the threads to fill again, at most (4 MiB of
 /// 32-KiB buffers, 8 MiB at worst): a tick's batches at 300,000 requests/s. More are
 /// freed, and all of them when the log is turned off.
@@ -43,6 +41,8 @@ const GRACE: Duration = Duration::from_secs(1);
 /// [`GRACE`] that each change the log. Beyond, the oldest one's lines go where the next
 /// epoch's go.
 const RETIRED: usize = 8;
+/// [`Output::route`] of the lines that go to the current destination.
+const CURRENT: u64 = u64::MAX;
 
 /// What the control plane tells the writer, and what both count.
 #[derive(Debug, Default)]
@@ -113,13 +113,13 @@ pub(super) struct Output {
 }
 
 /// A destination lines no longer go to, kept for [`GRACE`] for the lines of the epochs that
-/// wrote there.
+/// wrote there. Only a switch that changed the destination retires one (not one that changed
+/// only the format, or whose new destination could not be opened).
 struct Retired {
     /// The epoch that switched away from it: lines of the epochs before this one (and since
     /// the switch before) go here.
     before: u64,
-    /// None: the switch left the destination as it was (it changed only the format, or the
-    /// new destination could not be opened).
+    /// None: the log was off before the switch; lines of its epochs are let go.
     dest: Option<Dest>,
     until: Instant,
 }
@@ -225,15 +225,18 @@ impl Output {
     fn switch(&mut self, epoch: u64, target: Option<AccessLogTarget>) {
         self.epoch = epoch;
         self.wanted = target;
-        let mut retired = Retired {
-            before: epoch,
-            dest: None,
-            until: Instant::now() + GRACE,
-        };
         if self.wanted != self.open {
             match self.wanted.as_ref().map(Dest::open).transpose() {
                 Ok(dest) => {
-                    retired.dest = std::mem::replace(&mut self.dest, dest);
+                    if self.retired.len() >= RETIRED {
+                        // Its lines go where the next epochs' go.
+                        self.retired.remove(0);
+                    }
+                    self.retired.push(Retired {
+                        before: epoch,
+                        dest: std::mem::replace(&mut self.dest, dest),
+                        until: Instant::now() + GRACE,
+                    });
                     self.open = self.wanted.clone();
                     match &self.open {
                         Some(target) => {
@@ -251,11 +254,6 @@ impl Output {
                 }
             }
         }
-        if self.retired.len() >= RETIRED {
-            // Its lines go where the next epochs' go.
-            self.retired.remove(0);
-        }
-        self.retired.push(retired);
     }
 
     fn reopen(&mut self) {
@@ -276,16 +274,16 @@ impl Output {
     }
 
     /// Where the lines of `epoch` go: the destination it wrote to, while that is kept after
-    /// a switch (the `before` of its [`Retired`]), else the current one ([`NO_EPOCH`]).
+    /// a switch (the `before` of its [`Retired`]), else the current one ([`CURRENT`]).
     fn route(&self, epoch: u64) -> u64 {
         self.retired
             .iter()
-            .find(|r| epoch < r.before && r.dest.is_some())
-            .map_or(NO_EPOCH, |r| r.before)
+            .find(|r| epoch < r.before)
+            .map_or(CURRENT, |r| r.before)
     }
 
-    /// The destination of `route` ([`Output::route`]). None: the log was turned off (and the
-    /// grace has passed): lines of before are let go.
+    /// The destination of `route` ([`Output::route`]). None: the log was off then, or is off
+    /// now and the grace has passed: the lines are let go.
     fn dest(&mut self, route: u64) -> Option<&mut Dest> {
         match self.retired.iter_mut().find(|r| r.before == route) {
             Some(r) => r.dest.as_mut(),
@@ -412,10 +410,15 @@ mod tests {
 
     /// A batch of `lines` lines of epoch 1, as a thread hands it over.
     fn batch(lines: usize) -> Batch {
+        of_epoch(1, lines)
+    }
+
+    /// A batch of `lines` lines of `epoch`, each line saying its epoch.
+    fn of_epoch(epoch: u64, lines: usize) -> Batch {
         Batch {
-            text: format!("{}\n", "x".repeat(100)).repeat(lines).into_bytes(),
+            text: format!("epoch {epoch}\n").repeat(lines).into_bytes(),
             lines: lines as u64,
-            epoch: 1,
+            epoch,
         }
     }
 
@@ -425,6 +428,52 @@ mod tests {
         let target = AccessLogTarget::File(path.clone());
         let dest = Dest::open(&target).expect("opens");
         (Output::new(Some(target), Some(dest)), path)
+    }
+
+    #[test]
+    fn each_epochs_lines_go_to_the_file_it_wrote_to_across_switches_taken_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut out, a) = text_output_to_a_file(dir.path());
+        let state = WriterState::default();
+        let (b, c) = (dir.path().join("b.log"), dir.path().join("c.log"));
+        // Two reloads applied in one wake-up, before any line of the epochs they end.
+        out.switch(2, Some(AccessLogTarget::File(b.clone())));
+        out.switch(3, Some(AccessLogTarget::File(c.clone())));
+        for (epoch, lines) in [(1, 1), (2, 2), (3, 3), (1, 1)] {
+            out.take(of_epoch(epoch, lines), &state);
+        }
+        out.flush(&state);
+        for (path, epoch, lines) in [(&a, 1, 2), (&b, 2, 2), (&c, 3, 3)] {
+            let text = std::fs::read_to_string(path).expect("read");
+            assert_eq!(text, format!("epoch {epoch}\n").repeat(lines));
+        }
+    }
+
+    #[test]
+    fn lines_of_an_epoch_the_log_was_off_in_are_let_go_not_sent_to_the_next_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut out, a) = text_output_to_a_file(dir.path());
+        let state = WriterState::default();
+        let c = dir.path().join("c.log");
+        out.switch(2, None);
+        out.switch(3, Some(AccessLogTarget::File(c.clone())));
+        for epoch in [1, 2, 3] {
+            out.take(of_epoch(epoch, 1), &state);
+        }
+        out.flush(&state);
+        assert_eq!(std::fs::read_to_string(&a).expect("a"), "epoch 1\n");
+        assert_eq!(std::fs::read_to_string(&c).expect("c"), "epoch 3\n");
+    }
+
+    #[test]
+    fn a_switch_of_the_format_alone_keeps_no_destination() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut out, a) = text_output_to_a_file(dir.path());
+        for epoch in 2..2 + RETIRED as u64 {
+            out.switch(epoch, Some(AccessLogTarget::File(a.clone())));
+        }
+        assert!(out.retired.is_empty());
+        assert_eq!(out.route(1), CURRENT);
     }
 
     #[test]
@@ -443,8 +492,8 @@ mod tests {
         assert_eq!(out.route(2), 4);
         assert_eq!(out.route(3), 4);
         assert_eq!(out.route(4), 5);
-        assert_eq!(out.route(last), NO_EPOCH);
-        assert!(out.dest(4).is_some() && out.dest(NO_EPOCH).is_some());
+        assert_eq!(out.route(last), CURRENT);
+        assert!(out.dest(4).is_some() && out.dest(CURRENT).is_some());
     }
 
     /// How many lines the file at `path` holds.
