@@ -156,8 +156,12 @@ struct Run {
     running: Running,
     /// `worker-1` .. `worker-3`.
     workers: Vec<SimWorker>,
-    /// Where `worker-new` listens once it starts (reserved now, in the config from the start).
+    /// Where `worker-new` listens once it starts (in the config from the start).
     late_addr: SocketAddr,
+    /// `late_addr`'s port, held (bound, not listening: connections are refused) until
+    /// `worker-new` starts on it. A port only looked up and let go could be taken meanwhile
+    /// by another program's listener, whose answers the probes would then read.
+    late_socket: Option<tokio::net::TcpSocket>,
     late: Option<SimWorker>,
     tally: Arc<Mutex<RunReport>>,
     /// The last event printed.
@@ -177,7 +181,9 @@ impl Run {
         }
         // Reserve worker-new's port now (it is in the config from the start, as the new
         // machine was), but start it only later: until then its probes find nothing listening.
-        let late_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let late_socket = tokio::net::TcpSocket::new_v4()?;
+        late_socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let late_addr = late_socket.local_addr()?;
         // The demo tells its story on stdout; an access log line per request on stderr
         // would bury it.
         let mut toml = format!(
@@ -205,6 +211,7 @@ impl Run {
             running,
             workers,
             late_addr,
+            late_socket: Some(late_socket),
             late: None,
             tally: Arc::default(),
             seen_events: 0,
@@ -456,8 +463,12 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport, DemoError> {
         if !joined && now >= opts.late_join_after {
             joined = true;
             for run in &mut runs {
-                let w = SimWorker::start_on(
-                    run.late_addr,
+                // Taken once: `joined` starts worker-new once.
+                let Some(socket) = run.late_socket.take() else {
+                    continue;
+                };
+                let w = SimWorker::start_with(
+                    socket,
                     SimOptions {
                         total_keys: TOTAL_KEYS,
                         generation: GENERATION,

@@ -286,6 +286,13 @@ impl SimWorker {
         };
         socket.set_reuseaddr(true)?;
         socket.bind(addr)?;
+        Self::start_with(socket, opts).await
+    }
+
+    /// Starts a simulated worker listening on `socket`, bound already: a port held since it
+    /// was reserved (bound, not listening, it refuses connections), which nothing else can
+    /// have taken meanwhile.
+    pub async fn start_with(socket: TcpSocket, opts: SimOptions) -> std::io::Result<SimWorker> {
         let listener = socket.listen(1024)?;
         let addr = listener.local_addr()?;
         let state = Arc::new(SimState::new(&opts, addr));
