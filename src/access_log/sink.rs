@@ -371,8 +371,10 @@ impl ThreadBuf {
         if self.ended.is_empty() {
             return;
         }
-        room(log, &mut self.text);
         for mut record in self.ended.drain(..) {
+            // Taken when a line needs it, not after a hand-over: a thread that goes idle
+            // then holds no buffer.
+            room(log, &mut self.text);
             let at = record.done.unwrap_or(record.started);
             let time = wall_time(anchor(&mut self.anchor, at), at);
             format::write(
@@ -388,7 +390,6 @@ impl ThreadBuf {
             }
             if self.lines >= FLUSH_LINES || self.text.len() >= BATCH_BYTES {
                 hand_over(log, &mut self.text, &mut self.lines, self.epoch);
-                room(log, &mut self.text);
             }
         }
     }
@@ -789,6 +790,8 @@ mod tests {
             // No request of the thread logs again; its flush task formats what it holds.
             flush_thread();
             assert!(spare().is_none(), "the thread's boxes are freed once off");
+            let held = THREAD.with(|t| t.borrow().text.capacity());
+            assert_eq!(held, 0, "the thread's buffer is freed once off");
             // The writer applies the switch, freeing the buffers it kept (nothing else takes
             // them now).
             while !lock(&log.inner.state.pending).switches.is_empty()

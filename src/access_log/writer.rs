@@ -37,9 +37,9 @@ const FLUSH_BYTES: usize = 64 * 1024;
 /// After a reload changed the destination, the old one stays open this long for the lines
 /// of requests that ended before the reload (threads hand theirs over within `FLUSH_EVERY`).
 const GRACE: Duration = Duration::from_secs(1);
-/// Destinations kept for their lines after a switch, at most: as many reloads within
-/// [`GRACE`] that each change the log. Beyond, the oldest one's lines go where the next
-/// epoch's go.
+/// Files kept for their lines after a switch, at most: as many reloads within [`GRACE`]
+/// that each change the destination. Beyond, the oldest one's lines go where the next
+/// epoch's go (let go, if the log was off then).
 const RETIRED: usize = 8;
 /// [`Output::route`] of the lines that go to the current destination.
 const CURRENT: u64 = u64::MAX;
@@ -228,15 +228,7 @@ impl Output {
         if self.wanted != self.open {
             match self.wanted.as_ref().map(Dest::open).transpose() {
                 Ok(dest) => {
-                    if self.retired.len() >= RETIRED {
-                        // Its lines go where the next epochs' go.
-                        self.retired.remove(0);
-                    }
-                    self.retired.push(Retired {
-                        before: epoch,
-                        dest: std::mem::replace(&mut self.dest, dest),
-                        until: Instant::now() + GRACE,
-                    });
+                    self.replace(dest);
                     self.open = self.wanted.clone();
                     match &self.open {
                         Some(target) => {
@@ -250,10 +242,32 @@ impl Output {
                 }
                 Err(e) => {
                     let path = self.wanted.as_ref().map(target_name).unwrap_or_default();
-                    tracing::error!(path, error = %e, "cannot open the new access log; lines keep going to the old one (SIGUSR1 tries again)");
+                    if self.dest.is_some() {
+                        tracing::error!(path, error = %e, "cannot open the new access log; lines keep going to the old one (SIGUSR1 tries again)");
+                    } else {
+                        tracing::error!(path, error = %e, "cannot open the new access log; lines are dropped and counted until it opens (SIGUSR1 tries again)");
+                    }
                 }
             }
         }
+    }
+
+    /// Makes `dest` the current destination, keeping the one it replaces for [`GRACE`] for
+    /// the lines of the epochs before this one.
+    fn replace(&mut self, dest: Option<Dest>) {
+        let before = std::mem::replace(&mut self.dest, dest);
+        // Kept files are bounded; a kept "off" holds nothing, and is let go with its grace.
+        if before.is_some() && self.retired.iter().filter(|r| r.dest.is_some()).count() >= RETIRED {
+            if let Some(oldest) = self.retired.iter().position(|r| r.dest.is_some()) {
+                // Its lines go where the next epochs' go.
+                self.retired.remove(oldest);
+            }
+        }
+        self.retired.push(Retired {
+            before: self.epoch,
+            dest: before,
+            until: Instant::now() + GRACE,
+        });
     }
 
     fn reopen(&mut self) {
@@ -262,8 +276,15 @@ impl Output {
         };
         match Dest::open(&target) {
             Ok(dest) => {
-                // The old file (renamed by logrotate) is closed here.
-                self.dest = Some(dest);
+                if self.open.as_ref() == Some(&target) {
+                    // The same path: the old file (renamed by logrotate) is closed here, and
+                    // the lines of this epoch go on in the new one.
+                    self.dest = Some(dest);
+                } else {
+                    // A reload's file that could not be opened: the one its lines went to
+                    // meanwhile is kept for the lines of the epochs before.
+                    self.replace(Some(dest));
+                }
                 self.open = Some(target.clone());
                 tracing::info!(path = target_name(&target), "access log reopened");
             }
@@ -306,6 +327,10 @@ impl Output {
             let lines = self.pending.map_or(0, |(n, _)| n);
             self.pending = Some((lines + batch.lines, route));
         } else {
+            if route == CURRENT && self.wanted.is_some() {
+                // On, but its file could not be opened: lost, and counted.
+                state.dropped.fetch_add(batch.lines, Ordering::Relaxed);
+            }
             self.give_back(batch.text, state);
         }
     }
@@ -463,6 +488,41 @@ mod tests {
         out.flush(&state);
         assert_eq!(std::fs::read_to_string(&a).expect("a"), "epoch 1\n");
         assert_eq!(std::fs::read_to_string(&c).expect("c"), "epoch 3\n");
+    }
+
+    #[test]
+    fn a_reopen_that_opens_a_reloads_file_keeps_the_one_its_lines_went_to_meanwhile() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut out, _) = text_output_to_a_file(dir.path());
+        let state = WriterState::default();
+        let b = dir.path().join("b.log");
+        let c = dir.path().join("later").join("c.log");
+        out.switch(2, Some(AccessLogTarget::File(b.clone())));
+        // Its directory does not exist yet: epoch 3's lines go on to b, for now.
+        out.switch(3, Some(AccessLogTarget::File(c.clone())));
+        out.take(of_epoch(3, 1), &state);
+        out.flush(&state);
+        std::fs::create_dir(dir.path().join("later")).expect("mkdir");
+        out.reopen();
+        for epoch in [2, 3] {
+            out.take(of_epoch(epoch, 1), &state);
+        }
+        out.flush(&state);
+        let b = std::fs::read_to_string(&b).expect("b");
+        assert_eq!(b, "epoch 3\nepoch 2\n", "b keeps epoch 2's lines");
+        assert_eq!(std::fs::read_to_string(&c).expect("c"), "epoch 3\n");
+    }
+
+    #[test]
+    fn lines_of_a_log_turned_on_to_a_file_that_cannot_be_opened_are_counted_as_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut out = Output::new(None, None);
+        let state = WriterState::default();
+        let missing = dir.path().join("missing").join("a.log");
+        out.switch(2, Some(AccessLogTarget::File(missing)));
+        out.take(of_epoch(2, 5), &state);
+        out.flush(&state);
+        assert_eq!(state.dropped.load(Ordering::Relaxed), 5);
     }
 
     #[test]
