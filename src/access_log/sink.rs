@@ -230,7 +230,8 @@ impl AccessLog {
         self.inner.enabled.load(Ordering::Relaxed)
     }
 
-    /// Lines dropped since start: the writer fell behind, or a write failed.
+    /// Lines dropped since start: the writer fell behind, a write failed, or the log was on
+    /// with no file open (a reload named one that could not be opened).
     pub fn dropped(&self) -> u64 {
         self.inner.state.dropped.load(Ordering::Relaxed)
     }
@@ -368,9 +369,6 @@ impl ThreadBuf {
         let Some(log) = self.log.as_deref() else {
             return;
         };
-        if self.ended.is_empty() {
-            return;
-        }
         for mut record in self.ended.drain(..) {
             // Taken when a line needs it, not after a hand-over: a thread that goes idle
             // then holds no buffer.

@@ -113,8 +113,9 @@ pub(super) struct Output {
 }
 
 /// A destination lines no longer go to, kept for [`GRACE`] for the lines of the epochs that
-/// wrote there. Only a switch that changed the destination retires one (not one that changed
-/// only the format, or whose new destination could not be opened).
+/// wrote there ([`Output::replace`]): by a switch that changed the destination (not one that
+/// changed only the format, or whose new destination could not be opened), or by a reopen
+/// that opened at last a destination a switch could not.
 struct Retired {
     /// The epoch that switched away from it: lines of the epochs before this one (and since
     /// the switch before) go here.

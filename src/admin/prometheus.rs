@@ -452,7 +452,7 @@ impl Collector {
         {
             let mut family = e.encode_descriptor(
                 "syncgate_access_log_dropped",
-                "Access log lines dropped: the writer fell behind (its queue was full) or a write failed.",
+                "Access log lines dropped: the writer fell behind (its queue was full), a write failed, or no file was open.",
                 None,
                 MetricType::Counter,
             )?;
